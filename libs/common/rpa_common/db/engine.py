@@ -1,0 +1,53 @@
+"""One engine factory keyed by process name: pool size, timeouts, pre-ping, application name."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from rpa_common.settings import Settings
+
+ProcessName = Literal["api", "scheduler", "gateway", "coordinator", "migrations", "tests", "bench", "cli"]
+
+
+def create_engine(settings: Settings, process: ProcessName, *, pool_size: int | None = None) -> AsyncEngine:
+    """Build the async engine for ``process`` from ``settings``."""
+    url = settings.database_url
+    connect_args: dict[str, object] = {}
+    if url.startswith("postgresql"):
+        connect_args = {
+            "server_settings": {"application_name": f"rpa-{process}", "timezone": "UTC"},
+            "timeout": settings.db_connect_timeout_s,
+            "command_timeout": 60,
+        }
+    else:
+        connect_args = {
+            "connect_timeout": int(max(1, settings.db_connect_timeout_s)),
+            # MariaDB has no application_name: the program_name attribute shows in processlist.
+            "program_name": f"rpa-{process}",
+            "init_command": "SET time_zone = '+00:00'",
+        }
+    return create_async_engine(
+        url,
+        pool_size=pool_size or settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout_s,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        # READ COMMITTED on both: MariaDB's default REPEATABLE READ takes gap locks that make
+        # concurrent claims (SKIP LOCKED) and inserts block each other.
+        isolation_level="READ COMMITTED",
+        connect_args=connect_args,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded objects usable after commit (no hidden reloads)."""
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def dialect_of(engine_or_session: AsyncEngine | AsyncSession) -> str:
+    """``postgresql`` or ``mysql`` (MariaDB)."""
+    bind = engine_or_session.get_bind() if isinstance(engine_or_session, AsyncSession) else engine_or_session
+    return bind.dialect.name

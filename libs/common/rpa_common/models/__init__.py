@@ -1,0 +1,72 @@
+"""Every ORM model of the domain; importing this package registers them all on ``Base.metadata``."""
+
+from rpa_common.models.audit import AuditRecord
+from rpa_common.models.base import Base, new_id, utcnow
+from rpa_common.models.identity import (
+    AccessFolder,
+    Account,
+    ApiKey,
+    LoginThrottle,
+    RefreshToken,
+    Role,
+    RoleFolder,
+    RolePermission,
+    User,
+    UserRole,
+)
+from rpa_common.models.jobs import Job, JobEvent
+from rpa_common.models.licenses import License, LicenseAssignment
+from rpa_common.models.logs import RobotMessage, Screenshot
+from rpa_common.models.processes import Process, ProcessPackageChunk, ProcessVersion
+from rpa_common.models.queues import Queue, Task
+from rpa_common.models.resources import Resource, ResourceGroup, ResourceValue
+from rpa_common.models.robots import (
+    Robot,
+    RobotGroup,
+    RobotGroupMember,
+    TerminalServer,
+    TerminalSession,
+    UnattendedAccount,
+)
+from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
+
+__all__ = [
+    "AccessFolder",
+    "Account",
+    "ApiKey",
+    "AuditRecord",
+    "Base",
+    "Calendar",
+    "CalendarDay",
+    "Job",
+    "JobEvent",
+    "License",
+    "LicenseAssignment",
+    "LoginThrottle",
+    "Process",
+    "ProcessPackageChunk",
+    "ProcessVersion",
+    "Queue",
+    "RefreshToken",
+    "Resource",
+    "ResourceGroup",
+    "ResourceValue",
+    "Robot",
+    "RobotGroup",
+    "RobotGroupMember",
+    "RobotMessage",
+    "Role",
+    "RoleFolder",
+    "RolePermission",
+    "Screenshot",
+    "Task",
+    "TerminalServer",
+    "TerminalSession",
+    "Trigger",
+    "TriggerFire",
+    "UnattendedAccount",
+    "User",
+    "UserRole",
+    "new_id",
+    "utcnow",
+]

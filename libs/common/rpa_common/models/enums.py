@@ -1,0 +1,148 @@
+"""Every state, kind and level of the domain, named once."""
+
+from __future__ import annotations
+
+import enum
+
+
+class RobotRole(enum.StrEnum):
+    ATTENDED = "attended"
+    UNATTENDED = "unattended"
+    COORDINATOR = "coordinator"
+
+
+class RobotStatus(enum.StrEnum):
+    DISCONNECTED = "Disconnected"
+    READY = "Ready"
+    WORKING = "Working"
+    UNLICENSED = "Unlicensed"
+
+
+class JobState(enum.StrEnum):
+    PENDING = "Pending"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    STOPPING = "Stopping"
+    INTERRUPTING = "Interrupting"
+    SUCCESSFUL = "Successful"
+    FAILED = "Failed"
+    STOPPED = "Stopped"
+    INTERRUPTED = "Interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_JOB_STATES
+
+
+FINAL_JOB_STATES = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED, JobState.INTERRUPTED})
+ACTIVE_JOB_STATES = frozenset({JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING})
+
+
+class JobPriority(enum.IntEnum):
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+
+
+class JobSource(enum.StrEnum):
+    API = "api"
+    TRIGGER = "trigger"
+    ROBOT = "robot"
+    CHAIN = "chain"
+
+
+class ActorType(enum.StrEnum):
+    USER = "user"
+    API_KEY = "api_key"
+    ROBOT = "robot"
+    SYSTEM = "system"
+    TRIGGER = "trigger"
+
+
+class TriggerKind(enum.StrEnum):
+    SCHEDULE = "schedule"
+    QUEUE = "queue"
+    WEBHOOK = "webhook"
+    ROBOT = "robot"
+    JOB_COMPLETED = "job_completed"
+
+
+class TaskState(enum.StrEnum):
+    CREATED = "Created"
+    IN_PROGRESS = "In Progress"
+    SUCCESSFUL = "Successful"
+    FAILED_APPLICATION = "Failed (Application)"
+    FAILED_BUSINESS = "Failed (Business)"
+    POSTPONED = "Postponed"
+    ABANDONED = "Abandoned"
+
+
+class TaskPriority(enum.IntEnum):
+    LOW = 1
+    NORMAL = 2
+    HIGH = 3
+
+
+class ResourceKind(enum.StrEnum):
+    TEXT = "text"
+    CREDENTIALS = "credentials"
+    CALENDAR = "calendar"
+
+
+class ResourceScope(enum.StrEnum):
+    ALL = "all"
+    ROBOT_GROUP = "robot_group"
+    ROBOT = "robot"
+
+
+class LogLevel(enum.IntEnum):
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+    CRITICAL = 50
+
+
+class LicenseKind(enum.StrEnum):
+    ATTENDED = "Attended"
+    UNATTENDED = "Unattended"
+    ORCHESTRATOR = "Orchestrator"
+    ATTENDED_FLOATING = "Attended Floating"
+
+
+class SessionState(enum.StrEnum):
+    REQUESTED = "requested"
+    OPENING = "opening"
+    OPEN = "open"
+    ROBOT_CONNECTED = "robot_connected"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class PermissionObject(enum.StrEnum):
+    ACCOUNTS = "accounts"
+    USERS = "users"
+    ROLES = "roles"
+    FOLDERS = "folders"
+    API_KEYS = "api_keys"
+    ROBOTS = "robots"
+    ROBOT_GROUPS = "robot_groups"
+    TERMINAL_SERVERS = "terminal_servers"
+    PROCESSES = "processes"
+    JOBS = "jobs"
+    TRIGGERS = "triggers"
+    QUEUES = "queues"
+    TASKS = "tasks"
+    RESOURCES = "resources"
+    LOGS = "logs"
+    AUDIT = "audit"
+    LICENSES = "licenses"
+    STATISTICS = "statistics"
+
+
+class PermissionAction(enum.StrEnum):
+    READ = "read"
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    RUN = "run"

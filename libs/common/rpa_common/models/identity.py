@@ -1,0 +1,137 @@
+"""Accounts (tenants), access folders, roles and permissions, users and their credentials."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, utcnow
+from rpa_common.models.enums import PermissionAction, PermissionObject
+
+
+class Account(IdMixin, TimestampMixin, Base):
+    """An isolated tenant: its own robots, processes, queues, users..."""
+
+    __tablename__ = "account"
+    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    description: Mapped[str] = mapped_column(sa.String(1000), default="")
+    is_active: Mapped[bool] = mapped_column(default=True)
+
+
+class AccessFolder(IdMixin, TimestampMixin, Base):
+    """A label on robots, processes, resources, queues and triggers; roles see only theirs."""
+
+    __tablename__ = "access_folder"
+    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(1000), default="")
+
+
+class Role(IdMixin, TimestampMixin, Base):
+    __tablename__ = "role"
+    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(1000), default="")
+    builtin: Mapped[bool] = mapped_column(default=False)
+    # True: the role sees objects of every folder, and objects with no folder.
+    all_folders: Mapped[bool] = mapped_column(default=True)
+
+    permissions: Mapped[list[RolePermission]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+    folders: Mapped[list[RoleFolder]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class RolePermission(Base):
+    """One allowed (object, action) pair of a role."""
+
+    __tablename__ = "role_permission"
+    role_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("role.id", ondelete="CASCADE"), primary_key=True)
+    object: Mapped[PermissionObject] = mapped_column(StrEnumType(PermissionObject), primary_key=True)
+    action: Mapped[PermissionAction] = mapped_column(StrEnumType(PermissionAction, 16), primary_key=True)
+
+
+class RoleFolder(Base):
+    __tablename__ = "role_folder"
+    role_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("role.id", ondelete="CASCADE"), primary_key=True)
+    folder_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("access_folder.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class User(IdMixin, TimestampMixin, Base):
+    """A person (or service user). Usernames are unique across the installation."""
+
+    __tablename__ = "user_account"
+    account_id: Mapped[uuid.UUID] = account_fk()
+    username: Mapped[str] = mapped_column(sa.String(150), unique=True)
+    display_name: Mapped[str] = mapped_column(sa.String(200), default="")
+    email: Mapped[str | None] = mapped_column(sa.String(320))
+    password_hash: Mapped[str | None] = mapped_column(sa.String(255))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    last_login_at: Mapped[datetime | None]
+    # Bumped to invalidate every access token issued before (logout everywhere, password change).
+    token_version: Mapped[int] = mapped_column(default=0)
+
+    roles: Mapped[list[UserRole]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class UserRole(Base):
+    __tablename__ = "user_role"
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), primary_key=True
+    )
+    role_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("role.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class ApiKey(IdMixin, Base):
+    """A key a script or CI pipeline uses in place of a user's password; shown once, stored hashed."""
+
+    __tablename__ = "api_key"
+    account_id: Mapped[uuid.UUID] = account_fk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(100))
+    prefix: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class RefreshToken(IdMixin, Base):
+    """A refresh token (hashed). Reuse of a rotated token revokes its whole family."""
+
+    __tablename__ = "refresh_token"
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    family_id: Mapped[uuid.UUID] = mapped_column(index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginThrottle(Base):
+    """Failed logins per key (user, and user+address): kept in the database so replicas agree."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    blocked_until: Mapped[datetime | None]

@@ -1,0 +1,59 @@
+"""Resource groups and resources (text, credentials, calendar), with a value per scope."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, folder_fk
+from rpa_common.models.enums import ResourceKind, ResourceScope
+
+
+class ResourceGroup(IdMixin, TimestampMixin, Base):
+    __tablename__ = "resource_group"
+    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    folder_id: Mapped[uuid.UUID | None] = folder_fk()
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(1000), default="")
+
+
+class Resource(IdMixin, TimestampMixin, Base):
+    __tablename__ = "resource"
+    __table_args__ = (sa.UniqueConstraint("group_id", "name"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    group_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("resource_group.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(1000), default="")
+    kind: Mapped[ResourceKind] = mapped_column(StrEnumType(ResourceKind, 16))
+
+
+class ResourceValue(IdMixin, TimestampMixin, Base):
+    """The value of a resource for a scope: all robots, one robot group, or one robot.
+
+    Credentials keep their password encrypted (authenticated encryption, rotatable keys).
+    """
+
+    __tablename__ = "resource_value"
+    __table_args__ = (sa.UniqueConstraint("resource_id", "scope_key"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    resource_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("resource.id", ondelete="CASCADE"))
+    scope: Mapped[ResourceScope] = mapped_column(StrEnumType(ResourceScope, 16))
+    robot_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("robot.id", ondelete="CASCADE"), index=True
+    )
+    robot_group_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("robot_group.id", ondelete="CASCADE"), index=True
+    )
+    # "all", "group:<uuid>" or "robot:<uuid>": one value per scope, portable uniqueness.
+    scope_key: Mapped[str] = mapped_column(sa.String(60))
+    text_value: Mapped[str | None] = mapped_column(sa.Text)
+    login: Mapped[str | None] = mapped_column(sa.String(255))
+    secret_encrypted: Mapped[bytes | None]
+    expires_at: Mapped[datetime | None]
+    calendar_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("calendar.id", ondelete="SET NULL"), index=True
+    )

@@ -1,0 +1,1 @@
+"""NATS subjects, message models and the connection helper."""

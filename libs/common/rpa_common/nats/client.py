@@ -1,0 +1,49 @@
+"""A NATS connection that reconnects forever and drains on shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import nats
+import structlog
+from nats.aio.client import Client
+
+log = structlog.get_logger(__name__)
+
+
+async def connect(url: str, name: str) -> Client:
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats.error", error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats.disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats.reconnected")
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        pending_size=64 * 1024 * 1024,
+    )
+
+
+@asynccontextmanager
+async def nats_connection(url: str, name: str) -> AsyncIterator[Client]:
+    """Connected on enter, drained (in-flight handlers finish, buffers flushed) on exit."""
+    nc = await connect(url, name)
+    try:
+        yield nc
+    finally:
+        try:
+            await nc.drain()
+        except Exception as exc:  # a connection already closed has nothing to drain
+            log.info("nats.drain_skipped", error=str(exc))

@@ -1,0 +1,105 @@
+"""Pydantic models of every NATS message; a handler's type hint is its schema."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rpa_common.models.enums import JobState, RobotStatus, SessionState
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Any:
+        return cls.model_validate_json(data)
+
+
+class JobCreated(Message):
+    account_id: uuid.UUID
+    job_id: uuid.UUID
+    robot_id: uuid.UUID | None = None
+    robot_group_id: uuid.UUID | None = None
+    created_at: datetime
+
+
+class JobStateChanged(Message):
+    account_id: uuid.UUID
+    job_id: uuid.UUID
+    process_id: uuid.UUID
+    robot_id: uuid.UUID | None = None
+    from_state: JobState | None
+    to_state: JobState
+    attempt: int
+    at: datetime
+
+
+class JobControl(Message):
+    account_id: uuid.UUID
+    job_id: uuid.UUID
+    robot_id: uuid.UUID | None
+    attempt: int
+    command: Literal["stop", "interrupt"]
+
+
+class RobotStatusChanged(Message):
+    account_id: uuid.UUID
+    robot_id: uuid.UUID
+    status: RobotStatus
+    at: datetime
+
+
+class RobotChanged(Message):
+    account_id: uuid.UUID
+    robot_id: uuid.UUID
+    change: Literal["deactivated", "deleted", "key_rotated", "activated"]
+
+
+class TriggerChanged(Message):
+    account_id: uuid.UUID
+    trigger_id: uuid.UUID
+    change: Literal["created", "updated", "deleted"]
+
+
+class GatewayCommand(Message):
+    """A command for the gateway replica holding ``robot_id``'s connection."""
+
+    robot_id: uuid.UUID
+    kind: Literal["offer", "stop", "interrupt", "disconnect"]
+    job_id: uuid.UUID | None = None
+    attempt: int | None = None
+
+
+class OpenSession(Message):
+    """Ask a coordinator to open a session. The password travels only here, never in logs."""
+
+    session_id: uuid.UUID
+    account_id: uuid.UUID
+    unattended_account_id: uuid.UUID
+    robot_id: uuid.UUID
+    job_id: uuid.UUID | None
+    login: str
+    domain: str | None = None
+    password: str = Field(repr=False)
+    robot_key: str | None = Field(default=None, repr=False)
+    gateway_url: str | None = None
+
+
+class CloseSession(Message):
+    session_id: uuid.UUID
+    reason: str | None = None
+
+
+class SessionStateReport(Message):
+    session_id: uuid.UUID
+    account_id: uuid.UUID
+    state: SessionState
+    reason: str | None = None
+    at: datetime

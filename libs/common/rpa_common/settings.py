@@ -1,0 +1,136 @@
+"""Settings shared by every service, read from the environment with the prefix ``RPA_``.
+
+The database is given either as one URL (``RPA_DB_URL``) or as parts (``RPA_DB_DRIVER`` ...): a
+failover deployment points ``RPA_DB_HOST`` at the database load balancer.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import quote_plus
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-insecure-change-me"  # noqa: S105 - the refused-in-production default
+
+
+class Settings(BaseSettings):
+    """One documented field per value; nested per service by field prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="RPA_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="Outside development, default secrets are refused."
+    )
+    log_level: str = Field("INFO", description="Root log level.")
+    log_json: bool = Field(True, description="Log as JSON lines (false: human-readable console).")
+
+    # Database
+    db_url: str | None = Field(None, description="Full SQLAlchemy URL; wins over the parts below.")
+    db_driver: Literal["postgresql", "mariadb"] = Field("postgresql", description="Database kind.")
+    db_host: str = Field("127.0.0.1", description="Database host (or its load balancer).")
+    db_port: int | None = Field(None, description="Database port (default 5432 / 3306).")
+    db_user: str | None = Field(None, description="Database user (default postgres / root).")
+    db_password: SecretStr = Field(SecretStr(""), description="Database password.")
+    db_name: str = Field("rpa", description="Database name.")
+    db_pool_size: int = Field(10, description="Connections kept per process.")
+    db_max_overflow: int = Field(20, description="Extra connections allowed under load.")
+    db_pool_timeout_s: float = Field(10.0, description="Seconds to wait for a pooled connection.")
+    db_connect_timeout_s: float = Field(5.0, description="Seconds to wait for a new connection.")
+    db_retry_attempts: int = Field(5, description="Re-runs of a transaction after connection loss/deadlock.")
+
+    # NATS
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+
+    # Security
+    secret_key: SecretStr = Field(SecretStr(DEV_SECRET), description="Signs access tokens (HS256).")
+    encryption_keys: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Comma-separated 'id:base64-32-byte-key' list for secrets at rest; the first encrypts, "
+            "all decrypt (rotation). Empty in development: derived from RPA_SECRET_KEY."
+        ),
+    )
+    access_token_ttl_s: int = Field(900, description="Access token lifetime.")
+    refresh_token_ttl_s: int = Field(14 * 24 * 3600, description="Refresh token lifetime.")
+    login_max_failures: int = Field(5, description="Failures per user+address before slowing down.")
+    login_lockout_s: int = Field(30, description="Base delay after too many failures (doubles).")
+
+    # API
+    api_host: str = Field("127.0.0.1", description="API bind address.")
+    api_port: int = Field(8000, description="API port.")
+    max_package_bytes: int = Field(64 * 1024 * 1024, description="Largest process package accepted (413).")
+    max_json_bytes: int = Field(1024 * 1024, description="Largest JSON request body accepted (413).")
+    admin_password: SecretStr | None = Field(None, description="Password of the first `admin` user.")
+
+    # Gateway
+    gateway_host: str = Field("127.0.0.1", description="Robot gateway bind address.")
+    gateway_port: int = Field(8001, description="Robot gateway port.")
+    gateway_public_url: str | None = Field(None, description="URL robots are given to reach the gateway.")
+    heartbeat_interval_s: float = Field(15.0, description="Robots send a heartbeat this often.")
+    heartbeat_misses: int = Field(3, description="Missed heartbeats before a robot is Disconnected.")
+    job_lease_s: float = Field(60.0, description="A job whose robot is silent this long ends 'robot lost'.")
+
+    # Scheduler
+    scheduler_host: str = Field("127.0.0.1", description="Scheduler bind address.")
+    scheduler_port: int = Field(8002, description="Scheduler port.")
+    sweep_interval_s: float = Field(5.0, description="Period of the recovery sweep (dispatch, leases).")
+
+    # Coordinator
+    coordinator_host: str = Field("127.0.0.1", description="Coordinator bind address.")
+    coordinator_port: int = Field(8003, description="Coordinator port.")
+    coordinator_key: SecretStr | None = Field(None, description="Key of the coordinator robot.")
+    coordinator_driver: Literal["process"] = Field("process", description="Session driver.")
+    coordinator_max_sessions: int = Field(10, description="Concurrent sessions on this server.")
+    session_connect_timeout_s: float = Field(60.0, description="A robot must connect this soon.")
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
+            raise ValueError("RPA_SECRET_KEY must be set outside development")
+        if self.environment == "production" and not self.encryption_keys.get_secret_value():
+            raise ValueError("RPA_ENCRYPTION_KEYS must be set outside development")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy async URL, from ``db_url`` or from the parts."""
+        if self.db_url:
+            return normalize_db_url(self.db_url)
+        password = quote_plus(self.db_password.get_secret_value())
+        if self.db_driver == "postgresql":
+            user = self.db_user or "postgres"
+            port = self.db_port or 5432
+            scheme = "postgresql+asyncpg"
+        else:
+            user = self.db_user or "root"
+            port = self.db_port or 3306
+            scheme = "mysql+aiomysql"
+        auth = f"{quote_plus(user)}:{password}" if password else quote_plus(user)
+        suffix = "?charset=utf8mb4" if self.db_driver == "mariadb" else ""
+        return f"{scheme}://{auth}@{self.db_host}:{port}/{self.db_name}{suffix}"
+
+
+def normalize_db_url(url: str) -> str:
+    """Accept plain ``postgresql://`` / ``mariadb://`` / ``mysql://`` URLs and pick the async driver."""
+    for prefix, scheme in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("mariadb://", "mysql+aiomysql://"),
+        ("mysql://", "mysql+aiomysql://"),
+        ("mariadb+aiomysql://", "mysql+aiomysql://"),
+    ):
+        if url.startswith(prefix):
+            url = scheme + url[len(prefix) :]
+            break
+    if url.startswith("mysql+aiomysql://") and "charset=" not in url:
+        url += ("&" if "?" in url else "?") + "charset=utf8mb4"
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings`` instead)."""
+    return Settings()
