@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 12:24:40.201849
+Create Date: 2026-11-28 12:29:35.063482
 """
 
 from collections.abc import Sequence
@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from rpa_common.models import base as rt
+
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -355,6 +356,7 @@ def upgrade() -> None:
         sa.Column("gateway_id", sa.String(length=100), nullable=True),
         sa.Column("connection_id", sa.Uuid(), nullable=True),
         sa.Column("connected_at", rt.UTCDateTime(), nullable=True),
+        sa.Column("current_job_id", sa.Uuid(), nullable=True),
         sa.Column("inbound_seq", sa.BigInteger(), nullable=False),
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("created_at", rt.UTCDateTime(), nullable=False),
@@ -373,6 +375,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("key_prefix", name=op.f("uq_robot_key_prefix")),
     )
     op.create_index(op.f("ix_robot_account_id"), "robot", ["account_id"], unique=False)
+    op.create_index(op.f("ix_robot_current_job_id"), "robot", ["current_job_id"], unique=False)
     op.create_index(op.f("ix_robot_folder_id"), "robot", ["folder_id"], unique=False)
     op.create_table(
         "robot_group",
@@ -503,15 +506,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_process_version")),
         sa.UniqueConstraint("process_id", "version", name=op.f("uq_process_version_process_id_version")),
-    )
-    # process <-> process_version refer to each other: this key comes after both tables.
-    op.create_foreign_key(
-        op.f("fk_process_current_version_id_process_version"),
-        "process",
-        "process_version",
-        ["current_version_id"],
-        ["id"],
-        ondelete="SET NULL",
     )
     op.create_index(op.f("ix_process_version_account_id"), "process_version", ["account_id"], unique=False)
     op.create_index(op.f("ix_process_version_process_id"), "process_version", ["process_id"], unique=False)
@@ -991,12 +985,25 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("trigger_id", "fire_key", name=op.f("pk_trigger_fire")),
     )
     op.create_index(op.f("ix_trigger_fire_job_id"), "trigger_fire", ["job_id"], unique=False)
+    # Keys between tables that refer to each other come after both tables.
+    op.create_foreign_key(
+        op.f("fk_process_current_version_id_process_version"),
+        "process",
+        "process_version",
+        ["current_version_id"],
+        ["id"],
+        ondelete="SET NULL",
+    )
+    op.create_foreign_key(
+        op.f("fk_robot_current_job_id_job"), "robot", "job", ["current_job_id"], ["id"], ondelete="SET NULL"
+    )
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
+    # Tables only: dropping a table drops its indexes (MariaDB refuses to drop one a key needs).
     op.drop_constraint(op.f("fk_process_current_version_id_process_version"), "process", type_="foreignkey")
-    # Dropping a table drops its indexes (MariaDB refuses to drop an index a foreign key needs).
+    op.drop_constraint(op.f("fk_robot_current_job_id_job"), "robot", type_="foreignkey")
     op.drop_table("trigger_fire")
     op.drop_table("terminal_session")
     op.drop_table("job_event")

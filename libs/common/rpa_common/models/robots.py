@@ -34,6 +34,11 @@ class Robot(IdMixin, TimestampMixin, Base):
     gateway_id: Mapped[str | None] = mapped_column(sa.String(100))
     connection_id: Mapped[uuid.UUID | None]
     connected_at: Mapped[datetime | None]
+    # The job this robot is busy with; set by a guarded UPDATE (... WHERE current_job_id IS NULL),
+    # which is what makes "one running job per robot" hold across replicas on both databases.
+    current_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("job.id", ondelete="SET NULL", use_alter=True), index=True
+    )
     # Highest sequence number of robot->gateway frames already applied (resume without doubles).
     inbound_seq: Mapped[int] = mapped_column(sa.BigInteger, default=0)
 

@@ -1,0 +1,166 @@
+"""The job state machine of BRIEF.md, shared by the API, the scheduler and the gateway.
+
+Every transition is a guarded ``UPDATE ... WHERE id = :id AND state IN (:expected) [AND attempt =
+:attempt]``: a late or duplicate message matches no row and changes nothing. A transition that
+happened is recorded as a ``job_event`` (time, actor, reason) in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.models import Job, JobEvent, Robot
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import ActorType, JobState
+from rpa_common.nats.messages import JobStateChanged
+
+S = JobState
+
+# Which states each state may be left for. Anything else is refused.
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    S.PENDING: frozenset({S.STARTING, S.STOPPED, S.INTERRUPTED, S.FAILED}),
+    S.STARTING: frozenset(
+        {S.RUNNING, S.PENDING, S.STOPPING, S.INTERRUPTING, S.FAILED, S.STOPPED, S.INTERRUPTED, S.SUCCESSFUL}
+    ),
+    S.RUNNING: frozenset({S.SUCCESSFUL, S.FAILED, S.STOPPING, S.INTERRUPTING, S.PENDING}),
+    S.STOPPING: frozenset({S.STOPPED, S.SUCCESSFUL, S.FAILED, S.INTERRUPTING, S.PENDING}),
+    S.INTERRUPTING: frozenset({S.INTERRUPTED, S.FAILED, S.SUCCESSFUL, S.STOPPED, S.PENDING}),
+    S.SUCCESSFUL: frozenset(),
+    S.FAILED: frozenset(),
+    S.STOPPED: frozenset(),
+    S.INTERRUPTED: frozenset(),
+}
+
+
+def sources_for(to_state: JobState, among: Iterable[JobState] | None = None) -> list[JobState]:
+    """States from which ``to_state`` may be reached (optionally narrowed to ``among``)."""
+    allowed = [s for s, targets in ALLOWED.items() if to_state in targets]
+    if among is not None:
+        wanted = set(among)
+        allowed = [s for s in allowed if s in wanted]
+    return allowed
+
+
+@dataclass(frozen=True)
+class Actor:
+    type: ActorType
+    id: uuid.UUID | None = None
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls(ActorType.SYSTEM)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What happened (for the caller to publish after commit)."""
+
+    job_id: uuid.UUID
+    account_id: uuid.UUID
+    process_id: uuid.UUID
+    robot_id: uuid.UUID | None
+    from_state: JobState
+    to_state: JobState
+    attempt: int
+    at: datetime
+
+    def message(self) -> JobStateChanged:
+        return JobStateChanged(
+            account_id=self.account_id,
+            job_id=self.job_id,
+            process_id=self.process_id,
+            robot_id=self.robot_id,
+            from_state=self.from_state,
+            to_state=self.to_state,
+            attempt=self.attempt,
+            at=self.at,
+        )
+
+
+async def transition(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    to_state: JobState,
+    *,
+    expected: Iterable[JobState] | None = None,
+    attempt: int | None = None,
+    actor: Actor,
+    reason: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> Transition | None:
+    """Move a job to ``to_state`` if it is in one of ``expected`` (default: every allowed source).
+
+    Returns the transition, or None when the guard did not match (the job moved on already).
+    Final states also free the robot (``robot.current_job_id``) in the same transaction.
+    """
+    sources = sources_for(to_state, expected)
+    if not sources:
+        return None
+    now = utcnow()
+    # Read the row under lock to learn its previous state; the guarded UPDATE below decides.
+    q = sa.select(Job.state, Job.attempt, Job.account_id, Job.process_id, Job.robot_id).where(
+        Job.id == job_id
+    )
+    row = (await session.execute(q.with_for_update())).one_or_none()
+    if row is None or row.state not in sources or (attempt is not None and row.attempt != attempt):
+        return None
+    update_values: dict[str, Any] = {"state": to_state, "updated_at": now}
+    if to_state.is_final:
+        update_values.setdefault("ended_at", now)
+        update_values["lease_expires_at"] = None
+    if values:
+        update_values.update(values)
+    stmt = sa.update(Job).where(Job.id == job_id, Job.state == row.state)
+    if attempt is not None:
+        stmt = stmt.where(Job.attempt == attempt)
+    result = await session.execute(stmt.values(**update_values).execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    new_attempt = int(update_values.get("attempt", row.attempt))
+    session.add(
+        JobEvent(
+            account_id=row.account_id,
+            job_id=job_id,
+            from_state=row.state,
+            to_state=to_state,
+            attempt=new_attempt,
+            at=now,
+            actor_type=actor.type,
+            actor_id=actor.id,
+            reason=(reason or None) and reason[:1000],
+        )
+    )
+    robot_id = update_values.get("robot_id", row.robot_id)
+    if (to_state.is_final or to_state == S.PENDING) and row.robot_id is not None:
+        await session.execute(
+            sa.update(Robot)
+            .where(Robot.id == row.robot_id, Robot.current_job_id == job_id)
+            .values(current_job_id=None)
+            .execution_options(synchronize_session=False)
+        )
+    await session.flush()
+    return Transition(job_id, row.account_id, row.process_id, robot_id, row.state, to_state, new_attempt, now)
+
+
+def record_creation(session: AsyncSession, job: Job, actor: Actor, reason: str | None = None) -> None:
+    """The first history entry of a new job (``None -> Pending``)."""
+    session.add(
+        JobEvent(
+            account_id=job.account_id,
+            job_id=job.id,
+            from_state=None,
+            to_state=job.state,
+            attempt=job.attempt,
+            at=job.created_at or utcnow(),
+            actor_type=actor.type,
+            actor_id=actor.id,
+            reason=reason,
+        )
+    )

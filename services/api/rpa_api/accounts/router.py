@@ -1,0 +1,5 @@
+"""Accounts endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

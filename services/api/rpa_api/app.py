@@ -1,0 +1,121 @@
+"""The management API application: every router under ``/api/v1``, problem+json errors, health."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from rpa_api.accounts.router import router as accounts_router
+from rpa_api.auth.router import router as auth_router
+from rpa_api.folders.router import router as folders_router
+from rpa_api.jobs.router import router as jobs_router
+from rpa_api.processes.router import router as processes_router
+from rpa_api.robots.router import router as robots_router
+from rpa_api.roles.router import router as roles_router
+from rpa_api.users.router import router as users_router
+from rpa_common.logging import configure_logging
+from rpa_common.service import (
+    BodySizeLimit,
+    ServiceContext,
+    health_router,
+    install_problem_handlers,
+    problem,
+    service_context,
+)
+from rpa_common.settings import Settings, get_settings
+
+API_PREFIX = "/api/v1"
+
+# Endpoints that take a form or a multipart upload instead of JSON.
+_FORM_PATHS = re.compile(
+    r"^/api/v1/(auth/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish)$"
+)
+_UPLOAD_PATHS = re.compile(r"^/api/v1/processes(/[^/]+)?/(versions|publish)$|^/api/v1/processes/publish$")
+
+
+class RequireJSON:
+    """415 for a request body that is neither JSON nor, where an endpoint takes one, a form."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH"):
+            headers = dict(scope.get("headers") or [])
+            length = headers.get(b"content-length", b"0")
+            has_body = b"transfer-encoding" in headers or (length.isdigit() and int(length) > 0)
+            ctype = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip().lower()
+            path = scope["path"]
+            is_json = ctype == "application/json" or ctype.endswith("+json")
+            is_form = ctype in ("multipart/form-data", "application/x-www-form-urlencoded")
+            if has_body and not is_json and not (is_form and _FORM_PATHS.match(path)):
+                wanted = "multipart/form-data or a form" if _FORM_PATHS.match(path) else "application/json"
+                resp = problem(
+                    415,
+                    "Unsupported media type",
+                    f"content-type {ctype or '(none)'} given; send {wanted}",
+                    instance=path,
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, ctx: ServiceContext | None = None) -> FastAPI:
+    """Build the app. Tests pass their own ``ctx``; otherwise the lifespan opens one."""
+    settings = settings or (ctx.settings if ctx else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if ctx is not None:
+            app.state.ctx = ctx
+            yield
+            return
+        configure_logging(settings.log_level, settings.log_json)
+        async with service_context(settings, "api") as own:
+            app.state.ctx = own
+            yield
+
+    app = FastAPI(
+        title="RPA Orchestrator API",
+        version="1.0.0",
+        description="Management API: publish processes, run jobs on robots, manage queues, resources and people.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    if ctx is not None:
+        app.state.ctx = ctx
+    install_problem_handlers(app)
+
+    def limit_for(path: str, content_type: str) -> int:
+        if _UPLOAD_PATHS.match(path):
+            return settings.max_package_bytes + 64 * 1024  # room for the multipart envelope
+        return settings.max_json_bytes
+
+    app.add_middleware(RequireJSON)
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+
+    def _ctx(request: Request) -> ServiceContext:
+        c: ServiceContext = request.app.state.ctx
+        return c
+
+    app.include_router(health_router(_ctx))
+    for router, tag in (
+        (auth_router, "auth"),
+        (accounts_router, "accounts"),
+        (users_router, "users"),
+        (roles_router, "roles"),
+        (folders_router, "folders"),
+        (robots_router, "robots"),
+        (processes_router, "processes"),
+        (jobs_router, "jobs"),
+    ):
+        app.include_router(router, prefix=API_PREFIX, tags=[tag])
+    return app

@@ -1,0 +1,56 @@
+"""Audit records: append-only, written in the same transaction as the change they describe."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.encoders import jsonable_encoder
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_api.deps import Principal
+from rpa_common.models import AuditRecord
+from rpa_common.models.enums import ActorType
+
+_SECRET_MARKERS = ("password", "secret", "key", "token", "credential")
+
+
+def redact(changes: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Replace the value of every secret-looking field by ``"***"``, recursively."""
+    if changes is None:
+        return None
+    out: dict[str, Any] = {}
+    for name, value in changes.items():
+        if any(marker in name.lower() for marker in _SECRET_MARKERS):
+            out[name] = "***"
+        elif isinstance(value, dict):
+            out[name] = redact(value)
+        else:
+            out[name] = value
+    return out
+
+
+def record(
+    session: AsyncSession,
+    principal: Principal,
+    action: str,
+    object_type: str,
+    object_id: uuid.UUID | str | None,
+    changes: dict[str, Any] | None = None,
+    kind: str = "api",
+) -> None:
+    session.add(
+        AuditRecord(
+            account_id=principal.account_id,
+            kind=kind,
+            actor_type=principal.actor_type if principal.actor_type else ActorType.USER,
+            actor_id=principal.user_id,
+            actor_name=principal.username,
+            action=action,
+            object_type=object_type,
+            object_id=str(object_id) if object_id is not None else None,
+            changes=jsonable_encoder(redact(changes)),
+            client_address=principal.client_address,
+            user_agent=(principal.user_agent or "")[:500] or None,
+        )
+    )

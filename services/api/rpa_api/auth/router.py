@@ -1,0 +1,5 @@
+"""Auth endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,191 @@
+"""Request dependencies: the service context, sessions, the caller (principal) and permissions.
+
+Writes go through ``Tx.run``: the edge that commits, and re-runs the whole transaction on
+connection loss or deadlock. Services and repositories only ``flush``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import jwt
+import sqlalchemy as sa
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.errors import Forbidden, Unauthorized
+from rpa_common.models import ApiKey, Role, RoleFolder, RolePermission, User, UserRole
+from rpa_common.models.enums import ActorType, PermissionAction, PermissionObject
+from rpa_common.security import decode_access_token, key_matches, split_key
+from rpa_common.service import ServiceContext
+
+T = TypeVar("T")
+
+API_KEY_KIND = "rpak"
+
+
+def get_ctx(request: Request) -> ServiceContext:
+    ctx: ServiceContext = request.app.state.ctx
+    return ctx
+
+
+Ctx = Annotated[ServiceContext, Depends(get_ctx)]
+
+
+async def get_session(ctx: Ctx) -> AsyncIterator[AsyncSession]:
+    """A read session: nothing is committed through it."""
+    async with ctx.sessions() as session:
+        yield session
+
+
+Session = Annotated[AsyncSession, Depends(get_session)]
+
+
+@dataclass
+class Tx:
+    """Runs a unit of work for a request: commit on success, bounded re-run on transient errors."""
+
+    ctx: ServiceContext
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        return await run_in_transaction(self.ctx.sessions, work, attempts=self.ctx.settings.db_retry_attempts)
+
+
+def get_tx(ctx: Ctx) -> Tx:
+    return Tx(ctx)
+
+
+Transaction = Annotated[Tx, Depends(get_tx)]
+
+
+@dataclass
+class Principal:
+    """Who is calling: a user (by access token) or a user's API key, with the union of their roles."""
+
+    account_id: uuid.UUID
+    user_id: uuid.UUID
+    username: str
+    actor_type: ActorType
+    permissions: set[tuple[PermissionObject, PermissionAction]] = field(default_factory=set)
+    all_folders: bool = False
+    folder_ids: set[uuid.UUID] = field(default_factory=set)
+    api_key_id: uuid.UUID | None = None
+    client_address: str | None = None
+    user_agent: str | None = None
+
+    def can(self, obj: PermissionObject, action: PermissionAction) -> bool:
+        return (obj, action) in self.permissions
+
+    def require(self, obj: PermissionObject, action: PermissionAction) -> None:
+        if not self.can(obj, action):
+            raise Forbidden(f"missing permission {obj.value}:{action.value}")
+
+    def folder_clause(self, column: Any) -> sa.ColumnElement[bool]:
+        """Rows this principal may see, by their folder column."""
+        if self.all_folders:
+            return sa.true()
+        if not self.folder_ids:
+            return sa.false()
+        return column.in_(self.folder_ids)
+
+    def may_use_folder(self, folder_id: uuid.UUID | None) -> bool:
+        return self.all_folders or (folder_id is not None and folder_id in self.folder_ids)
+
+
+_bearer = HTTPBearer(auto_error=False, description="An access token from /api/v1/auth/token, or an API key")
+
+
+async def _load_roles(session: AsyncSession, principal: Principal) -> None:
+    rows = (
+        await session.execute(
+            sa.select(RolePermission.object, RolePermission.action)
+            .join(UserRole, UserRole.role_id == RolePermission.role_id)
+            .where(UserRole.user_id == principal.user_id)
+        )
+    ).all()
+    principal.permissions = {(r[0], r[1]) for r in rows}
+    roles = (
+        await session.execute(
+            sa.select(Role.id, Role.all_folders)
+            .join(UserRole, UserRole.role_id == Role.id)
+            .where(UserRole.user_id == principal.user_id)
+        )
+    ).all()
+    principal.all_folders = any(r.all_folders for r in roles)
+    if not principal.all_folders and roles:
+        folder_rows = await session.execute(
+            sa.select(RoleFolder.folder_id).where(RoleFolder.role_id.in_([r.id for r in roles]))
+        )
+        principal.folder_ids = {r[0] for r in folder_rows}
+
+
+async def authenticate(
+    request: Request,
+    ctx: Ctx,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise Unauthorized("missing bearer token")
+    token = credentials.credentials
+    now = datetime.now(UTC)
+    async with ctx.sessions() as session:
+        api_key_id: uuid.UUID | None = None
+        prefix = split_key(token, API_KEY_KIND)
+        if prefix is not None:
+            key = (
+                await session.execute(sa.select(ApiKey).where(ApiKey.prefix == prefix))
+            ).scalar_one_or_none()
+            if (
+                key is None
+                or not key_matches(token, key.key_hash)
+                or key.revoked_at is not None
+                or (key.expires_at is not None and key.expires_at <= now)
+            ):
+                raise Unauthorized("invalid, revoked or expired API key")
+            user = await session.get(User, key.user_id)
+            actor = ActorType.API_KEY
+            api_key_id = key.id
+        else:
+            try:
+                claims = decode_access_token(ctx.settings, token)
+                user_id = uuid.UUID(claims["sub"])
+                account_id = uuid.UUID(claims["acc"])
+            except (jwt.PyJWTError, ValueError, KeyError) as exc:
+                raise Unauthorized(f"invalid access token: {exc}") from None
+            user = await session.get(User, user_id)
+            if user is None or user.account_id != account_id or user.token_version != claims.get("ver"):
+                raise Unauthorized("access token is no longer valid")
+            actor = ActorType.USER
+        if user is None or not user.is_active:
+            raise Unauthorized("user is disabled")
+        principal = Principal(
+            account_id=user.account_id,
+            user_id=user.id,
+            username=user.username,
+            actor_type=actor,
+            api_key_id=api_key_id,
+            client_address=request.client.host if request.client else None,
+            user_agent=request.headers.get("user-agent"),
+        )
+        await _load_roles(session, principal)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+
+
+def require(obj: PermissionObject, action: PermissionAction) -> Callable[..., Awaitable[Principal]]:
+    """Dependency: the caller, who must hold ``obj:action`` (403 otherwise)."""
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        principal.require(obj, action)
+        return principal
+
+    dependency.__name__ = f"require_{obj.value}_{action.value}"
+    return dependency

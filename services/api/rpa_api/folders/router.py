@@ -1,0 +1,5 @@
+"""Folders endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

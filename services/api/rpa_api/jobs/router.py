@@ -1,0 +1,5 @@
+"""Jobs endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,73 @@
+"""One way to paginate, sort and filter lists everywhere: ``?limit=&offset=&sort=-created_at``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from fastapi import Depends, Query
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.errors import Unprocessable
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageParams(BaseModel):
+    limit: int
+    offset: int
+    sort: str | None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=500, description="Items per page")] = 50,
+    offset: Annotated[int, Query(ge=0, description="Items to skip")] = 0,
+    sort: Annotated[
+        str | None, Query(description="Field to sort by; prefix with '-' for descending", max_length=64)
+    ] = None,
+) -> PageParams:
+    return PageParams(limit=limit, offset=offset, sort=sort)
+
+
+Paging = Annotated[PageParams, Depends(page_params)]
+
+
+async def paginate(
+    session: AsyncSession,
+    stmt: sa.Select[Any],
+    params: PageParams,
+    sortable: dict[str, Any],
+    default_sort: str,
+) -> tuple[list[Any], int]:
+    """Rows of one page and the total, sorted by an allowed field (422 naming ``sort`` otherwise).
+
+    ``stmt`` selects one entity; the id column breaks ties so pages never overlap.
+    """
+    sort = params.sort or default_sort
+    desc = sort.startswith("-")
+    name = sort.lstrip("-+")
+    column = sortable.get(name)
+    if column is None:
+        raise Unprocessable(f"cannot sort by {name!r}; allowed: {', '.join(sorted(sortable))}", field="sort")
+    total = (
+        await session.execute(sa.select(sa.func.count()).select_from(stmt.order_by(None).subquery()))
+    ).scalar_one()
+    entity = stmt.column_descriptions[0]["entity"]
+    tiebreak = getattr(entity, "id", None)
+    order = [column.desc() if desc else column.asc()]
+    if tiebreak is not None and tiebreak is not column:
+        order.append(tiebreak.desc() if desc else tiebreak.asc())
+    rows = (
+        (await session.execute(stmt.order_by(*order).limit(params.limit).offset(params.offset)))
+        .scalars()
+        .all()
+    )
+    return list(rows), int(total)

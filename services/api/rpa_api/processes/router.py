@@ -1,0 +1,5 @@
+"""Processes endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Robots endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

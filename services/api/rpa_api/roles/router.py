@@ -1,0 +1,5 @@
+"""Roles endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()

@@ -1,0 +1,5 @@
+"""Users endpoints."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
