@@ -91,6 +91,7 @@ class StrEnumType(TypeDecorator[Any]):
     def __init__(self, enum_cls: type[enum.Enum], length: int = 32) -> None:
         super().__init__(length)
         self.enum_cls = enum_cls
+        self.length = length
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
         if value is None:
@@ -103,7 +104,7 @@ class StrEnumType(TypeDecorator[Any]):
         return self.enum_cls(value)
 
     def copy(self, **kw: Any) -> StrEnumType:
-        return StrEnumType(self.enum_cls, self.impl.length)  # type: ignore[attr-defined]
+        return StrEnumType(self.enum_cls, self.length)
 
 
 class IntEnumType(TypeDecorator[Any]):

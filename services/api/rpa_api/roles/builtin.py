@@ -11,8 +11,8 @@ from rpa_common.models import Role, RolePermission
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-ALL = {(o, a) for o in O for a in A}
-READ_ALL_OPERATIONAL = {
+ALL: set[tuple[O, A]] = {(o, a) for o in O for a in A}
+READ_ALL_OPERATIONAL: set[tuple[O, A]] = {
     (o, A.READ) for o in O if o not in (O.ACCOUNTS, O.USERS, O.ROLES, O.API_KEYS, O.AUDIT)
 }
 CRUD = (A.READ, A.CREATE, A.UPDATE, A.DELETE)
