@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -205,6 +207,45 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class RequestLog:
+    """One structured log line per HTTP request, with a request id (``X-Request-ID``, kept if given)."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+        self.log = structlog.get_logger("access")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in ("/healthz", "/readyz"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self.log.info(
+                "http.request",
+                service=self.service,
+                method=scope["method"],
+                path=scope["path"],  # never the query string: it may carry a secret by mistake
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                request_id=request_id,
+            )
+
+
 def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
     """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool)."""
     import uvicorn
@@ -214,6 +255,7 @@ def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
         host=host,
         port=port,
         log_level=log_level.lower(),
+        log_config=None,  # keep the structured logging the service configured
         proxy_headers=True,
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=20,
@@ -221,4 +263,3 @@ def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
     )
 
 
-Startup = Callable[[ServiceContext], Awaitable[None]]

@@ -20,6 +20,7 @@ from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
     BodySizeLimit,
+    RequestLog,
     ServiceContext,
     health_router,
     install_problem_handlers,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
 
     app.add_middleware(RequireJSON)
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_middleware(RequestLog, service="api")
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx
