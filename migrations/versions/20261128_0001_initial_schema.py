@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 12:29:35.063482
+Create Date: 2026-11-28 12:37:32.336874
 """
 
 from collections.abc import Sequence
@@ -481,6 +481,7 @@ def upgrade() -> None:
         sa.Column("notes", sa.Text(), nullable=False),
         sa.Column("entry_point", sa.String(length=255), nullable=False),
         sa.Column("min_runtime_version", sa.String(length=50), nullable=True),
+        sa.Column("default_input", sa.JSON(), nullable=True),
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
         sa.Column("published_by", sa.Uuid(), nullable=True),

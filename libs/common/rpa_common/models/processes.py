@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -33,6 +34,8 @@ class ProcessVersion(IdMixin, Base):
     notes: Mapped[str] = mapped_column(sa.Text, default="")
     entry_point: Mapped[str] = mapped_column(sa.String(255))
     min_runtime_version: Mapped[str | None] = mapped_column(sa.String(50))
+    # The manifest's default input arguments: a job's input_args are laid over them.
+    default_input: Mapped[dict[str, Any] | None]
     sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
     size: Mapped[int] = mapped_column(sa.BigInteger)
     published_by: Mapped[uuid.UUID | None] = mapped_column(
