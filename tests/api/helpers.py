@@ -1,4 +1,4 @@
-"""Helpers shared by the API tests: process packages built in memory.
+"""Helpers shared by the API tests: process packages built in memory, NATS message matching.
 
 ``make_package`` gives the bytes of a valid package (a zip with ``rpa.json`` at its root, see
 docs/package-format.md); its keyword arguments bend it into the invalid shapes tests need.
@@ -6,13 +6,14 @@ docs/package-format.md); its keyword arguments bend it into the invalid shapes t
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-_UNSET: Any = object()
+from nats.aio.subscription import Subscription
 
 
 def make_package(
@@ -54,3 +55,19 @@ def make_package(
         for entry, content in files.items():
             zf.writestr(entry, content.encode() if isinstance(content, str) else content)
     return buf.getvalue()
+
+
+async def next_matching(sub: Subscription, predicate: Callable[[bytes], bool], timeout: float = 3.0) -> bytes:
+    """The data of the next message on ``sub`` that ``predicate`` accepts.
+
+    Other test processes share the NATS server, so a test filters for its own objects' messages.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise TimeoutError("no matching message")
+        msg = await sub.next_msg(timeout=remaining)
+        if predicate(msg.data):
+            return bytes(msg.data)
