@@ -8,6 +8,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from rpa_common.settings import Settings
 
+
+def _patch_aiomysql_bytes() -> None:
+    """aiomysql 0.3 imports ``escape_bytes_prefixed`` from PyMySQL, which PyMySQL 1.1+ replaced by a
+    placeholder string, so every ``bytes`` parameter (encrypted secrets, package chunks) fails on
+    MariaDB with "'str' object is not callable". Put back the same escaping PyMySQL itself uses."""
+    try:
+        import aiomysql.connection as aioconn
+    except ImportError:  # pragma: no cover - PostgreSQL-only installs
+        return
+    if not callable(getattr(aioconn, "escape_bytes_prefixed", None)):
+        aioconn.escape_bytes_prefixed = lambda value: f"_binary X'{value.hex()}'"
+
+
+_patch_aiomysql_bytes()
+
 ProcessName = Literal["api", "scheduler", "gateway", "coordinator", "migrations", "tests", "bench", "cli"]
 
 
