@@ -1,1 +1,1 @@
-"""Package."""
+"""Scheduler: dispatch, sweeps, schedule triggers."""

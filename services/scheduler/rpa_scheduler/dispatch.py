@@ -1,0 +1,347 @@
+"""The dispatcher: hands Pending jobs to robots (docs/design/dispatch.md, "Dispatch").
+
+One pass takes Pending jobs that some robot could take now, by ``priority DESC, created_at ASC``,
+in small batches under ``FOR UPDATE SKIP LOCKED`` (one transaction per batch), so any number of
+scheduler replicas can run passes at once: a job locked by one replica is skipped by the others,
+and the guarded ``UPDATE robot SET current_job_id = :job WHERE ... current_job_id IS NULL`` makes
+a robot take one job even when two replicas pick different jobs for it.
+
+A job for a connected robot goes ``Starting`` and the gateway holding the robot is told to offer it;
+a job for an unattended robot that is not connected goes ``Starting`` and the coordinator of its
+terminal server is asked to open a session (with a freshly minted robot key, see the design note).
+Every message is published after the commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.jobflow import Actor, Transition, transition
+from rpa_common.models import (
+    Job,
+    Robot,
+    RobotGroupMember,
+    TerminalServer,
+    TerminalSession,
+    UnattendedAccount,
+)
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import GatewayCommand, Message, OpenSession
+from rpa_common.secrets import unattended_password
+from rpa_common.security import make_key
+from rpa_common.service import ServiceContext
+from rpa_common.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 16
+"""Jobs claimed per transaction: small, so locks are held briefly and replicas share the work."""
+
+ROBOT_KEY_KIND = "rbk"
+
+# A robot is connected when a gateway holds it. Working with no current job is the short moment
+# between the end of a job and the gateway's next status update: it may take work too.
+CONNECTED_STATUSES = (RobotStatus.READY, RobotStatus.WORKING)
+
+# Sessions that occupy a seat on their terminal server.
+LIVE_SESSION_STATES = (
+    SessionState.REQUESTED,
+    SessionState.OPENING,
+    SessionState.OPEN,
+    SessionState.ROBOT_CONNECTED,
+)
+
+
+@dataclass
+class Outbox:
+    """Messages to publish once the transaction that caused them has committed."""
+
+    items: list[tuple[str, Message]] = field(default_factory=list)
+
+    def add(self, subject: str, msg: Message) -> None:
+        self.items.append((subject, msg))
+
+    async def flush(self, ctx: ServiceContext) -> None:
+        for subject, msg in self.items:
+            await ctx.publish(subject, msg.encode())
+        self.items.clear()
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    started: list[Transition] = field(default_factory=list)
+    skipped: list[uuid.UUID] = field(default_factory=list)
+    outbox: Outbox = field(default_factory=Outbox)
+
+
+def _robot_connected() -> sa.ColumnElement[bool]:
+    return sa.and_(Robot.status.in_(CONNECTED_STATUSES), Robot.gateway_id.is_not(None))
+
+
+def _robot_can_take_work() -> sa.ColumnElement[bool]:
+    return sa.and_(Robot.is_active.is_(True), Robot.current_job_id.is_(None))
+
+
+def _session_capable() -> sa.ColumnElement[bool]:
+    """An unattended robot, not connected, whose account's terminal server has a coordinator."""
+    has_server = (
+        sa.select(sa.literal(1))
+        .select_from(UnattendedAccount)
+        .join(TerminalServer, TerminalServer.id == UnattendedAccount.terminal_server_id)
+        .where(UnattendedAccount.robot_id == Robot.id, TerminalServer.coordinator_id.is_not(None))
+        .exists()
+    )
+    return sa.and_(
+        Robot.role == RobotRole.UNATTENDED,
+        Robot.status == RobotStatus.DISCONNECTED,
+        has_server,
+    )
+
+
+def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Job]:
+    """Pending jobs that a robot could take now, best first, locked with SKIP LOCKED.
+
+    The robot conditions sit in ``EXISTS`` subqueries so that only ``job`` rows are locked (MariaDB
+    has no ``FOR UPDATE OF``) and so that jobs waiting for a busy robot never fill a batch.
+    """
+    robot_free = (
+        sa.select(sa.literal(1))
+        .select_from(Robot)
+        .where(
+            Robot.id == Job.robot_id,
+            _robot_can_take_work(),
+            sa.or_(_robot_connected(), _session_capable()),
+        )
+        .exists()
+    )
+    group_has_free = (
+        sa.select(sa.literal(1))
+        .select_from(RobotGroupMember)
+        .join(Robot, Robot.id == RobotGroupMember.robot_id)
+        .where(RobotGroupMember.group_id == Job.robot_group_id, _robot_can_take_work(), _robot_connected())
+        .exists()
+    )
+    stmt = sa.select(Job).where(
+        Job.state == JobState.PENDING,
+        sa.or_(
+            sa.and_(Job.robot_id.is_not(None), robot_free),
+            sa.and_(Job.robot_id.is_(None), Job.robot_group_id.is_not(None), group_has_free),
+        ),
+    )
+    if exclude:
+        stmt = stmt.where(Job.id.not_in(exclude))
+    return (
+        stmt.order_by(Job.priority.desc(), Job.created_at.asc(), Job.id.asc())
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+
+
+async def _claim_robot(session: AsyncSession, robot_id: uuid.UUID, job_id: uuid.UUID) -> bool:
+    """The guarded claim: rowcount 1, or another job (on any replica) took the robot first."""
+    result = await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True))
+        .values(current_job_id=job_id)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def _start(
+    session: AsyncSession, settings: Settings, job: Job, robot_id: uuid.UUID, lease_s: float, reason: str
+) -> Transition | None:
+    return await transition(
+        session,
+        job.id,
+        JobState.STARTING,
+        expected=[JobState.PENDING],
+        actor=Actor.system(),
+        reason=reason,
+        values={
+            "robot_id": robot_id,
+            "attempt": job.attempt + 1,
+            "lease_expires_at": utcnow() + timedelta(seconds=lease_s),
+        },
+    )
+
+
+async def _assign_robot_job(session: AsyncSession, settings: Settings, job: Job, out: BatchResult) -> bool:
+    assert job.robot_id is not None
+    robot = (
+        await session.execute(
+            sa.select(Robot.id, Robot.role, Robot.status, Robot.gateway_id).where(Robot.id == job.robot_id)
+        )
+    ).one_or_none()
+    if robot is None:
+        return False
+    if robot.status in CONNECTED_STATUSES and robot.gateway_id is not None:
+        if not await _claim_robot(session, robot.id, job.id):
+            return False
+        t = await _start(session, settings, job, robot.id, settings.job_lease_s, "robot chosen")
+        if t is None:  # pragma: no cover - the job row is locked by this transaction
+            raise RuntimeError(f"job {job.id} left Pending under our lock")
+        out.started.append(t)
+        out.outbox.add(
+            subjects.gateway_inbox(robot.gateway_id),
+            GatewayCommand(robot_id=robot.id, kind="offer", job_id=job.id, attempt=t.attempt),
+        )
+        return True
+    if robot.role == RobotRole.UNATTENDED and robot.status == RobotStatus.DISCONNECTED:
+        return await _open_session_for(session, settings, job, robot.id, out)
+    return False
+
+
+async def _open_session_for(
+    session: AsyncSession, settings: Settings, job: Job, robot_id: uuid.UUID, out: BatchResult
+) -> bool:
+    row = (
+        await session.execute(
+            sa.select(UnattendedAccount, TerminalServer)
+            .join(TerminalServer, TerminalServer.id == UnattendedAccount.terminal_server_id)
+            .where(UnattendedAccount.robot_id == robot_id, TerminalServer.coordinator_id.is_not(None))
+        )
+    ).one_or_none()
+    if row is None:
+        return False
+    ua, server = row
+    # The server row is the seat counter's lock: replicas opening sessions on one server queue
+    # here, so max_sessions holds; other servers are not held up.
+    await session.execute(
+        sa.select(TerminalServer.id).where(TerminalServer.id == server.id).with_for_update()
+    )
+    live = await session.scalar(
+        sa.select(sa.func.count())
+        .select_from(TerminalSession)
+        .where(
+            TerminalSession.terminal_server_id == server.id, TerminalSession.state.in_(LIVE_SESSION_STATES)
+        )
+    )
+    if (live or 0) >= server.max_sessions:
+        log.info("dispatch.server_full", job_id=str(job.id), terminal_server_id=str(server.id))
+        return False
+    if not await _claim_robot(session, robot_id, job.id):
+        return False
+    lease_s = settings.session_connect_timeout_s + settings.job_lease_s
+    t = await _start(session, settings, job, robot_id, lease_s, "opening a session")
+    if t is None:  # pragma: no cover - the job row is locked by this transaction
+        raise RuntimeError(f"job {job.id} left Pending under our lock")
+    # Only the hash of a robot key is stored, so the robot's key for this session is minted here
+    # (rotation per session): the previous key stops working, the new one reaches the robot
+    # process through OpenSession -> coordinator -> the child's environment.
+    key = make_key(ROBOT_KEY_KIND)
+    await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id)
+        .values(key_prefix=key.prefix, key_hash=key.hash, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    ts = TerminalSession(
+        id=uuid.uuid4(),
+        account_id=job.account_id,
+        unattended_account_id=ua.id,
+        terminal_server_id=server.id,
+        robot_id=robot_id,
+        job_id=job.id,
+        state=SessionState.REQUESTED,
+    )
+    session.add(ts)
+    await session.flush()
+    out.started.append(t)
+    assert server.coordinator_id is not None
+    out.outbox.add(
+        subjects.coordinator_inbox(server.coordinator_id),
+        OpenSession(
+            session_id=ts.id,
+            account_id=job.account_id,
+            unattended_account_id=ua.id,
+            robot_id=robot_id,
+            job_id=job.id,
+            login=ua.login,
+            domain=ua.domain,
+            password=unattended_password(settings, ua) or "",
+            robot_key=key.full,
+            gateway_url=settings.gateway_public_url,
+        ),
+    )
+    return True
+
+
+async def _assign_group_job(session: AsyncSession, settings: Settings, job: Job, out: BatchResult) -> bool:
+    assert job.robot_group_id is not None
+    members = sa.select(RobotGroupMember.robot_id).where(RobotGroupMember.group_id == job.robot_group_id)
+    candidate = (
+        await session.execute(
+            sa.select(Robot.id, Robot.gateway_id)
+            .where(Robot.id.in_(members), _robot_can_take_work(), _robot_connected())
+            .order_by(Robot.name)
+            .limit(1)  # lock one robot only: concurrent dispatchers take the next one
+            .with_for_update(skip_locked=True)
+        )
+    ).one_or_none()
+    # The robot row is locked and was free under the lock; the guarded claim still decides.
+    if candidate is None or not await _claim_robot(session, candidate.id, job.id):
+        return False
+    t = await _start(session, settings, job, candidate.id, settings.job_lease_s, "robot of the group chosen")
+    if t is None:  # pragma: no cover - the job row is locked by this transaction
+        raise RuntimeError(f"job {job.id} left Pending under our lock")
+    out.started.append(t)
+    out.outbox.add(
+        subjects.gateway_inbox(candidate.gateway_id),
+        GatewayCommand(robot_id=candidate.id, kind="offer", job_id=job.id, attempt=t.attempt),
+    )
+    return True
+
+
+async def dispatch_batch(
+    ctx: ServiceContext, *, limit: int = BATCH_SIZE, exclude: set[uuid.UUID] | None = None
+) -> BatchResult:
+    """Claim up to ``limit`` dispatchable jobs and hand out what can be, in one transaction."""
+    settings = ctx.settings
+
+    async def work(session: AsyncSession) -> BatchResult:
+        out = BatchResult()
+        jobs = (await session.execute(dispatchable_jobs(limit, exclude or set()))).scalars().all()
+        out.claimed = len(jobs)
+        for job in jobs:
+            # No savepoint per job: every "no" below is decided before anything is written, and
+            # the job row is ours (locked), so the Pending -> Starting guard cannot miss.
+            if job.robot_id is not None:
+                ok = await _assign_robot_job(session, settings, job, out)
+            else:
+                ok = await _assign_group_job(session, settings, job, out)
+            if not ok:
+                out.skipped.append(job.id)
+        return out
+
+    result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
+    for t in result.started:
+        result.outbox.add(subjects.JOB_STATE, t.message())
+    await result.outbox.flush(ctx)
+    return result
+
+
+async def dispatch_pass(ctx: ServiceContext, *, limit: int = BATCH_SIZE, max_batches: int = 64) -> int:
+    """Batches until nothing more can be handed out now; returns how many jobs went Starting."""
+    started = 0
+    skipped: set[uuid.UUID] = set()
+    for _ in range(max_batches):
+        result = await dispatch_batch(ctx, limit=limit, exclude=skipped)
+        started += len(result.started)
+        skipped.update(result.skipped)
+        # A short batch saw every job that could go now; newer ones set the wake-up again.
+        if result.claimed < limit:
+            break
+    if started:
+        log.debug("dispatch.pass", started=started)
+    return started

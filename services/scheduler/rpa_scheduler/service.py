@@ -1,0 +1,166 @@
+"""The scheduler's background work: NATS wake-ups, the dispatch loop, the sweeps, the triggers.
+
+The dispatch loop waits on one event. ``JOB_CREATED``, a ``JOB_STATE`` that freed a robot and a
+``ROBOT_STATUS`` that made one available set it (queue group ``SCHEDULER_QUEUE``: one replica per
+message), and so does every sweep, so a lost message only delays dispatch by ``sweep_interval_s``.
+Wake-ups that arrive during a pass coalesce into one more pass: there is no polling delay on the
+hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from rpa_common.models.enums import JobState, RobotStatus
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport
+from rpa_common.service import ServiceContext
+from rpa_scheduler.dispatch import dispatch_pass
+from rpa_scheduler.sweeps import apply_session_report, sweep_all
+from rpa_scheduler.triggers import TriggerScheduler
+
+log = structlog.get_logger(__name__)
+
+TRIGGER_RELOAD_EVERY_S = 60.0
+"""Triggers are re-read this often even without ``TRIGGER_CHANGED``."""
+
+
+class Scheduler:
+    """One replica's scheduler; ``start`` then ``stop``."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        triggers: bool = True,
+        sweeps: bool = True,
+        queue: str = subjects.SCHEDULER_QUEUE,
+    ) -> None:
+        self.ctx = ctx
+        self.queue = queue
+        self.wake = asyncio.Event()
+        self.triggers = TriggerScheduler(ctx) if triggers else None
+        self.sweeps = sweeps
+        self.passes = 0
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        nc = self.ctx.nc
+        q = self.queue
+        self._subs = [
+            await nc.subscribe(subjects.JOB_CREATED, queue=q, cb=self._on_job_created),
+            await nc.subscribe(subjects.JOB_STATE, queue=q, cb=self._on_job_state),
+            await nc.subscribe(subjects.ROBOT_STATUS, queue=q, cb=self._on_robot_status),
+            await nc.subscribe(subjects.SESSION_STATE, queue=q, cb=self._on_session_state),
+        ]
+        if self.triggers is not None:
+            # Fan-out: every replica keeps its own copy of the schedule.
+            self._subs.append(await nc.subscribe(subjects.TRIGGER_CHANGED, cb=self._on_trigger_changed))
+            self.triggers.start()
+            try:
+                await self.triggers.reload()
+            except Exception:
+                log.exception("triggers.reload_failed")
+        self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="dispatch"))
+        if self.sweeps:
+            self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeps"))
+        self.wake.set()  # recover whatever waited while no scheduler ran
+        log.info("scheduler.started")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._subs.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.triggers is not None:
+            self.triggers.shutdown()
+        log.info("scheduler.stopped")
+
+    # NATS handlers: decode, decide, set the event. Never raise into the NATS client.
+
+    async def _on_job_created(self, msg: Msg) -> None:
+        self.wake.set()
+
+    async def _on_job_state(self, msg: Msg) -> None:
+        try:
+            event = JobStateChanged.decode(msg.data)
+        except ValueError:
+            return
+        if event.to_state.is_final or event.to_state == JobState.PENDING:
+            self.wake.set()
+
+    async def _on_robot_status(self, msg: Msg) -> None:
+        try:
+            event = RobotStatusChanged.decode(msg.data)
+        except ValueError:
+            return
+        if event.status in (RobotStatus.READY, RobotStatus.WORKING):
+            self.wake.set()
+
+    async def _on_session_state(self, msg: Msg) -> None:
+        try:
+            report = SessionStateReport.decode(msg.data)
+        except ValueError:
+            log.warning("session_state.undecodable")
+            return
+        try:
+            await apply_session_report(self.ctx, report)
+        except Exception:
+            # The sweep fails the job from the database anyway (session timeout).
+            log.exception("session_state.apply_failed", session_id=str(report.session_id))
+
+    async def _on_trigger_changed(self, msg: Msg) -> None:
+        if self.triggers is None:
+            return
+        try:
+            await self.triggers.reload()
+        except Exception:
+            log.exception("triggers.reload_failed")
+
+    # Loops
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            try:
+                started = await dispatch_pass(self.ctx)
+                self.passes += 1
+                if started:
+                    # Jobs another replica skipped while this one held robot locks can go now.
+                    self.wake.set()
+            except Exception:
+                log.exception("dispatch.pass_failed")
+                await asyncio.sleep(min(1.0, self.ctx.settings.sweep_interval_s))
+                self.wake.set()
+
+    async def _sweep_loop(self) -> None:
+        interval = self.ctx.settings.sweep_interval_s
+        since_reload = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await sweep_all(self.ctx)
+            except Exception:
+                log.exception("sweep.failed")
+            self.wake.set()
+            since_reload += interval
+            if self.triggers is not None and since_reload >= TRIGGER_RELOAD_EVERY_S:
+                since_reload = 0.0
+                try:
+                    await self.triggers.reload()
+                except Exception:
+                    log.exception("triggers.reload_failed")

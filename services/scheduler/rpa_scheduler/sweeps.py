@@ -1,0 +1,443 @@
+"""Recovery sweeps: what the scheduler does because time passed, not because a message came.
+
+Each sweep takes one bounded batch of rows under ``FOR UPDATE SKIP LOCKED`` in one transaction,
+so replicas running the same sweep at the same moment split the rows instead of waiting on each
+other; messages are published after the commit. A sweep returns how many rows it changed, and the
+caller repeats it while a full batch came back.
+
+- robots whose heartbeats stopped -> Disconnected (``ROBOT_STATUS``);
+- jobs whose lease ran out -> Failed "robot lost" (or Pending again while retries remain);
+  Interrupting -> Interrupted by the orchestrator itself;
+- ``stop_at`` passed on Running -> Stopping (+ ``JOB_CONTROL`` stop); ``interrupt_at`` passed ->
+  Interrupting (+ ``JOB_CONTROL`` interrupt);
+- Starting jobs whose terminal session failed, or whose robot did not connect within
+  ``session_connect_timeout_s`` -> Failed with that reason (+ ``CloseSession``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.jobflow import Actor, Transition, transition
+from rpa_common.models import Job, Robot, TerminalServer, TerminalSession
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import JobState, RobotStatus, SessionState
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import (
+    CloseSession,
+    JobControl,
+    JobCreated,
+    RobotStatusChanged,
+    SessionStateReport,
+)
+from rpa_common.service import ServiceContext
+from rpa_scheduler.dispatch import LIVE_SESSION_STATES, Outbox
+
+log = structlog.get_logger(__name__)
+
+SWEEP_BATCH = 100
+
+ROBOT_LOST = "robot lost"
+ROBOT_LOST_RETRY = "robot lost, retrying"
+
+# Forward order of a session's life; failed and closed are final.
+_SESSION_RANK = {
+    SessionState.REQUESTED: 0,
+    SessionState.OPENING: 1,
+    SessionState.OPEN: 2,
+    SessionState.ROBOT_CONNECTED: 3,
+    SessionState.CLOSED: 4,
+    SessionState.FAILED: 4,
+}
+
+
+@dataclass
+class SweepResult:
+    changed: int = 0
+    outbox: Outbox = field(default_factory=Outbox)
+
+    def publish_transition(self, t: Transition | None) -> bool:
+        if t is None:
+            return False
+        self.changed += 1
+        self.outbox.add(subjects.JOB_STATE, t.message())
+        return True
+
+
+async def _run(ctx: ServiceContext, work: Callable[[AsyncSession], Awaitable[SweepResult]]) -> SweepResult:
+    result = await run_in_transaction(ctx.sessions, work, attempts=ctx.settings.db_retry_attempts)
+    await result.outbox.flush(ctx)
+    return result
+
+
+# Robots ------------------------------------------------------------------------------------------
+
+
+async def sweep_heartbeats(
+    ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH
+) -> int:
+    """Robots silent for ``heartbeat_interval_s * heartbeat_misses`` become Disconnected."""
+    settings = ctx.settings
+    cutoff = (now or utcnow()) - timedelta(seconds=settings.heartbeat_interval_s * settings.heartbeat_misses)
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        rows = (
+            await session.execute(
+                sa.select(Robot.id, Robot.account_id)
+                .where(
+                    Robot.status != RobotStatus.DISCONNECTED,
+                    sa.or_(
+                        Robot.last_heartbeat_at < cutoff,
+                        sa.and_(
+                            Robot.last_heartbeat_at.is_(None),
+                            sa.or_(Robot.connected_at.is_(None), Robot.connected_at < cutoff),
+                        ),
+                    ),
+                )
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        at = utcnow()
+        for row in rows:
+            await session.execute(
+                sa.update(Robot)
+                .where(Robot.id == row.id, Robot.status != RobotStatus.DISCONNECTED)
+                .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=at)
+                .execution_options(synchronize_session=False)
+            )
+            out.changed += 1
+            out.outbox.add(
+                subjects.ROBOT_STATUS,
+                RobotStatusChanged(
+                    account_id=row.account_id, robot_id=row.id, status=RobotStatus.DISCONNECTED, at=at
+                ),
+            )
+        return out
+
+    result = await _run(ctx, work)
+    if result.changed:
+        log.info("sweep.robots_disconnected", count=result.changed)
+    return result.changed
+
+
+# Leases ------------------------------------------------------------------------------------------
+
+
+async def _close_live_session(
+    session: AsyncSession, job_id: uuid.UUID, reason: str, out: SweepResult
+) -> None:
+    """Ask the coordinator to close the job's session, if one is still live."""
+    rows = (
+        await session.execute(
+            sa.select(TerminalSession.id, TerminalServer.coordinator_id)
+            .join(TerminalServer, TerminalServer.id == TerminalSession.terminal_server_id)
+            .where(TerminalSession.job_id == job_id, TerminalSession.state.in_(LIVE_SESSION_STATES))
+        )
+    ).all()
+    for row in rows:
+        if row.coordinator_id is not None:
+            out.outbox.add(
+                subjects.coordinator_inbox(row.coordinator_id), CloseSession(session_id=row.id, reason=reason)
+            )
+
+
+async def sweep_leases(ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH) -> int:
+    """Jobs whose robot stopped renewing the lease end (or go back to Pending while retries remain)."""
+    moment = now or utcnow()
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        jobs = (
+            await session.execute(
+                sa.select(Job.id, Job.state, Job.attempt, Job.max_retries, Job.robot_group_id)
+                .where(
+                    Job.state.in_(
+                        [JobState.STARTING, JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING]
+                    ),
+                    Job.lease_expires_at < moment,
+                )
+                .order_by(Job.lease_expires_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for job in jobs:
+            values: dict[str, Any] = {}
+            if job.state == JobState.INTERRUPTING:
+                to_state = JobState.INTERRUPTED
+                reason = "robot unreachable after the interrupt: interrupted by the orchestrator"
+            elif job.state in (JobState.STARTING, JobState.RUNNING) and job.attempt <= job.max_retries:
+                # A soft or hard stop that was asked for is never retried; a lost run is.
+                to_state, reason = JobState.PENDING, ROBOT_LOST_RETRY
+                values = {"lease_expires_at": None, "stop_at": None, "interrupt_at": None}
+                if job.robot_group_id is not None:
+                    values["robot_id"] = None  # any member of the group may take the retry
+            else:
+                to_state, reason = JobState.FAILED, ROBOT_LOST
+                values = {"error": ROBOT_LOST}
+            t = await transition(
+                session,
+                job.id,
+                to_state,
+                expected=[job.state],
+                attempt=job.attempt,
+                actor=Actor.system(),
+                reason=reason,
+                values=values,
+            )
+            if t is None:
+                continue
+            out.publish_transition(t)
+            await _close_live_session(session, job.id, reason, out)
+            if t.to_state == JobState.PENDING:
+                out.outbox.add(
+                    subjects.JOB_CREATED,
+                    JobCreated(account_id=t.account_id, job_id=t.job_id, created_at=t.at),
+                )
+        return out
+
+    result = await _run(ctx, work)
+    if result.changed:
+        log.info("sweep.leases_expired", count=result.changed)
+    return result.changed
+
+
+# Deadlines ---------------------------------------------------------------------------------------
+
+
+async def sweep_deadlines(
+    ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH
+) -> int:
+    """``interrupt_at`` passed -> Interrupting; ``stop_at`` passed on Running -> Stopping."""
+    moment = now or utcnow()
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        # Interrupts first: a job past both deadlines goes straight to the hard stop.
+        due_interrupt = (
+            await session.execute(
+                sa.select(Job.id, Job.state, Job.attempt, Job.robot_id, Job.account_id)
+                .where(
+                    Job.state.in_([JobState.STARTING, JobState.RUNNING, JobState.STOPPING]),
+                    Job.interrupt_at < moment,
+                )
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for job in due_interrupt:
+            t = await transition(
+                session,
+                job.id,
+                JobState.INTERRUPTING,
+                expected=[job.state],
+                attempt=job.attempt,
+                actor=Actor.system(),
+                reason="interrupt deadline passed",
+            )
+            if out.publish_transition(t):
+                out.outbox.add(
+                    subjects.JOB_CONTROL,
+                    JobControl(
+                        account_id=job.account_id,
+                        job_id=job.id,
+                        robot_id=job.robot_id,
+                        attempt=job.attempt,
+                        command="interrupt",
+                    ),
+                )
+        due_stop = (
+            await session.execute(
+                sa.select(Job.id, Job.attempt, Job.robot_id, Job.account_id)
+                .where(Job.state == JobState.RUNNING, Job.stop_at < moment)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for stop in due_stop:
+            t = await transition(
+                session,
+                stop.id,
+                JobState.STOPPING,
+                expected=[JobState.RUNNING],
+                attempt=stop.attempt,
+                actor=Actor.system(),
+                reason="stop deadline passed",
+            )
+            if out.publish_transition(t):
+                out.outbox.add(
+                    subjects.JOB_CONTROL,
+                    JobControl(
+                        account_id=stop.account_id,
+                        job_id=stop.id,
+                        robot_id=stop.robot_id,
+                        attempt=stop.attempt,
+                        command="stop",
+                    ),
+                )
+        return out
+
+    result = await _run(ctx, work)
+    if result.changed:
+        log.info("sweep.deadlines", count=result.changed)
+    return result.changed
+
+
+# Terminal sessions -------------------------------------------------------------------------------
+
+
+async def _fail_starting_job(
+    session: AsyncSession, ts_id: uuid.UUID, job_id: uuid.UUID | None, reason: str, out: SweepResult
+) -> None:
+    if job_id is None:
+        return
+    attempt = await session.scalar(sa.select(Job.attempt).where(Job.id == job_id))
+    t = await transition(
+        session,
+        job_id,
+        JobState.FAILED,
+        expected=[JobState.STARTING],
+        attempt=attempt,
+        actor=Actor.system(),
+        reason=reason,
+        values={"error": reason},
+    )
+    out.publish_transition(t)
+
+
+async def sweep_sessions(
+    ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH
+) -> int:
+    """Starting jobs whose session failed or whose robot did not connect in time -> Failed."""
+    moment = now or utcnow()
+    timeout_s = ctx.settings.session_connect_timeout_s
+    cutoff = moment - timedelta(seconds=timeout_s)
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        rows = (
+            await session.execute(
+                sa.select(
+                    TerminalSession.id,
+                    TerminalSession.job_id,
+                    TerminalSession.state,
+                    TerminalSession.reason,
+                    TerminalServer.coordinator_id,
+                )
+                .join(Job, Job.id == TerminalSession.job_id)
+                .join(TerminalServer, TerminalServer.id == TerminalSession.terminal_server_id)
+                .where(
+                    Job.state == JobState.STARTING,
+                    sa.or_(
+                        TerminalSession.state == SessionState.FAILED,
+                        sa.and_(
+                            TerminalSession.state.in_(
+                                [
+                                    SessionState.REQUESTED,
+                                    SessionState.OPENING,
+                                    SessionState.OPEN,
+                                    SessionState.CLOSED,
+                                ]
+                            ),
+                            TerminalSession.created_at < cutoff,
+                        ),
+                    ),
+                )
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        for row in rows:
+            if row.state == SessionState.FAILED:
+                reason = f"session failed: {row.reason or 'no reason given'}"
+            else:
+                reason = f"robot did not connect within {timeout_s:g} s"
+                await _set_session_state(session, row.id, SessionState.FAILED, reason, moment)
+                if row.coordinator_id is not None:
+                    out.outbox.add(
+                        subjects.coordinator_inbox(row.coordinator_id),
+                        CloseSession(session_id=row.id, reason=reason),
+                    )
+            await _fail_starting_job(session, row.id, row.job_id, reason, out)
+        return out
+
+    result = await _run(ctx, work)
+    if result.changed:
+        log.info("sweep.sessions_failed", count=result.changed)
+    return result.changed
+
+
+async def _set_session_state(
+    session: AsyncSession, session_id: uuid.UUID, state: SessionState, reason: str | None, at: datetime
+) -> bool:
+    """Move a session forward only: a late or duplicate report changes nothing."""
+    before = [s for s, rank in _SESSION_RANK.items() if rank < _SESSION_RANK[state]]
+    values: dict[str, object] = {"state": state, "updated_at": utcnow()}
+    if reason is not None:
+        values["reason"] = reason[:1000]
+    if state == SessionState.OPEN:
+        values["opened_at"] = at
+    if state in (SessionState.CLOSED, SessionState.FAILED):
+        values["closed_at"] = at
+    result = await session.execute(
+        sa.update(TerminalSession)
+        .where(TerminalSession.id == session_id, TerminalSession.state.in_(before))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def apply_session_report(ctx: ServiceContext, report: SessionStateReport) -> bool:
+    """Store a coordinator's report (forward only); a failed session fails its Starting job."""
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        if not await _set_session_state(session, report.session_id, report.state, report.reason, report.at):
+            return out
+        out.changed = 1
+        if report.state == SessionState.FAILED:
+            job_id = await session.scalar(
+                sa.select(TerminalSession.job_id).where(TerminalSession.id == report.session_id)
+            )
+            await _fail_starting_job(
+                session,
+                report.session_id,
+                job_id,
+                f"session failed: {report.reason or 'no reason given'}",
+                out,
+            )
+        return out
+
+    result = await _run(ctx, work)
+    return result.changed > 0
+
+
+async def sweep_all(ctx: ServiceContext) -> dict[str, int]:
+    """Every sweep once, each repeated while it came back with a full batch."""
+    counts: dict[str, int] = {}
+    for name, fn in (
+        ("heartbeats", sweep_heartbeats),
+        ("leases", sweep_leases),
+        ("deadlines", sweep_deadlines),
+        ("sessions", sweep_sessions),
+    ):
+        total = 0
+        for _ in range(20):
+            n = await fn(ctx)
+            total += n
+            if n < SWEEP_BATCH:
+                break
+        counts[name] = total
+    return counts
