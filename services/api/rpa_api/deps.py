@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import jwt
 import sqlalchemy as sa
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
@@ -28,6 +28,7 @@ from rpa_common.service import ServiceContext
 T = TypeVar("T")
 
 API_KEY_KIND = "rpak"
+TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path
 
 
 def get_ctx(request: Request) -> ServiceContext:
@@ -98,7 +99,23 @@ class Principal:
         return self.all_folders or (folder_id is not None and folder_id in self.folder_ids)
 
 
-_bearer = HTTPBearer(auto_error=False, description="An access token from /api/v1/auth/token, or an API key")
+# Two schemes read the same ``Authorization: Bearer`` header. Both appear in the OpenAPI document as
+# alternatives, so Swagger UI's Authorize button can log in with a password (OAuth2 password flow
+# against TOKEN_URL) or take a pasted API key.
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="An access token from /api/v1/auth/token, or an API key",
+)
+_oauth2 = OAuth2PasswordBearer(
+    tokenUrl=TOKEN_URL,
+    auto_error=False,
+    scheme_name="password",
+    description="Log in with a username and password",
+)
+
+
+_NO_KEY_HASH = "0" * 64
 
 
 async def _load_roles(session: AsyncSession, principal: Principal) -> None:
@@ -129,10 +146,11 @@ async def authenticate(
     request: Request,
     ctx: Ctx,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    oauth2_token: Annotated[str | None, Depends(_oauth2)],
 ) -> Principal:
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+    token = credentials.credentials if credentials is not None else oauth2_token
+    if not token:
         raise Unauthorized("missing bearer token")
-    token = credentials.credentials
     now = datetime.now(UTC)
     async with ctx.sessions() as session:
         api_key_id: uuid.UUID | None = None
@@ -141,14 +159,17 @@ async def authenticate(
             key = (
                 await session.execute(sa.select(ApiKey).where(ApiKey.prefix == prefix))
             ).scalar_one_or_none()
+            # The hash is checked even for an unknown prefix, so a miss and a wrong secret take the same time.
             if (
-                key is None
-                or not key_matches(token, key.key_hash)
+                not key_matches(token, key.key_hash if key is not None else _NO_KEY_HASH)
+                or key is None
                 or key.revoked_at is not None
                 or (key.expires_at is not None and key.expires_at <= now)
             ):
                 raise Unauthorized("invalid, revoked or expired API key")
             user = await session.get(User, key.user_id)
+            if user is not None and user.account_id != key.account_id:
+                raise Unauthorized("invalid, revoked or expired API key")
             actor = ActorType.API_KEY
             api_key_id = key.id
         else:

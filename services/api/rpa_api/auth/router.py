@@ -1,5 +1,248 @@
-"""Auth endpoints."""
+"""Auth endpoints: the OAuth2 password login, refresh-token rotation, revocation, ``/auth/me``, API keys.
 
-from fastapi import APIRouter
+The login, refresh and revoke endpoints are the only ones a caller reaches without a token (they are
+how one gets a token), and ``/auth/me`` and ``/auth/logout-all`` act on the caller only: these need
+an authenticated caller but no permission. Everything else requires a permission.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordRequestForm
+
+from rpa_api.auth import service
+from rpa_api.auth.schemas import (
+    AccountRef,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyOut,
+    MeOut,
+    MeUser,
+    PermissionOut,
+    RoleRef,
+    TokenOut,
+)
+from rpa_api.deps import CurrentPrincipal, Principal, Session, Transaction, require
+from rpa_api.pagination import Page, Paging, paginate
+from rpa_common.errors import BadRequest, Forbidden, Unprocessable
+from rpa_common.models import Account, ApiKey, Role, User, UserRole
+from rpa_common.models.enums import PermissionAction as A
+from rpa_common.models.enums import PermissionObject as O
+from rpa_common.service import problem
 
 router = APIRouter()
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+_TOKEN_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["refresh_token"],
+                    "properties": {"refresh_token": {"type": "string"}},
+                }
+            },
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["refresh_token"],
+                    "properties": {"refresh_token": {"type": "string"}},
+                }
+            },
+        },
+    }
+}
+
+
+def _client(request: Request) -> service.Client:
+    return service.Client(
+        address=request.client.host if request.client else None,
+        user_agent=(request.headers.get("user-agent") or "")[:500] or None,
+    )
+
+
+async def _refresh_token_field(request: Request) -> str:
+    """``refresh_token`` from a form or a JSON body (OAuth2 clients send forms, SPAs often JSON)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    value: Any
+    if ctype == "application/json" or ctype.endswith("+json"):
+        try:
+            doc = json.loads(await request.body() or b"null")
+        except ValueError:
+            raise BadRequest("the body is not valid JSON") from None
+        value = doc.get("refresh_token") if isinstance(doc, dict) else None
+    else:
+        value = (await request.form()).get("refresh_token")
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise Unprocessable("a refresh token (a non-empty string) is required", field="refresh_token")
+    return value
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    summary="Log in with a username and password (OAuth2 password flow)",
+    responses={401: _PROBLEM, 429: {**_PROBLEM, "description": "Too many failed logins (see Retry-After)"}},
+)
+async def token(
+    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], tx: Transaction
+) -> TokenOut | JSONResponse:
+    try:
+        return await service.login(tx.ctx, tx, form.username, form.password, _client(request))
+    except service.LoginThrottled as exc:
+        resp = problem(exc.status, exc.title, exc.detail, instance=request.url.path, **exc.extra)
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
+
+
+@router.post(
+    "/auth/refresh",
+    response_model=TokenOut,
+    summary="Trade a refresh token for a new pair (the old one is spent)",
+    openapi_extra=_TOKEN_BODY,
+    responses={401: _PROBLEM, 422: _PROBLEM},
+)
+async def refresh(request: Request, tx: Transaction) -> TokenOut:
+    raw = await _refresh_token_field(request)
+    return await service.refresh(tx.ctx, tx, raw, _client(request))
+
+
+@router.post(
+    "/auth/revoke",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke a refresh token and every token rotated from the same login",
+    openapi_extra=_TOKEN_BODY,
+    responses={422: _PROBLEM},
+)
+async def revoke(request: Request, tx: Transaction) -> Response:
+    raw = await _refresh_token_field(request)
+    await service.revoke(tx, raw, _client(request))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/auth/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Invalidate every access and refresh token of the caller",
+    responses={401: _PROBLEM},
+)
+async def logout_all(principal: CurrentPrincipal, tx: Transaction) -> Response:
+    await service.logout_all(tx, principal)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/auth/me", response_model=MeOut, summary="The caller: user, account, roles, permissions")
+async def me(principal: CurrentPrincipal, session: Session) -> MeOut:
+    user = await session.get(User, principal.user_id)
+    account = await session.get(Account, principal.account_id)
+    assert user is not None and account is not None  # the principal was just loaded from them
+    roles = (
+        (
+            await session.execute(
+                sa.select(Role)
+                .join(UserRole, UserRole.role_id == Role.id)
+                .where(UserRole.user_id == principal.user_id)
+                .order_by(Role.name)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    return MeOut(
+        user=MeUser.model_validate(user),
+        account=AccountRef.model_validate(account),
+        roles=[RoleRef.model_validate(r) for r in roles],
+        permissions=[
+            PermissionOut(object=o, action=a)
+            for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1]))
+        ],
+        all_folders=principal.all_folders,
+        folder_ids=sorted(principal.folder_ids, key=str),
+        via_api_key=principal.api_key_id,
+    )
+
+
+# API keys -----------------------------------------------------------------------------------------
+
+
+def _may_manage_others(principal: Principal) -> bool:
+    """Whoever may change users may see and revoke their keys (never their secrets)."""
+    return principal.can(O.USERS, A.UPDATE)
+
+
+@router.post(
+    "/api-keys",
+    response_model=ApiKeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    tags=["api-keys"],
+    summary="Create an API key for the caller; the key is shown in this answer only",
+)
+async def create_api_key(
+    body: ApiKeyCreate,
+    tx: Transaction,
+    principal: Annotated[Principal, Depends(require(O.API_KEYS, A.CREATE))],
+) -> ApiKeyCreated:
+    row, full = await service.create_api_key(tx, principal, body)
+    return ApiKeyCreated.model_validate({**ApiKeyOut.model_validate(row).model_dump(), "key": full})
+
+
+@router.get(
+    "/api-keys",
+    response_model=Page[ApiKeyOut],
+    tags=["api-keys"],
+    summary="The caller's API keys (all of the account's with all=true, for user managers)",
+)
+async def list_api_keys(
+    session: Session,
+    paging: Paging,
+    principal: Annotated[Principal, Depends(require(O.API_KEYS, A.READ))],
+    all: Annotated[bool, Query(description="Every key of the account (needs users:update)")] = False,
+    user_id: Annotated[uuid.UUID | None, Query(description="Keys of this user")] = None,
+    revoked: Annotated[
+        bool | None, Query(description="Only revoked (true) or only live (false) keys")
+    ] = None,
+) -> Page[ApiKeyOut]:
+    if all and not _may_manage_others(principal):
+        raise Forbidden("listing every key of the account needs users:update")
+    stmt = sa.select(ApiKey).where(service.api_keys_visible(principal, all))
+    if user_id is not None:
+        stmt = stmt.where(ApiKey.user_id == user_id)
+    if revoked is not None:
+        stmt = stmt.where(ApiKey.revoked_at.is_not(None) if revoked else ApiKey.revoked_at.is_(None))
+    rows, total = await paginate(
+        session,
+        stmt,
+        paging,
+        sortable={"created_at": ApiKey.created_at, "name": ApiKey.name, "expires_at": ApiKey.expires_at},
+        default_sort="-created_at",
+    )
+    return Page[ApiKeyOut](
+        items=[ApiKeyOut.model_validate(r) for r in rows],
+        total=total,
+        limit=paging.limit,
+        offset=paging.offset,
+    )
+
+
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["api-keys"],
+    summary="Revoke an API key (the caller's own, or any of the account's for user managers)",
+    responses={404: _PROBLEM},
+)
+async def revoke_api_key(
+    key_id: uuid.UUID,
+    tx: Transaction,
+    principal: Annotated[Principal, Depends(require(O.API_KEYS, A.DELETE))],
+) -> Response:
+    await service.revoke_api_key(tx, principal, key_id, _may_manage_others(principal))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

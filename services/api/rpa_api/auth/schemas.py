@@ -1,0 +1,88 @@
+"""Bodies of the token endpoints, ``/auth/me`` and API keys.
+
+An API key's secret appears only in ``ApiKeyCreated`` (the answer to its creation); listings show
+its prefix, which is enough to tell keys apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+
+from rpa_common.models.enums import PermissionAction, PermissionObject
+
+
+class _In(BaseModel):
+    """Request bodies reject unknown fields: a typo never goes unnoticed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+    expires_in: int
+    refresh_token: str
+
+
+class PermissionOut(_Out):
+    object: PermissionObject
+    action: PermissionAction
+
+
+class RoleRef(_Out):
+    id: uuid.UUID
+    name: str
+    builtin: bool
+
+
+class AccountRef(_Out):
+    id: uuid.UUID
+    name: str
+    description: str
+
+
+class MeUser(_Out):
+    id: uuid.UUID
+    username: str
+    display_name: str
+    email: str | None
+    is_active: bool
+    last_login_at: datetime | None
+
+
+class MeOut(BaseModel):
+    user: MeUser
+    account: AccountRef
+    roles: list[RoleRef]
+    permissions: list[PermissionOut]
+    all_folders: bool
+    folder_ids: list[uuid.UUID]
+    via_api_key: uuid.UUID | None
+
+
+class ApiKeyCreate(_In):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyOut(_Out):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    name: str
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str
