@@ -1,1 +1,1 @@
-"""Package."""
+"""Coordinator: opens sessions for unattended robots on a terminal server."""

@@ -1,0 +1,29 @@
+"""``python -m rpa_coordinator serve``."""
+
+from __future__ import annotations
+
+import argparse
+
+from rpa_common.logging import configure_logging
+from rpa_common.service import run_service
+from rpa_coordinator.settings import CoordinatorSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="rpa-coordinator", description="RPA orchestrator terminal-server coordinator"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="open and close sessions on command (health on the coordinator port)")
+    parser.parse_args(argv)
+    settings = CoordinatorSettings()
+    from rpa_coordinator.app import create_app
+
+    configure_logging(settings.log_level, settings.log_json)
+    run_service(
+        create_app(settings), settings.coordinator_host, settings.coordinator_port, settings.log_level
+    )
+
+
+if __name__ == "__main__":
+    main()

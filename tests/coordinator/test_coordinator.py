@@ -1,0 +1,256 @@
+"""The coordinator: OpenSession starts a robot process (key in its environment only), the session's
+states reach the database through the scheduler, the session limit holds, shutdown closes sessions.
+
+``rpa_robot`` (the reference robot) is not in the tree yet, so these tests start a tiny real Python
+script through the process driver's ``command`` override; it records what it was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from rpa_common.models import Job, Robot, TerminalSession
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import CloseSession, RobotStatusChanged
+from rpa_common.security import key_matches, make_key
+from rpa_common.service import ServiceContext
+from rpa_coordinator.coordinator import Coordinator, IdentityError, resolve_identity
+from rpa_coordinator.drivers import ProcessDriver
+from rpa_scheduler.dispatch import dispatch_pass
+from rpa_scheduler.service import Scheduler
+from tests.scheduler.factory import World, listen, new_world
+
+# Records its argv, environment and user in its working directory (the session directory), then
+# waits for SIGTERM, or exits at once with EXIT_CODE when that is set.
+STAND_IN = r"""
+import json, os, signal, sys, time
+exit_code = int(os.environ.get("EXIT_CODE_FOR_TEST", "-1"))
+with open("seen.json", "w") as f:
+    json.dump({"argv": sys.argv, "key": os.environ.get("RPA_ROBOT_KEY"), "uid": os.getuid(),
+               "pid": os.getpid(), "home": os.environ.get("HOME")}, f)
+if exit_code >= 0:
+    sys.exit(exit_code)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+while True:
+    time.sleep(0.1)
+"""
+
+
+@pytest.fixture
+def work_dir() -> Any:
+    # World-readable, so a child running as another OS user can read the script.
+    with tempfile.TemporaryDirectory(prefix="rpa-coord-test-") as d:
+        os.chmod(d, 0o755)  # noqa: S103 - another OS user must read the script
+        script = Path(d) / "stand_in.py"
+        script.write_text(STAND_IN)
+        script.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        yield Path(d)
+
+
+def driver_for(work_dir: Path, python: str = sys.executable) -> ProcessDriver:
+    script = str(work_dir / "stand_in.py")
+    return ProcessDriver(
+        str(work_dir),
+        command=lambda gateway, state_dir, cache_dir: [python, script, "--gateway", gateway],
+        stop_timeout_s=5,
+    )
+
+
+class Setup:
+    def __init__(self, world: World, coordinator_id: uuid.UUID, server_id: uuid.UUID) -> None:
+        self.world = world
+        self.coordinator_id = coordinator_id
+        self.server_id = server_id
+
+    async def unattended_job(self, login: str) -> tuple[uuid.UUID, uuid.UUID]:
+        bot = await self.world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
+        await self.world.unattended_account(self.server_id, bot, login, "Pa55word!")
+        return bot, await self.world.job(robot_id=bot)
+
+    async def session_of(self, job_id: uuid.UUID) -> TerminalSession:
+        async with self.world.ctx.sessions() as session:
+            ts = await session.scalar(sa.select(TerminalSession).where(TerminalSession.job_id == job_id))
+        assert ts is not None
+        return ts
+
+    async def wait_state(
+        self, job_id: uuid.UUID, state: SessionState, timeout: float = 10
+    ) -> TerminalSession:
+        async with asyncio.timeout(timeout):
+            while True:
+                ts = await self.session_of(job_id)
+                if ts.state == state:
+                    return ts
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def setup(ctx: ServiceContext) -> AsyncIterator[Setup]:
+    world = await new_world(ctx)
+    coordinator_id = await world.robot(role=RobotRole.COORDINATOR, status=RobotStatus.DISCONNECTED)
+    server_id = await world.terminal_server(coordinator_id, max_sessions=10)
+    # The scheduler side stores the coordinator's reports (own queue group: NATS is shared).
+    scheduler = Scheduler(ctx, triggers=False, sweeps=False, queue=f"test-{uuid.uuid4().hex[:8]}")
+    await scheduler.start()
+    try:
+        yield Setup(world, coordinator_id, server_id)
+    finally:
+        await scheduler.stop()
+
+
+def seen(work_dir: Path, session_id: uuid.UUID) -> dict[str, Any]:
+    path = work_dir / "sessions" / str(session_id) / "seen.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+async def wait_seen(work_dir: Path, session_id: uuid.UUID) -> dict[str, Any]:
+    async with asyncio.timeout(10):
+        while not (data := seen(work_dir, session_id)):
+            await asyncio.sleep(0.05)
+    return data
+
+
+async def test_open_session_starts_the_robot_with_its_key_in_the_environment_only(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(
+        ctx, setup.coordinator_id, driver_for(work_dir), gateway_url="ws://gw.test:8001/robot/v1"
+    )
+    await coordinator.start()
+    try:
+        async with listen(ctx, subjects.SESSION_STATE) as reports:
+            bot, job_id = await setup.unattended_job("no_such_os_user_here")
+            await dispatch_pass(ctx)
+            ts = await setup.wait_state(job_id, SessionState.OPEN)
+            for state in ("opening", "open"):
+                await reports.wait_for(lambda m, s=state: m["session_id"] == str(ts.id) and m["state"] == s)
+            data = await wait_seen(work_dir, ts.id)
+            robot = await setup.world.get(Robot, bot)
+            assert data["key"] and key_matches(data["key"], robot.key_hash), "the fresh key reached the child"
+            assert data["argv"][1:] == ["--gateway", "ws://gw.test:8001/robot/v1"]
+            cmdline = Path(f"/proc/{data['pid']}/cmdline").read_bytes()
+            assert data["key"].encode() not in cmdline and b"Pa55word!" not in cmdline
+            assert ts.opened_at is not None
+
+            # The robot connects (the gateway says so): robot_connected, reported and stored.
+            await ctx.publish(
+                subjects.ROBOT_STATUS,
+                RobotStatusChanged(
+                    account_id=setup.world.account_id, robot_id=bot, status=RobotStatus.READY, at=utcnow()
+                ).encode(),
+            )
+            await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+
+            # The scheduler closes it: the process ends, the session is closed.
+            await ctx.publish(
+                subjects.coordinator_inbox(setup.coordinator_id),
+                CloseSession(session_id=ts.id, reason="job over").encode(),
+            )
+            closed = await setup.wait_state(job_id, SessionState.CLOSED)
+            assert closed.closed_at is not None
+            assert (
+                not Path(f"/proc/{data['pid']}").exists()
+                or b"zombie" in Path(f"/proc/{data['pid']}/status").read_bytes().lower()
+            )
+        assert coordinator.sessions == {}
+    finally:
+        await coordinator.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root")
+async def test_as_root_the_robot_runs_as_the_accounts_os_user(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir, python="/usr/bin/python3"))
+    await coordinator.start()
+    try:
+        _, job_id = await setup.unattended_job("nobody")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        data = await wait_seen(work_dir, ts.id)
+        assert data["uid"] == nobody.pw_uid and data["home"] == nobody.pw_dir
+    finally:
+        await coordinator.stop()
+    # Shutdown closed the session.
+    await setup.wait_state(job_id, SessionState.CLOSED)
+
+
+async def test_robot_exiting_before_it_connects_fails_the_session_and_the_job(
+    ctx: ServiceContext, setup: Setup, work_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXIT_CODE_FOR_TEST", "3")
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir))
+    await coordinator.start()
+    try:
+        _, job_id = await setup.unattended_job("svc_crash")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.FAILED)
+        assert ts.reason == "robot exited with code 3 before connecting"
+        async with asyncio.timeout(5):
+            while (job := await setup.world.get(Job, job_id)).state != JobState.FAILED:
+                await asyncio.sleep(0.05)
+        assert job.error == "session failed: robot exited with code 3 before connecting"
+    finally:
+        await coordinator.stop()
+
+
+async def test_spawn_error_is_reported_as_failed(ctx: ServiceContext, setup: Setup, work_dir: Path) -> None:
+    driver = ProcessDriver(str(work_dir), command=lambda *a: ["/nonexistent/robot-binary"])
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver)
+    await coordinator.start()
+    try:
+        _, job_id = await setup.unattended_job("svc_nobin")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.FAILED)
+        assert ts.reason is not None and ts.reason.startswith("robot process did not start")
+    finally:
+        await coordinator.stop()
+
+
+async def test_sessions_over_the_limit_fail(ctx: ServiceContext, setup: Setup, work_dir: Path) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), max_sessions=1)
+    await coordinator.start()
+    try:
+        _, first = await setup.unattended_job("svc_one")
+        _, second = await setup.unattended_job("svc_two")
+        await dispatch_pass(ctx)  # the server allows 10: both sessions are asked for
+        await setup.wait_state(first, SessionState.OPEN)
+        ts = await setup.wait_state(second, SessionState.FAILED)
+        assert ts.reason == "session limit reached"
+        assert len(coordinator.sessions) == 1
+    finally:
+        await coordinator.stop()
+    await setup.wait_state(first, SessionState.CLOSED)
+
+
+async def test_identity_comes_from_the_coordinator_key(ctx: ServiceContext, setup: Setup) -> None:
+    world = setup.world
+    key = make_key("rbk")
+    await world.set(Robot, setup.coordinator_id, key_prefix=key.prefix, key_hash=key.hash)
+    assert await resolve_identity(ctx, key.full) == (setup.coordinator_id, world.account_id)
+    with pytest.raises(IdentityError):
+        await resolve_identity(ctx, key.full[:-2] + "xx")  # right prefix, wrong secret
+    with pytest.raises(IdentityError):
+        await resolve_identity(ctx, "not-a-key")
+    other = make_key("rbk")
+    bot = await world.robot(role=RobotRole.UNATTENDED)
+    await world.set(Robot, bot, key_prefix=other.prefix, key_hash=other.hash)
+    with pytest.raises(IdentityError):
+        await resolve_identity(ctx, other.full)  # an unattended robot's key is no coordinator's
