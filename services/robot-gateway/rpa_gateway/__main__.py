@@ -1,0 +1,29 @@
+"""``python -m rpa_gateway serve``: run the robot gateway."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rpa_common.logging import configure_logging
+from rpa_common.service import run_service
+from rpa_common.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="rpa-gateway", description="RPA robot gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gateway (WebSocket /robot/v1, health)")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    if args.command == "serve":
+        from rpa_gateway.app import create_app
+
+        configure_logging(settings.log_level, settings.log_json)
+        run_service(create_app(settings), settings.gateway_host, settings.gateway_port, settings.log_level)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

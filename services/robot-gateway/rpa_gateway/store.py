@@ -1,0 +1,549 @@
+"""The gateway's database work: robot attach/detach, frame application, heartbeats, job offers.
+
+Functions here only ``flush``; the caller runs them through ``run_in_transaction`` and publishes
+after the commit. Each is safe to re-run: robot frames are applied under the ``inbound_seq``
+guard, job changes go through ``jobflow.transition`` (guarded by state and attempt), log lines are
+inserted with insert-ignore on their robot-made ids, and requested jobs carry an idempotency key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from rpa_common.db.engine import dialect_of
+from rpa_common.jobflow import Actor, Transition, record_creation, transition
+from rpa_common.models import AuditRecord, Job, Process, ProcessVersion, Robot, RobotMessage
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import (
+    ACTIVE_JOB_STATES,
+    ActorType,
+    JobSource,
+    JobState,
+    LogLevel,
+    RobotStatus,
+)
+from rpa_common.nats.messages import JobCreated, RobotStatusChanged
+from rpa_common.security import key_matches, split_key
+from rpa_gateway.protocol import Hello, JobRequest, JobStatus, LogEntry
+
+ROBOT_KEY_KIND = "rbk"
+_LEVELS = {level.name.capitalize(): level for level in LogLevel}
+
+
+@dataclass(frozen=True)
+class RobotIdentity:
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+    is_active: bool
+
+
+async def authenticate(sessions: async_sessionmaker[AsyncSession], key: str) -> RobotIdentity | None:
+    """The robot owning ``key``, or None when the key is malformed, unknown or wrong."""
+    prefix = split_key(key, ROBOT_KEY_KIND)
+    if prefix is None:
+        return None
+    async with sessions() as session:
+        row = (
+            await session.execute(
+                sa.select(Robot.id, Robot.account_id, Robot.name, Robot.is_active, Robot.key_hash).where(
+                    Robot.key_prefix == prefix
+                )
+            )
+        ).one_or_none()
+    if row is None or not key_matches(key, row.key_hash):
+        return None
+    return RobotIdentity(row.id, row.account_id, row.name, bool(row.is_active))
+
+
+@dataclass
+class Attached:
+    inbound_seq: int
+    status: RobotStatus
+    previous_gateway_id: str | None
+    previous_connection_id: uuid.UUID | None
+    is_active: bool
+    offers: list[JobOffer] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobOffer:
+    """Everything a robot needs to start (or resume) one job attempt."""
+
+    job_id: uuid.UUID
+    attempt: int
+    state: JobState
+    process_id: uuid.UUID
+    process_name: str
+    version_id: uuid.UUID
+    version: str
+    sha256: str
+    size: int
+    entry_point: str
+    input_args: dict[str, Any]
+    stop_after_s: int | None
+    interrupt_after_s: int | None
+
+
+def _status_for(current_job_id: uuid.UUID | None) -> RobotStatus:
+    return RobotStatus.WORKING if current_job_id is not None else RobotStatus.READY
+
+
+async def attach(
+    session: AsyncSession,
+    robot_id: uuid.UUID,
+    *,
+    gateway_id: str,
+    connection_id: uuid.UUID,
+    hello: Hello,
+) -> Attached | None:
+    """Mark the robot connected through this connection; its own active jobs come back as offers."""
+    robot = (
+        await session.execute(sa.select(Robot).where(Robot.id == robot_id).with_for_update())
+    ).scalar_one_or_none()
+    if robot is None:
+        return None
+    now = utcnow()
+    previous = (robot.gateway_id, robot.connection_id)
+    status = _status_for(robot.current_job_id)
+    await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id)
+        .values(
+            gateway_id=gateway_id,
+            connection_id=connection_id,
+            connected_at=now,
+            last_heartbeat_at=now,
+            status=status,
+            machine=hello.machine,
+            version=hello.robot_version,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    offers = await own_jobs(session, robot_id)
+    return Attached(
+        inbound_seq=int(robot.inbound_seq or 0),
+        status=status,
+        previous_gateway_id=previous[0],
+        previous_connection_id=previous[1],
+        is_active=bool(robot.is_active),
+        offers=offers,
+    )
+
+
+async def detach(session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid.UUID) -> bool:
+    """Disconnected, unless a newer connection (here or on another replica) took over."""
+    result = await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id, Robot.connection_id == connection_id)
+        .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def refresh_status(
+    session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid.UUID
+) -> RobotStatus | None:
+    """Make ``status`` say Working or Ready from ``current_job_id``; the new status if it changed."""
+    row = (
+        await session.execute(
+            sa.select(Robot.status, Robot.current_job_id).where(
+                Robot.id == robot_id, Robot.connection_id == connection_id
+            )
+        )
+    ).one_or_none()
+    if row is None or row.status in (RobotStatus.DISCONNECTED, RobotStatus.UNLICENSED):
+        return None
+    wanted = _status_for(row.current_job_id)
+    if wanted == row.status:
+        return None
+    result = await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id, Robot.connection_id == connection_id, Robot.status == row.status)
+        .values(status=wanted, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return wanted if result.rowcount else None  # type: ignore[attr-defined]
+
+
+async def claim_seq(session: AsyncSession, robot_id: uuid.UUID, seq: int) -> bool:
+    """True when frame ``seq`` is new (and is now recorded as applied, in this transaction)."""
+    result = await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id, Robot.inbound_seq < seq)
+        .values(inbound_seq=seq)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# Jobs -------------------------------------------------------------------------------------------
+
+
+def _offer_query() -> sa.Select[Any]:
+    return (
+        sa.select(
+            Job.id,
+            Job.attempt,
+            Job.state,
+            Job.input_args,
+            Job.stop_after_s,
+            Job.interrupt_after_s,
+            Process.id.label("process_id"),
+            Process.name.label("process_name"),
+            ProcessVersion.id.label("version_id"),
+            ProcessVersion.version,
+            ProcessVersion.sha256,
+            ProcessVersion.size,
+            ProcessVersion.entry_point,
+            ProcessVersion.default_input,
+        )
+        .join(Process, Process.id == Job.process_id)
+        .join(ProcessVersion, ProcessVersion.id == Job.process_version_id)
+        .where(Job.state.in_(ACTIVE_JOB_STATES))
+    )
+
+
+def _offer(row: Any) -> JobOffer:
+    args = dict(row.default_input or {})
+    args.update(row.input_args or {})
+    return JobOffer(
+        job_id=row.id,
+        attempt=row.attempt,
+        state=row.state,
+        process_id=row.process_id,
+        process_name=row.process_name,
+        version_id=row.version_id,
+        version=row.version,
+        sha256=row.sha256,
+        size=row.size,
+        entry_point=row.entry_point,
+        input_args=args,
+        stop_after_s=row.stop_after_s,
+        interrupt_after_s=row.interrupt_after_s,
+    )
+
+
+async def own_jobs(session: AsyncSession, robot_id: uuid.UUID) -> list[JobOffer]:
+    rows = (
+        await session.execute(_offer_query().where(Job.robot_id == robot_id).order_by(Job.created_at))
+    ).all()
+    return [_offer(r) for r in rows]
+
+
+async def offer_for(
+    session: AsyncSession, robot_id: uuid.UUID, job_id: uuid.UUID, attempt: int | None
+) -> JobOffer | None:
+    stmt = _offer_query().where(Job.id == job_id, Job.robot_id == robot_id)
+    if attempt is not None:
+        stmt = stmt.where(Job.attempt == attempt)
+    row = (await session.execute(stmt)).one_or_none()
+    return _offer(row) if row is not None else None
+
+
+async def may_download(session: AsyncSession, robot_id: uuid.UUID, version_id: uuid.UUID) -> int | None:
+    """The package size if the robot has an active job of this version, else None."""
+    row = (
+        await session.execute(
+            sa.select(ProcessVersion.size)
+            .join(Job, Job.process_version_id == ProcessVersion.id)
+            .where(
+                ProcessVersion.id == version_id,
+                Job.robot_id == robot_id,
+                Job.state.in_(ACTIVE_JOB_STATES),
+            )
+            .limit(1)
+        )
+    ).one_or_none()
+    return int(row.size) if row is not None else None
+
+
+# What a robot report leads to. A report the state machine does not allow directly passes through
+# the state a person would have asked for first (a script that stopped by itself while Running
+# went through Stopping), so the job always ends where the robot says it ended.
+_FINAL: dict[str, JobState] = {
+    "successful": JobState.SUCCESSFUL,
+    "failed": JobState.FAILED,
+    "stopped": JobState.STOPPED,
+    "interrupted": JobState.INTERRUPTED,
+}
+_VIA: dict[JobState, JobState] = {
+    JobState.STOPPED: JobState.STOPPING,
+    JobState.INTERRUPTED: JobState.INTERRUPTING,
+}
+_NEEDS_VIA: dict[JobState, frozenset[JobState]] = {
+    JobState.STOPPED: frozenset({JobState.RUNNING}),
+    JobState.INTERRUPTED: frozenset({JobState.RUNNING, JobState.STOPPING}),
+}
+
+
+async def apply_job_status(
+    session: AsyncSession, robot: RobotIdentity, frame: JobStatus, lease_s: float
+) -> list[Transition]:
+    """Apply one ``job.status`` report for (job, attempt) of this robot; the transitions made."""
+    job = (
+        await session.execute(
+            sa.select(Job.state, Job.attempt, Job.stop_after_s, Job.interrupt_after_s).where(
+                Job.id == frame.job_id, Job.robot_id == robot.id, Job.attempt == frame.attempt
+            )
+        )
+    ).one_or_none()
+    if job is None or job.state not in ACTIVE_JOB_STATES:
+        return []  # not this robot's attempt, or already over: a late report changes nothing
+    actor = Actor(ActorType.ROBOT, robot.id)
+    now = utcnow()
+    lease = now + timedelta(seconds=lease_s)
+    done: list[Transition] = []
+    output = frame.output
+    if frame.status == "running":
+        values: dict[str, Any] = {"started_at": now, "lease_expires_at": lease}
+        if job.stop_after_s:
+            values["stop_at"] = now + timedelta(seconds=job.stop_after_s)
+        if job.interrupt_after_s:
+            values["interrupt_at"] = now + timedelta(seconds=job.interrupt_after_s)
+        t = await transition(
+            session,
+            frame.job_id,
+            JobState.RUNNING,
+            expected=[JobState.STARTING],
+            attempt=frame.attempt,
+            actor=actor,
+            reason="robot started the script",
+            values=values,
+        )
+        if t is not None:
+            done.append(t)
+        return done
+    if frame.status == "progress":
+        values = {"lease_expires_at": lease, "updated_at": now}
+        if output is not None:
+            values["output_args"] = output
+        await session.execute(
+            sa.update(Job)
+            .where(Job.id == frame.job_id, Job.attempt == frame.attempt, Job.state.in_(ACTIVE_JOB_STATES))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return done
+    target = _FINAL[frame.status]
+    final_values: dict[str, Any] = {}
+    if output is not None:
+        final_values["output_args"] = output
+    if frame.status == "failed":
+        final_values["error"] = (frame.error or "the script failed")[:10_000]
+    elif frame.error:
+        final_values["error"] = frame.error[:10_000]
+    reason = f"robot reported {frame.status}"
+    via = _VIA.get(target)
+    if via is not None and job.state in _NEEDS_VIA[target]:
+        t = await transition(session, frame.job_id, via, attempt=frame.attempt, actor=actor, reason=reason)
+        if t is not None:
+            done.append(t)
+    t = await transition(
+        session,
+        frame.job_id,
+        target,
+        attempt=frame.attempt,
+        actor=actor,
+        reason=reason,
+        values=final_values,
+    )
+    if t is not None:
+        done.append(t)
+    return done
+
+
+async def existing_request(
+    session: AsyncSession, robot: RobotIdentity, frame: JobRequest
+) -> uuid.UUID | None:
+    """The job a replayed ``job.request`` created the first time, if it created one."""
+    return (
+        await session.execute(
+            sa.select(Job.id).where(
+                Job.account_id == robot.account_id, Job.idempotency_key == _request_key(frame)
+            )
+        )
+    ).scalar_one_or_none()
+
+
+def _request_key(frame: JobRequest) -> str:
+    return f"robot-request:{frame.request_id}"
+
+
+async def create_requested_job(
+    session: AsyncSession, robot: RobotIdentity, frame: JobRequest
+) -> tuple[uuid.UUID | None, str | None, JobCreated | None]:
+    """A job for this robot from a ``job.request``: (job id, error, message to publish)."""
+    idem = _request_key(frame)
+    existing = await existing_request(session, robot, frame)
+    if existing is not None:
+        return existing, None, None
+    active = (await session.execute(sa.select(Robot.is_active).where(Robot.id == robot.id))).scalar_one()
+    if not active:
+        return None, "the robot is inactive", None
+    process = (
+        await session.execute(
+            sa.select(Process.id, Process.current_version_id).where(
+                Process.account_id == robot.account_id, Process.name == frame.process_name
+            )
+        )
+    ).one_or_none()
+    if process is None:
+        return None, f"no process named {frame.process_name!r}", None
+    if process.current_version_id is None:
+        return None, f"process {frame.process_name!r} has no published version", None
+    now = utcnow()
+    job = Job(
+        id=uuid.uuid4(),
+        account_id=robot.account_id,
+        process_id=process.id,
+        process_version_id=process.current_version_id,
+        robot_id=robot.id,
+        state=JobState.PENDING,
+        source=JobSource.ROBOT,
+        input_args=frame.input_args,
+        idempotency_key=idem,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    await session.flush()
+    record_creation(session, job, Actor(ActorType.ROBOT, robot.id), reason="requested by the robot")
+    session.add(
+        AuditRecord(
+            account_id=robot.account_id,
+            kind="robot",
+            actor_type=ActorType.ROBOT,
+            actor_id=robot.id,
+            actor_name=robot.name,
+            action="create",
+            object_type="job",
+            object_id=str(job.id),
+            changes={"process": frame.process_name, "source": JobSource.ROBOT.value},
+        )
+    )
+    await session.flush()
+    return (
+        job.id,
+        None,
+        JobCreated(account_id=robot.account_id, job_id=job.id, robot_id=robot.id, created_at=now),
+    )
+
+
+# Logs -------------------------------------------------------------------------------------------
+
+
+async def insert_logs(session: AsyncSession, robot: RobotIdentity, entries: list[LogEntry]) -> None:
+    """One multi-row insert per batch; a replayed line (same id) is ignored, not doubled."""
+    job_ids = {e.job_id for e in entries if e.job_id is not None}
+    jobs: dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]] = {}
+    if job_ids:
+        rows = await session.execute(
+            sa.select(Job.id, Job.process_id, Job.process_version_id, Job.task_id).where(
+                Job.id.in_(job_ids), Job.robot_id == robot.id
+            )
+        )
+        jobs = {r.id: (r.process_id, r.process_version_id, r.task_id) for r in rows}
+    now = utcnow()
+    values = []
+    for e in entries:
+        # A job id that is not one of this robot's jobs is not trusted: the line is kept, unlinked.
+        job = jobs.get(e.job_id) if e.job_id is not None else None
+        values.append(
+            {
+                "id": e.id,
+                "account_id": robot.account_id,
+                "robot_id": robot.id,
+                "job_id": e.job_id if job else None,
+                "process_id": job[0] if job else None,
+                "process_version_id": job[1] if job else None,
+                "task_id": job[2] if job else None,
+                "level": _LEVELS[e.level],
+                "message": e.message,
+                "fields": e.fields,
+                "at": e.at,
+                "received_at": now,
+                "screenshot_id": None,
+            }
+        )
+    table = cast(sa.Table, RobotMessage.__table__)
+    if dialect_of(session) == "postgresql":
+        stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
+    else:
+        stmt = mysql.insert(table).prefix_with("IGNORE")
+    await session.execute(stmt, values)
+
+
+# Heartbeats -------------------------------------------------------------------------------------
+
+
+async def heartbeat(
+    session: AsyncSession, gateway_id: str, robot_ids: list[uuid.UUID], lease_s: float
+) -> set[uuid.UUID]:
+    """Record heartbeats and extend the leases of these robots' active jobs.
+
+    Returns the robots whose row no longer names this gateway (a sweep marked them Disconnected
+    while their connection was alive): the caller re-attaches them.
+    """
+    now = utcnow()
+    await session.execute(
+        sa.update(Robot)
+        .where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
+        .values(last_heartbeat_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        sa.update(Job)
+        .where(Job.robot_id.in_(robot_ids), Job.state.in_(ACTIVE_JOB_STATES))
+        .values(lease_expires_at=now + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    held = (
+        await session.execute(
+            sa.select(Robot.id).where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
+        )
+    ).scalars()
+    return set(robot_ids) - set(held)
+
+
+async def reattach(
+    session: AsyncSession, robot_id: uuid.UUID, gateway_id: str, connection_id: uuid.UUID
+) -> RobotStatus | None:
+    """Claim the robot row back for a live connection, unless a newer connection holds it."""
+    row = (
+        await session.execute(
+            sa.select(Robot.current_job_id, Robot.connection_id, Robot.gateway_id)
+            .where(Robot.id == robot_id)
+            .with_for_update()
+        )
+    ).one_or_none()
+    if row is None or (row.connection_id != connection_id and row.gateway_id is not None):
+        return None
+    status = _status_for(row.current_job_id)
+    now = utcnow()
+    await session.execute(
+        sa.update(Robot)
+        .where(Robot.id == robot_id)
+        .values(
+            gateway_id=gateway_id,
+            connection_id=connection_id,
+            status=status,
+            last_heartbeat_at=now,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return status
+
+
+def status_message(robot: RobotIdentity, status: RobotStatus) -> RobotStatusChanged:
+    return RobotStatusChanged(account_id=robot.account_id, robot_id=robot.id, status=status, at=utcnow())
