@@ -154,7 +154,7 @@ async def test_expired_and_forged_tokens_are_refused(client: httpx.AsyncClient, 
     expired = jwt.encode(claims, secret, algorithm=JWT_ALG)
     valid_claims = {**claims, "exp": int((now + timedelta(minutes=5)).timestamp())}
     other_secret = jwt.encode(valid_claims, "some-other-secret-of-enough-length!", algorithm=JWT_ALG)
-    alg_none = jwt.encode(valid_claims, None, algorithm="none")
+    alg_none = jwt.encode(valid_claims, "", algorithm="none")
     other_account = jwt.encode({**valid_claims, "acc": str(uuid.uuid4())}, secret, algorithm=JWT_ALG)
     for token in (expired, other_secret, alg_none, other_account, "garbage", "rpak_000000000000_nope"):
         assert_problem(await client.get("/api/v1/auth/me", headers=bearer(token)), 401)
