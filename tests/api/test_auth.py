@@ -4,6 +4,7 @@ API keys, and the login throttle, all over HTTP as a client sees them."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,6 +141,22 @@ async def test_wrong_password_and_unknown_user_look_the_same(
     assert "not the password" not in str(rows[0].changes)
 
 
+async def test_unknown_user_takes_as_long_as_a_wrong_password(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """A password hash is checked in both cases, so timing does not tell which usernames exist."""
+
+    async def timed(username: str) -> float:
+        started = time.perf_counter()
+        assert_problem(await login(client, username, "not the password"), 401)
+        return time.perf_counter() - started
+
+    known = sorted([await timed(tenant.admin_username) for _ in range(3)])[1]
+    unknown = sorted([await timed(f"nobody-{uuid.uuid4().hex[:8]}") for _ in range(3)])[1]
+    # Loose bounds (a shared machine is noisy); without the dummy hash the unknown user is ~10x faster.
+    assert unknown > known / 2.5, (known, unknown)
+
+
 async def test_expired_and_forged_tokens_are_refused(client: httpx.AsyncClient, tenant: Tenant) -> None:
     secret = tenant.ctx.settings.secret_key.get_secret_value()
     now = datetime.now(UTC)
@@ -203,6 +220,7 @@ async def test_api_keys(client: httpx.AsyncClient, tenant: Tenant) -> None:
     assert_problem(await client.get("/api/v1/auth/me", headers=bearer(key)), 401)
     listed = (await client.get("/api/v1/api-keys", headers=op_headers)).json()["items"][0]
     assert listed["revoked_at"] is not None
+    assert listed["last_used_at"] is not None  # it was used before it was revoked
 
     # Expired: 401; an expiry in the past is refused at creation (422 naming the field).
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()

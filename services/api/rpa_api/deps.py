@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
 
 import jwt
@@ -154,6 +154,7 @@ async def authenticate(
     now = datetime.now(UTC)
     async with ctx.sessions() as session:
         api_key_id: uuid.UUID | None = None
+        key_last_used: datetime | None = None
         prefix = split_key(token, API_KEY_KIND)
         if prefix is not None:
             key = (
@@ -172,6 +173,7 @@ async def authenticate(
                 raise Unauthorized("invalid, revoked or expired API key")
             actor = ActorType.API_KEY
             api_key_id = key.id
+            key_last_used = key.last_used_at
         else:
             try:
                 claims = decode_access_token(ctx.settings, token)
@@ -195,7 +197,28 @@ async def authenticate(
             user_agent=request.headers.get("user-agent"),
         )
         await _load_roles(session, principal)
+    if api_key_id is not None and (key_last_used is None or now - key_last_used > KEY_USE_RESOLUTION):
+        await _mark_key_used(ctx, api_key_id, now)
     return principal
+
+
+# ``last_used_at`` of an API key is kept to this resolution: one write per key per minute at most.
+KEY_USE_RESOLUTION = timedelta(minutes=1)
+
+
+async def _mark_key_used(ctx: ServiceContext, key_id: uuid.UUID, now: datetime) -> None:
+    async def work(session: AsyncSession) -> None:
+        # Guarded: concurrent requests with the same key write once, and never move the time back.
+        await session.execute(
+            sa.update(ApiKey)
+            .where(
+                ApiKey.id == key_id,
+                sa.or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - KEY_USE_RESOLUTION),
+            )
+            .values(last_used_at=now)
+        )
+
+    await run_in_transaction(ctx.sessions, work, attempts=ctx.settings.db_retry_attempts)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
