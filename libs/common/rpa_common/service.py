@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,33 +172,37 @@ class BodySizeLimit:
             return
         seen = 0
         exceeded = False
+        started = False
+        answered = False  # the 413 went out; whatever the app says after it is dropped
 
         async def limited_receive() -> Message:
-            nonlocal seen, exceeded
+            nonlocal seen, exceeded, started, answered
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
+                if seen > limit and not exceeded:
                     exceeded = True
+                    # Answer 413 here: the app may catch the exception below and answer it with
+                    # a 400 of its own (FastAPI does: "error parsing the body"), which is dropped.
+                    if not started:
+                        started = answered = True
+                        await too_large(scope, receive, send)
+                if exceeded:
                     raise _BodyTooLarge
             return message
 
-        started = False
-
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
         except Exception:
-            if exceeded and not started:
-                await too_large(scope, receive, send)
+            if exceeded:
                 return
             raise
 
@@ -261,5 +265,3 @@ def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
         timeout_graceful_shutdown=20,
         access_log=False,
     )
-
-
