@@ -279,3 +279,44 @@ async def test_permissions(client: httpx.AsyncClient, tenant: Tenant) -> None:
     r = await client.patch(f"{ROBOTS}/{robot['id']}", json={"is_active": False}, headers=operator)
     assert r.status_code == 200
     assert (await client.get(ROBOTS)).status_code == 401
+
+
+async def folder_user(
+    ctx: ServiceContext, tenant: Tenant, *perms: tuple[str, str]
+) -> tuple[str, dict[str, str]]:
+    """A folder and a user whose only role sees that folder alone: (folder id, auth headers)."""
+    from rpa_common.models import AccessFolder, Role, RoleFolder, RolePermission, User, UserRole
+    from rpa_common.models.enums import PermissionAction, PermissionObject
+    from rpa_common.security import issue_access_token
+
+    folder_id, role_id, user_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    async with ctx.sessions() as s:
+        s.add(AccessFolder(id=folder_id, account_id=tenant.account_id, name=f"f-{folder_id.hex[:8]}"))
+        s.add(Role(id=role_id, account_id=tenant.account_id, name=f"r-{role_id.hex[:8]}", all_folders=False))
+        s.add(User(id=user_id, account_id=tenant.account_id, username=f"u-{user_id.hex[:12]}"))
+        await s.flush()
+        s.add(RoleFolder(role_id=role_id, folder_id=folder_id))
+        s.add(UserRole(user_id=user_id, role_id=role_id))
+        for obj, action in perms:
+            s.add(
+                RolePermission(role_id=role_id, object=PermissionObject(obj), action=PermissionAction(action))
+            )
+        await s.commit()
+    token = issue_access_token(ctx.settings, user_id=user_id, account_id=tenant.account_id, token_version=0)
+    return str(folder_id), {"Authorization": f"Bearer {token}"}
+
+
+async def test_folder_restricted_roles_see_only_their_folders(
+    client: httpx.AsyncClient, ctx: ServiceContext, tenant: Tenant
+) -> None:
+    folder_id, headers = await folder_user(ctx, tenant, ("robots", "read"), ("robots", "create"))
+    unfiled = await create_robot(client, tenant, name="unfiled")
+    filed = await create_robot(client, tenant, name="filed", folder_id=folder_id)
+    listing = (await client.get(ROBOTS, headers=headers)).json()
+    assert [r["name"] for r in listing["items"]] == ["filed"]
+    assert (await client.get(f"{ROBOTS}/{unfiled['id']}", headers=headers)).status_code == 404
+    assert (await client.get(f"{ROBOTS}/{filed['id']}", headers=headers)).status_code == 200
+    r = await client.post(ROBOTS, json={"name": "mine", "folder_id": folder_id}, headers=headers)
+    assert r.status_code == 201
+    r = await client.post(ROBOTS, json={"name": "nowhere"}, headers=headers)
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "folder_id"
