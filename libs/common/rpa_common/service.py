@@ -127,7 +127,14 @@ def install_problem_handlers(app: FastAPI) -> None:
         for err in exc.errors():
             loc = err.get("loc", ())
             if err.get("type") == "json_invalid":
+                # FastAPI puts the character position where the field goes: name the body instead.
                 status = 400
+                reason = (err.get("ctx") or {}).get("error", "not valid JSON")
+                position = loc[1] if len(loc) > 1 else "?"
+                errors.append(
+                    {"field": "body", "message": f"{reason} at character {position}", "type": "json_invalid"}
+                )
+                continue
             errors.append(
                 {"field": _field_of(loc), "message": err.get("msg", "invalid"), "type": err.get("type")}
             )
