@@ -1,0 +1,1 @@
+"""Robot gateway and reference robot, end to end with real processes."""
