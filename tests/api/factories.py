@@ -13,9 +13,21 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Process, ProcessVersion, Robot, RobotGroup, RobotGroupMember
-from rpa_common.models.enums import RobotRole
-from rpa_common.security import make_key
+from rpa_common.models import (
+    AccessFolder,
+    Process,
+    ProcessVersion,
+    Robot,
+    RobotGroup,
+    RobotGroupMember,
+    Role,
+    RoleFolder,
+    RolePermission,
+    User,
+    UserRole,
+)
+from rpa_common.models.enums import PermissionAction, PermissionObject, RobotRole
+from rpa_common.security import hash_password, issue_access_token, make_key
 from rpa_common.service import ServiceContext
 
 
@@ -105,3 +117,42 @@ async def make_group(
         return group
 
     return await run_in_transaction(ctx.sessions, work)
+
+
+async def make_folder(ctx: ServiceContext, account_id: uuid.UUID) -> AccessFolder:
+    async def work(session: AsyncSession) -> AccessFolder:
+        folder = AccessFolder(id=uuid.uuid4(), account_id=account_id, name=_name("folder"))
+        session.add(folder)
+        await session.flush()
+        return folder
+
+    return await run_in_transaction(ctx.sessions, work)
+
+
+async def make_folder_user(
+    ctx: ServiceContext,
+    account_id: uuid.UUID,
+    folder_ids: list[uuid.UUID],
+    permissions: list[tuple[PermissionObject, PermissionAction]],
+) -> tuple[uuid.UUID, dict[str, str]]:
+    """A user whose only role grants ``permissions`` in ``folder_ids`` only: (id, auth headers)."""
+
+    async def work(session: AsyncSession) -> uuid.UUID:
+        role = Role(id=uuid.uuid4(), account_id=account_id, name=_name("role"), all_folders=False)
+        user = User(
+            id=uuid.uuid4(),
+            account_id=account_id,
+            username=_name("folder-user"),
+            password_hash=hash_password("x"),
+        )
+        session.add_all([role, user])
+        await session.flush()
+        session.add_all([RolePermission(role_id=role.id, object=o, action=a) for o, a in permissions])
+        session.add_all([RoleFolder(role_id=role.id, folder_id=f) for f in folder_ids])
+        session.add(UserRole(user_id=user.id, role_id=role.id))
+        await session.flush()
+        return user.id
+
+    user_id = await run_in_transaction(ctx.sessions, work)
+    token = issue_access_token(ctx.settings, user_id=user_id, account_id=account_id, token_version=0)
+    return user_id, {"Authorization": f"Bearer {token}"}

@@ -19,11 +19,11 @@ from nats.aio.subscription import Subscription
 from rpa_common import jobflow
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import AuditRecord, Job, JobEvent, Process, ProcessVersion, Robot, utcnow
-from rpa_common.models.enums import ActorType, JobState, RobotRole
+from rpa_common.models.enums import ActorType, JobState, PermissionAction, PermissionObject, RobotRole
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import JobControl, JobCreated
 from rpa_common.service import ServiceContext
-from tests.api.factories import make_group, make_process, make_robot
+from tests.api.factories import make_folder, make_folder_user, make_group, make_process, make_robot
 from tests.conftest import Tenant
 
 JOBS = "/api/v1/jobs"
@@ -535,3 +535,35 @@ async def test_another_accounts_ids_are_not_found(
         job = await session.get(Job, uuid.UUID(theirs["id"]))
         assert job is not None and job.state == JobState.PENDING
     assert await count(ctx, Job, Job.account_id == tenant.account_id) == 0
+
+
+async def test_folder_restricted_role_sees_and_runs_only_jobs_of_its_folders(
+    ctx: ServiceContext, client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    mine, theirs = await make_folder(ctx, tenant.account_id), await make_folder(ctx, tenant.account_id)
+    visible, _ = await make_process(ctx, tenant.account_id, folder_id=mine.id)
+    hidden, _ = await make_process(ctx, tenant.account_id, folder_id=theirs.id)
+    robot = await make_robot(ctx, tenant.account_id, folder_id=mine.id)
+    hidden_robot = await make_robot(ctx, tenant.account_id, folder_id=theirs.id)
+    seen = await create(client, tenant.headers, body_for(visible, robot))
+    unseen = await create(client, tenant.headers, body_for(hidden, hidden_robot))
+    _, h = await make_folder_user(
+        ctx,
+        tenant.account_id,
+        [mine.id],
+        [(PermissionObject.JOBS, PermissionAction.READ), (PermissionObject.JOBS, PermissionAction.RUN)],
+    )
+
+    page = (await client.get(JOBS, headers=h)).json()
+    assert [j["id"] for j in page["items"]] == [seen["id"]]
+    assert page["total"] == 1
+    assert (await client.get(f"{JOBS}/{unseen['id']}", headers=h)).status_code == 404
+    assert (await client.post(f"{JOBS}/{unseen['id']}/stop", headers=h)).status_code == 404
+    resp = await client.post(JOBS, json=body_for(hidden, robot), headers=h)
+    assert resp.status_code == 404
+    assert resp.json()["errors"][0]["field"] == "process_id"
+    resp = await client.post(JOBS, json=body_for(visible, hidden_robot), headers=h)
+    assert resp.status_code == 404
+    assert resp.json()["errors"][0]["field"] == "robot_id"
+    assert (await client.post(JOBS, json=body_for(visible, robot), headers=h)).status_code == 201
+    assert (await client.post(f"{JOBS}/{seen['id']}/stop", headers=h)).json()["state"] == "Stopped"
