@@ -95,7 +95,8 @@ def bootstrap(force: bool = False) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("UV_PROJECT_ENVIRONMENT", "VIRTUAL_ENV")}
     # Never fetch a Python: the one running this script is the one we want.
     env.setdefault("UV_PYTHON_DOWNLOADS", "never")
-    cmd = [str(uv), "sync", "--locked"]
+    # Compiled once here, so that the first start of each service does not compile 2000 modules.
+    cmd = [str(uv), "sync", "--locked", "--compile-bytecode"]
     if not (VENV / BIN / "python").exists():
         _say(f"creating .venv with {sys.executable}")
         cmd += ["--python", sys.executable]

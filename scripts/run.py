@@ -210,9 +210,9 @@ def _ready(url: str) -> bool:
         return False
 
 
-def wait_ready(services: list[Service], env: dict[str, str]) -> None:
+def wait_ready(services: list[Service], env: dict[str, str], timeout: float = READY_TIMEOUT_S) -> None:
     pending = list(services)
-    deadline = time.monotonic() + READY_TIMEOUT_S
+    deadline = time.monotonic() + timeout
     while pending:
         for service in list(pending):
             if not service.running():
@@ -225,7 +225,7 @@ def wait_ready(services: list[Service], env: dict[str, str]) -> None:
             for service in pending:
                 _show_tail(service)
             names = ", ".join(s.name for s in pending)
-            raise Failed(f"not ready after {READY_TIMEOUT_S:.0f}s: {names} (GET /readyz never answered 200)")
+            raise Failed(f"not ready after {timeout:.0f}s: {names} (GET /readyz never answered 200)")
         if pending:
             time.sleep(0.3)
 
@@ -239,9 +239,16 @@ def banner(services: list[Service], env: dict[str, str], embedded: list[str]) ->
     if "gateway" in by_name:
         gateway = by_name["gateway"].base_url(env).replace("http://", "ws://")
         lines.append(f"  Gateway      {gateway}/robot/v1   (robots connect here)")
-    for name in ("scheduler", "coordinator"):
-        if name in by_name:
-            lines.append(f"  {name.capitalize():<12} {by_name[name].base_url(env)}/readyz")
+    if "scheduler" in by_name:
+        lines.append(f"  Scheduler    {by_name['scheduler'].base_url(env)}/readyz")
+    if "coordinator" in by_name:
+        idle = "" if env.get("RPA_COORDINATOR_KEY") else "   (no RPA_COORDINATOR_KEY: health checks only)"
+        lines.append(f"  Coordinator  {by_name['coordinator'].base_url(env)}/readyz{idle}")
+        if idle:
+            lines.append(
+                "               to open sessions: create a robot with role coordinator and run again with "
+                "RPA_COORDINATOR_KEY=<its key>"
+            )
     db = env.get("RPA_DB_URL") or f"{env.get('RPA_DB_DRIVER', 'postgresql')} at {env.get('RPA_DB_HOST')}"
     lines.append(
         f"  Database     {redact(db)}" + ("   (embedded, data in .data/pg)" if "database" in embedded else "")
@@ -288,6 +295,9 @@ def main() -> int:
     parser.add_argument(
         "--quiet", action="store_true", help="service logs to .data/logs only, not the terminal"
     )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=READY_TIMEOUT_S, help="seconds each service has to get ready"
+    )
     parser.add_argument("--pg-port", type=int, default=devstack.PG_PORT, help="embedded PostgreSQL port")
     parser.add_argument("--nats-port", type=int, default=devstack.NATS_PORT, help="embedded NATS port")
     args = parser.parse_args()
@@ -301,15 +311,21 @@ def main() -> int:
     env.setdefault("RPA_ENVIRONMENT", "development")
     env.setdefault("RPA_LOG_JSON", "false")  # a terminal is reading
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if not env.get("RPA_COORDINATOR_KEY"):
+        # A coordinator needs the key of a coordinator robot, which a fresh database lacks: run it
+        # for health checks only until one is given (see the banner).
+        env.setdefault("RPA_COORDINATOR_REQUIRE_KEY", "false")
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     embedded = embedded_needed(env)
-    if embedded:
-        # Before starting them: a concurrent `make test` finishing now must not stop them.
-        devstack.hold()
+    if args.migrate_only and "nats" in embedded:
+        embedded.remove("nats")  # migrations need the database only
     code = 0
     try:
+        if embedded:
+            # Before starting them: a concurrent `make test` finishing now must not stop them.
+            devstack.hold()
         start_embedded(env, embedded, args.pg_port, args.nats_port)
         _run_step(
             "migrating the database (alembic upgrade head)",
@@ -320,7 +336,7 @@ def main() -> int:
             return 0
         _run_step("bootstrapping the first account and user", [PYTHON, "-m", "rpa_api", "bootstrap"], env)
         start_services(services, env, echo=not args.quiet)
-        wait_ready(services, env)
+        wait_ready(services, env, args.ready_timeout)
         banner(services, env, embedded)
         while True:
             for service in services:
