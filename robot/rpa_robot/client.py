@@ -166,18 +166,21 @@ class RobotClient:
     async def run(self) -> int:
         self.http = httpx.AsyncClient(base_url=http_base(self.o.gateway), timeout=60)
         backoff = 0.5
+        failures = 0
         try:
             while True:
                 try:
                     connected = await self._session()
                     if connected:
-                        backoff = 0.5
+                        backoff, failures = 0.5, 0
                 except Refused as exc:
                     say(f"refused by the gateway: {exc.reason}")
                     await self._abort_jobs()
                     return exc.code
                 except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
-                    say(f"gateway unreachable ({type(exc).__name__}); retrying")
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        say(f"gateway unreachable ({type(exc).__name__}); retrying (attempt {failures})")
                 if self.done.is_set():
                     return EXIT_OK
                 # Exponential backoff with full jitter: a restarted gateway is not stampeded.
@@ -216,6 +219,7 @@ class RobotClient:
                         "machine": socket.gethostname()[:255],
                         "capabilities": CAPABILITIES,
                         "attended": not self.o.unattended,
+                        "exit_after_job": self.o.exit_after_job,
                     }
                 )
             )

@@ -67,9 +67,10 @@ async def test_script_that_logs_and_sets_output_ends_successful(
     assert all(m.fields == {"n": n} and m.level == LogLevel.INFO for n, m in enumerate(logs))
     assert all(m.process_id == job.process_id and m.robot_id == robot_id for m in logs)
     assert attempt == job.attempt == 1
+    # Logged off: Disconnected as soon as its job ended (no second job is dispatched to it), then gone.
+    robot_after = await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED, timeout=5)
+    assert robot_after.current_job_id is None and robot_after.gateway_id is None
     assert await asyncio.to_thread(robot.proc.wait, 20) == 0, robot.output()[-2000:]
-    robot_after = await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)
-    assert robot_after.current_job_id is None
 
 
 async def test_script_that_raises_ends_failed_with_its_error(

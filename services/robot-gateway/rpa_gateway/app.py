@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,15 @@ from rpa_gateway.hub import Hub
 from rpa_gateway.protocol import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
 
 ROBOT_PATH = "/robot/v1"
+
+
+class _DenialIsNotAnError(logging.Filter):
+    """uvicorn's websockets-sansio protocol logs "returned without completing handshake" (level
+    error) after a denial response it did send; every path of ``robot_socket`` accepts or denies,
+    so here that line only ever follows a deliberate 401/403."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing handshake" not in record.getMessage()
 
 
 def _bearer(value: str | None) -> str | None:
@@ -76,6 +86,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     install_problem_handlers(app)
     app.add_middleware(RequestLog, service="gateway")
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DenialIsNotAnError) for f in uvicorn_error.filters):
+        uvicorn_error.addFilter(_DenialIsNotAnError())
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx

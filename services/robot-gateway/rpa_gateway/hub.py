@@ -73,7 +73,17 @@ BAD_FRAME_WINDOW_S = 60.0
 class Connection:
     """One robot's live WebSocket. Small on purpose: a replica holds thousands."""
 
-    __slots__ = ("_send_lock", "active_jobs", "bad", "closing", "connection_id", "robot", "ws")
+    __slots__ = (
+        "_send_lock",
+        "active_jobs",
+        "bad",
+        "closing",
+        "connection_id",
+        "logged_off",
+        "robot",
+        "single_job",
+        "ws",
+    )
 
     def __init__(self, ws: WebSocket, robot: store.RobotIdentity) -> None:
         self.ws = ws
@@ -82,6 +92,10 @@ class Connection:
         self.active_jobs: dict[uuid.UUID, int] = {}  # job id -> attempt the robot was given
         self.bad: deque[float] = deque()
         self.closing = False
+        # A robot started for one job (``exit_after_job``) is Disconnected as soon as that job ends,
+        # so no other job is dispatched to it while it is leaving.
+        self.single_job = False
+        self.logged_off = False
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame: dict[str, Any]) -> bool:
@@ -219,6 +233,7 @@ class Hub:
         if CAPABILITY_JOBS not in hello.capabilities:
             await self._serve_control(conn)
             return
+        conn.single_job = hello.exit_after_job
         previous = self.connections.get(robot.id)
         self.connections[robot.id] = conn
         if previous is not None:
@@ -376,7 +391,7 @@ class Hub:
                     return
                 continue
             if isinstance(frame, Heartbeat):
-                if not control:
+                if not control and not conn.logged_off:
                     self._heard.add(conn.robot.id)
                 continue
             await self._apply(conn, frame, control=control)
@@ -423,7 +438,11 @@ class Hub:
                 await store.insert_logs(session, robot, frame.entries)
             else:
                 transitions = await store.apply_job_status(session, robot, frame, lease_s)
-                if transitions:
+                ended = any(t.to_state.is_final for t in transitions)
+                if ended and conn.single_job:
+                    if await store.detach(session, robot.id, conn.connection_id):
+                        status = RobotStatus.DISCONNECTED
+                elif transitions:
                     status = await store.refresh_status(session, robot.id, conn.connection_id)
             return transitions, status, extra
 
@@ -437,6 +456,8 @@ class Hub:
         for t in transitions:
             if t.to_state.is_final or t.to_state == JobState.PENDING:
                 conn.active_jobs.pop(t.job_id, None)
+        if status == RobotStatus.DISCONNECTED:
+            conn.logged_off = True
         await conn.send({"type": "ack", "seq": frame.seq})
         if isinstance(frame, JobRequest):
             job_id, error, created = extra
@@ -478,7 +499,7 @@ class Hub:
         )
         for robot_id in lost:
             conn = self.connections.get(robot_id)
-            if conn is None:
+            if conn is None or conn.logged_off:
                 continue
             status = await run_in_transaction(
                 self.ctx.sessions,

@@ -56,6 +56,7 @@ class Hello(_Frame):
     machine: str = Field(max_length=255)
     capabilities: list[Annotated[str, Field(max_length=50)]] = Field(default_factory=list, max_length=50)
     attended: StrictBool = False
+    exit_after_job: StrictBool = False
 
 
 class Heartbeat(_Frame):

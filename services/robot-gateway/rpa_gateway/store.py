@@ -143,7 +143,7 @@ async def detach(session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid
     """Disconnected, unless a newer connection (here or on another replica) took over."""
     result = await session.execute(
         sa.update(Robot)
-        .where(Robot.id == robot_id, Robot.connection_id == connection_id)
+        .where(Robot.id == robot_id, Robot.connection_id == connection_id, Robot.gateway_id.is_not(None))
         .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
