@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Robot
+from rpa_common.models import ProcessVersion, Robot
 from rpa_common.models.enums import JobState, LogLevel, RobotStatus
 from tests.gateway.conftest import (
     GatewayProcess,
@@ -205,3 +205,23 @@ async def test_job_dispatched_while_the_robot_was_away_runs_when_it_connects(
     job = await wait_job(world.ctx, job_id, S.SUCCESSFUL, S.FAILED)
     assert job.state == S.SUCCESSFUL, job.error
     assert (await events(world.ctx, job_id)).count((S.STARTING, S.RUNNING)) == 1
+
+
+async def test_package_that_does_not_match_its_sha256_fails_the_job(
+    gateway: GatewayProcess, world: World, start_robot: Any
+) -> None:
+    robot_id, _ = await running_robot(world, gateway, start_robot)
+    job_id = await world.job("hello", robot_id)
+    _, version_id = world.versions["hello"]
+
+    async def tamper(session: AsyncSession) -> None:
+        await session.execute(
+            sa.update(ProcessVersion).where(ProcessVersion.id == version_id).values(sha256="0" * 64)
+        )
+
+    await run_in_transaction(world.ctx.sessions, tamper)
+    await assign(world.ctx, job_id, robot_id)
+    job = await wait_job(world.ctx, job_id, S.SUCCESSFUL, S.FAILED)
+    assert job.state == S.FAILED
+    assert job.error is not None and "checksum mismatch" in job.error
+    assert not [m for m in await messages(world.ctx, job_id) if m.message.startswith("hello")]

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from rpa_common.models import AuditRecord, Job, RobotMessage
 from rpa_common.models.enums import JobSource, JobState, RobotStatus
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import RobotStatusChanged
+from rpa_common.nats.messages import RobotChanged, RobotStatusChanged
 from rpa_common.service import ServiceContext
 from tests.conftest import ROOT
 from tests.gateway.conftest import (
@@ -343,3 +343,19 @@ async def test_start_process_asks_the_orchestrator_for_a_job(gateway: GatewayPro
     await main.send(json.dumps({"type": "heartbeat", "seq": 0}))
     assert (await robot_row(world.ctx, robot_id)).status == RobotStatus.READY
     await main.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "code"), [("deactivated", 4403), ("key_rotated", 4401), ("deleted", 4401)]
+)
+async def test_robot_changes_close_its_connection(
+    gateway: GatewayProcess, world: World, change: str, code: int
+) -> None:
+    robot_id, key = await world.robot()
+    ws, _ = await open_robot(gateway, key)
+    msg = RobotChanged(account_id=world.account_id, robot_id=robot_id, change=change)  # type: ignore[arg-type]
+    await world.ctx.publish(subjects.ROBOT_CHANGED, msg.encode())
+    with pytest.raises(ConnectionClosed):
+        await recv(ws, "never")
+    assert ws.close_code == code
+    await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)
