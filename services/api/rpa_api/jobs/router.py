@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,7 @@ from rpa_common.nats.messages import JobControl, JobCreated
 from rpa_common.service import ServiceContext
 
 router = APIRouter(prefix="/jobs")
+log = structlog.get_logger(__name__)
 
 Reader = Annotated[Principal, Depends(require(O.JOBS, A.READ))]
 Runner = Annotated[Principal, Depends(require(O.JOBS, A.RUN))]
@@ -101,6 +103,7 @@ async def create_job(
             return await service.replay(session, principal, existing, request_hash)
 
         # A concurrent request with the same key won the unique key: answer its job.
+        log.info("job.idempotency_race", job_id=str(job_id))
         created = await tx.run(answer_from_winner)
 
     job = created.job
