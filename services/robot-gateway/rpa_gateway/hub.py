@@ -239,7 +239,13 @@ class Hub:
         if previous is not None:
             await previous.close(CLOSE_REPLACED, "another connection of this robot took over")
         try:
-            if not await self._attach(conn, hello):
+            try:
+                attached = await self._attach(conn, hello)
+            except Exception as exc:
+                log.exception("robot.attach_failed", robot_id=str(robot.id))
+                await conn.close(CLOSE_RESTART, f"could not register the connection: {type(exc).__name__}")
+                return
+            if not attached:
                 return
             await self._receive_loop(conn, control=False)
         finally:
@@ -538,6 +544,8 @@ class Hub:
                 await conn.send(_control_frame(cmd.kind, cmd.job_id, attempt))
 
     async def _offer_job(self, conn: Connection, job_id: uuid.UUID, attempt: int | None) -> None:
+        if conn.logged_off:
+            return  # it is leaving after its one job; the job waits for the robot's next session
         offer = await run_in_transaction(
             self.ctx.sessions, lambda s: store.offer_for(s, conn.robot.id, job_id, attempt)
         )
