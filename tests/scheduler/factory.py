@@ -108,10 +108,9 @@ class World:
             priority=priority,
             max_retries=max_retries,
             attempt=0,
-            input_args={},
             created_at=at,
             updated_at=at,
-            **values,
+            **{"input_args": {}, **values},
         )
 
         async def work(session: Any) -> None:
