@@ -13,7 +13,7 @@ from urllib.parse import quote_plus
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEV_SECRET = "dev-insecure-change-me"  # noqa: S105 - the refused-in-production default
+DEV_SECRET = "dev-insecure-secret-key-change-me-please"  # noqa: S105 - the refused-in-production default
 
 
 class Settings(BaseSettings):
@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     def _refuse_default_secrets(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
             raise ValueError("RPA_SECRET_KEY must be set outside development")
+        if self.environment == "production" and len(self.secret_key.get_secret_value().encode()) < 32:
+            raise ValueError("RPA_SECRET_KEY must be at least 32 bytes")
         if self.environment == "production" and not self.encryption_keys.get_secret_value():
             raise ValueError("RPA_ENCRYPTION_KEYS must be set outside development")
         return self

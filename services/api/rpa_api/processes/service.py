@@ -88,7 +88,7 @@ async def current_labels(session: AsyncSession, processes: Iterable[Process]) ->
     rows = await session.execute(
         sa.select(ProcessVersion.id, ProcessVersion.version).where(ProcessVersion.id.in_(ids))
     )
-    return {vid: label for vid, label in rows.tuples()}
+    return {vid: label for vid, label in rows}
 
 
 def process_out(process: Process, labels: dict[uuid.UUID, str]) -> schemas.ProcessOut:

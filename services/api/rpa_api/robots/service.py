@@ -309,7 +309,7 @@ async def member_counts(session: AsyncSession, group_ids: Iterable[uuid.UUID]) -
         .where(RobotGroupMember.group_id.in_(ids))
         .group_by(RobotGroupMember.group_id)
     )
-    return {gid: int(n) for gid, n in rows.tuples()}
+    return {gid: int(n) for gid, n in rows}
 
 
 async def group_robots(session: AsyncSession, group_id: uuid.UUID) -> list[Robot]:
