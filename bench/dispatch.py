@@ -105,6 +105,20 @@ class Services:
                     proc.kill()
 
 
+def cpu_seconds(services: Services) -> dict[str, float]:
+    """User + system CPU seconds used so far by each service process and by this one."""
+    import psutil
+
+    out = {}
+    for name, proc in [*services.procs, ("bench (robots + client)", None)]:
+        try:
+            times = psutil.Process(proc.pid if proc else os.getpid()).cpu_times()
+        except psutil.Error:
+            continue
+        out[name] = times.user + times.system
+    return out
+
+
 async def wait_ready(url: str, proc: subprocess.Popen[bytes], name: str, within_s: float = 60) -> None:
     deadline = time.monotonic() + within_s
     async with httpx.AsyncClient() as client:
@@ -440,11 +454,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with asyncio.timeout(60):
                 await ready.wait()
             await asyncio.sleep(1.0)  # let the Ready statuses settle
+            cpu_before = cpu_seconds(services)
             elapsed = await create_jobs(urls["api"], s, args.rate, args.seconds, results)
             # Wait for the last offers to arrive.
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and set(results.accepted) - set(results.received):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # the last jobs' completion
+            cpu_after = cpu_seconds(services)
         finally:
             for task in robots:
                 task.cancel()
@@ -487,6 +504,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ("db: Starting -> Running p50/p99", f"{server['starting_p50']}/{server['starting_p99']}"),
             ("db: Running -> Successful p50/p99", f"{server['running_p50']}/{server['running_p99']}"),
         ]
+        for name in cpu_after:
+            used = (cpu_after[name] - cpu_before.get(name, 0.0)) * 1000 / max(1, len(latencies))
+            rows.append((f"CPU per job: {name} (ms)", round(used, 2)))
         for name, value in rows:
             print(f"{name:<34}{value!s:>12}")
         print(f"goal: p50 <= 10 ms, p99 <= 50 ms at 100 jobs/s; service logs in {services.log_dir}")

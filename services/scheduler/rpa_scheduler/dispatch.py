@@ -82,6 +82,7 @@ class BatchResult:
     claimed: int = 0
     started: list[Transition] = field(default_factory=list)
     skipped: list[uuid.UUID] = field(default_factory=list)
+    skipped_group_jobs: int = 0
     outbox: Outbox = field(default_factory=Outbox)
 
 
@@ -158,6 +159,12 @@ def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Any]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
+
+
+# Built once: constructing this statement costs more CPU than running it (it runs several times
+# per job). The limit and the excluded ids are bound at execution.
+_DISPATCHABLE = dispatchable_jobs(0, set()).limit(sa.bindparam("limit", type_=sa.Integer))
+_DISPATCHABLE_EXCLUDING = _DISPATCHABLE.where(Job.id.not_in(sa.bindparam("exclude", expanding=True)))
 
 
 async def _claim_robot(
@@ -331,7 +338,11 @@ async def dispatch_batch(
 
     async def work(session: AsyncSession) -> BatchResult:
         out = BatchResult()
-        rows = (await session.execute(dispatchable_jobs(limit, exclude or set()))).all()
+        if exclude:
+            stmt, params = _DISPATCHABLE_EXCLUDING, {"limit": limit, "exclude": list(exclude)}
+        else:
+            stmt, params = _DISPATCHABLE, {"limit": limit}
+        rows = (await session.execute(stmt, params)).all()
         out.claimed = len(rows)
         for row in rows:
             job = row.Job
@@ -343,6 +354,8 @@ async def dispatch_batch(
                 ok = await _assign_group_job(session, settings, job, out)
             if not ok:
                 out.skipped.append(job.id)
+                if job.robot_id is None:
+                    out.skipped_group_jobs += 1
         return out
 
     result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
@@ -352,17 +365,26 @@ async def dispatch_batch(
     return result
 
 
-async def dispatch_pass(ctx: ServiceContext, *, limit: int = BATCH_SIZE, max_batches: int = 64) -> int:
-    """Batches until nothing more can be handed out now; returns how many jobs went Starting."""
-    started = 0
+@dataclass
+class PassResult:
+    started: int = 0
+    skipped_group_jobs: int = 0
+    """Group jobs left Pending although a member looked free: another replica may have held the
+    member's row (SKIP LOCKED), so one more pass after its commit may place them."""
+
+
+async def dispatch_pass(ctx: ServiceContext, *, limit: int = BATCH_SIZE, max_batches: int = 64) -> PassResult:
+    """Batches until nothing more can be handed out now."""
+    out = PassResult()
     skipped: set[uuid.UUID] = set()
     for _ in range(max_batches):
         result = await dispatch_batch(ctx, limit=limit, exclude=skipped)
-        started += len(result.started)
+        out.started += len(result.started)
+        out.skipped_group_jobs += result.skipped_group_jobs
         skipped.update(result.skipped)
         # A short batch saw every job that could go now; newer ones set the wake-up again.
         if result.claimed < limit:
             break
-    if started:
-        log.debug("dispatch.pass", started=started)
-    return started
+    if out.started:
+        log.debug("dispatch.pass", started=out.started)
+    return out

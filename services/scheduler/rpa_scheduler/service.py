@@ -107,7 +107,8 @@ class Scheduler:
             event = RobotStatusChanged.decode(msg.data)
         except ValueError:
             return
-        if event.status in (RobotStatus.READY, RobotStatus.WORKING):
+        # Working means the robot has a job; a robot freed by a job's end also wakes us by JOB_STATE.
+        if event.status == RobotStatus.READY:
             self.wake.set()
 
     async def _on_session_state(self, msg: Msg) -> None:
@@ -133,15 +134,21 @@ class Scheduler:
     # Loops
 
     async def _dispatch_loop(self) -> None:
+        retried = False
         while True:
             await self.wake.wait()
             self.wake.clear()
             try:
-                started = await dispatch_pass(self.ctx)
+                result = await dispatch_pass(self.ctx)
                 self.passes += 1
-                if started:
-                    # Jobs another replica skipped while this one held robot locks can go now.
+                # A group job skipped while another replica held its free member's row can go
+                # once that replica commits: one more pass, not a loop (the sweep covers the rest).
+                if result.skipped_group_jobs and not retried:
+                    retried = True
+                    await asyncio.sleep(0.005)
                     self.wake.set()
+                else:
+                    retried = False
             except Exception:
                 log.exception("dispatch.pass_failed")
                 await asyncio.sleep(min(1.0, self.ctx.settings.sweep_interval_s))
