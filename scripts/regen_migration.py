@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSIONS = os.path.join(ROOT, "migrations", "versions")
@@ -47,7 +48,7 @@ def main() -> None:
         subprocess.run(["psql", admin, "-q", "-c", f'DROP DATABASE IF EXISTS "{name}"'], check=True)
     path = glob.glob(os.path.join(VERSIONS, "*_0001_initial_schema.py"))[0]
     subprocess.run([os.path.join(ROOT, ".venv/bin/ruff"), "format", "-q", path], check=True)
-    src = open(path).read()
+    src = Path(path).read_text()
     late: list[tuple[str, str, str, str, str, str]] = []
     fk_re = re.compile(
         r"        sa\.ForeignKeyConstraint\(\n"
@@ -96,7 +97,7 @@ def main() -> None:
         + drops,
         1,
     )
-    open(path, "w").write(up + down)
+    Path(path).write_text(up + down)
     subprocess.run([os.path.join(ROOT, ".venv/bin/ruff"), "format", "-q", path], check=True)
     print(f"regenerated {os.path.relpath(path, ROOT)}; deferred keys: {[n for *_, n, _ in late]}")
 
