@@ -98,6 +98,7 @@ def main() -> None:
         1,
     )
     Path(path).write_text(up + down)
+    subprocess.run([os.path.join(ROOT, ".venv/bin/ruff"), "check", "--fix", "-q", path], check=False)
     subprocess.run([os.path.join(ROOT, ".venv/bin/ruff"), "format", "-q", path], check=True)
     print(f"regenerated {os.path.relpath(path, ROOT)}; deferred keys: {[n for *_, n, _ in late]}")
 

@@ -12,7 +12,6 @@ from alembic import op
 
 from rpa_common.models import base as rt
 
-
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
