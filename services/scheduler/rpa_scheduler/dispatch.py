@@ -110,6 +110,11 @@ def _session_capable() -> sa.ColumnElement[bool]:
     )
 
 
+ClaimedJob = Any
+"""A row of ``dispatchable_jobs``: ``id``, ``account_id``, ``robot_id``, ``robot_group_id``,
+``attempt``, and the robot's ``robot_status``, ``robot_gateway_id``, ``robot_role``."""
+
+
 def _robot_column(column: Any) -> Any:
     """The job's robot's ``column``, as a correlated scalar subquery (read, not locked)."""
     return sa.select(column).where(Robot.id == Job.robot_id).scalar_subquery()
@@ -140,8 +145,14 @@ def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Any]:
         .where(RobotGroupMember.group_id == Job.robot_group_id, _robot_can_take_work(), _robot_connected())
         .exists()
     )
+    # Columns, not the entity: the pass needs five of the job's fields, and loading ORM objects
+    # is a good part of a pass's CPU.
     stmt = sa.select(
-        Job,
+        Job.id,
+        Job.account_id,
+        Job.robot_id,
+        Job.robot_group_id,
+        Job.attempt,
         _robot_column(Robot.status).label("robot_status"),
         _robot_column(Robot.gateway_id).label("robot_gateway_id"),
         _robot_column(Robot.role).label("robot_role"),
@@ -182,7 +193,12 @@ async def _claim_robot(
 
 
 async def _start(
-    session: AsyncSession, settings: Settings, job: Job, robot_id: uuid.UUID, lease_s: float, reason: str
+    session: AsyncSession,
+    settings: Settings,
+    job: ClaimedJob,
+    robot_id: uuid.UUID,
+    lease_s: float,
+    reason: str,
 ) -> Transition | None:
     return await transition(
         session,
@@ -200,7 +216,7 @@ async def _start(
 
 
 async def _assign_robot_job(
-    session: AsyncSession, settings: Settings, job: Job, robot: Any, out: BatchResult
+    session: AsyncSession, settings: Settings, job: ClaimedJob, robot: Any, out: BatchResult
 ) -> bool:
     """``robot``: the batch row's ``robot_status``, ``robot_gateway_id``, ``robot_role``."""
     assert job.robot_id is not None
@@ -230,7 +246,7 @@ async def _assign_robot_job(
 
 
 async def _open_session_for(
-    session: AsyncSession, settings: Settings, job: Job, robot_id: uuid.UUID, out: BatchResult
+    session: AsyncSession, settings: Settings, job: ClaimedJob, robot_id: uuid.UUID, out: BatchResult
 ) -> bool:
     row = (
         await session.execute(
@@ -304,7 +320,9 @@ async def _open_session_for(
     return True
 
 
-async def _assign_group_job(session: AsyncSession, settings: Settings, job: Job, out: BatchResult) -> bool:
+async def _assign_group_job(
+    session: AsyncSession, settings: Settings, job: ClaimedJob, out: BatchResult
+) -> bool:
     assert job.robot_group_id is not None
     members = sa.select(RobotGroupMember.robot_id).where(RobotGroupMember.group_id == job.robot_group_id)
     candidate = (
@@ -345,7 +363,7 @@ async def dispatch_batch(
         rows = (await session.execute(stmt, params)).all()
         out.claimed = len(rows)
         for row in rows:
-            job = row.Job
+            job = row
             # No savepoint per job: every "no" below is decided before anything is written, and
             # the job row is ours (locked), so the Pending -> Starting guard cannot miss.
             if job.robot_id is not None:

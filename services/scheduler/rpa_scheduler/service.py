@@ -30,6 +30,10 @@ log = structlog.get_logger(__name__)
 TRIGGER_RELOAD_EVERY_S = 60.0
 """Triggers are re-read this often even without ``TRIGGER_CHANGED``."""
 
+FREED_WAKE_DELAY_S = 0.002
+"""A job's end arrives as JOB_STATE then ROBOT_STATUS Ready, back to back: waiting this long turns
+the two wake-ups into one pass. New jobs (JOB_CREATED) wake the dispatcher at once."""
+
 
 class Scheduler:
     """One replica's scheduler; ``start`` then ``stop``."""
@@ -50,6 +54,7 @@ class Scheduler:
         self.passes = 0
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._wake_soon: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         nc = self.ctx.nc
@@ -85,14 +90,25 @@ class Scheduler:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self._wake_soon is not None:
+            self._wake_soon.cancel()
         if self.triggers is not None:
             self.triggers.shutdown()
-        log.info("scheduler.stopped")
+        log.info("scheduler.stopped", dispatch_passes=self.passes)
 
     # NATS handlers: decode, decide, set the event. Never raise into the NATS client.
 
     async def _on_job_created(self, msg: Msg) -> None:
         self.wake.set()
+
+    def _wake_shortly(self) -> None:
+        if self._wake_soon is None:
+
+            def fire() -> None:
+                self._wake_soon = None
+                self.wake.set()
+
+            self._wake_soon = asyncio.get_running_loop().call_later(FREED_WAKE_DELAY_S, fire)
 
     async def _on_job_state(self, msg: Msg) -> None:
         try:
@@ -100,7 +116,7 @@ class Scheduler:
         except ValueError:
             return
         if event.to_state.is_final or event.to_state == JobState.PENDING:
-            self.wake.set()
+            self._wake_shortly()
 
     async def _on_robot_status(self, msg: Msg) -> None:
         try:
@@ -109,7 +125,7 @@ class Scheduler:
             return
         # Working means the robot has a job; a robot freed by a job's end also wakes us by JOB_STATE.
         if event.status == RobotStatus.READY:
-            self.wake.set()
+            self._wake_shortly()
 
     async def _on_session_state(self, msg: Msg) -> None:
         try:
