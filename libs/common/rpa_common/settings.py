@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     coordinator_driver: Literal["process"] = Field("process", description="Session driver.")
     coordinator_max_sessions: int = Field(10, description="Concurrent sessions on this server.")
     session_connect_timeout_s: float = Field(60.0, description="A robot must connect this soon.")
+    coordinator_require_key: bool = Field(
+        True,
+        description=(
+            "Refuse to start without RPA_COORDINATOR_KEY. False: start anyway and only answer health "
+            "checks (a node that has no terminal server to serve yet)."
+        ),
+    )
+    coordinator_work_dir: str | None = Field(
+        None, description="Where session directories (robot state, cache, output) go; default: the temp dir."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

@@ -6,7 +6,7 @@ import argparse
 
 from rpa_common.logging import configure_logging
 from rpa_common.service import run_service
-from rpa_coordinator.settings import CoordinatorSettings
+from rpa_common.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="open and close sessions on command (health on the coordinator port)")
     parser.parse_args(argv)
-    settings = CoordinatorSettings()
+    settings = Settings()
     from rpa_coordinator.app import create_app
 
     configure_logging(settings.log_level, settings.log_json)

@@ -10,21 +10,21 @@ from fastapi import FastAPI, Request
 
 from rpa_common.logging import configure_logging
 from rpa_common.service import ServiceContext, health_router, install_problem_handlers, service_context
+from rpa_common.settings import Settings
 from rpa_coordinator.coordinator import Coordinator, resolve_identity
 from rpa_coordinator.drivers import ProcessDriver, SessionDriver
-from rpa_coordinator.settings import CoordinatorSettings
 
 log = structlog.get_logger(__name__)
 
 
-def make_driver(settings: CoordinatorSettings) -> SessionDriver:
+def make_driver(settings: Settings) -> SessionDriver:
     if settings.coordinator_driver == "process":
         return ProcessDriver(settings.coordinator_work_dir)
     raise ValueError(f"unknown session driver {settings.coordinator_driver!r}")  # pragma: no cover
 
 
-def create_app(settings: CoordinatorSettings | None = None) -> FastAPI:
-    settings = settings or CoordinatorSettings()
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
