@@ -58,7 +58,12 @@ async def test_dispatch_takes_priority_then_age_and_offers_to_the_robots_gateway
             job = starting[0]
             assert job.robot_id == robot and job.attempt == 1 and job.lease_expires_at is not None
             offer = await inbox.wait_for(lambda m, j=job: m["job_id"] == str(j.id))
+            payload = offer.pop("offer")
             assert offer == {"robot_id": str(robot), "kind": "offer", "job_id": str(job.id), "attempt": 1}
+            # The offer travels with the command: the gateway needs no database read to start it.
+            assert payload["job_id"] == str(job.id) and payload["attempt"] == 1
+            assert payload["state"] == "Starting" and len(payload["sha256"]) == 64
+            assert (await world.get(Robot, robot)).status == RobotStatus.WORKING
             order.append(job.id)
             await finish(world, job.id)
     assert order == [high_new, normal_old, normal_new, low_old]

@@ -33,6 +33,7 @@ from rpa_common.nats import subjects
 from rpa_common.nats.messages import (
     GatewayCommand,
     JobControl,
+    JobOffer,
     JobStateChanged,
     Message,
     RobotChanged,
@@ -79,6 +80,7 @@ class Connection:
         "bad",
         "closing",
         "connection_id",
+        "finished",
         "logged_off",
         "robot",
         "single_job",
@@ -90,6 +92,9 @@ class Connection:
         self.robot = robot
         self.connection_id = uuid.uuid4()
         self.active_jobs: dict[uuid.UUID, int] = {}  # job id -> attempt the robot was given
+        # Jobs this gateway ended on the robot's report (and already refreshed the status for):
+        # their JOB_STATE echo needs no second status refresh.
+        self.finished: set[uuid.UUID] = set()
         self.bad: deque[float] = deque()
         self.closing = False
         # A robot started for one job (``exit_after_job``) is Disconnected as soon as that job ends,
@@ -122,7 +127,7 @@ class Connection:
             await self.ws.close(code, reason)
 
 
-def _job_start_frame(offer: store.JobOffer) -> dict[str, Any]:
+def _job_start_frame(offer: JobOffer) -> dict[str, Any]:
     return {
         "type": "job.start",
         "id": command_id(offer.job_id, offer.attempt, "start"),
@@ -362,7 +367,7 @@ class Hub:
                 subjects.ROBOT_STATUS, store.status_message(conn.robot, RobotStatus.DISCONNECTED)
             )
 
-    async def _offer(self, conn: Connection, offer: store.JobOffer) -> None:
+    async def _offer(self, conn: Connection, offer: JobOffer) -> None:
         conn.active_jobs[offer.job_id] = offer.attempt
         await conn.send(_job_start_frame(offer))
         # A job already asked to stop while the robot was away hears it again after the start.
@@ -448,7 +453,9 @@ class Hub:
                 if ended and conn.single_job:
                     if await store.detach(session, robot.id, conn.connection_id):
                         status = RobotStatus.DISCONNECTED
-                elif transitions:
+                elif ended:
+                    # Only an end changes Working/Ready: the dispatcher set Working when it
+                    # assigned the job, and Starting -> Running leaves it so.
                     status = await store.refresh_status(session, robot.id, conn.connection_id)
             return transitions, status, extra
 
@@ -462,6 +469,9 @@ class Hub:
         for t in transitions:
             if t.to_state.is_final or t.to_state == JobState.PENDING:
                 conn.active_jobs.pop(t.job_id, None)
+                if len(conn.finished) > 256:  # echoes lost on the way: forget them
+                    conn.finished.clear()
+                conn.finished.add(t.job_id)
         if status == RobotStatus.DISCONNECTED:
             conn.logged_off = True
         await conn.send({"type": "ack", "seq": frame.seq})
@@ -536,6 +546,11 @@ class Hub:
             return  # not (or no longer) here: the robot gets its jobs when it connects
         if cmd.kind == "disconnect":
             await conn.close(CLOSE_REPLACED, "disconnected by the orchestrator")
+        elif cmd.kind == "offer" and cmd.offer is not None:
+            # The dispatcher sent the offer itself, and set the robot Working when it claimed it:
+            # no database round trip between the job's assignment and the robot hearing of it.
+            if not conn.logged_off and cmd.offer.job_id not in conn.active_jobs:
+                await self._offer(conn, cmd.offer)
         elif cmd.kind == "offer" and cmd.job_id is not None:
             await self._offer_job(conn, cmd.job_id, cmd.attempt)
         elif cmd.kind in ("stop", "interrupt") and cmd.job_id is not None:
@@ -586,6 +601,9 @@ class Hub:
         if conn is None or not (change.to_state.is_final or change.to_state == JobState.PENDING):
             return
         attempt = conn.active_jobs.pop(change.job_id, None)
+        if attempt is None and change.job_id in conn.finished:
+            conn.finished.discard(change.job_id)
+            return  # our own report ended it, and the status was refreshed with it
         if attempt is not None:
             # The orchestrator ended the job without the robot (lease sweep, retry): stop the script.
             await conn.send(_control_frame("interrupt", change.job_id, attempt, reason="job ended"))

@@ -29,7 +29,8 @@ from rpa_common.models.enums import (
     LogLevel,
     RobotStatus,
 )
-from rpa_common.nats.messages import JobCreated, RobotStatusChanged
+from rpa_common.nats.messages import JobCreated, JobOffer, RobotStatusChanged
+from rpa_common.offers import offer_query, to_offer
 from rpa_common.security import key_matches, split_key
 from rpa_gateway.protocol import Hello, JobRequest, JobStatus, LogEntry
 
@@ -71,25 +72,6 @@ class Attached:
     previous_connection_id: uuid.UUID | None
     is_active: bool
     offers: list[JobOffer] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class JobOffer:
-    """Everything a robot needs to start (or resume) one job attempt."""
-
-    job_id: uuid.UUID
-    attempt: int
-    state: JobState
-    process_id: uuid.UUID
-    process_name: str
-    version_id: uuid.UUID
-    version: str
-    sha256: str
-    size: int
-    entry_point: str
-    input_args: dict[str, Any]
-    stop_after_s: int | None
-    interrupt_after_s: int | None
 
 
 def _status_for(current_job_id: uuid.UUID | None) -> RobotStatus:
@@ -189,65 +171,21 @@ async def claim_seq(session: AsyncSession, robot_id: uuid.UUID, seq: int) -> boo
 # Jobs -------------------------------------------------------------------------------------------
 
 
-def _offer_query() -> sa.Select[Any]:
-    return (
-        sa.select(
-            Job.id,
-            Job.attempt,
-            Job.state,
-            Job.input_args,
-            Job.stop_after_s,
-            Job.interrupt_after_s,
-            Process.id.label("process_id"),
-            Process.name.label("process_name"),
-            ProcessVersion.id.label("version_id"),
-            ProcessVersion.version,
-            ProcessVersion.sha256,
-            ProcessVersion.size,
-            ProcessVersion.entry_point,
-            ProcessVersion.default_input,
-        )
-        .join(Process, Process.id == Job.process_id)
-        .join(ProcessVersion, ProcessVersion.id == Job.process_version_id)
-        .where(Job.state.in_(ACTIVE_JOB_STATES))
-    )
-
-
-def _offer(row: Any) -> JobOffer:
-    args = dict(row.default_input or {})
-    args.update(row.input_args or {})
-    return JobOffer(
-        job_id=row.id,
-        attempt=row.attempt,
-        state=row.state,
-        process_id=row.process_id,
-        process_name=row.process_name,
-        version_id=row.version_id,
-        version=row.version,
-        sha256=row.sha256,
-        size=row.size,
-        entry_point=row.entry_point,
-        input_args=args,
-        stop_after_s=row.stop_after_s,
-        interrupt_after_s=row.interrupt_after_s,
-    )
-
-
 async def own_jobs(session: AsyncSession, robot_id: uuid.UUID) -> list[JobOffer]:
     rows = (
-        await session.execute(_offer_query().where(Job.robot_id == robot_id).order_by(Job.created_at))
+        await session.execute(offer_query().where(Job.robot_id == robot_id).order_by(Job.created_at))
     ).all()
-    return [_offer(r) for r in rows]
+    return [to_offer(r) for r in rows]
 
 
 async def offer_for(
     session: AsyncSession, robot_id: uuid.UUID, job_id: uuid.UUID, attempt: int | None
 ) -> JobOffer | None:
-    stmt = _offer_query().where(Job.id == job_id, Job.robot_id == robot_id)
+    stmt = offer_query().where(Job.id == job_id, Job.robot_id == robot_id)
     if attempt is not None:
         stmt = stmt.where(Job.attempt == attempt)
     row = (await session.execute(stmt)).one_or_none()
-    return _offer(row) if row is not None else None
+    return to_offer(row) if row is not None else None
 
 
 async def may_download(session: AsyncSession, robot_id: uuid.UUID, version_id: uuid.UUID) -> int | None:

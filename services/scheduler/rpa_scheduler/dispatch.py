@@ -37,6 +37,7 @@ from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import GatewayCommand, Message, OpenSession
+from rpa_common.offers import offers_for
 from rpa_common.secrets import unattended_password
 from rpa_common.security import make_key
 from rpa_common.service import ServiceContext
@@ -179,14 +180,24 @@ _DISPATCHABLE_EXCLUDING = _DISPATCHABLE.where(Job.id.not_in(sa.bindparam("exclud
 
 
 async def _claim_robot(
-    session: AsyncSession, robot_id: uuid.UUID, job_id: uuid.UUID, *guards: sa.ColumnElement[bool]
+    session: AsyncSession,
+    robot_id: uuid.UUID,
+    job_id: uuid.UUID,
+    *guards: sa.ColumnElement[bool],
+    connected: bool = False,
 ) -> bool:
     """The guarded claim: rowcount 1, or another job (on any replica) took the robot first, or the
-    robot is no longer as it was seen (``guards``: still on that gateway, still disconnected...)."""
+    robot is no longer as it was seen (``guards``: still on that gateway, still disconnected...).
+
+    A connected robot is Working from here on: its gateway then offers the job without a status
+    write of its own."""
+    values: dict[str, Any] = {"current_job_id": job_id}
+    if connected:
+        values["status"] = RobotStatus.WORKING
     result = await session.execute(
         sa.update(Robot)
         .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
-        .values(current_job_id=job_id)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
@@ -229,6 +240,7 @@ async def _assign_robot_job(
             job.id,
             Robot.gateway_id == gateway_id,
             Robot.status.in_(CONNECTED_STATUSES),
+            connected=True,
         ):
             return False
         t = await _start(session, settings, job, job.robot_id, settings.job_lease_s, "robot chosen")
@@ -335,7 +347,7 @@ async def _assign_group_job(
         )
     ).one_or_none()
     # The robot row is locked and was free under the lock; the guarded claim still decides.
-    if candidate is None or not await _claim_robot(session, candidate.id, job.id):
+    if candidate is None or not await _claim_robot(session, candidate.id, job.id, connected=True):
         return False
     t = await _start(session, settings, job, candidate.id, settings.job_lease_s, "robot of the group chosen")
     if t is None:  # pragma: no cover - the job row is locked by this transaction
@@ -362,18 +374,19 @@ async def dispatch_batch(
             stmt, params = _DISPATCHABLE, {"limit": limit}
         rows = (await session.execute(stmt, params)).all()
         out.claimed = len(rows)
-        for row in rows:
-            job = row
-            # No savepoint per job: every "no" below is decided before anything is written, and
-            # the job row is ours (locked), so the Pending -> Starting guard cannot miss.
-            if job.robot_id is not None:
-                ok = await _assign_robot_job(session, settings, job, row, out)
-            else:
-                ok = await _assign_group_job(session, settings, job, out)
-            if not ok:
-                out.skipped.append(job.id)
-                if job.robot_id is None:
-                    out.skipped_group_jobs += 1
+        await _handle(session, settings, rows, out)
+        # The offers travel with the commands (one query for the batch): the gateway hands the job
+        # to the robot without reading the database.
+        offers = await offers_for(
+            session,
+            [m.job_id for _, m in out.outbox.items if isinstance(m, GatewayCommand) and m.job_id is not None],
+        )
+        out.outbox.items = [
+            (subject, m.model_copy(update={"offer": offers.get(m.job_id)}))
+            if isinstance(m, GatewayCommand) and m.job_id is not None
+            else (subject, m)
+            for subject, m in out.outbox.items
+        ]
         return out
 
     result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
@@ -381,6 +394,21 @@ async def dispatch_batch(
         result.outbox.add(subjects.JOB_STATE, t.message())
     await result.outbox.flush(ctx)
     return result
+
+
+async def _handle(session: AsyncSession, settings: Settings, rows: Any, out: BatchResult) -> None:
+    """Hand each claimed job to a robot, or leave it Pending (``out.skipped``)."""
+    for job in rows:
+        # No savepoint per job: every "no" below is decided before anything is written, and
+        # the job row is ours (locked), so the Pending -> Starting guard cannot miss.
+        if job.robot_id is not None:
+            ok = await _assign_robot_job(session, settings, job, job, out)
+        else:
+            ok = await _assign_group_job(session, settings, job, out)
+        if not ok:
+            out.skipped.append(job.id)
+            if job.robot_id is None:
+                out.skipped_group_jobs += 1
 
 
 @dataclass

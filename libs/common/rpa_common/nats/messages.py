@@ -62,19 +62,46 @@ class RobotChanged(Message):
     change: Literal["deactivated", "deleted", "key_rotated", "activated"]
 
 
+class AuthChanged(Message):
+    account_id: uuid.UUID
+
+
 class TriggerChanged(Message):
     account_id: uuid.UUID
     trigger_id: uuid.UUID
     change: Literal["created", "updated", "deleted"]
 
 
+class JobOffer(Message):
+    """Everything a robot needs to start (or resume) one job attempt."""
+
+    job_id: uuid.UUID
+    attempt: int
+    state: JobState
+    process_id: uuid.UUID
+    process_name: str
+    version_id: uuid.UUID
+    version: str
+    sha256: str
+    size: int
+    entry_point: str
+    input_args: dict[str, Any]
+    stop_after_s: int | None = None
+    interrupt_after_s: int | None = None
+
+
 class GatewayCommand(Message):
-    """A command for the gateway replica holding ``robot_id``'s connection."""
+    """A command for the gateway replica holding ``robot_id``'s connection.
+
+    An ``offer`` from the dispatcher carries the offer itself, so the gateway sends ``job.start``
+    without reading the database; without it the gateway reads the job.
+    """
 
     robot_id: uuid.UUID
     kind: Literal["offer", "stop", "interrupt", "disconnect"]
     job_id: uuid.UUID | None = None
     attempt: int | None = None
+    offer: JobOffer | None = None
 
 
 class OpenSession(Message):

@@ -25,6 +25,8 @@ TRIGGER_CHANGED = f"{PREFIX}.trigger.changed"
 """A trigger was created, changed or deleted: schedulers reload it."""
 SESSION_STATE = f"{PREFIX}.session.state"
 """A coordinator reports the state of a terminal session."""
+AUTH_CHANGED = f"{PREFIX}.auth.changed"
+"""Users, roles, folders or API keys of an account changed: API replicas drop cached grants."""
 
 # Queue groups: one member of the group handles each message.
 SCHEDULER_QUEUE = "scheduler"
