@@ -14,6 +14,8 @@ import jwt
 import sqlalchemy as sa
 
 from rpa_common.models import ApiKey, AuditRecord, LoginThrottle, RefreshToken
+from rpa_common.nats.messages import AuthChanged
+from rpa_common.nats.subjects import AUTH_CHANGED
 from rpa_common.security import JWT_ALG, JWT_AUDIENCE
 from tests.conftest import PASSWORD, Tenant
 
@@ -241,6 +243,14 @@ async def test_api_keys(client: httpx.AsyncClient, tenant: Tenant) -> None:
             .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
         await session.commit()
+    # Changed behind the API's back, as another replica would: announced on NATS, which drops the
+    # cached grant here (within the cache's few seconds otherwise).
+    await tenant.ctx.nc.publish(AUTH_CHANGED, AuthChanged(account_id=tenant.account_id).encode())
+    await tenant.ctx.nc.flush()
+    deadline = asyncio.get_running_loop().time() + 2
+    while (await client.get("/api/v1/auth/me", headers=bearer(short["key"]))).status_code == 200:
+        assert asyncio.get_running_loop().time() < deadline, "AUTH_CHANGED did not drop the cached key"
+        await asyncio.sleep(0.02)
     assert_problem(await client.get("/api/v1/auth/me", headers=bearer(short["key"])), 401)
 
     # A Viewer may not make keys; unknown fields are named.

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rpa_api.accounts.router import router as accounts_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.folders.router import router as folders_router
+from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
 from rpa_api.processes.router import router as processes_router
 from rpa_api.robots.router import router as robots_router
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     if ctx is not None:
         app.state.ctx = ctx
+    app.state.grants = GrantCache()
     install_problem_handlers(app)
 
     def limit_for(path: str, content_type: str) -> int:

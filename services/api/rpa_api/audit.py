@@ -9,6 +9,8 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
+from rpa_api.grants import IDENTITY_OBJECTS
+from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
 from rpa_common.models import AuditRecord
 from rpa_common.models.enums import ActorType
 
@@ -39,6 +41,9 @@ def record(
     changes: dict[str, Any] | None = None,
     kind: str = "api",
 ) -> None:
+    if object_type in IDENTITY_OBJECTS:
+        # Who may do what changed: cached grants of this account go once this commits (deps.Tx).
+        session.info.setdefault(GRANTS_SESSION_KEY, set()).add(principal.account_id)
     session.add(
         AuditRecord(
             account_id=principal.account_id,

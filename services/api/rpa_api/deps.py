@@ -18,10 +18,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
+from rpa_api.grants import GrantCache, KeyGrant, UserGrant
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.errors import Forbidden, Unauthorized
 from rpa_common.models import ApiKey, Role, RoleFolder, RolePermission, User, UserRole
 from rpa_common.models.enums import ActorType, PermissionAction, PermissionObject
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import AuthChanged
 from rpa_common.security import decode_access_token, key_matches, split_key
 from rpa_common.service import ServiceContext
 
@@ -48,18 +52,43 @@ async def get_session(ctx: Ctx) -> AsyncIterator[AsyncSession]:
 Session = Annotated[AsyncSession, Depends(get_session)]
 
 
+def get_grants(request: Request) -> GrantCache:
+    grants: GrantCache = request.app.state.grants
+    return grants
+
+
 @dataclass
 class Tx:
-    """Runs a unit of work for a request: commit on success, bounded re-run on transient errors."""
+    """Runs a unit of work for a request: commit on success, bounded re-run on transient errors.
+
+    A unit of work that changed who may do what (users, roles, folders, keys) drops the cached
+    grants of that account here and, through NATS, on every other replica, once it has committed.
+    """
 
     ctx: ServiceContext
+    grants: GrantCache | None = None
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        return await run_in_transaction(self.ctx.sessions, work, attempts=self.ctx.settings.db_retry_attempts)
+        changed: set[uuid.UUID] = set()
+
+        async def tracked(session: AsyncSession) -> T:
+            session.info.pop(GRANTS_SESSION_KEY, None)
+            result = await work(session)
+            changed.update(session.info.get(GRANTS_SESSION_KEY, ()))
+            return result
+
+        result = await run_in_transaction(
+            self.ctx.sessions, tracked, attempts=self.ctx.settings.db_retry_attempts
+        )
+        for account_id in changed:
+            if self.grants is not None:
+                self.grants.invalidate(account_id)
+            await self.ctx.publish(subjects.AUTH_CHANGED, AuthChanged(account_id=account_id).encode())
+        return result
 
 
-def get_tx(ctx: Ctx) -> Tx:
-    return Tx(ctx)
+def get_tx(ctx: Ctx, request: Request) -> Tx:
+    return Tx(ctx, get_grants(request))
 
 
 Transaction = Annotated[Tx, Depends(get_tx)]
@@ -118,28 +147,68 @@ _oauth2 = OAuth2PasswordBearer(
 _NO_KEY_HASH = "0" * 64
 
 
-async def _load_roles(session: AsyncSession, principal: Principal) -> None:
+async def _load_grant(session: AsyncSession, user: User) -> UserGrant:
     rows = (
         await session.execute(
-            sa.select(RolePermission.object, RolePermission.action)
-            .join(UserRole, UserRole.role_id == RolePermission.role_id)
-            .where(UserRole.user_id == principal.user_id)
-        )
-    ).all()
-    principal.permissions = {(r[0], r[1]) for r in rows}
-    roles = (
-        await session.execute(
-            sa.select(Role.id, Role.all_folders)
+            sa.select(Role.id, Role.all_folders, RolePermission.object, RolePermission.action)
             .join(UserRole, UserRole.role_id == Role.id)
-            .where(UserRole.user_id == principal.user_id)
+            .outerjoin(RolePermission, RolePermission.role_id == Role.id)
+            .where(UserRole.user_id == user.id)
         )
     ).all()
-    principal.all_folders = any(r.all_folders for r in roles)
-    if not principal.all_folders and roles:
+    permissions = frozenset((r.object, r.action) for r in rows if r.object is not None)
+    all_folders = any(r.all_folders for r in rows)
+    folder_ids: frozenset[uuid.UUID] = frozenset()
+    role_ids = {r.id for r in rows}
+    if not all_folders and role_ids:
         folder_rows = await session.execute(
-            sa.select(RoleFolder.folder_id).where(RoleFolder.role_id.in_([r.id for r in roles]))
+            sa.select(RoleFolder.folder_id).where(RoleFolder.role_id.in_(role_ids))
         )
-        principal.folder_ids = {r[0] for r in folder_rows}
+        folder_ids = frozenset(r[0] for r in folder_rows)
+    return UserGrant(
+        account_id=user.account_id,
+        user_id=user.id,
+        username=user.username,
+        token_version=user.token_version,
+        is_active=user.is_active,
+        permissions=permissions,
+        all_folders=all_folders,
+        folder_ids=folder_ids,
+    )
+
+
+async def _user_grant(ctx: ServiceContext, grants: GrantCache, user_id: uuid.UUID) -> UserGrant | None:
+    grant = grants.user(user_id)
+    if grant is None:
+        async with ctx.sessions() as session:
+            user = await session.get(User, user_id)
+            if user is None:
+                return None
+            grant = await _load_grant(session, user)
+        grants.put_user(grant)
+    return grant
+
+
+async def _key_grant(ctx: ServiceContext, grants: GrantCache, prefix: str) -> KeyGrant | None:
+    grant = grants.key(prefix)
+    if grant is None:
+        async with ctx.sessions() as session:
+            key = (
+                await session.execute(sa.select(ApiKey).where(ApiKey.prefix == prefix))
+            ).scalar_one_or_none()
+        if key is None:
+            return None
+        grant = KeyGrant(
+            id=key.id,
+            account_id=key.account_id,
+            user_id=key.user_id,
+            key_hash=key.key_hash,
+            revoked=key.revoked_at is not None,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+        )
+        grants.put_key(prefix, grant)
+    return grant
 
 
 async def authenticate(
@@ -152,53 +221,56 @@ async def authenticate(
     if not token:
         raise Unauthorized("missing bearer token")
     now = datetime.now(UTC)
-    async with ctx.sessions() as session:
-        api_key_id: uuid.UUID | None = None
-        key_last_used: datetime | None = None
-        prefix = split_key(token, API_KEY_KIND)
-        if prefix is not None:
-            key = (
-                await session.execute(sa.select(ApiKey).where(ApiKey.prefix == prefix))
-            ).scalar_one_or_none()
-            # The hash is checked even for an unknown prefix, so a miss and a wrong secret take the same time.
-            if (
-                not key_matches(token, key.key_hash if key is not None else _NO_KEY_HASH)
-                or key is None
-                or key.revoked_at is not None
-                or (key.expires_at is not None and key.expires_at <= now)
-            ):
-                raise Unauthorized("invalid, revoked or expired API key")
-            user = await session.get(User, key.user_id)
-            if user is not None and user.account_id != key.account_id:
-                raise Unauthorized("invalid, revoked or expired API key")
-            actor = ActorType.API_KEY
-            api_key_id = key.id
-            key_last_used = key.last_used_at
-        else:
-            try:
-                claims = decode_access_token(ctx.settings, token)
-                user_id = uuid.UUID(claims["sub"])
-                account_id = uuid.UUID(claims["acc"])
-            except (jwt.PyJWTError, ValueError, KeyError) as exc:
-                raise Unauthorized(f"invalid access token: {exc}") from None
-            user = await session.get(User, user_id)
-            if user is None or user.account_id != account_id or user.token_version != claims.get("ver"):
-                raise Unauthorized("access token is no longer valid")
-            actor = ActorType.USER
-        if user is None or not user.is_active:
-            raise Unauthorized("user is disabled")
-        principal = Principal(
-            account_id=user.account_id,
-            user_id=user.id,
-            username=user.username,
-            actor_type=actor,
-            api_key_id=api_key_id,
-            client_address=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
-        )
-        await _load_roles(session, principal)
+    grants = get_grants(request)
+    await grants.subscribe(ctx.nc)
+    api_key_id: uuid.UUID | None = None
+    key_last_used: datetime | None = None
+    prefix = split_key(token, API_KEY_KIND)
+    if prefix is not None:
+        key = await _key_grant(ctx, grants, prefix)
+        # The hash is checked even for an unknown prefix, so a miss and a wrong secret take the same time.
+        if (
+            not key_matches(token, key.key_hash if key is not None else _NO_KEY_HASH)
+            or key is None
+            or key.revoked
+            or (key.expires_at is not None and key.expires_at <= now)
+        ):
+            raise Unauthorized("invalid, revoked or expired API key")
+        grant = await _user_grant(ctx, grants, key.user_id)
+        if grant is not None and grant.account_id != key.account_id:
+            raise Unauthorized("invalid, revoked or expired API key")
+        actor = ActorType.API_KEY
+        api_key_id = key.id
+        key_last_used = key.last_used_at
+    else:
+        try:
+            claims = decode_access_token(ctx.settings, token)
+            user_id = uuid.UUID(claims["sub"])
+            account_id = uuid.UUID(claims["acc"])
+        except (jwt.PyJWTError, ValueError, KeyError) as exc:
+            raise Unauthorized(f"invalid access token: {exc}") from None
+        grant = await _user_grant(ctx, grants, user_id)
+        if grant is None or grant.account_id != account_id or grant.token_version != claims.get("ver"):
+            raise Unauthorized("access token is no longer valid")
+        actor = ActorType.USER
+    if grant is None or not grant.is_active:
+        raise Unauthorized("user is disabled")
+    principal = Principal(
+        account_id=grant.account_id,
+        user_id=grant.user_id,
+        username=grant.username,
+        actor_type=actor,
+        permissions=set(grant.permissions),
+        all_folders=grant.all_folders,
+        folder_ids=set(grant.folder_ids),
+        api_key_id=api_key_id,
+        client_address=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
     if api_key_id is not None and (key_last_used is None or now - key_last_used > KEY_USE_RESOLUTION):
         await _mark_key_used(ctx, api_key_id, now)
+        assert prefix is not None and key is not None
+        grants.put_key(prefix, KeyGrant(**{**key.__dict__, "last_used_at": now}))
     return principal
 
 

@@ -1,0 +1,103 @@
+"""A short-lived cache of who callers are and what they may do (their "grant").
+
+Resolving a caller takes three or four queries, more than most requests' own work, so each API
+replica keeps grants for ``TTL_S`` seconds. A change to users, roles, folders, API keys or the
+account (anything whose audit record names such an object) clears that account's grants on this
+replica after its commit, and on every other replica through ``AUTH_CHANGED``; should that message
+be lost, a stale grant lives at most ``TTL_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from rpa_common.models.enums import PermissionAction, PermissionObject
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import AuthChanged
+
+log = structlog.get_logger(__name__)
+
+TTL_S = 5.0
+IDENTITY_OBJECTS = frozenset({"user", "role", "folder", "api_key", "account"})
+SESSION_KEY = "rpa.auth_changed"
+"""``session.info`` entry where ``audit.record`` notes the accounts whose grants a change affects."""
+
+
+@dataclass(frozen=True)
+class UserGrant:
+    account_id: uuid.UUID
+    user_id: uuid.UUID
+    username: str
+    token_version: int
+    is_active: bool
+    permissions: frozenset[tuple[PermissionObject, PermissionAction]]
+    all_folders: bool
+    folder_ids: frozenset[uuid.UUID]
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """An API key row, as authentication needs it."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    user_id: uuid.UUID
+    key_hash: str
+    revoked: bool
+    expires_at: datetime | None
+    last_used_at: datetime | None
+
+
+class GrantCache:
+    def __init__(self, ttl_s: float = TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._users: dict[uuid.UUID, tuple[float, UserGrant]] = {}
+        self._keys: dict[str, tuple[float, KeyGrant]] = {}
+        self._subscribed_to: NATS | None = None
+
+    def user(self, user_id: uuid.UUID) -> UserGrant | None:
+        hit = self._users.get(user_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def key(self, prefix: str) -> KeyGrant | None:
+        hit = self._keys.get(prefix)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put_user(self, grant: UserGrant) -> None:
+        if len(self._users) > 50_000:
+            self._users.clear()
+        self._users[grant.user_id] = (time.monotonic() + self.ttl_s, grant)
+
+    def put_key(self, prefix: str, grant: KeyGrant) -> None:
+        if len(self._keys) > 50_000:
+            self._keys.clear()
+        self._keys[prefix] = (time.monotonic() + self.ttl_s, grant)
+
+    def invalidate(self, account_id: uuid.UUID) -> None:
+        self._users = {k: v for k, v in self._users.items() if v[1].account_id != account_id}
+        self._keys = {k: v for k, v in self._keys.items() if v[1].account_id != account_id}
+
+    async def subscribe(self, nc: NATS) -> None:
+        """Hear other replicas' changes (once per connection)."""
+        if self._subscribed_to is nc:
+            return
+        self._subscribed_to = nc
+
+        async def on_change(msg: Msg) -> None:
+            try:
+                self.invalidate(AuthChanged.decode(msg.data).account_id)
+            except Exception as exc:  # a malformed message must not stop the subscription
+                log.warning("grants.bad_message", error=str(exc))
+
+        await nc.subscribe(subjects.AUTH_CHANGED, cb=on_change)
