@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,17 @@ class SessionDriver(abc.ABC):
     @abc.abstractmethod
     async def wait(self, handle: SessionHandle) -> int:
         """Wait until the session ends on its own; its exit code (0 = normal end)."""
+
+
+def _become(uid: int, gid: int) -> Callable[[], None]:
+    """Runs in the child between fork and exec: drop to the account's user (no extra groups)."""
+
+    def demote() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return demote
 
 
 def robot_command(gateway_url: str, state_dir: str, cache_dir: str) -> list[str]:
@@ -129,7 +141,9 @@ class ProcessDriver(SessionDriver):
         kwargs: dict[str, Any] = {}
         if user is not None:
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-            kwargs.update(user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+            # Not Popen's user=/group=/extra_groups=: uvloop (the services' event loop) refuses
+            # them; a preexec_fn works on every loop.
+            kwargs.update(preexec_fn=_become(user.pw_uid, user.pw_gid))
         argv = [str(a) for a in self.command(gateway_url, str(state_dir), str(cache_dir))]
         output = state_dir / "robot.log"
         # A tiny local file; opening it is not worth a thread.
