@@ -57,7 +57,9 @@ async def test_gateway_killed_mid_job_the_robot_reconnects_and_the_job_completes
     assert len(logged) == count
     stored = [m for m in await job_messages(api.ctx, job_id) if m.message.startswith("hello")]
     assert sorted(str(m.id) for m in stored) == sorted(logged)  # each line exactly once
-    assert [m.fields for m in sorted(stored, key=lambda m: m.fields["n"])] == [{"n": n} for n in range(count)]
+    assert [m.fields for m in sorted(stored, key=lambda m: (m.fields or {}).get("n", -1))] == [
+        {"n": n} for n in range(count)
+    ]
     assert "replaying" in robot.output()
     # Connected to the new gateway process, free, and taking work through the scheduler again.
     await api.wait_robot(robot_id, "Ready", stack=stack)
