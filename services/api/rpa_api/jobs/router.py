@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
+import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
@@ -18,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
 from rpa_api.jobs import service
-from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobOut
+from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
 from rpa_api.pagination import Page, Paging, paginate
-from rpa_common.errors import Conflict
-from rpa_common.models.enums import JobSource, JobState
+from rpa_common.errors import Conflict, Unprocessable
+from rpa_common.models import RobotMessage
+from rpa_common.models.enums import JobSource, JobState, LogLevel
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.nats import subjects
@@ -169,6 +171,49 @@ async def get_job(job_id: uuid.UUID, session: Session, principal: Reader) -> Job
             **JobOut.model_validate(job).model_dump(),
             "history": [JobEventOut.model_validate(e) for e in events],
         }
+    )
+
+
+LogReader = Annotated[Principal, Depends(require(O.LOGS, A.READ))]
+_LEVELS = {level.name.capitalize(): level for level in LogLevel}
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_model=Page[JobLogOut],
+    summary="The log lines of a job, oldest first",
+    responses={**_PROBLEMS, 422: {"description": "Unknown level or sort field"}},
+)
+async def job_logs(
+    job_id: uuid.UUID,
+    session: Session,
+    principal: LogReader,
+    paging: Paging,
+    level: Annotated[
+        str | None, Query(description="Lowest level shown: Debug, Info, Warning, Error or Critical")
+    ] = None,
+) -> Page[JobLogOut]:
+    job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
+    stmt = sa.select(RobotMessage).where(
+        RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
+    )
+    if level is not None:
+        lowest = _LEVELS.get(level.capitalize())
+        if lowest is None:
+            raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
+        stmt = stmt.where(RobotMessage.level >= lowest)
+    rows, total = await paginate(
+        session,
+        stmt,
+        paging,
+        sortable={"at": RobotMessage.at, "level": RobotMessage.level},
+        default_sort="at",
+    )
+    return Page[JobLogOut](
+        items=[JobLogOut.model_validate(r) for r in rows],
+        total=total,
+        limit=paging.limit,
+        offset=paging.offset,
     )
 
 

@@ -12,10 +12,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rpa_common.errors import PayloadTooLarge, Unprocessable
-from rpa_common.models.enums import ActorType, JobSource, JobState
+from rpa_common.models.enums import ActorType, JobSource, JobState, LogLevel
 
 # A deadline longer than a year is a typo, and the column is a 32-bit integer on both databases.
 MAX_DURATION_S = 366 * 24 * 3600
@@ -128,3 +128,22 @@ class JobEventOut(BaseModel):
 
 class JobDetail(JobOut):
     history: list[JobEventOut]
+
+
+class JobLogOut(BaseModel):
+    """One log line a robot sent while running the job."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    at: datetime
+    level: str
+    message: str
+    fields: dict[str, Any] | None
+    robot_id: uuid.UUID | None
+    task_id: uuid.UUID | None
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level_name(cls, value: Any) -> str:
+        return LogLevel(value).name.capitalize() if not isinstance(value, str) else value
