@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api import audit
 from rpa_api.deps import Principal
 from rpa_api.folders.schemas import FolderCreate, FolderUpdate
+from rpa_api.lookup import get_owned
 from rpa_common.errors import Conflict, NotFound
 from rpa_common.models import AccessFolder, Base, RoleFolder
 
@@ -29,13 +30,9 @@ def folders_query(principal: Principal) -> sa.Select[AccessFolder]:
 async def get_folder(
     session: AsyncSession, principal: Principal, folder_id: uuid.UUID, *, lock: bool = False
 ) -> AccessFolder:
-    stmt = folders_query(principal).where(AccessFolder.id == folder_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    folder = (await session.execute(stmt)).scalar_one_or_none()
-    if folder is None:
-        raise NotFound.of("folder", folder_id)
-    return folder
+    return await get_owned(
+        session, folders_query(principal).where(AccessFolder.id == folder_id), "folder", folder_id, lock=lock
+    )
 
 
 async def _name_free(

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.audit import record
 from rpa_api.deps import Principal
 from rpa_api.jobs.schemas import JobCreate
+from rpa_api.lookup import get_owned
 from rpa_common import jobflow
 from rpa_common.errors import Conflict, NotFound, Unprocessable
 from rpa_common.models import Job, JobEvent, Process, ProcessVersion, Robot, RobotGroup, utcnow
@@ -68,12 +69,7 @@ async def get_job(
     session: AsyncSession, principal: Principal, job_id: uuid.UUID, *, lock: bool = False
 ) -> Job:
     stmt = jobs_query(principal).where(Job.id == job_id).execution_options(populate_existing=True)
-    if lock:
-        stmt = stmt.with_for_update(of=Job)
-    job = (await session.execute(stmt)).scalar_one_or_none()
-    if job is None:
-        raise NotFound.of("job", job_id)
-    return job
+    return await get_owned(session, stmt, "job", job_id, lock=lock, lock_of=Job)
 
 
 async def history(session: AsyncSession, job_id: uuid.UUID) -> list[JobEvent]:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.audit import record
 from rpa_api.deps import Principal
+from rpa_api.lookup import get_owned
 from rpa_api.processes import schemas
 from rpa_api.processes.package import CheckedPackage
 from rpa_api.robots.service import check_folder, contains, flush_or_conflict, require_not_null
@@ -52,13 +53,9 @@ def list_query(
 async def get_process(
     session: AsyncSession, principal: Principal, process_id: uuid.UUID, *, lock: bool = False
 ) -> Process:
-    stmt = processes_query(principal).where(Process.id == process_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    process = (await session.execute(stmt)).scalar_one_or_none()
-    if process is None:
-        raise NotFound.of("process", process_id)
-    return process
+    return await get_owned(
+        session, processes_query(principal).where(Process.id == process_id), "process", process_id, lock=lock
+    )
 
 
 async def get_version(

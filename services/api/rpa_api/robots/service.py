@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.audit import record
 from rpa_api.deps import Principal
+from rpa_api.lookup import get_owned
 from rpa_api.robots import schemas
 from rpa_common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from rpa_common.models import (
@@ -94,13 +95,9 @@ def robots_query(principal: Principal) -> sa.Select[Robot]:
 async def get_robot(
     session: AsyncSession, principal: Principal, robot_id: uuid.UUID, *, lock: bool = False
 ) -> Robot:
-    stmt = robots_query(principal).where(Robot.id == robot_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    robot = (await session.execute(stmt)).scalar_one_or_none()
-    if robot is None:
-        raise NotFound.of("robot", robot_id)
-    return robot
+    return await get_owned(
+        session, robots_query(principal).where(Robot.id == robot_id), "robot", robot_id, lock=lock
+    )
 
 
 def list_robots_query(
@@ -291,13 +288,9 @@ def groups_query(principal: Principal) -> sa.Select[RobotGroup]:
 async def get_group(
     session: AsyncSession, principal: Principal, group_id: uuid.UUID, *, lock: bool = False
 ) -> RobotGroup:
-    stmt = groups_query(principal).where(RobotGroup.id == group_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    group = (await session.execute(stmt)).scalar_one_or_none()
-    if group is None:
-        raise NotFound.of("robot group", group_id)
-    return group
+    return await get_owned(
+        session, groups_query(principal).where(RobotGroup.id == group_id), "robot group", group_id, lock=lock
+    )
 
 
 async def member_counts(session: AsyncSession, group_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, int]:
@@ -505,13 +498,13 @@ def servers_query(principal: Principal) -> sa.Select[TerminalServer]:
 async def get_server(
     session: AsyncSession, principal: Principal, server_id: uuid.UUID, *, lock: bool = False
 ) -> TerminalServer:
-    stmt = servers_query(principal).where(TerminalServer.id == server_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    server = (await session.execute(stmt)).scalar_one_or_none()
-    if server is None:
-        raise NotFound.of("terminal server", server_id)
-    return server
+    return await get_owned(
+        session,
+        servers_query(principal).where(TerminalServer.id == server_id),
+        "terminal server",
+        server_id,
+        lock=lock,
+    )
 
 
 async def _check_robot_of_role(

@@ -18,6 +18,7 @@ from sqlalchemy.orm import selectinload
 
 from rpa_api import audit
 from rpa_api.deps import Principal
+from rpa_api.lookup import get_owned
 from rpa_api.roles.schemas import Permission, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from rpa_common.models import AccessFolder, Role, RoleFolder, RolePermission, UserRole
@@ -55,13 +56,9 @@ def roles_query(principal: Principal) -> sa.Select[Role]:
 async def get_role(
     session: AsyncSession, principal: Principal, role_id: uuid.UUID, *, lock: bool = False
 ) -> Role:
-    stmt = roles_query(principal).where(Role.id == role_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    role = (await session.execute(stmt)).scalar_one_or_none()
-    if role is None:
-        raise NotFound.of("role", role_id)
-    return role
+    return await get_owned(
+        session, roles_query(principal).where(Role.id == role_id), "role", role_id, lock=lock
+    )
 
 
 async def roles_in_account(

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api import audit
 from rpa_api.auth.service import revoke_all_refresh_tokens
 from rpa_api.deps import Principal
+from rpa_api.lookup import get_owned
 from rpa_api.roles.service import ADMINISTRATOR, check_may_grant, roles_in_account, roles_query
 from rpa_api.users.schemas import RoleRef, UserCreate, UserOut, UserUpdate
 from rpa_common.errors import Conflict, NotFound
@@ -36,13 +37,9 @@ def users_query(principal: Principal) -> sa.Select[User]:
 async def get_user(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID, *, lock: bool = False
 ) -> User:
-    stmt = users_query(principal).where(User.id == user_id)
-    if lock:
-        stmt = stmt.with_for_update()
-    user = (await session.execute(stmt)).scalar_one_or_none()
-    if user is None:
-        raise NotFound.of("user", user_id)
-    return user
+    return await get_owned(
+        session, users_query(principal).where(User.id == user_id), "user", user_id, lock=lock
+    )
 
 
 async def users_out(session: AsyncSession, users: Sequence[User]) -> list[UserOut]:
