@@ -225,67 +225,45 @@ async def sweep_deadlines(
     async def work(session: AsyncSession) -> SweepResult:
         out = SweepResult()
         # Interrupts first: a job past both deadlines goes straight to the hard stop.
-        due_interrupt = (
-            await session.execute(
-                sa.select(Job.id, Job.state, Job.attempt, Job.robot_id, Job.account_id)
-                .where(
-                    Job.state.in_([JobState.STARTING, JobState.RUNNING, JobState.STOPPING]),
-                    Job.interrupt_at < moment,
-                )
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        for job in due_interrupt:
-            t = await transition(
-                session,
-                job.id,
+        deadlines = (
+            (
+                "interrupt",
                 JobState.INTERRUPTING,
-                expected=[job.state],
-                attempt=job.attempt,
-                actor=Actor.system(),
-                reason="interrupt deadline passed",
-            )
-            if out.publish_transition(t):
-                out.outbox.add(
-                    subjects.JOB_CONTROL,
-                    JobControl(
-                        account_id=job.account_id,
-                        job_id=job.id,
-                        robot_id=job.robot_id,
-                        attempt=job.attempt,
-                        command="interrupt",
-                    ),
+                (JobState.STARTING, JobState.RUNNING, JobState.STOPPING),
+                Job.interrupt_at,
+            ),
+            ("stop", JobState.STOPPING, (JobState.RUNNING,), Job.stop_at),
+        )
+        for command, target, sources, deadline in deadlines:
+            due = (
+                await session.execute(
+                    sa.select(Job.id, Job.state, Job.attempt, Job.robot_id, Job.account_id)
+                    .where(Job.state.in_(sources), deadline < moment)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
                 )
-        due_stop = (
-            await session.execute(
-                sa.select(Job.id, Job.attempt, Job.robot_id, Job.account_id)
-                .where(Job.state == JobState.RUNNING, Job.stop_at < moment)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        for stop in due_stop:
-            t = await transition(
-                session,
-                stop.id,
-                JobState.STOPPING,
-                expected=[JobState.RUNNING],
-                attempt=stop.attempt,
-                actor=Actor.system(),
-                reason="stop deadline passed",
-            )
-            if out.publish_transition(t):
-                out.outbox.add(
-                    subjects.JOB_CONTROL,
-                    JobControl(
-                        account_id=stop.account_id,
-                        job_id=stop.id,
-                        robot_id=stop.robot_id,
-                        attempt=stop.attempt,
-                        command="stop",
-                    ),
+            ).all()
+            for job in due:
+                t = await transition(
+                    session,
+                    job.id,
+                    target,
+                    expected=[job.state],
+                    attempt=job.attempt,
+                    actor=Actor.system(),
+                    reason=f"{command} deadline passed",
                 )
+                if out.publish_transition(t):
+                    out.outbox.add(
+                        subjects.JOB_CONTROL,
+                        JobControl(
+                            account_id=job.account_id,
+                            job_id=job.id,
+                            robot_id=job.robot_id,
+                            attempt=job.attempt,
+                            command=command,
+                        ),
+                    )
         return out
 
     result = await _run(ctx, work)
