@@ -199,10 +199,18 @@ class Stack:
     def _log(self, name: str) -> Path:
         return self.dir / f"{name}.log"
 
-    def service(self, kind: str, *, name: str | None = None, port: int | None = None, **env: str) -> Service:
-        """A service process, not started yet; ``env`` overrides ``SHORT`` and the basics."""
+    def service(
+        self,
+        kind: str,
+        *,
+        name: str | None = None,
+        port: int | None = None,
+        settings: dict[str, str] | None = None,
+        **env: str,
+    ) -> Service:
+        """A service process, not started yet; ``settings`` and ``env`` override ``SHORT`` and the basics."""
         name = name or f"{kind}-{sum(1 for c in self.children if getattr(c, 'kind', None) == kind)}"
-        settings = clean_env(
+        values = clean_env(
             RPA_DB_URL=self.db_url,
             RPA_NATS_URL=NATS_URL,
             RPA_ENVIRONMENT="test",
@@ -210,8 +218,9 @@ class Stack:
             RPA_DB_POOL_SIZE="5",
             **SHORT,
         )
-        settings.update(env)
-        svc = Service(kind, name, settings, self._log(name), port or free_port())
+        values.update(settings or {})
+        values.update(env)
+        svc = Service(kind, name, values, self._log(name), port or free_port())
         self.children.append(svc)
         return svc
 

@@ -67,9 +67,7 @@ async def coordinator_stack(
         RPA_GATEWAY_PUBLIC_URL=gateway_url or gateway.ws_url,
         RPA_COORDINATOR_WORK_DIR=str(work_dir),
     )
-    scheduler = stack.service("scheduler")
-    scheduler.env.update(scheduler_env)
-    await stack.start(scheduler, gateway, coordinator)
+    await stack.start(stack.service("scheduler", settings=scheduler_env), gateway, coordinator)
     return gateway, work_dir
 
 
