@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -169,14 +170,15 @@ async def test_stop_after_s_is_enforced_by_the_orchestrator(
     job_id = await api.job("long", robot=robot_id, input_args={"seconds": 60}, stop_after_s=2)
     running = await api.wait_job(job_id, "Running", stack=stack)
     assert running["stop_at"] is not None
-    started = time.monotonic()
 
     job = await api.wait_job(job_id, timeout=20, stack=stack)  # nobody calls stop
     assert job["state"] == "Stopped", job["error"]
-    assert 1.0 < time.monotonic() - started < 10
-    assert history(job)[-2:] == [("Running", "Stopping"), ("Stopping", "Stopped")]
-    stopping = job["history"][-2]
+    assert history(job)[-3:] == [("Starting", "Running"), ("Running", "Stopping"), ("Stopping", "Stopped")]
+    ran, stopping = job["history"][-3], job["history"][-2]
     assert (stopping["actor_type"], stopping["reason"]) == ("system", "stop deadline passed")
+    # Not before the deadline, and soon after it (the sweep runs every 0.5 s).
+    waited = (datetime.fromisoformat(stopping["at"]) - datetime.fromisoformat(ran["at"])).total_seconds()
+    assert 2.0 <= waited < 8, waited
     assert "stopped_at_step" in (job["output_args"] or {})
 
 
@@ -195,8 +197,8 @@ async def test_robot_killed_mid_job_ends_failed_robot_lost_after_the_lease(
     assert job["error"] == "robot lost"
     assert history(job)[-1] == ("Running", "Failed")
     assert job["history"][-1]["reason"] == "robot lost" and job["history"][-1]["actor_type"] == "system"
-    # Not before the lease (3 s, renewed by heartbeats until the kill) ran out.
-    assert time.monotonic() - killed > 2.0
+    # Not at the disconnect, but once the lease (3 s, renewed by heartbeats until the kill) ran out.
+    assert time.monotonic() - killed > 1.0
     robot_after = await api.wait_robot(robot_id, "Disconnected", stack=stack)
     assert robot_after["current_job_id"] is None
 
