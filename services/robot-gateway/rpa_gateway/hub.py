@@ -433,6 +433,8 @@ class Hub:
         lease_s = self.ctx.settings.job_lease_s
 
         async def work(session: AsyncSession) -> tuple[list[Transition], RobotStatus | None, Any]:
+            if isinstance(frame, JobStatus):
+                await store.lock_job(session, frame.job_id)
             fresh = True if control else await store.claim_seq(session, robot.id, frame.seq)
             transitions: list[Transition] = []
             status: RobotStatus | None = None

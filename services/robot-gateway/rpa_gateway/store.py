@@ -157,6 +157,11 @@ async def refresh_status(
     return wanted if result.rowcount else None  # type: ignore[attr-defined]
 
 
+async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> None:
+    """Lock a job row before the robot's row: every writer takes job, then robot (no lock cycles)."""
+    await session.execute(sa.select(Job.id).where(Job.id == job_id).with_for_update())
+
+
 async def claim_seq(session: AsyncSession, robot_id: uuid.UUID, seq: int) -> bool:
     """True when frame ``seq`` is new (and is now recorded as applied, in this transaction)."""
     result = await session.execute(
@@ -433,18 +438,47 @@ async def heartbeat(
     while their connection was alive): the caller re-attaches them.
     """
     now = utcnow()
-    await session.execute(
-        sa.update(Robot)
-        .where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
-        .values(last_heartbeat_at=now)
-        .execution_options(synchronize_session=False)
+    # Rows busy right now (a job report, a dispatch, a sweep) are skipped, not waited for: the next
+    # heartbeat comes within a second and leases last far longer, and a heartbeat that never waits
+    # can take part in no lock cycle. Jobs before robots, in id order: the order everyone uses.
+    jobs = (
+        (
+            await session.execute(
+                sa.select(Job.id)
+                .where(Job.robot_id.in_(robot_ids), Job.state.in_(ACTIVE_JOB_STATES))
+                .order_by(Job.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
     )
-    await session.execute(
-        sa.update(Job)
-        .where(Job.robot_id.in_(robot_ids), Job.state.in_(ACTIVE_JOB_STATES))
-        .values(lease_expires_at=now + timedelta(seconds=lease_s))
-        .execution_options(synchronize_session=False)
+    if jobs:
+        await session.execute(
+            sa.update(Job)
+            .where(Job.id.in_(jobs))
+            .values(lease_expires_at=now + timedelta(seconds=lease_s))
+            .execution_options(synchronize_session=False)
+        )
+    robots = (
+        (
+            await session.execute(
+                sa.select(Robot.id)
+                .where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
+                .order_by(Robot.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
     )
+    if robots:
+        await session.execute(
+            sa.update(Robot)
+            .where(Robot.id.in_(robots))
+            .values(last_heartbeat_at=now)
+            .execution_options(synchronize_session=False)
+        )
     held = (
         await session.execute(
             sa.select(Robot.id).where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)

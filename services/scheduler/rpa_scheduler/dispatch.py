@@ -83,7 +83,9 @@ class BatchResult:
     claimed: int = 0
     started: list[Transition] = field(default_factory=list)
     skipped: list[uuid.UUID] = field(default_factory=list)
-    skipped_group_jobs: int = 0
+    skipped_busy: int = 0
+    """Jobs left Pending although a robot looked free: its row was locked (another dispatcher, a
+    heartbeat, a report), so one more pass after that commit may place them."""
     outbox: Outbox = field(default_factory=Outbox)
 
 
@@ -189,8 +191,19 @@ async def _claim_robot(
     """The guarded claim: rowcount 1, or another job (on any replica) took the robot first, or the
     robot is no longer as it was seen (``guards``: still on that gateway, still disconnected...).
 
+    The robot row is locked with SKIP LOCKED first: a dispatcher never waits for a robot row (held
+    by another dispatcher, a heartbeat or a job report), so it takes no part in a lock cycle; a
+    robot busy right now is simply tried again on the next pass.
+
     A connected robot is Working from here on: its gateway then offers the job without a status
     write of its own."""
+    locked = await session.scalar(
+        sa.select(Robot.id)
+        .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
+        .with_for_update(skip_locked=True)
+    )
+    if locked is None:
+        return False
     values: dict[str, Any] = {"current_job_id": job_id}
     if connected:
         values["status"] = RobotStatus.WORKING
@@ -407,16 +420,15 @@ async def _handle(session: AsyncSession, settings: Settings, rows: Any, out: Bat
             ok = await _assign_group_job(session, settings, job, out)
         if not ok:
             out.skipped.append(job.id)
-            if job.robot_id is None:
-                out.skipped_group_jobs += 1
+            out.skipped_busy += 1
 
 
 @dataclass
 class PassResult:
     started: int = 0
-    skipped_group_jobs: int = 0
-    """Group jobs left Pending although a member looked free: another replica may have held the
-    member's row (SKIP LOCKED), so one more pass after its commit may place them."""
+    skipped_busy: int = 0
+    """Jobs left Pending although a robot looked free: its row was locked by someone else
+    (SKIP LOCKED), so one more pass after that commit may place them."""
 
 
 async def dispatch_pass(ctx: ServiceContext, *, limit: int = BATCH_SIZE, max_batches: int = 64) -> PassResult:
@@ -426,7 +438,7 @@ async def dispatch_pass(ctx: ServiceContext, *, limit: int = BATCH_SIZE, max_bat
     for _ in range(max_batches):
         result = await dispatch_batch(ctx, limit=limit, exclude=skipped)
         out.started += len(result.started)
-        out.skipped_group_jobs += result.skipped_group_jobs
+        out.skipped_busy += result.skipped_busy
         skipped.update(result.skipped)
         # A short batch saw every job that could go now; newer ones set the wake-up again.
         if result.claimed < limit:

@@ -157,9 +157,9 @@ class Scheduler:
             try:
                 result = await dispatch_pass(self.ctx)
                 self.passes += 1
-                # A group job skipped while another replica held its free member's row can go
-                # once that replica commits: one more pass, not a loop (the sweep covers the rest).
-                if result.skipped_group_jobs and not retried:
+                # A job skipped while someone else held its robot's row can go once that commits:
+                # one more pass, not a loop (the sweep covers the rest).
+                if result.skipped_busy and not retried:
                     retried = True
                     await asyncio.sleep(0.005)
                     self.wake.set()
