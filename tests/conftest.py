@@ -238,3 +238,24 @@ async def other_tenant(ctx: ServiceContext, client: httpx.AsyncClient) -> Tenant
 @pytest.fixture(scope="session", autouse=True)
 def _loud_backend_report() -> Iterator[None]:
     yield
+
+
+# The closing lines say which databases the run exercised (CI must show both).
+_BACKEND_OUTCOMES: dict[str, dict[str, int]] = {b: {} for b in BACKENDS}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+        return
+    params = report.nodeid.rsplit("[", 1)[-1] if "[" in report.nodeid else ""
+    for backend in BACKENDS:
+        if backend in params.replace("]", "").split("-"):
+            counts = _BACKEND_OUTCOMES[backend]
+            counts[report.outcome] = counts.get(report.outcome, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.section("database backends exercised")
+    for backend, counts in _BACKEND_OUTCOMES.items():
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items())) or "none"
+        terminalreporter.write_line(f"{backend}: {summary}")
