@@ -94,21 +94,20 @@ async def transition(
     actor: Actor,
     reason: str | None = None,
     values: dict[str, Any] | None = None,
+    locked: Any = None,
 ) -> Transition | None:
     """Move a job to ``to_state`` if it is in one of ``expected`` (default: every allowed source).
 
     Returns the transition, or None when the guard did not match (the job moved on already).
     Final states also free the robot (``robot.current_job_id``) in the same transaction.
+    ``locked``: the job's row (``locked_row``) when the caller holds its lock already.
     """
     sources = sources_for(to_state, expected)
     if not sources:
         return None
     now = utcnow()
     # Read the row under lock to learn its previous state; the guarded UPDATE below decides.
-    q = sa.select(Job.state, Job.attempt, Job.account_id, Job.process_id, Job.robot_id).where(
-        Job.id == job_id
-    )
-    row = (await session.execute(q.with_for_update())).one_or_none()
+    row = locked if locked is not None else await locked_row(session, job_id)
     if row is None or row.state not in sources or (attempt is not None and row.attempt != attempt):
         return None
     update_values: dict[str, Any] = {"state": to_state, "updated_at": now}
@@ -147,6 +146,26 @@ async def transition(
         )
     await session.flush()
     return Transition(job_id, row.account_id, row.process_id, robot_id, row.state, to_state, new_attempt, now)
+
+
+async def locked_row(session: AsyncSession, job_id: uuid.UUID) -> Any:
+    """Lock a job and read what transitions need (state, attempt, owner, process, robot, deadlines)."""
+    return (
+        await session.execute(
+            sa.select(
+                Job.id,
+                Job.state,
+                Job.attempt,
+                Job.account_id,
+                Job.process_id,
+                Job.robot_id,
+                Job.stop_after_s,
+                Job.interrupt_after_s,
+            )
+            .where(Job.id == job_id)
+            .with_for_update()
+        )
+    ).one_or_none()
 
 
 def record_creation(session: AsyncSession, job: Job, actor: Actor, reason: str | None = None) -> None:

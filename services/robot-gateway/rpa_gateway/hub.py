@@ -433,8 +433,7 @@ class Hub:
         lease_s = self.ctx.settings.job_lease_s
 
         async def work(session: AsyncSession) -> tuple[list[Transition], RobotStatus | None, Any]:
-            if isinstance(frame, JobStatus):
-                await store.lock_job(session, frame.job_id)
+            job = await store.lock_job(session, frame.job_id) if isinstance(frame, JobStatus) else None
             fresh = True if control else await store.claim_seq(session, robot.id, frame.seq)
             transitions: list[Transition] = []
             status: RobotStatus | None = None
@@ -450,7 +449,7 @@ class Hub:
             elif isinstance(frame, LogBatch):
                 await store.insert_logs(session, robot, frame.entries)
             else:
-                transitions = await store.apply_job_status(session, robot, frame, lease_s)
+                transitions = await store.apply_job_status(session, robot, frame, lease_s, job)
                 ended = any(t.to_state.is_final for t in transitions)
                 if ended and conn.single_job:
                     if await store.detach(session, robot.id, conn.connection_id):

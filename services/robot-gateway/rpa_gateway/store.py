@@ -18,7 +18,7 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rpa_common.db.engine import dialect_of
-from rpa_common.jobflow import Actor, Transition, record_creation, transition
+from rpa_common.jobflow import Actor, Transition, locked_row, record_creation, transition
 from rpa_common.models import AuditRecord, Job, Process, ProcessVersion, Robot, RobotMessage
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import (
@@ -157,9 +157,11 @@ async def refresh_status(
     return wanted if result.rowcount else None  # type: ignore[attr-defined]
 
 
-async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> None:
-    """Lock a job row before the robot's row: every writer takes job, then robot (no lock cycles)."""
-    await session.execute(sa.select(Job.id).where(Job.id == job_id).with_for_update())
+async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> Any:
+    """Lock a job row before the robot's row: every writer takes job, then robot (no lock cycles).
+
+    The row read under the lock is what ``apply_job_status`` and ``jobflow.transition`` need."""
+    return await locked_row(session, job_id)
 
 
 async def claim_seq(session: AsyncSession, robot_id: uuid.UUID, seq: int) -> bool:
@@ -230,17 +232,14 @@ _NEEDS_VIA: dict[JobState, frozenset[JobState]] = {
 
 
 async def apply_job_status(
-    session: AsyncSession, robot: RobotIdentity, frame: JobStatus, lease_s: float
+    session: AsyncSession, robot: RobotIdentity, frame: JobStatus, lease_s: float, job: Any
 ) -> list[Transition]:
-    """Apply one ``job.status`` report for (job, attempt) of this robot; the transitions made."""
-    job = (
-        await session.execute(
-            sa.select(Job.state, Job.attempt, Job.stop_after_s, Job.interrupt_after_s).where(
-                Job.id == frame.job_id, Job.robot_id == robot.id, Job.attempt == frame.attempt
-            )
-        )
-    ).one_or_none()
-    if job is None or job.state not in ACTIVE_JOB_STATES:
+    """Apply one ``job.status`` report for (job, attempt) of this robot; the transitions made.
+
+    ``job``: the job's row, locked by ``lock_job`` in this transaction."""
+    if job is None or job.robot_id != robot.id or job.attempt != frame.attempt:
+        return []  # not this robot's attempt: a late or foreign report changes nothing
+    if job.state not in ACTIVE_JOB_STATES:
         return []  # not this robot's attempt, or already over: a late report changes nothing
     actor = Actor(ActorType.ROBOT, robot.id)
     now = utcnow()
@@ -262,6 +261,7 @@ async def apply_job_status(
             actor=actor,
             reason="robot started the script",
             values=values,
+            locked=job,
         )
         if t is not None:
             done.append(t)
@@ -288,7 +288,9 @@ async def apply_job_status(
     reason = f"robot reported {frame.status}"
     via = _VIA.get(target)
     if via is not None and job.state in _NEEDS_VIA[target]:
-        t = await transition(session, frame.job_id, via, attempt=frame.attempt, actor=actor, reason=reason)
+        t = await transition(
+            session, frame.job_id, via, attempt=frame.attempt, actor=actor, reason=reason, locked=job
+        )
         if t is not None:
             done.append(t)
     t = await transition(
@@ -299,6 +301,8 @@ async def apply_job_status(
         actor=actor,
         reason=reason,
         values=final_values,
+        # After a "via" step the row moved on: read it again (still under this transaction's lock).
+        locked=None if done else job,
     )
     if t is not None:
         done.append(t)
