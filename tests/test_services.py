@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import NATS_URL, ROOT
+from tests.support import free_port
 
 SERVICES = [
     ("rpa_api", "RPA_API_PORT"),
@@ -21,12 +21,6 @@ SERVICES = [
     ("rpa_scheduler", "RPA_SCHEDULER_PORT"),
     ("rpa_coordinator", "RPA_COORDINATOR_PORT"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_env(db_url: str, **extra: str) -> dict[str, str]:

@@ -23,13 +23,12 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ import sqlalchemy as sa
 from rpa_common.models import JobEvent, RobotMessage
 from rpa_common.service import ServiceContext
 from tests.conftest import NATS_URL, ROOT, Tenant
+from tests.support import eventually, free_port
 
 T = TypeVar("T")
 
@@ -61,12 +61,6 @@ _SERVICES = {
     "gateway": ("rpa_gateway", "RPA_GATEWAY_PORT"),
     "coordinator": ("rpa_coordinator", "RPA_COORDINATOR_PORT"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -426,18 +420,6 @@ def history(job: dict[str, Any]) -> list[tuple[str | None, str]]:
 
 
 # Waiting and reading -----------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 15, what: str = "") -> T:
-    """Poll ``check`` until it returns something truthy, at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
-        await asyncio.sleep(0.1)
 
 
 async def job_messages(ctx: ServiceContext, job_id: str) -> list[RobotMessage]:

@@ -8,7 +8,6 @@ robot, the next attempt and a lease, ``robot.current_job_id`` set by a guarded u
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import json
@@ -41,18 +40,11 @@ from rpa_common.packages import store_package
 from rpa_common.security import make_key
 from rpa_common.service import ServiceContext
 from tests.conftest import NATS_URL, ROOT
+from tests.support import eventually, free_port
 
 T = TypeVar("T")
 HEARTBEAT_S = 0.5
 EXAMPLES = Path(ROOT) / "examples"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -371,18 +363,6 @@ async def world(ctx: ServiceContext) -> World:
 
 
 # Waiting and reading -----------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 15, what: str = "") -> T:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
 
 
 async def job_row(ctx: ServiceContext, job_id: uuid.UUID) -> Job:
