@@ -40,8 +40,8 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 import websockets  # noqa: E402
-from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from rpa_common.db.admin import create_database, drop_database  # noqa: E402
 from rpa_common.db.engine import create_engine, session_factory  # noqa: E402
 from rpa_common.db.uow import run_in_transaction  # noqa: E402
 from rpa_common.models import (  # noqa: E402
@@ -54,7 +54,7 @@ from rpa_common.models import (  # noqa: E402
 )
 from rpa_common.models.enums import RobotRole  # noqa: E402
 from rpa_common.security import issue_access_token, make_key  # noqa: E402
-from rpa_common.settings import Settings, normalize_db_url  # noqa: E402
+from rpa_common.settings import Settings  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SECRET = "bench-secret-" + uuid.uuid4().hex
@@ -146,32 +146,6 @@ async def wait_port(port: int, within_s: float = 10) -> None:
 def _with_db(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def create_database(admin_url: str, name: str) -> None:
-    engine = create_async_engine(normalize_db_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            else:
-                await conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-                await conn.execute(sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    finally:
-        await engine.dispose()
-
-
-async def drop_database(admin_url: str, name: str) -> None:
-    engine = create_async_engine(normalize_db_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            else:
-                await conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    finally:
-        await engine.dispose()
 
 
 def migrate(url: str) -> None:

@@ -19,15 +19,15 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from rpa_common.db.admin import create_database, drop_database
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import User, UserRole
 from rpa_common.nats.client import connect
 from rpa_common.security import hash_password, issue_access_token
 from rpa_common.service import ServiceContext
-from rpa_common.settings import Settings, normalize_db_url
+from rpa_common.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -53,34 +53,6 @@ BACKENDS = ["postgresql", "mariadb"]
 def _with_db(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
-
-
-async def _create_database(admin_url: str, name: str) -> None:
-    engine = create_async_engine(normalize_db_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                await conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            else:
-                await conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-                await conn.execute(
-                    sa.text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-                )
-    finally:
-        await engine.dispose()
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    engine = create_async_engine(normalize_db_url(admin_url), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as conn:
-            if engine.dialect.name == "postgresql":
-                await conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            else:
-                await conn.execute(sa.text(f"DROP DATABASE IF EXISTS `{name}`"))
-    finally:
-        await engine.dispose()
 
 
 def alembic_config(url: str) -> Config:
@@ -120,11 +92,11 @@ async def db_url(backend: str) -> AsyncIterator[str]:
     """A database built from the migrations, for this whole test session, on ``backend``."""
     name = f"rpa_t_{backend[:2]}_{os.getpid()}"
     admin = admin_url_for(backend)
-    await _create_database(admin, name)
+    await create_database(admin, name)
     url = _with_db(admin, name)
     await migrate(url)
     yield url
-    await _drop_database(admin, name)
+    await drop_database(admin, name)
 
 
 def make_settings(db_url: str, **overrides: object) -> Settings:

@@ -10,11 +10,10 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from rpa_common.db.admin import create_database, drop_database
 from rpa_common.models import Base
 from rpa_common.settings import normalize_db_url
 from tests.conftest import (
-    _create_database,
-    _drop_database,
     _with_db,
     admin_url_for,
     alembic_config,
@@ -27,7 +26,7 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(backend: str) -> None:
     require_backend(backend)
     admin = admin_url_for(backend)
     name = f"rpa_mig_{backend[:2]}_{uuid.uuid4().hex[:8]}"
-    await _create_database(admin, name)
+    await create_database(admin, name)
     url = _with_db(admin, name)
     cfg = alembic_config(url)
     try:
@@ -47,4 +46,4 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(backend: str) -> None:
         await engine.dispose()
         assert set(Base.metadata.tables) <= set(tables)
     finally:
-        await _drop_database(admin, name)
+        await drop_database(admin, name)
