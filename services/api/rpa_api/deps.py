@@ -68,6 +68,18 @@ class Tx:
     ctx: ServiceContext
     grants: GrantCache | None = None
 
+    async def run_aware(self, work: Callable[[AsyncSession, bool], Awaitable[T]]) -> T:
+        """``run``, telling ``work`` whether this is a re-run: after a commit that failed with a lost
+        connection, the first run may in fact have committed (e.g. a delete finds its row gone)."""
+        runs = 0
+
+        async def counted(session: AsyncSession) -> T:
+            nonlocal runs
+            runs += 1
+            return await work(session, runs > 1)
+
+        return await self.run(counted)
+
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         changed: set[uuid.UUID] = set()
 

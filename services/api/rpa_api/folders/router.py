@@ -95,13 +95,8 @@ async def delete_folder(
     tx: Transaction,
     principal: Annotated[Principal, Depends(require(O.FOLDERS, A.DELETE))],
 ) -> Response:
-    attempts = 0
-
-    async def work(session: AsyncSession) -> None:
-        nonlocal attempts
-        attempts += 1
-        # On a re-run after a commit that may have happened, a folder already gone was deleted by us.
-        await service.delete_folder(session, principal, folder_id, missing_ok=attempts > 1)
-
-    await tx.run(work)
+    # On a re-run after a commit that may have happened, a folder already gone was deleted by us.
+    await tx.run_aware(
+        lambda session, rerun: service.delete_folder(session, principal, folder_id, missing_ok=rerun)
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

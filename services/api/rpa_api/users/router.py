@@ -146,13 +146,8 @@ async def reset_password(
 async def delete_user(
     user_id: uuid.UUID, tx: Transaction, principal: Annotated[Principal, Depends(require(O.USERS, A.DELETE))]
 ) -> Response:
-    attempts = 0
-
-    async def work(session: AsyncSession) -> None:
-        nonlocal attempts
-        attempts += 1
-        # On a re-run after a commit that may have happened, a user already gone was deleted by us.
-        await service.delete_user(session, principal, user_id, missing_ok=attempts > 1)
-
-    await tx.run(work)
+    # On a re-run after a commit that may have happened, a user already gone was deleted by us.
+    await tx.run_aware(
+        lambda session, rerun: service.delete_user(session, principal, user_id, missing_ok=rerun)
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
