@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,3 +30,25 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or check}")
         await asyncio.sleep(0.05)
+
+
+def robot_argv(gateway_url: str, home: Path, *extra: str) -> list[str]:
+    """The reference robot, unattended, with its state and cache under ``home`` and quick reconnects.
+
+    Its key goes in its environment (``RPA_ROBOT_KEY``), never here."""
+    return [
+        sys.executable,
+        "-m",
+        "rpa_robot",
+        "run",
+        "--gateway",
+        gateway_url,
+        "--unattended",
+        "--state-dir",
+        str(home / "state"),
+        "--cache-dir",
+        str(home / "cache"),
+        "--max-backoff-s",
+        "0.5",
+        *extra,
+    ]

@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from rpa_common.models import JobEvent, RobotMessage
 from rpa_common.service import ServiceContext
 from tests.conftest import NATS_URL, ROOT, Tenant
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, robot_argv
 
 T = TypeVar("T")
 
@@ -234,22 +234,7 @@ class Stack:
         """``python -m rpa_robot run`` with its key in its environment (never on its command line)."""
         name = name or f"robot-{sum(1 for c in self.children if c.name.startswith('robot-'))}"
         home = self.dir / name
-        argv = [
-            sys.executable,
-            "-m",
-            "rpa_robot",
-            "run",
-            "--gateway",
-            gateway_url,
-            "--unattended",
-            "--state-dir",
-            str(home / "state"),
-            "--cache-dir",
-            str(home / "cache"),
-            "--max-backoff-s",
-            "0.5",
-            *extra,
-        ]
+        argv = robot_argv(gateway_url, home, *extra)
         child = Child(name, argv, clean_env(RPA_ROBOT_KEY=key), self._log(name))
         self.children.append(child)
         child.start()

@@ -40,7 +40,7 @@ from rpa_common.packages import store_package
 from rpa_common.security import make_key
 from rpa_common.service import ServiceContext
 from tests.conftest import NATS_URL, ROOT
-from tests.support import eventually, free_port
+from tests.support import eventually, free_port, robot_argv
 
 T = TypeVar("T")
 HEARTBEAT_S = 0.5
@@ -169,22 +169,7 @@ def start_robot(tmp_path: Path) -> Iterator[Callable[..., RobotProcess]]:
         log_path = tmp_path / f"{name}-{len(started)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rpa_robot",
-                    "run",
-                    "--gateway",
-                    gateway_url,
-                    "--unattended",
-                    "--state-dir",
-                    str(home / "state"),
-                    "--cache-dir",
-                    str(home / "cache"),
-                    "--max-backoff-s",
-                    "0.5",
-                    *extra,
-                ],
+                robot_argv(gateway_url, home, *extra),
                 cwd=ROOT,
                 env=_env(RPA_ROBOT_KEY=key),
                 stdout=log,
