@@ -17,21 +17,55 @@ import socket
 import sys
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from rpa_protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    BadFrame,
+    Error,
+    Heartbeat,
+    Hello,
+    JobInterrupt,
+    JobReport,
+    JobRequest,
+    JobRequested,
+    JobStart,
+    JobStatus,
+    JobStop,
+    LogBatch,
+    LogEntry,
+    ReliableFrame,
+    Welcome,
+    encode,
+    parse_gateway_frame,
+)
+from rpa_protocol.codes import (
+    CAPABILITY_JOB_REQUEST,
+    CAPABILITY_JOBS,
+    CAPABILITY_LOGS,
+    CLOSE_FORBIDDEN,
+    CLOSE_REPLACED,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
+    MAX_ERROR_CHARS,
+    MAX_MESSAGE_BYTES,
+)
 from rpa_robot import __version__
 from rpa_robot.journal import Journal
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
 
-PROTOCOL_VERSION = 1
-CAPABILITIES = ["jobs", "logs", "job.request"]
+CAPABILITIES = [CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST]
 LOG_BATCH_MAX = 500
 LOG_BATCH_DELAY_S = 0.05
 
@@ -40,7 +74,12 @@ EXIT_OK = 0
 EXIT_REFUSED = 3  # wrong key, robot inactive or deleted
 EXIT_REPLACED = 4  # another connection of this robot took over
 EXIT_UNSUPPORTED = 5  # the gateway does not speak our protocol version
-_FATAL_CLOSE = {4401: EXIT_REFUSED, 4403: EXIT_REFUSED, 4409: EXIT_REPLACED, 4426: EXIT_UNSUPPORTED}
+_FATAL_CLOSE = {
+    CLOSE_UNAUTHORIZED: EXIT_REFUSED,
+    CLOSE_FORBIDDEN: EXIT_REFUSED,
+    CLOSE_REPLACED: EXIT_REPLACED,
+    CLOSE_UNSUPPORTED: EXIT_UNSUPPORTED,
+}
 
 
 class Refused(Exception):
@@ -68,12 +107,37 @@ def http_base(ws_url: str) -> str:
     return urlunsplit((scheme, parts.netloc, "", "", ""))
 
 
-def _json(raw: str | bytes) -> dict[str, Any]:
+def _storable(text: str) -> str:
+    """Text the gateway accepts: no NUL, valid UTF-8, a message within its byte limit."""
+    text = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    data = text.encode("utf-8")
+    if len(data) > MAX_MESSAGE_BYTES:
+        text = data[: MAX_MESSAGE_BYTES - 16].decode("utf-8", "ignore") + " [truncated]"
+    return text
+
+
+def log_entry(entry: dict[str, Any], job_id: str | None) -> LogEntry:
+    """A log line from the script (or its output streams) as the protocol's ``LogEntry``.
+
+    What a script writes is not ours to refuse: text the gateway would refuse is mended (NUL
+    replaced, cut to the byte limit) and fields it cannot store are dropped, so the line is kept."""
+    doc = {**entry, "message": _storable(str(entry.get("message", ""))), "job_id": job_id}
     try:
-        doc = json.loads(raw)
+        return LogEntry.model_validate(doc)
+    except ValidationError:
+        pass
+    try:
+        line_id = uuid.UUID(str(entry.get("id")))
     except ValueError:
-        return {"type": "?", "detail": "not JSON"}
-    return doc if isinstance(doc, dict) else {"type": "?", "detail": "not an object"}
+        line_id = uuid.uuid4()
+    level = entry.get("level")
+    return LogEntry(
+        id=line_id,
+        level=level if level in ("Debug", "Info", "Warning", "Error", "Critical") else "Info",
+        message=doc["message"],
+        at=datetime.now(UTC),
+        job_id=uuid.UUID(job_id) if job_id else None,
+    )
 
 
 def say(message: str) -> None:
@@ -117,7 +181,7 @@ class RobotClient:
         self.early_controls: dict[str, str] = {}  # job id -> stop/interrupt that came before the script
         self.seen_commands: deque[str] = deque(maxlen=1000)
         self.tasks: set[asyncio.Task[None]] = set()
-        self.log_buffer: list[dict[str, Any]] = []
+        self.log_buffer: list[LogEntry] = []
         self.log_flush: asyncio.TimerHandle | None = None
         self.jobs_finished = 0
         self.done = asyncio.Event()
@@ -126,17 +190,35 @@ class RobotClient:
 
     # Outbox --------------------------------------------------------------------------------------
 
-    def emit(self, frame: dict[str, Any]) -> None:
-        """Journal a reliable frame and wake the sender."""
-        if frame["type"] != "log":
-            self.flush_logs()  # keep a job's logs before its status
-        self.journal.append(frame)
+    def emit(self, make: Callable[[int], ReliableFrame]) -> None:
+        """Journal a reliable frame (``make`` gets its seq) and wake the sender."""
+        self.flush_logs()  # keep a job's logs before its status
+        self.journal.append(make)
         self.wake.set()
+
+    def report(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobReport,
+        output: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.emit(
+            lambda seq: JobStatus(
+                seq=seq,
+                job_id=uuid.UUID(job_id),
+                attempt=attempt,
+                status=status,
+                output=output,
+                error=_storable(error)[:MAX_ERROR_CHARS] if error else None,
+                at=datetime.now(UTC),
+            )
+        )
 
     def on_log(self, job_id: str | None) -> Any:
         def sink(entry: dict[str, Any]) -> None:
-            entry["job_id"] = job_id
-            self.log_buffer.append(entry)
+            self.log_buffer.append(log_entry(entry, job_id))
             if len(self.log_buffer) >= LOG_BATCH_MAX:
                 self.flush_logs()
             elif self.log_flush is None:
@@ -150,7 +232,7 @@ class RobotClient:
             self.log_flush = None
         if self.log_buffer:
             entries, self.log_buffer = self.log_buffer, []
-            self.journal.append({"type": "log", "entries": entries})
+            self.journal.append(lambda seq: LogBatch(seq=seq, entries=entries))
             self.wake.set()
 
     async def _sender(self, ws: ClientConnection) -> None:
@@ -210,23 +292,21 @@ class RobotClient:
         welcomed = False
         try:
             await ws.send(
-                json.dumps(
-                    {
-                        "type": "hello",
-                        "seq": 0,
-                        "protocol": PROTOCOL_VERSION,
-                        "robot_version": __version__,
-                        "machine": socket.gethostname()[:255],
-                        "capabilities": CAPABILITIES,
-                        "attended": not self.o.unattended,
-                        "exit_after_job": self.o.exit_after_job,
-                    }
+                encode(
+                    Hello(
+                        protocol=PROTOCOL_VERSION,
+                        robot_version=__version__,
+                        machine=_storable(socket.gethostname())[:255],
+                        capabilities=CAPABILITIES,
+                        attended=not self.o.unattended,
+                        exit_after_job=self.o.exit_after_job,
+                    )
                 )
             )
             async with asyncio.timeout(15):
-                welcome = _json(await ws.recv())
-            if welcome.get("type") != "welcome":
-                say(f"gateway answered {welcome.get('type')!r}: {welcome.get('detail', '')}")
+                welcome = _gateway_frame(await ws.recv())
+            if not isinstance(welcome, Welcome):
+                say(f"gateway answered {_describe(welcome)}")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5):
                         await ws.wait_closed()
@@ -243,13 +323,13 @@ class RobotClient:
             raise Refused(_FATAL_CLOSE[code], f"{code} {ws.close_reason}")
         return welcomed
 
-    async def _connected(self, ws: ClientConnection, welcome: dict[str, Any]) -> None:
-        self.heartbeat_s = float(welcome.get("heartbeat_interval_s") or 15)
-        last_seq = int((welcome.get("resume") or {}).get("last_seq") or 0)
+    async def _connected(self, ws: ClientConnection, welcome: Welcome) -> None:
+        self.heartbeat_s = welcome.heartbeat_interval_s or 15.0
+        last_seq = welcome.resume.last_seq if welcome.resume is not None else 0
         self.journal.resume(last_seq)
         self.sent_upto = last_seq
         self.ws = ws
-        say(f"connected as {welcome.get('robot_name')} (replaying {len(self.journal.pending)} frames)")
+        say(f"connected as {welcome.robot_name} (replaying {len(self.journal.pending)} frames)")
         tasks = {
             asyncio.create_task(self._sender(ws)),
             asyncio.create_task(self._heartbeats(ws)),
@@ -270,32 +350,27 @@ class RobotClient:
         while True:
             await asyncio.sleep(self.heartbeat_s)
             job = next(iter(self.runs), None)
-            await ws.send(json.dumps({"type": "heartbeat", "seq": 0, "job_id": job}))
+            await ws.send(encode(Heartbeat(job_id=uuid.UUID(job) if job else None)))
 
     async def _receive(self, ws: ClientConnection) -> None:
         async for raw in ws:
-            try:
-                frame = json.loads(raw)
-            except ValueError:
-                continue
-            kind = frame.get("type")
-            if kind == "ack":
-                self.journal.ack(int(frame.get("seq", 0)))
+            frame = _gateway_frame(raw)
+            if isinstance(frame, Ack):
+                self.journal.ack(frame.seq)
                 self._maybe_done()
-            elif kind == "error":
-                say(f"gateway refused a frame: {frame.get('detail')}")
-                ref = int(frame.get("seq") or 0)
-                if ref > 0:
-                    self.journal.drop(ref)
-            elif kind in ("job.start", "job.stop", "job.interrupt"):
-                cid = str(frame.get("id"))
+            elif isinstance(frame, Error):
+                say(f"gateway refused a frame: {frame.code}: {frame.detail}")
+                if frame.seq > 0:
+                    self.journal.drop(frame.seq)
+            elif isinstance(frame, JobStart | JobStop | JobInterrupt):
+                cid = str(frame.id)
                 if cid in self.seen_commands:
                     continue
                 self.seen_commands.append(cid)
-                if kind == "job.start":
+                if isinstance(frame, JobStart):
                     self._on_start(frame)
                 else:
-                    await self._on_control(kind.split(".")[1], frame)
+                    await self._on_control(frame)
 
     def _maybe_done(self) -> None:
         if self.o.exit_after_job and self.jobs_finished > 0 and not self.runs and self.journal.empty:
@@ -303,25 +378,17 @@ class RobotClient:
 
     # Jobs ----------------------------------------------------------------------------------------
 
-    def _on_start(self, frame: dict[str, Any]) -> None:
-        job_id, attempt = str(frame["job_id"]), int(frame["attempt"])
+    def _on_start(self, frame: JobStart) -> None:
+        job_id, attempt = str(frame.job_id), frame.attempt
         key = f"{job_id}:{attempt}"
         if self.known.get(key) is not None:
             return  # already running or done here: a re-offer after a reconnect
-        if frame.get("state") != "Starting":
+        if frame.state != "Starting":
             # The gateway thinks this attempt runs here, but this robot has no trace of it (its
             # state was lost): say so, rather than run the attempt a second time.
             self.known.set(key, "done")
-            lost = "interrupted" if frame.get("state") == "Interrupting" else "failed"
-            self.emit(
-                {
-                    "type": "job.status",
-                    "job_id": job_id,
-                    "attempt": attempt,
-                    "status": lost,
-                    "error": "the robot no longer runs this attempt (it restarted)",
-                }
-            )
+            lost: JobReport = "interrupted" if frame.state == "Interrupting" else "failed"
+            self.report(job_id, attempt, lost, error="the robot no longer runs this attempt (it restarted)")
             return
         if self.o.exit_after_job and (self.jobs_finished > 0 or self.runs):
             return  # this robot logs off after one job: another robot will take it
@@ -330,40 +397,30 @@ class RobotClient:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _on_control(self, kind: str, frame: dict[str, Any]) -> None:
-        job_id = str(frame["job_id"])
+    async def _on_control(self, frame: JobStop | JobInterrupt) -> None:
+        job_id = str(frame.job_id)
+        kind = "stop" if isinstance(frame, JobStop) else "interrupt"
+        if frame.reason:
+            say(f"job {job_id}: {kind} ({frame.reason})")
         run = self.runs.get(job_id)
         if run is None:
-            if self.known.get(f"{job_id}:{frame.get('attempt')}") == "running":
+            if self.known.get(f"{job_id}:{frame.attempt}") == "running":
                 self.early_controls[job_id] = kind
             return
         if kind == "stop":
             run.request_stop()
-            grace = frame.get("grace_s")
-            if isinstance(grace, int | float) and grace >= 0:
-                self._later(grace, run)
         else:
             await run.kill()
 
-    def _later(self, grace: float, run: ScriptRun) -> None:
-        async def escalate() -> None:
-            await asyncio.sleep(grace)
-            if run.proc is not None and run.proc.returncode is None:
-                await run.kill()
-
-        task = asyncio.create_task(escalate())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _run_job(self, frame: dict[str, Any]) -> None:
-        job_id, attempt = str(frame["job_id"]), int(frame["attempt"])
+    async def _run_job(self, frame: JobStart) -> None:
+        job_id, attempt = str(frame.job_id), frame.attempt
         workdir = self.work_dir / f"{job_id}-{attempt}"
         result: RunResult
         try:
             try:
                 assert self.http is not None
                 package = await self.cache.ensure(
-                    self.http, frame["package_url"], self.o.key, frame["sha256"], int(frame["size"])
+                    self.http, frame.package_url, self.o.key, frame.sha256, frame.size
                 )
                 await asyncio.to_thread(extract, package, workdir)
             except PackageError as exc:
@@ -371,13 +428,12 @@ class RobotClient:
             else:
                 early = self.early_controls.pop(job_id, None)
                 if early is not None:
-                    status = "stopped" if early == "stop" else "interrupted"
-                    result = RunResult(status, {}, None, None)
+                    result = RunResult("stopped" if early == "stop" else "interrupted", {}, None, None)
                 else:
                     run = ScriptRun(
                         workdir=workdir,
-                        entry_point=frame["entry_point"],
-                        input_args=dict(frame.get("input_args") or {}),
+                        entry_point=frame.entry_point,
+                        input_args=dict(frame.input_args),
                         sink=self.on_log(job_id),
                         job_id=job_id,
                     )
@@ -387,25 +443,14 @@ class RobotClient:
                         result = RunResult("failed", {}, str(exc), None)
                     else:
                         self.runs[job_id] = run
-                        self.emit(
-                            {"type": "job.status", "job_id": job_id, "attempt": attempt, "status": "running"}
-                        )
+                        self.report(job_id, attempt, "running")
                         late = self.early_controls.pop(job_id, None)
                         if late == "stop":
                             run.request_stop()
                         elif late == "interrupt":
                             await run.kill()
                         result = await run.wait()
-            report: dict[str, Any] = {
-                "type": "job.status",
-                "job_id": job_id,
-                "attempt": attempt,
-                "status": result.status,
-                "output": result.output,
-            }
-            if result.error:
-                report["error"] = result.error[:10_000]
-            self.emit(report)
+            self.report(job_id, attempt, result.status, result.output, result.error)
         finally:
             self.runs.pop(job_id, None)
             self.known.set(f"{job_id}:{attempt}", "done")
@@ -424,8 +469,11 @@ class RobotClient:
 async def request_job(
     gateway: str, key: str, process_name: str, input_args: dict[str, Any], timeout_s: float = 30
 ) -> tuple[str | None, str | None]:
-    """``job.request`` over a control connection (no ``jobs`` capability): (job id, error)."""
-    request_id = str(uuid.uuid4())
+    """``job.request`` over a control connection (no ``jobs`` capability): (job id, error).
+
+    A control connection has no journal: its frames are numbered from 1 and deduplicated by
+    ``request_id`` alone (docs/robot-protocol.md 2.7)."""
+    request_id = uuid.uuid4()
     try:
         ws = await connect(
             gateway, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=timeout_s
@@ -434,37 +482,44 @@ async def request_job(
         return None, f"refused by the gateway: HTTP {exc.response.status_code}"
     async with ws:
         await ws.send(
-            json.dumps(
-                {
-                    "type": "hello",
-                    "seq": 0,
-                    "protocol": PROTOCOL_VERSION,
-                    "robot_version": __version__,
-                    "machine": socket.gethostname()[:255],
-                    "capabilities": ["job.request"],
-                    "attended": True,
-                }
+            encode(
+                Hello(
+                    protocol=PROTOCOL_VERSION,
+                    robot_version=__version__,
+                    machine=_storable(socket.gethostname())[:255],
+                    capabilities=[CAPABILITY_JOB_REQUEST],
+                    attended=True,
+                )
             )
         )
         async with asyncio.timeout(timeout_s):
-            welcome = json.loads(await ws.recv())
-            if welcome.get("type") != "welcome":
-                return None, f"unexpected {welcome.get('type')}: {welcome.get('detail', '')}"
+            welcome = _gateway_frame(await ws.recv())
+            if not isinstance(welcome, Welcome):
+                return None, f"unexpected {_describe(welcome)}"
             await ws.send(
-                json.dumps(
-                    {
-                        "type": "job.request",
-                        "seq": 1,
-                        "request_id": request_id,
-                        "process_name": process_name,
-                        "input_args": input_args,
-                    }
+                encode(
+                    JobRequest(seq=1, request_id=request_id, process_name=process_name, input_args=input_args)
                 )
             )
             async for raw in ws:
-                frame = json.loads(raw)
-                if frame.get("type") == "job.requested" and frame.get("request_id") == request_id:
-                    return frame.get("job_id"), frame.get("error")
-                if frame.get("type") == "error":
-                    return None, str(frame.get("detail"))
+                frame = _gateway_frame(raw)
+                if isinstance(frame, JobRequested) and frame.request_id == request_id:
+                    return (str(frame.job_id) if frame.job_id else None), frame.error
+                if isinstance(frame, Error):
+                    return None, frame.detail
     return None, "the gateway closed the connection"
+
+
+def _gateway_frame(raw: str | bytes) -> Any:
+    """A gateway frame, or None for one this robot does not know or cannot read (ignored)."""
+    try:
+        return parse_gateway_frame(raw)
+    except BadFrame as exc:
+        say(f"unreadable frame from the gateway ignored: {exc.detail}")
+        return None
+
+
+def _describe(frame: Any) -> str:
+    if isinstance(frame, Error):
+        return f"error {frame.code}: {frame.detail}"
+    return repr(getattr(frame, "type", frame))

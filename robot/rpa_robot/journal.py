@@ -12,8 +12,12 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from pydantic import BaseModel
+
+from rpa_protocol import encode
 
 COMPACT_BYTES = 4 * 1024 * 1024
 
@@ -53,12 +57,11 @@ class Journal:
                     self.next_seq = max(self.next_seq, seq + 1)
         self.next_seq = max(self.next_seq, self.acked + 1)
 
-    def append(self, frame: dict[str, Any]) -> int:
-        """Give ``frame`` the next ``seq``, write it durably (to the OS), queue it for sending."""
+    def append(self, make: Callable[[int], BaseModel]) -> int:
+        """Build the frame with the next ``seq``, write it durably (to the OS), queue it for sending."""
         seq = self.next_seq
         self.next_seq += 1
-        frame["seq"] = seq
-        line = json.dumps(frame, separators=(",", ":"), default=str)
+        line = encode(make(seq))
         self._file.write(line + "\n")
         self._file.flush()
         self.pending.append((seq, line))

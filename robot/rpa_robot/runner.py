@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import psutil
@@ -130,7 +130,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 @dataclass
 class RunResult:
-    status: str  # successful | failed | stopped | interrupted
+    status: Literal["successful", "failed", "stopped", "interrupted"]
     output: dict[str, Any]
     error: str | None
     exit_code: int | None

@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     heartbeat_interval_s: float = Field(15.0, description="Robots send a heartbeat this often.")
     heartbeat_misses: int = Field(3, description="Missed heartbeats before a robot is Disconnected.")
     job_lease_s: float = Field(60.0, description="A job whose robot is silent this long ends 'robot lost'.")
+    gateway_batch_max: int = Field(
+        256, ge=1, description="Robot frames the gateway applies in one transaction (group commit)."
+    )
+    gateway_batch_delay_ms: float = Field(
+        2.0, ge=0, description="How long the gateway waits for more frames when a batch is not full."
+    )
+    gateway_reconcile_interval_s: float = Field(
+        2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
+    )
 
     # Scheduler
     scheduler_host: str = Field("127.0.0.1", description="Scheduler bind address.")

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from rpa_common.errors import DomainError, Forbidden, NotFound, Unauthorized
 from rpa_common.logging import configure_logging
@@ -25,9 +26,26 @@ from rpa_common.service import (
 from rpa_common.settings import Settings, get_settings
 from rpa_gateway import store
 from rpa_gateway.hub import Hub
-from rpa_gateway.protocol import CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED
+from rpa_protocol.codes import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHORIZED
 
 ROBOT_PATH = "/robot/v1"
+RETRY_AFTER_S = 5
+
+
+class DatabaseUnavailable(Exception):
+    """The robot's key could not be checked because the database does not answer: retry later."""
+
+
+def _unavailable(instance: str) -> JSONResponse:
+    response = problem(
+        503,
+        "Service unavailable",
+        "the gateway cannot reach its database; retry later",
+        instance=instance,
+        retryable=True,
+    )
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
 
 
 class _DenialIsNotAnError(logging.Filter):
@@ -51,7 +69,10 @@ async def _robot_from(ctx: ServiceContext, authorization: str | None) -> store.R
     key = _bearer(authorization)
     if key is None:
         raise Unauthorized("a robot key is required: 'Authorization: Bearer rbk_...'")
-    robot = await store.authenticate(ctx.sessions, key)
+    try:
+        robot = await store.authenticate(ctx.sessions, key)
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(type(exc).__name__) from exc
     if robot is None:
         raise Unauthorized("the robot key is not valid")
     if not robot.is_active:
@@ -96,16 +117,29 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
 
     app.include_router(health_router(_ctx))
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def _db_down(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return _unavailable(request.url.path)
+
     @app.websocket(ROBOT_PATH)
     async def robot_socket(ws: WebSocket) -> None:
         # The key travels in the upgrade request's header, never in the URL; a refused robot gets
         # a plain HTTP 401/403 before any WebSocket exists.
         own: ServiceContext = ws.app.state.ctx
         hub: Hub = ws.app.state.hub
+        denial_possible = "websocket.http.response" in ws.scope.get("extensions", {})
         try:
             robot = await _robot_from(own, ws.headers.get("authorization"))
+        except DatabaseUnavailable:
+            # Not the robot's fault and not a server bug: a 503 the robot retries after a while.
+            if denial_possible:
+                await ws.send_denial_response(_unavailable(ROBOT_PATH))
+            else:
+                await ws.accept()
+                await ws.close(CLOSE_RESTART, "database unavailable")
+            return
         except DomainError as exc:
-            if "websocket.http.response" in ws.scope.get("extensions", {}):
+            if denial_possible:
                 await ws.send_denial_response(problem(exc.status, exc.title, exc.detail, instance=ROBOT_PATH))
             else:  # a server without denial responses: accept, then close with the 44xx twin
                 await ws.accept()
@@ -122,9 +156,12 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     async def download_package(version_id: uuid.UUID, request: Request) -> StreamingResponse:
         own: ServiceContext = request.app.state.ctx
         robot = await _robot_from(own, request.headers.get("authorization"))
-        async with own.sessions() as session:
-            size = await store.may_download(session, robot.id, version_id)
-            version = await session.get(ProcessVersion, version_id) if size is not None else None
+        try:
+            async with own.sessions() as session:
+                size = await store.may_download(session, robot.id, version_id)
+                version = await session.get(ProcessVersion, version_id) if size is not None else None
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise DatabaseUnavailable(type(exc).__name__) from exc
         if size is None or version is None:
             raise NotFound.of("package", version_id)
         return StreamingResponse(

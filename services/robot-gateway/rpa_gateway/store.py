@@ -32,7 +32,7 @@ from rpa_common.models.enums import (
 from rpa_common.nats.messages import JobCreated, JobOffer, RobotStatusChanged
 from rpa_common.offers import offer_query, to_offer
 from rpa_common.security import key_matches, split_key
-from rpa_gateway.protocol import Hello, JobRequest, JobStatus, LogEntry
+from rpa_protocol import Hello, JobRequest, JobStatus, LogEntry
 
 ROBOT_KEY_KIND = "rbk"
 _LEVELS = {level.name.capitalize(): level for level in LogLevel}
@@ -162,6 +162,30 @@ async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> Any:
 
     The row read under the lock is what ``apply_job_status`` and ``jobflow.transition`` need."""
     return await locked_row(session, job_id)
+
+
+async def lock_jobs(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """``lock_job`` for several jobs at once, in id order (the lock order): id -> row."""
+    if not job_ids:
+        return {}
+    rows = (
+        await session.execute(
+            sa.select(
+                Job.id,
+                Job.state,
+                Job.attempt,
+                Job.account_id,
+                Job.process_id,
+                Job.robot_id,
+                Job.stop_after_s,
+                Job.interrupt_after_s,
+            )
+            .where(Job.id.in_(sorted(job_ids)))
+            .order_by(Job.id)
+            .with_for_update()
+        )
+    ).all()
+    return {r.id: r for r in rows}
 
 
 async def claim_seq(session: AsyncSession, robot_id: uuid.UUID, seq: int) -> bool:
@@ -433,13 +457,20 @@ async def insert_logs(session: AsyncSession, robot: RobotIdentity, entries: list
 # Heartbeats -------------------------------------------------------------------------------------
 
 
+CONFIRMED_JOB_STATES = (JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING)
+"""Active states only a robot's own ``job.status`` leads to (Starting -> Running): a heartbeat renews
+the lease of these only. A Starting job the robot never confirmed keeps the lease the dispatcher
+gave it, so an offer that never arrived ends in a retry or "robot lost", not in a job held forever."""
+
+
 async def heartbeat(
     session: AsyncSession, gateway_id: str, robot_ids: list[uuid.UUID], lease_s: float
-) -> set[uuid.UUID]:
-    """Record heartbeats and extend the leases of these robots' active jobs.
+) -> dict[uuid.UUID, uuid.UUID | None]:
+    """Record heartbeats and extend the leases of these robots' confirmed jobs.
 
-    Returns the robots whose row no longer names this gateway (a sweep marked them Disconnected
-    while their connection was alive): the caller re-attaches them.
+    Returns the robots whose row no longer names this gateway, each with the connection the row
+    names now: the same connection means the sweep marked the robot Disconnected while its socket
+    lived; another one means a newer connection took over. Either way the caller closes the socket.
     """
     now = utcnow()
     # Rows busy right now (a job report, a dispatch, a sweep) are skipped, not waited for: the next
@@ -449,7 +480,7 @@ async def heartbeat(
         (
             await session.execute(
                 sa.select(Job.id)
-                .where(Job.robot_id.in_(robot_ids), Job.state.in_(ACTIVE_JOB_STATES))
+                .where(Job.robot_id.in_(robot_ids), Job.state.in_(CONFIRMED_JOB_STATES))
                 .order_by(Job.id)
                 .with_for_update(skip_locked=True)
             )
@@ -483,42 +514,41 @@ async def heartbeat(
             .values(last_heartbeat_at=now)
             .execution_options(synchronize_session=False)
         )
-    held = (
+    rows = (
         await session.execute(
-            sa.select(Robot.id).where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
+            sa.select(Robot.id, Robot.gateway_id, Robot.connection_id).where(Robot.id.in_(robot_ids))
         )
-    ).scalars()
-    return set(robot_ids) - set(held)
+    ).all()
+    return {r.id: r.connection_id for r in rows if r.gateway_id != gateway_id}
 
 
-async def reattach(
-    session: AsyncSession, robot_id: uuid.UUID, gateway_id: str, connection_id: uuid.UUID
-) -> RobotStatus | None:
-    """Claim the robot row back for a live connection, unless a newer connection holds it."""
-    row = (
+# Reconciliation ---------------------------------------------------------------------------------
+
+
+async def jobs_of_gateway(session: AsyncSession, gateway_id: str) -> list[tuple[uuid.UUID, JobOffer]]:
+    """(robot id, offer) of every active job whose robot the database says is on this gateway."""
+    rows = (
         await session.execute(
-            sa.select(Robot.current_job_id, Robot.connection_id, Robot.gateway_id)
-            .where(Robot.id == robot_id)
-            .with_for_update()
+            offer_query()
+            .add_columns(Job.robot_id)
+            .join(Robot, Robot.id == Job.robot_id)
+            .where(Robot.gateway_id == gateway_id)
+            .order_by(Job.created_at)
         )
-    ).one_or_none()
-    if row is None or (row.connection_id != connection_id and row.gateway_id is not None):
-        return None
-    status = _status_for(row.current_job_id)
-    now = utcnow()
-    await session.execute(
-        sa.update(Robot)
-        .where(Robot.id == robot_id)
-        .values(
-            gateway_id=gateway_id,
-            connection_id=connection_id,
-            status=status,
-            last_heartbeat_at=now,
-            updated_at=now,
+    ).all()
+    return [(r.robot_id, to_offer(r)) for r in rows]
+
+
+async def job_owners(
+    session: AsyncSession, job_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[JobState, int, uuid.UUID | None]]:
+    """(state, attempt, robot) of these jobs, for those that exist (committed)."""
+    rows = (
+        await session.execute(
+            sa.select(Job.id, Job.state, Job.attempt, Job.robot_id).where(Job.id.in_(job_ids))
         )
-        .execution_options(synchronize_session=False)
-    )
-    return status
+    ).all()
+    return {r.id: (r.state, r.attempt, r.robot_id) for r in rows}
 
 
 def status_message(robot: RobotIdentity, status: RobotStatus) -> RobotStatusChanged:

@@ -1,0 +1,103 @@
+"""Parsing and encoding frames: the only way gateway, robot and tests turn frames into text and back."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from rpa_protocol.codes import ERROR_BAD_FRAME
+from rpa_protocol.frames import (
+    GATEWAY_FRAME_TYPES,
+    ROBOT_FRAME_TYPES,
+    GatewayFrame,
+    Heartbeat,
+    Hello,
+    JobRequest,
+    JobStatus,
+    LogBatch,
+    RobotFrame,
+)
+
+AnyRobotFrame = Hello | Heartbeat | JobStatus | LogBatch | JobRequest
+_robot: TypeAdapter[AnyRobotFrame] = TypeAdapter(RobotFrame)
+_gateway: TypeAdapter[Any] = TypeAdapter(GatewayFrame)
+
+
+class BadFrame(Exception):
+    """A frame that cannot be used; ``detail``, ``field`` and ``code`` go back in an ``error`` frame."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        field: str | None = None,
+        ref_seq: int | None = None,
+        code: str = ERROR_BAD_FRAME,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+        self.ref_seq = ref_seq
+        self.code = code
+
+
+def _document(raw: str | bytes | None) -> dict[str, Any]:
+    if raw is None:
+        raise BadFrame("empty frame")
+    if isinstance(raw, bytes):
+        raise BadFrame("binary frames are not part of the protocol; send JSON text frames")
+    try:
+        doc = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BadFrame(f"not JSON: {exc.msg} at position {exc.pos}") from None
+    except (ValueError, RecursionError):
+        raise BadFrame("not JSON") from None
+    if not isinstance(doc, dict):
+        raise BadFrame("a frame is a JSON object")
+    return doc
+
+
+def _bad(exc: ValidationError, kind: str, ref_seq: int | None) -> BadFrame:
+    err = exc.errors()[0]
+    loc = list(err.get("loc", ()))
+    if loc and loc[0] == kind:  # the discriminated union's tag
+        loc = loc[1:]
+    where = ".".join(str(p) for p in loc) or "frame"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    return BadFrame(f"{where}: {msg}", field=where, ref_seq=ref_seq)
+
+
+def parse_robot_frame(raw: str | bytes | None) -> AnyRobotFrame:
+    """A robot frame, validated; else ``BadFrame`` naming what is wrong (the gateway's side)."""
+    doc = _document(raw)
+    seq = doc.get("seq")
+    ref_seq = seq if type(seq) is int and seq > 0 else None
+    kind = doc.get("type")
+    if not isinstance(kind, str):
+        raise BadFrame("missing or non-string 'type'", field="type", ref_seq=ref_seq)
+    if kind not in ROBOT_FRAME_TYPES:
+        raise BadFrame(f"unknown frame type {kind!r}", field="type", ref_seq=ref_seq)
+    try:
+        return _robot.validate_python(doc)
+    except ValidationError as exc:
+        raise _bad(exc, kind, ref_seq) from None
+
+
+def parse_gateway_frame(raw: str | bytes | None) -> Any:
+    """A gateway frame (robot's side); None for a type this robot does not know (ignored, by the
+    versioning rule). A known type that does not validate raises ``BadFrame``."""
+    doc = _document(raw)
+    kind = doc.get("type")
+    if kind not in GATEWAY_FRAME_TYPES:
+        return None
+    try:
+        return _gateway.validate_python(doc)
+    except ValidationError as exc:
+        raise _bad(exc, str(kind), None) from None
+
+
+def encode(frame: BaseModel) -> str:
+    """One frame as the JSON text of one WebSocket text frame."""
+    return frame.model_dump_json()

@@ -1,0 +1,281 @@
+"""Serving one robot connection: hello, registration, its frames in order, and its end.
+
+A main connection (``hello`` with the ``jobs`` capability) registers the robot on this replica and
+replaces any earlier connection of the robot; a control connection only asks for jobs. Reliable
+frames go to the group-commit writer one at a time, so a connection's frames are applied and
+acknowledged in order, and only after their commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import JobState, RobotStatus
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import GatewayCommand
+from rpa_gateway import store
+from rpa_gateway.connection import Connection
+from rpa_gateway.writer import Applied, Reliable, Source, WriterUnavailable
+from rpa_protocol import (
+    KNOWN_CAPABILITIES,
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
+    Ack,
+    BadFrame,
+    Heartbeat,
+    Hello,
+    JobRequest,
+    JobRequested,
+    JobStatus,
+    LogBatch,
+    Resume,
+    Welcome,
+    parse_robot_frame,
+)
+from rpa_protocol.codes import (
+    CAPABILITY_JOB_REQUEST,
+    CAPABILITY_JOBS,
+    CAPABILITY_LOGS,
+    CLOSE_FORBIDDEN,
+    CLOSE_NORMAL,
+    CLOSE_POLICY,
+    CLOSE_REPLACED,
+    CLOSE_RESTART,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNSUPPORTED,
+    ERROR_HELLO_TIMEOUT,
+    ERROR_NOT_ALLOWED,
+    ERROR_REJECTED,
+    ERROR_UNSUPPORTED_PROTOCOL,
+    HELLO_TIMEOUT_S,
+)
+
+if TYPE_CHECKING:
+    from rpa_gateway.hub import Hub
+
+log = structlog.get_logger(__name__)
+
+# The capability each reliable frame needs on its connection.
+_NEEDS = {"job.status": CAPABILITY_JOBS, "log": CAPABILITY_LOGS, "job.request": CAPABILITY_JOB_REQUEST}
+
+
+class ConnectionHandler:
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.ctx = hub.ctx
+
+    async def serve(self, ws: WebSocket, robot: store.RobotIdentity) -> None:
+        """Run one accepted connection to its end."""
+        conn = Connection(ws, robot)
+        hello = await self._receive_hello(conn)
+        if hello is None:
+            return
+        conn.capabilities = frozenset(c for c in hello.capabilities if c in KNOWN_CAPABILITIES)
+        if CAPABILITY_JOBS not in conn.capabilities:
+            conn.control = True
+            await conn.send(self._welcome(conn, resume=None))
+            await self._receive_loop(conn)
+            return
+        conn.single_job = hello.exit_after_job
+        connections = self.hub.connections
+        previous = connections.get(robot.id)
+        connections[robot.id] = conn
+        if previous is not None:
+            await previous.close(CLOSE_REPLACED, "another connection of this robot took over")
+        try:
+            try:
+                attached = await self._attach(conn, hello)
+            except Exception as exc:
+                log.exception("robot.attach_failed", robot_id=str(robot.id))
+                await conn.close(CLOSE_RESTART, f"could not register the connection: {type(exc).__name__}")
+                return
+            if attached:
+                await self._receive_loop(conn)
+        finally:
+            if connections.get(robot.id) is conn:
+                del connections[robot.id]
+            if not conn.logged_off:
+                await self._detach(conn)
+
+    def _welcome(self, conn: Connection, resume: Resume | None) -> Welcome:
+        return Welcome(
+            protocol=PROTOCOL_VERSION,
+            robot_id=conn.robot.id,
+            robot_name=conn.robot.name,
+            connection_id=conn.connection_id,
+            heartbeat_interval_s=self.ctx.settings.heartbeat_interval_s,
+            resume=resume,
+            capabilities=sorted(conn.capabilities),
+            server_time=utcnow(),
+        )
+
+    async def _receive_hello(self, conn: Connection) -> Hello | None:
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                message = await conn.ws.receive()
+        except TimeoutError:
+            await conn.send_error(
+                BadFrame(f"no 'hello' within {HELLO_TIMEOUT_S:g} s", field="type", code=ERROR_HELLO_TIMEOUT)
+            )
+            await conn.close(CLOSE_POLICY, "hello expected")
+            return None
+        if message["type"] == "websocket.disconnect":
+            return None
+        try:
+            frame = parse_robot_frame(
+                message.get("text") if message.get("text") is not None else message.get("bytes")
+            )
+            if not isinstance(frame, Hello):
+                raise BadFrame("the first frame must be 'hello'", field="type", code=ERROR_NOT_ALLOWED)
+        except BadFrame as exc:
+            await conn.send_error(exc)
+            await conn.close(CLOSE_POLICY, "hello expected")
+            return None
+        if frame.protocol not in SUPPORTED_PROTOCOLS:
+            await conn.send_error(
+                BadFrame(
+                    f"protocol {frame.protocol} is not supported; supported: {sorted(SUPPORTED_PROTOCOLS)}",
+                    field="protocol",
+                    code=ERROR_UNSUPPORTED_PROTOCOL,
+                )
+            )
+            await conn.close(CLOSE_UNSUPPORTED, "unsupported protocol version")
+            return None
+        return frame
+
+    async def _attach(self, conn: Connection, hello: Hello) -> bool:
+        robot = conn.robot
+        hub = self.hub
+        attached = await run_in_transaction(
+            self.ctx.sessions,
+            lambda s: store.attach(
+                s, robot.id, gateway_id=hub.gateway_id, connection_id=conn.connection_id, hello=hello
+            ),
+        )
+        if attached is None:
+            await conn.close(CLOSE_UNAUTHORIZED, "robot no longer exists")
+            return False
+        if not attached.is_active:
+            await conn.close(CLOSE_FORBIDDEN, "robot is inactive")
+            return False
+        if attached.previous_gateway_id not in (None, hub.gateway_id):
+            # The previous connection lives on another replica: tell it to let go.
+            await hub.publisher.publish(
+                subjects.gateway_inbox(attached.previous_gateway_id),
+                GatewayCommand(robot_id=robot.id, kind="disconnect"),
+            )
+        log.info(
+            "robot.connected",
+            robot_id=str(robot.id),
+            connection_id=str(conn.connection_id),
+            robot_version=hello.robot_version,
+            attended=hello.attended,
+        )
+        conn.acked = attached.inbound_seq
+        await conn.send(self._welcome(conn, resume=Resume(last_seq=attached.inbound_seq)))
+        # Reconciliation on reconnect: every job the database gives the robot, offered again.
+        for offer in attached.offers:
+            await conn.offer(offer)
+        await hub.publisher.publish(subjects.ROBOT_STATUS, store.status_message(robot, attached.status))
+        return True
+
+    async def _detach(self, conn: Connection) -> None:
+        try:
+            detached = await run_in_transaction(
+                self.ctx.sessions, lambda s: store.detach(s, conn.robot.id, conn.connection_id)
+            )
+        except Exception as exc:  # the sweep will find the silent robot anyway
+            log.warning("robot.detach_failed", robot_id=str(conn.robot.id), error=str(exc))
+            return
+        log.info("robot.disconnected", robot_id=str(conn.robot.id), connection_id=str(conn.connection_id))
+        if detached:
+            await self.hub.publisher.publish(
+                subjects.ROBOT_STATUS, store.status_message(conn.robot, RobotStatus.DISCONNECTED)
+            )
+
+    async def _receive_loop(self, conn: Connection) -> None:
+        while not conn.closing:
+            try:
+                message = await conn.ws.receive()
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text") if message.get("text") is not None else message.get("bytes")
+            try:
+                frame = parse_robot_frame(raw)
+                if isinstance(frame, Hello):
+                    raise BadFrame(
+                        "'hello' was already received on this connection",
+                        field="type",
+                        code=ERROR_NOT_ALLOWED,
+                    )
+                if not isinstance(frame, Heartbeat) and _NEEDS[frame.type] not in conn.capabilities:
+                    kind = "a control connection" if conn.control else "this connection"
+                    raise BadFrame(
+                        f"'{frame.type}' needs the '{_NEEDS[frame.type]}' capability, which {kind} did not announce",
+                        field="type",
+                        ref_seq=frame.seq,
+                        code=ERROR_NOT_ALLOWED,
+                    )
+            except BadFrame as exc:
+                await conn.send_error(exc)
+                if conn.too_many_bad():
+                    await conn.close(CLOSE_POLICY, "too many bad frames")
+                    return
+                continue
+            if isinstance(frame, Heartbeat):
+                if not conn.control and not conn.logged_off:
+                    self.hub.heartbeats.heard(conn.robot.id)
+                continue
+            await self._apply(conn, frame)
+
+    async def _apply(self, conn: Connection, frame: Reliable) -> None:
+        source = Source(conn.robot, conn.connection_id, conn.control, conn.single_job)
+        try:
+            applied = await self.hub.writer.apply(source, frame)
+        except WriterUnavailable as exc:
+            # Not acked: the robot keeps the frame and sends it again after reconnecting.
+            log.warning("frame.apply_failed", robot_id=str(conn.robot.id), seq=frame.seq, type=frame.type)
+            await conn.close(CLOSE_RESTART, f"could not store frame: {exc}")
+            return
+        if applied.rejected is not None:
+            await conn.send_error(BadFrame(applied.rejected, ref_seq=frame.seq, code=ERROR_REJECTED))
+            return
+        await self._after_commit(conn, frame, applied)
+
+    async def _after_commit(self, conn: Connection, frame: Reliable, applied: Applied) -> None:
+        publish = self.hub.publisher.publish
+        for t in applied.transitions:
+            if t.to_state.is_final or t.to_state == JobState.PENDING:
+                conn.active_jobs.pop(t.job_id, None)
+                if len(conn.finished) > 256:  # echoes lost on the way: forget them
+                    conn.finished.clear()
+                conn.finished.add(t.job_id)
+        if applied.status == RobotStatus.DISCONNECTED:
+            conn.logged_off = True
+        await conn.send(Ack(seq=conn.next_ack(frame.seq)))
+        if isinstance(frame, JobRequest):
+            await conn.send(
+                JobRequested(
+                    seq=frame.seq,
+                    request_id=frame.request_id,
+                    job_id=applied.job_id,
+                    error=applied.request_error,
+                )
+            )
+            if applied.created is not None:
+                await publish(subjects.JOB_CREATED, applied.created)
+        for t in applied.transitions:
+            await publish(subjects.JOB_STATE, t.message())
+        if applied.status is not None:
+            await publish(subjects.ROBOT_STATUS, store.status_message(conn.robot, applied.status))
+        if conn.logged_off and isinstance(frame, JobStatus | LogBatch):
+            # Its one job is over and acknowledged: a robot marked Disconnected keeps no socket.
+            await conn.close(CLOSE_NORMAL, "logged off after its job")
