@@ -299,8 +299,10 @@ class World:
         await self.ctx.publish(subjects.JOB_CONTROL, msg.encode())
 
 
-async def assign(ctx: ServiceContext, job_id: uuid.UUID, robot_id: uuid.UUID) -> int:
-    """Dispatch ``job_id`` to ``robot_id`` exactly as the dispatcher would; returns the attempt."""
+async def assign(ctx: ServiceContext, job_id: uuid.UUID, robot_id: uuid.UUID, *, publish: bool = True) -> int:
+    """Dispatch ``job_id`` to ``robot_id`` exactly as the dispatcher would; returns the attempt.
+
+    ``publish=False``: the claim is committed but the offer is lost (as into a NATS outage)."""
 
     async def work(session: AsyncSession) -> tuple[int, str | None]:
         robot = (await session.execute(sa.select(Robot).where(Robot.id == robot_id))).scalar_one()
@@ -331,6 +333,8 @@ async def assign(ctx: ServiceContext, job_id: uuid.UUID, robot_id: uuid.UUID) ->
 
     attempt, gateway_id = await run_in_transaction(ctx.sessions, work)
     assert gateway_id, "the robot is not connected"
+    if not publish:
+        return attempt
     cmd = GatewayCommand(robot_id=robot_id, kind="offer", job_id=job_id, attempt=attempt)
     await ctx.publish(subjects.gateway_inbox(gateway_id), cmd.encode())
     return attempt

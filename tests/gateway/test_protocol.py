@@ -11,7 +11,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -24,6 +24,20 @@ from rpa_common.models.enums import JobSource, JobState, RobotStatus
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import RobotChanged, RobotStatusChanged
 from rpa_common.service import ServiceContext
+from rpa_protocol import (
+    Ack,
+    Error,
+    Heartbeat,
+    Hello,
+    JobStart,
+    JobStatus,
+    LogBatch,
+    LogEntry,
+    Resume,
+    Welcome,
+    encode,
+    parse_gateway_frame,
+)
 from tests.conftest import ROOT
 from tests.gateway.conftest import (
     GatewayProcess,
@@ -35,38 +49,40 @@ from tests.gateway.conftest import (
     wait_robot,
 )
 
-HELLO = {
-    "type": "hello",
-    "seq": 0,
-    "protocol": 1,
-    "robot_version": "test",
-    "machine": "test-machine",
-    "capabilities": ["jobs", "logs"],
-}
+F = TypeVar("F")
+HELLO = Hello(protocol=1, robot_version="test", machine="test-machine", capabilities=["jobs", "logs"])
 
 
 async def open_robot(
-    gateway: GatewayProcess, key: str, hello: dict[str, Any] | None = None
-) -> tuple[ClientConnection, dict[str, Any]]:
+    gateway: GatewayProcess, key: str, hello: Hello | None = None
+) -> tuple[ClientConnection, Welcome]:
     ws = await connect(gateway.ws_url, additional_headers={"Authorization": f"Bearer {key}"}, open_timeout=5)
-    await ws.send(json.dumps(hello or HELLO))
-    welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    await ws.send(encode(hello or HELLO))
+    welcome = parse_gateway_frame(await asyncio.wait_for(ws.recv(), 5))
+    assert isinstance(welcome, Welcome), welcome
     return ws, welcome
 
 
-async def recv(ws: ClientConnection, kind: str | None = None, timeout: float = 5) -> dict[str, Any]:
-    """The next frame (of ``kind``, skipping others)."""
+async def recv(ws: ClientConnection, kind: type[F], timeout: float = 5) -> F:
+    """The next frame of type ``kind``, skipping others."""
     async with asyncio.timeout(timeout):
         while True:
-            frame: dict[str, Any] = json.loads(await ws.recv())
-            if kind is None or frame["type"] == kind:
+            frame = parse_gateway_frame(await ws.recv())
+            if isinstance(frame, kind):
                 return frame
 
 
-def log_entry(**over: Any) -> dict[str, Any]:
-    entry = {"id": str(uuid.uuid4()), "level": "Info", "message": "m", "at": datetime.now(UTC).isoformat()}
-    entry.update(over)
-    return entry
+def log_entry(**over: Any) -> LogEntry:
+    fields: dict[str, Any] = {"id": uuid.uuid4(), "level": "Info", "message": "m", "at": datetime.now(UTC)}
+    fields.update(over)
+    return LogEntry(**fields)
+
+
+def log_doc(**over: Any) -> dict[str, Any]:
+    """A log entry as JSON, for frames that must be malformed on purpose."""
+    doc: dict[str, Any] = json.loads(log_entry().model_dump_json())
+    doc.update(over)
+    return doc
 
 
 async def message_count(ctx: ServiceContext, robot_id: uuid.UUID) -> int:
@@ -121,16 +137,16 @@ async def test_hello_welcome_status_and_disconnect(
     robot_id, key = await world.robot()
     statuses = await nats_inbox(subjects.ROBOT_STATUS)
     ws, welcome = await open_robot(gateway, key)
-    assert welcome["type"] == "welcome"
-    assert welcome["robot_id"] == str(robot_id)
-    assert welcome["heartbeat_interval_s"] == 0.5
-    assert welcome["resume"] == {"last_seq": 0}
+    assert welcome.robot_id == robot_id
+    assert welcome.heartbeat_interval_s == 0.5
+    assert welcome.resume == Resume(last_seq=0)
+    assert welcome.capabilities == ["jobs", "logs"]
     robot = await robot_row(world.ctx, robot_id)
     assert robot.status == RobotStatus.READY
-    assert robot.gateway_id and str(robot.connection_id) == welcome["connection_id"]
+    assert robot.gateway_id and robot.connection_id == welcome.connection_id
     assert robot.machine == "test-machine" and robot.version == "test"
     first_beat = robot.last_heartbeat_at
-    await ws.send(json.dumps({"type": "heartbeat", "seq": 0}))
+    await ws.send(encode(Heartbeat()))
 
     async def beat_recorded() -> bool:
         return (await robot_row(world.ctx, robot_id)).last_heartbeat_at > first_beat  # type: ignore[operator]
@@ -153,20 +169,25 @@ async def test_frames_are_applied_once_by_seq_and_acknowledged(gateway: GatewayP
     robot_id, key = await world.robot()
     ws, welcome = await open_robot(gateway, key)
     first = [log_entry(message="one"), log_entry(message="two", level="Warning", fields={"k": 1})]
-    await ws.send(json.dumps({"type": "log", "seq": 1, "entries": first}))
-    assert await recv(ws, "ack") == {"type": "ack", "seq": 1}
+    await ws.send(encode(LogBatch(seq=1, entries=first)))
+    assert await recv(ws, Ack) == Ack(seq=1)
     # The same frame again (a replay after a lost ack): acknowledged, not applied twice.
-    await ws.send(json.dumps({"type": "log", "seq": 1, "entries": first}))
-    assert (await recv(ws, "ack"))["seq"] == 1
+    await ws.send(encode(LogBatch(seq=1, entries=first)))
+    assert (await recv(ws, Ack)).seq == 1
     # A new frame carrying an already stored line id: that line is ignored, the new one stored.
-    await ws.send(json.dumps({"type": "log", "seq": 2, "entries": [first[0], log_entry(message="three")]}))
-    assert (await recv(ws, "ack"))["seq"] == 2
+    await ws.send(encode(LogBatch(seq=2, entries=[first[0], log_entry(message="three")])))
+    assert (await recv(ws, Ack)).seq == 2
+    # An old frame re-sent once more: the ack says where the robot really is (2), never back to 1.
+    await ws.send(encode(LogBatch(seq=1, entries=first)))
+    assert (await recv(ws, Ack)).seq == 2
     assert await message_count(world.ctx, robot_id) == 3
     assert (await robot_row(world.ctx, robot_id)).inbound_seq == 2
     await ws.close()
     # After reconnecting, the robot learns where to resume.
     ws, welcome = await open_robot(gateway, key)
-    assert welcome["resume"] == {"last_seq": 2}
+    assert welcome.resume == Resume(last_seq=2)
+    await ws.send(encode(LogBatch(seq=1, entries=first)))  # older than resume: acked at 2 too
+    assert (await recv(ws, Ack)).seq == 2
     await ws.close()
 
 
@@ -178,29 +199,36 @@ async def test_bad_frames_get_errors_change_nothing_and_too_many_close(
     bad = [
         ("not json at all", None),
         (json.dumps({"type": "dance", "seq": 1}), "type"),
-        (json.dumps({"type": "log", "seq": "1", "entries": [log_entry()]}), "seq"),
-        (json.dumps({"type": "log", "seq": 1, "entries": [log_entry(level="Loud")]}), "entries.0.level"),
+        (json.dumps({"type": "log", "seq": "1", "entries": [log_doc()]}), "seq"),
+        (json.dumps({"type": "log", "seq": 1, "entries": [log_doc(level="Loud")]}), "entries.0.level"),
         (json.dumps({"type": "job.status", "seq": 1, "job_id": str(uuid.uuid4())}), "attempt"),
     ]
     for raw, field in bad:
         await ws.send(raw)
-        error = await recv(ws)
-        assert error["type"] == "error" and error["code"] == "bad_frame", error
-        assert error["detail"]
+        error = await recv(ws, Error)
+        assert error.code == "bad_frame" and error.detail, error
         if field:
-            assert error["field"] == field, error
+            assert error.field == field, error
     # Nothing changed: no line stored, no seq consumed; the connection still works.
     assert await message_count(world.ctx, robot_id) == 0
     assert (await robot_row(world.ctx, robot_id)).inbound_seq == 0
-    await ws.send(json.dumps({"type": "log", "seq": 1, "entries": [log_entry()]}))
-    assert (await recv(ws, "ack"))["seq"] == 1
-    # The sixth bad frame within a minute closes the connection with 1008 (policy violation).
+    await ws.send(encode(LogBatch(seq=1, entries=[log_entry()])))
+    assert (await recv(ws, Ack)).seq == 1
+    # The next bad frame within a minute closes the connection with 1008 (policy violation).
     await ws.send(json.dumps([1, 2, 3]))
-    assert (await recv(ws))["type"] == "error"
+    await recv(ws, Error)
     with pytest.raises(ConnectionClosed):
-        await recv(ws)
+        await recv(ws, Error)
     assert ws.close_code == 1008
     await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)
+    # Text neither database can store (NUL, a lone surrogate) is refused naming the field.
+    ws, _ = await open_robot(gateway, key)
+    for message in ("a\x00b", "\ud800"):
+        await ws.send(json.dumps({"type": "log", "seq": 2, "entries": [log_doc(message=message)]}))
+        error = await recv(ws, Error)
+        assert (error.code, error.field, error.seq) == ("bad_frame", "entries.0.message", 2), error
+    assert await message_count(world.ctx, robot_id) == 1
+    await ws.close()
 
 
 async def test_first_frame_must_be_hello_in_a_supported_version(
@@ -209,17 +237,17 @@ async def test_first_frame_must_be_hello_in_a_supported_version(
     _, key = await world.robot()
     headers = {"Authorization": f"Bearer {key}"}
     async with connect(gateway.ws_url, additional_headers=headers) as ws:
-        await ws.send(json.dumps({"type": "heartbeat", "seq": 0}))
-        assert (await recv(ws))["type"] == "error"
+        await ws.send(encode(Heartbeat()))
+        assert (await recv(ws, Error)).code == "not_allowed"
         with pytest.raises(ConnectionClosed):
-            await recv(ws)
+            await recv(ws, Error)
         assert ws.close_code == 1008
     async with connect(gateway.ws_url, additional_headers=headers) as ws:
-        await ws.send(json.dumps({**HELLO, "protocol": 99}))
-        error = await recv(ws)
-        assert error["type"] == "error" and error["field"] == "protocol"
+        await ws.send(encode(HELLO.model_copy(update={"protocol": 99})))
+        error = await recv(ws, Error)
+        assert error.code == "unsupported_protocol" and error.field == "protocol"
         with pytest.raises(ConnectionClosed):
-            await recv(ws)
+            await recv(ws, Error)
         assert ws.close_code == 4426
 
 
@@ -228,11 +256,11 @@ async def test_a_second_connection_replaces_the_first(gateway: GatewayProcess, w
     old, _ = await open_robot(gateway, key)
     new, welcome = await open_robot(gateway, key)
     with pytest.raises(ConnectionClosed):
-        await recv(old)
+        await recv(old, Error)
     assert old.close_code == 4409
     await asyncio.sleep(0.3)  # the old connection's goodbye must not mark the robot Disconnected
     robot = await robot_row(world.ctx, robot_id)
-    assert robot.status == RobotStatus.READY and str(robot.connection_id) == welcome["connection_id"]
+    assert robot.status == RobotStatus.READY and robot.connection_id == welcome.connection_id
     await new.close()
     await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)
 
@@ -244,51 +272,27 @@ async def test_job_offer_package_download_and_status_reports(gateway: GatewayPro
     _, version_id = world.versions["hello"]
     ws, _ = await open_robot(gateway, key)
     attempt = await assign(world.ctx, job_id, robot_id)
-    start = await recv(ws, "job.start")
-    assert start["job_id"] == str(job_id) and start["attempt"] == attempt and start["state"] == "Starting"
-    assert start["input_args"] == {"name": "tester", "count": 3}  # manifest defaults under job input
-    assert start["entry_point"] == "main.py" and start["process_name"] == "hello"
+    start = await recv(ws, JobStart)
+    assert start.job_id == job_id and start.attempt == attempt and start.state == "Starting"
+    assert start.input_args == {"name": "tester", "count": 3}  # manifest defaults under job input
+    assert start.entry_point == "main.py" and start.process_name == "hello"
     await wait_robot(world.ctx, robot_id, RobotStatus.WORKING, timeout=5)
     async with httpx.AsyncClient(base_url=gateway.http_url) as http:
-        url = start["package_url"]
+        url = start.package_url
         ok = await http.get(url, headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200
-        assert hashlib.sha256(ok.content).hexdigest() == start["sha256"] and len(ok.content) == start["size"]
+        assert hashlib.sha256(ok.content).hexdigest() == start.sha256 and len(ok.content) == start.size
         # Another robot (no job of this version) and no key: refused.
         assert (await http.get(url, headers={"Authorization": f"Bearer {other_key}"})).status_code == 404
         assert (await http.get(url)).status_code == 401
     # A report for a wrong attempt changes nothing; the right one moves the job.
-    await ws.send(
-        json.dumps(
-            {
-                "type": "job.status",
-                "seq": 1,
-                "job_id": str(job_id),
-                "attempt": attempt + 1,
-                "status": "running",
-            }
-        )
-    )
-    assert (await recv(ws, "ack"))["seq"] == 1
-    await ws.send(
-        json.dumps(
-            {"type": "job.status", "seq": 2, "job_id": str(job_id), "attempt": attempt, "status": "running"}
-        )
-    )
-    await recv(ws, "ack")
-    await ws.send(
-        json.dumps(
-            {
-                "type": "job.status",
-                "seq": 3,
-                "job_id": str(job_id),
-                "attempt": attempt,
-                "status": "successful",
-                "output": {"x": 1},
-            }
-        )
-    )
-    await recv(ws, "ack")
+    await ws.send(encode(JobStatus(seq=1, job_id=job_id, attempt=attempt + 1, status="running")))
+    assert (await recv(ws, Ack)).seq == 1
+    await ws.send(encode(JobStatus(seq=2, job_id=job_id, attempt=attempt, status="running")))
+    await recv(ws, Ack)
+    done = JobStatus(seq=3, job_id=job_id, attempt=attempt, status="successful", output={"x": 1})
+    await ws.send(encode(done))
+    await recv(ws, Ack)
     async with world.ctx.sessions() as session:
         job = (await session.execute(sa.select(Job).where(Job.id == job_id))).scalar_one()
     assert job.state == JobState.SUCCESSFUL and job.output_args == {"x": 1} and job.started_at is not None
@@ -340,7 +344,7 @@ async def test_start_process_asks_the_orchestrator_for_a_job(gateway: GatewayPro
     missing = await asyncio.to_thread(start_process, "no-such-process")
     assert missing.returncode == 1 and b"no process named" in missing.stderr
     # The main connection is untouched and still Ready.
-    await main.send(json.dumps({"type": "heartbeat", "seq": 0}))
+    await main.send(encode(Heartbeat()))
     assert (await robot_row(world.ctx, robot_id)).status == RobotStatus.READY
     await main.close()
 
@@ -356,6 +360,6 @@ async def test_robot_changes_close_its_connection(
     msg = RobotChanged(account_id=world.account_id, robot_id=robot_id, change=change)  # type: ignore[arg-type]
     await world.ctx.publish(subjects.ROBOT_CHANGED, msg.encode())
     with pytest.raises(ConnectionClosed):
-        await recv(ws, "never")
+        await recv(ws, Welcome)
     assert ws.close_code == code
     await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)

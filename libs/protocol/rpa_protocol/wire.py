@@ -43,17 +43,21 @@ class BadFrame(Exception):
         self.code = code
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _document(raw: str | bytes | None) -> dict[str, Any]:
     if raw is None:
         raise BadFrame("empty frame")
     if isinstance(raw, bytes):
         raise BadFrame("binary frames are not part of the protocol; send JSON text frames")
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadFrame(f"not JSON: {exc.msg} at position {exc.pos}") from None
-    except (ValueError, RecursionError):
-        raise BadFrame("not JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise BadFrame(f"not JSON: {exc}" if isinstance(exc, ValueError) else "not JSON") from None
     if not isinstance(doc, dict):
         raise BadFrame("a frame is a JSON object")
     return doc
