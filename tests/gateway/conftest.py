@@ -56,8 +56,11 @@ def _env(**extra: str) -> dict[str, str]:
 class GatewayProcess:
     """``python -m rpa_gateway serve`` on a port of its own."""
 
-    def __init__(self, db_url: str, log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, db_url: str, log_path: Path, port: int | None = None, nats_url: str = NATS_URL
+    ) -> None:
         self.db_url = db_url
+        self.nats_url = nats_url
         self.port = port or free_port()
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,7 +80,7 @@ class GatewayProcess:
             cwd=ROOT,
             env=_env(
                 RPA_DB_URL=self.db_url,
-                RPA_NATS_URL=NATS_URL,
+                RPA_NATS_URL=self.nats_url,
                 RPA_ENVIRONMENT="test",
                 RPA_GATEWAY_PORT=str(self.port),
                 RPA_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),

@@ -4,6 +4,7 @@
   reaches the robot by the gateway's reconciliation, within seconds; its lease is not renewed by
   heartbeats until the robot confirms the job, then it is.
 - A job ended behind the robot's back whose ``JOB_STATE`` never came is interrupted on the robot.
+- What the gateway publishes while NATS is down is logged at warning and sent once NATS is back.
 - The writer applies the frames of many connections in few transactions, and a frame that is bad
   in itself fails alone with its error, while the others of its batch are applied.
 """
@@ -11,10 +12,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import nats
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,11 +30,14 @@ from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, transition
 from rpa_common.models import Robot, RobotMessage
 from rpa_common.models.enums import JobState, RobotStatus
+from rpa_common.nats import subjects
+from rpa_common.nats.messages import JobStateChanged
 from rpa_gateway import store
 from rpa_gateway.writer import FrameWriter, Source
 from rpa_protocol import Ack, Heartbeat, JobInterrupt, JobStart, JobStatus, LogBatch, LogEntry, encode
 from tests.gateway.conftest import GatewayProcess, World, assign, job_row, robot_row, wait_robot
 from tests.gateway.test_protocol import open_robot, recv
+from tests.support import eventually, free_port
 
 
 async def beat_until(ws: object, kind: type, within_s: float) -> object:
@@ -152,3 +163,87 @@ async def test_group_commit_applies_many_connections_frames_and_isolates_a_bad_o
         ).scalar_one()
     assert stored == len(robots) - 1
     assert [seqs[r] for r, _ in robots] == [0 if n == 5 else 1 for n in range(len(robots))]
+
+
+class NatsServer:
+    """A NATS server of this test's own, to stop and start again on the same port."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "nats-server"), "-a", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise AssertionError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+async def test_publishes_made_while_nats_is_down_are_sent_when_it_is_back(
+    db_url: str, world: World, tmp_path: Path
+) -> None:
+    server = NatsServer(tmp_path / "nats.log")
+    server.start()
+    gateway = GatewayProcess(db_url, tmp_path / "gateway.log", nats_url=server.url)
+    listener = None
+    try:
+        await asyncio.to_thread(gateway.start)
+        robot_id, key = await world.robot()
+        job_id = await world.job("hello", robot_id)
+        ws, _ = await open_robot(gateway, key)
+        attempt = await assign(world.ctx, job_id, robot_id, publish=False)  # NATS plays no part
+        await beat_until(ws, JobStart, within_s=6)
+        await ws.send(encode(JobStatus(seq=1, job_id=job_id, attempt=attempt, status="running")))
+        await recv(ws, Ack)
+        # A listener that reconnects faster than the gateway, so it is back before the replay.
+        seen: list[JobStateChanged] = []
+
+        async def on_state(msg: Any) -> None:
+            seen.append(JobStateChanged.decode(msg.data))
+
+        listener = await nats.connect(
+            server.url, reconnect_time_wait=0.05, max_reconnect_attempts=-1, allow_reconnect=True
+        )
+        await listener.subscribe(subjects.JOB_STATE, cb=on_state)
+        await listener.flush()
+
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(1.0)  # the gateway notices the outage
+        # The job ends during the outage: stored and acknowledged; its JOB_STATE waits in the gateway.
+        await ws.send(encode(JobStatus(seq=2, job_id=job_id, attempt=attempt, status="successful")))
+        assert (await recv(ws, Ack)).seq == 2
+        assert (await job_row(world.ctx, job_id)).state == JobState.SUCCESSFUL
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+
+        async def delivered() -> bool:
+            return any(m.job_id == job_id and m.to_state == JobState.SUCCESSFUL for m in seen)
+
+        await eventually(delivered, 15, "JOB_STATE published after NATS came back")
+        log_text = gateway.log_path.read_text()
+        assert "nats.publish_deferred" in log_text and '"level": "warning"' in log_text
+        await ws.close()
+    finally:
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close()
+        gateway.kill()
+        server.stop()
