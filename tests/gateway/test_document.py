@@ -45,7 +45,7 @@ from rpa_protocol import (
 )
 from rpa_protocol.codes import HELLO_TIMEOUT_S, MAX_MESSAGE_BYTES
 from rpa_robot.client import log_entry
-from tests.gateway.conftest import GatewayProcess, World, assign, free_port, robot_row
+from tests.gateway.conftest import GatewayProcess, World, assign, free_port, robot_row, wait_robot
 from tests.gateway.test_protocol import HELLO, open_robot, recv
 from tests.support import eventually
 
@@ -279,3 +279,12 @@ def test_the_robot_mends_log_lines_the_gateway_would_refuse() -> None:
         {"id": line_id, "level": "Loud", "message": "m", "fields": {"k": "\x00"}, "at": now}, None
     )
     assert str(odd.id) == line_id and odd.fields is None and odd.level == "Info"
+
+
+async def test_a_text_frame_that_is_not_utf8_closes_with_1007(gateway: GatewayProcess, world: World) -> None:
+    robot_id, key = await world.robot()
+    ws, _ = await open_robot(gateway, key)
+    # The WebSocket layer itself refuses a text frame that is not UTF-8 (RFC 6455: close 1007).
+    await ws.send(b'{"type": "heartbeat", "seq": 0, "job_id": "\xff"}', text=True)
+    assert await closed_with(ws) == 1007
+    await wait_robot(world.ctx, robot_id, RobotStatus.DISCONNECTED)
