@@ -29,7 +29,12 @@ from rpa_common.models import Robot
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import CloseSession, OpenSession, RobotStatusChanged, SessionStateReport
+from rpa_common.nats.messages import (
+    OpenSession,
+    RobotStatusChanged,
+    SessionStateReport,
+    decode_coordinator_command,
+)
 from rpa_common.security import key_matches, split_key
 from rpa_common.service import ServiceContext
 from rpa_coordinator.drivers import SessionDriver, SessionError, SessionHandle
@@ -125,17 +130,12 @@ class Coordinator:
     # Commands -------------------------------------------------------------------------------------
 
     async def _on_command(self, msg: Msg) -> None:
-        command: OpenSession | CloseSession
         try:
-            # OpenSession first: a CloseSession never carries its required login and password.
-            command = OpenSession.decode(msg.data)
+            command = decode_coordinator_command(msg.data)
         except ValueError:
-            try:
-                command = CloseSession.decode(msg.data)
-            except ValueError:
-                # Never the payload, nor the validation error: it may quote a password.
-                log.warning("coordinator.undecodable_command")
-                return
+            # Never the payload, nor the validation error: it may quote a password.
+            log.warning("coordinator.undecodable_command")
+            return
         try:
             if isinstance(command, OpenSession):
                 await self.open_session(command)

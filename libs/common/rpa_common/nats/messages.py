@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from rpa_common.models.enums import JobState, RobotStatus, SessionState
 
@@ -107,6 +107,7 @@ class GatewayCommand(Message):
 class OpenSession(Message):
     """Ask a coordinator to open a session. The password travels only here, never in logs."""
 
+    kind: Literal["open_session"] = "open_session"
     session_id: uuid.UUID
     account_id: uuid.UUID
     unattended_account_id: uuid.UUID
@@ -120,8 +121,19 @@ class OpenSession(Message):
 
 
 class CloseSession(Message):
+    kind: Literal["close_session"] = "close_session"
     session_id: uuid.UUID
     reason: str | None = None
+
+
+CoordinatorCommand = Annotated[OpenSession | CloseSession, Field(discriminator="kind")]
+"""What arrives on a coordinator's inbox, told apart by ``kind``."""
+_coordinator_command: TypeAdapter[OpenSession | CloseSession] = TypeAdapter(CoordinatorCommand)
+
+
+def decode_coordinator_command(data: bytes) -> OpenSession | CloseSession:
+    """The command in ``data``; ``ValueError`` (pydantic's) when it is none."""
+    return _coordinator_command.validate_json(data)
 
 
 class SessionStateReport(Message):
