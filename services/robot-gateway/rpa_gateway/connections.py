@@ -155,7 +155,12 @@ class ConnectionHandler:
         attached = await run_in_transaction(
             self.ctx.sessions,
             lambda s: store.attach(
-                s, robot.id, gateway_id=hub.gateway_id, connection_id=conn.connection_id, hello=hello
+                s,
+                robot.id,
+                gateway_id=hub.gateway_id,
+                connection_id=conn.connection_id,
+                hello=hello,
+                lease_s=self.ctx.settings.job_lease_s,
             ),
         )
         if attached is None:

@@ -91,6 +91,8 @@ class Reconciler:
             conn = live.get(robot_id)
             if conn is None or conn.closing or conn.active_jobs.get(offer.job_id) == offer.attempt:
                 continue
+            if offer.job_id in conn.finished:
+                continue  # its end was applied after this read: nothing to offer
             log.warning(
                 "reconcile.offer_resent",
                 robot_id=str(robot_id),

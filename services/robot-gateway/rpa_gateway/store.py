@@ -74,6 +74,12 @@ class Attached:
     offers: list[JobOffer] = field(default_factory=list)
 
 
+CONFIRMED_JOB_STATES = (JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING)
+"""Active states only a robot's own ``job.status`` leads to (Starting -> Running): a heartbeat renews
+the lease of these only. A Starting job the robot never confirmed keeps the lease the dispatcher
+gave it, so an offer that never arrived ends in a retry or "robot lost", not in a job held forever."""
+
+
 def _status_for(current_job_id: uuid.UUID | None) -> RobotStatus:
     return RobotStatus.WORKING if current_job_id is not None else RobotStatus.READY
 
@@ -85,8 +91,19 @@ async def attach(
     gateway_id: str,
     connection_id: uuid.UUID,
     hello: Hello,
+    lease_s: float,
 ) -> Attached | None:
-    """Mark the robot connected through this connection; its own active jobs come back as offers."""
+    """Mark the robot connected through this connection; its own active jobs come back as offers.
+
+    Connecting is a sign of life like a heartbeat: the leases of the jobs the robot confirmed are
+    renewed here too (jobs first: the lock order), so a robot that comes back just before its
+    lease runs out is not declared lost while it replays its journal."""
+    await session.execute(
+        sa.update(Job)
+        .where(Job.robot_id == robot_id, Job.state.in_(CONFIRMED_JOB_STATES))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
     robot = (
         await session.execute(sa.select(Robot).where(Robot.id == robot_id).with_for_update())
     ).scalar_one_or_none()
@@ -457,12 +474,6 @@ async def insert_logs(session: AsyncSession, robot: RobotIdentity, entries: list
 # Heartbeats -------------------------------------------------------------------------------------
 
 
-CONFIRMED_JOB_STATES = (JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING)
-"""Active states only a robot's own ``job.status`` leads to (Starting -> Running): a heartbeat renews
-the lease of these only. A Starting job the robot never confirmed keeps the lease the dispatcher
-gave it, so an offer that never arrived ends in a retry or "robot lost", not in a job held forever."""
-
-
 async def heartbeat(
     session: AsyncSession, gateway_id: str, robot_ids: list[uuid.UUID], lease_s: float
 ) -> dict[uuid.UUID, uuid.UUID | None]:
@@ -473,9 +484,9 @@ async def heartbeat(
     lived; another one means a newer connection took over. Either way the caller closes the socket.
     """
     now = utcnow()
-    # Rows busy right now (a job report, a dispatch, a sweep) are skipped, not waited for: the next
-    # heartbeat comes within a second and leases last far longer, and a heartbeat that never waits
-    # can take part in no lock cycle. Jobs before robots, in id order: the order everyone uses.
+    # Job rows busy right now (a job report, a dispatch, a sweep) are skipped, not waited for: the
+    # next heartbeat comes within a second and leases last far longer. Jobs before robots, in id
+    # order: the order everyone uses.
     jobs = (
         (
             await session.execute(
@@ -495,13 +506,17 @@ async def heartbeat(
             .values(lease_expires_at=now + timedelta(seconds=lease_s))
             .execution_options(synchronize_session=False)
         )
+    # Robot rows are waited for, not skipped: a robot streaming frames has its row locked by the
+    # writer most of the time, and skipping it would leave its heartbeats unrecorded until the sweep
+    # marks it Disconnected. Waiting is safe: nobody holds a robot row while waiting for a job row
+    # (the lock order is job, then robot), and the job rows above were only taken if free.
     robots = (
         (
             await session.execute(
                 sa.select(Robot.id)
                 .where(Robot.id.in_(robot_ids), Robot.gateway_id == gateway_id)
                 .order_by(Robot.id)
-                .with_for_update(skip_locked=True)
+                .with_for_update()
             )
         )
         .scalars()
