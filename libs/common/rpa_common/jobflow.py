@@ -70,6 +70,8 @@ class Transition:
     to_state: JobState
     attempt: int
     at: datetime
+    deadline_at: datetime | None = None
+    """The earliest ``stop_at`` / ``interrupt_at`` the transition set."""
 
     def message(self) -> JobStateChanged:
         return JobStateChanged(
@@ -81,6 +83,7 @@ class Transition:
             to_state=self.to_state,
             attempt=self.attempt,
             at=self.at,
+            deadline_at=self.deadline_at,
         )
 
 
@@ -145,7 +148,18 @@ async def transition(
             .execution_options(synchronize_session=False)
         )
     await session.flush()
-    return Transition(job_id, row.account_id, row.process_id, robot_id, row.state, to_state, new_attempt, now)
+    deadlines = [update_values[k] for k in ("stop_at", "interrupt_at") if update_values.get(k) is not None]
+    return Transition(
+        job_id,
+        row.account_id,
+        row.process_id,
+        robot_id,
+        row.state,
+        to_state,
+        new_attempt,
+        now,
+        min(deadlines) if deadlines else None,
+    )
 
 
 async def locked_row(session: AsyncSession, job_id: uuid.UUID) -> Any:

@@ -39,7 +39,7 @@ from rpa_common.nats import subjects
 from rpa_common.nats.messages import GatewayCommand, Message, OpenSession
 from rpa_common.offers import offers_for
 from rpa_common.secrets import unattended_password
-from rpa_common.security import make_key
+from rpa_common.security import Encryptor, make_key
 from rpa_common.service import ServiceContext
 from rpa_common.settings import Settings
 
@@ -224,6 +224,7 @@ async def _start(
     lease_s: float,
     reason: str,
 ) -> Transition | None:
+    now = utcnow()
     return await transition(
         session,
         job.id,
@@ -234,7 +235,10 @@ async def _start(
         values={
             "robot_id": robot_id,
             "attempt": job.attempt + 1,
-            "lease_expires_at": utcnow() + timedelta(seconds=lease_s),
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            # The confirmation clock: the sweep offers again when the robot stays silent.
+            "offered_at": now,
+            "offers": 1,
         },
     )
 
@@ -323,26 +327,43 @@ async def _open_session_for(
         job_id=job.id,
         state=SessionState.REQUESTED,
     )
+    ts.robot_key_encrypted = encrypt_session_key(settings, ts.id, key.full)
     session.add(ts)
     await session.flush()
     out.started.append(t)
     assert server.coordinator_id is not None
     out.outbox.add(
-        subjects.coordinator_inbox(server.coordinator_id),
-        OpenSession(
-            session_id=ts.id,
-            account_id=job.account_id,
-            unattended_account_id=ua.id,
-            robot_id=robot_id,
-            job_id=job.id,
-            login=ua.login,
-            domain=ua.domain,
-            password=unattended_password(settings, ua) or "",
-            robot_key=key.full,
-            gateway_url=settings.gateway_public_url,
-        ),
+        subjects.coordinator_inbox(server.coordinator_id), open_session_command(settings, ts, ua, key.full)
     )
     return True
+
+
+def encrypt_session_key(settings: Settings, session_id: uuid.UUID, key: str) -> bytes:
+    """The session's robot key at rest, bound to the session (a copy in another row does not decrypt)."""
+    return Encryptor.from_settings(settings).encrypt(key, context=f"terminal_session:{session_id}")
+
+
+def decrypt_session_key(settings: Settings, session_id: uuid.UUID, blob: bytes) -> str:
+    return Encryptor.from_settings(settings).decrypt(blob, context=f"terminal_session:{session_id}")
+
+
+def open_session_command(
+    settings: Settings, ts: TerminalSession, ua: UnattendedAccount, robot_key: str
+) -> OpenSession:
+    """The coordinator's command for a session (the same one when it is sent again)."""
+    assert ts.robot_id is not None
+    return OpenSession(
+        session_id=ts.id,
+        account_id=ts.account_id,
+        unattended_account_id=ua.id,
+        robot_id=ts.robot_id,
+        job_id=ts.job_id,
+        login=ua.login,
+        domain=ua.domain,
+        password=unattended_password(settings, ua) or "",
+        robot_key=robot_key,
+        gateway_url=settings.gateway_public_url,
+    )
 
 
 async def _assign_group_job(

@@ -111,5 +111,9 @@ class TerminalSession(IdMixin, TimestampMixin, Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("job.id", ondelete="SET NULL"), index=True)
     state: Mapped[SessionState] = mapped_column(StrEnumType(SessionState, 20), default=SessionState.REQUESTED)
     reason: Mapped[str | None] = mapped_column(sa.String(1000))
+    # The robot key minted for this session, encrypted, while the coordinator has not answered: an
+    # OpenSession sent again carries the same key (a new one would lock out a robot already started
+    # with the first). Cleared once the coordinator reports.
+    robot_key_encrypted: Mapped[bytes | None]
     opened_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]
