@@ -98,12 +98,15 @@ async def transition(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
     locked: Any = None,
+    flush: bool = True,
 ) -> Transition | None:
     """Move a job to ``to_state`` if it is in one of ``expected`` (default: every allowed source).
 
     Returns the transition, or None when the guard did not match (the job moved on already).
     Final states also free the robot (``robot.current_job_id``) in the same transaction.
-    ``locked``: the job's row (``locked_row``) when the caller holds its lock already.
+    ``locked``: the job's row (``locked_row``'s columns) when the caller holds its lock already.
+    ``flush=False`` leaves the history entry to the session's next flush: a caller moving many
+    jobs in one transaction gets one multi-row insert instead of one per job.
     """
     sources = sources_for(to_state, expected)
     if not sources:
@@ -147,7 +150,8 @@ async def transition(
             .values(current_job_id=None)
             .execution_options(synchronize_session=False)
         )
-    await session.flush()
+    if flush:
+        await session.flush()
     deadlines = [update_values[k] for k in ("stop_at", "interrupt_at") if update_values.get(k) is not None]
     return Transition(
         job_id,

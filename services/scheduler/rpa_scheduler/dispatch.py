@@ -115,7 +115,9 @@ def _session_capable() -> sa.ColumnElement[bool]:
 
 ClaimedJob = Any
 """A row of ``dispatchable_jobs``: ``id``, ``account_id``, ``robot_id``, ``robot_group_id``,
-``attempt``, and the robot's ``robot_status``, ``robot_gateway_id``, ``robot_role``."""
+``attempt``, what ``jobflow.transition`` reads of a locked job (``state``, ``process_id``,
+``stop_after_s``, ``interrupt_after_s``), and the robot's ``robot_status``, ``robot_gateway_id``,
+``robot_role``."""
 
 
 def _robot_column(column: Any) -> Any:
@@ -156,6 +158,11 @@ def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Any]:
         Job.robot_id,
         Job.robot_group_id,
         Job.attempt,
+        # What jobflow.transition reads of a locked job: the row is ours, no second read.
+        Job.state,
+        Job.process_id,
+        Job.stop_after_s,
+        Job.interrupt_after_s,
         _robot_column(Robot.status).label("robot_status"),
         _robot_column(Robot.gateway_id).label("robot_gateway_id"),
         _robot_column(Robot.role).label("robot_role"),
@@ -187,6 +194,7 @@ async def _claim_robot(
     job_id: uuid.UUID,
     *guards: sa.ColumnElement[bool],
     connected: bool = False,
+    locked: bool = False,
 ) -> bool:
     """The guarded claim: rowcount 1, or another job (on any replica) took the robot first, or the
     robot is no longer as it was seen (``guards``: still on that gateway, still disconnected...).
@@ -196,14 +204,15 @@ async def _claim_robot(
     robot busy right now is simply tried again on the next pass.
 
     A connected robot is Working from here on: its gateway then offers the job without a status
-    write of its own."""
-    locked = await session.scalar(
-        sa.select(Robot.id)
-        .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
-        .with_for_update(skip_locked=True)
-    )
-    if locked is None:
-        return False
+    write of its own. ``locked``: the caller holds the robot's row lock already."""
+    if not locked:
+        held = await session.scalar(
+            sa.select(Robot.id)
+            .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
+            .with_for_update(skip_locked=True)
+        )
+        if held is None:
+            return False
     values: dict[str, Any] = {"current_job_id": job_id}
     if connected:
         values["status"] = RobotStatus.WORKING
@@ -232,6 +241,8 @@ async def _start(
         expected=[JobState.PENDING],
         actor=Actor.system(),
         reason=reason,
+        locked=job,  # locked by the batch's SELECT ... FOR UPDATE, with the columns transition reads
+        flush=False,  # the batch's history entries go in one insert
         values={
             "robot_id": robot_id,
             "attempt": job.attempt + 1,
@@ -381,7 +392,9 @@ async def _assign_group_job(
         )
     ).one_or_none()
     # The robot row is locked and was free under the lock; the guarded claim still decides.
-    if candidate is None or not await _claim_robot(session, candidate.id, job.id, connected=True):
+    if candidate is None or not await _claim_robot(
+        session, candidate.id, job.id, connected=True, locked=True
+    ):
         return False
     t = await _start(session, settings, job, candidate.id, settings.job_lease_s, "robot of the group chosen")
     if t is None:  # pragma: no cover - the job row is locked by this transaction
