@@ -75,10 +75,25 @@ def _url() -> str:
     return normalize_db_url(url) if url else Settings().database_url
 
 
+def include_object_for(dialect: str) -> Any:
+    """Leave out of the comparison what the models create on other databases only (``ddl_if``):
+    unique names are a ``lower()`` index on PostgreSQL and a unique key on MariaDB."""
+
+    def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        ddl_if = getattr(obj, "_ddl_if", None)
+        if reflected or ddl_if is None or ddl_if.dialect is None:
+            return True
+        wanted = (ddl_if.dialect,) if isinstance(ddl_if.dialect, str) else tuple(ddl_if.dialect)
+        return dialect in wanted or (dialect == "mysql" and "mariadb" in wanted)
+
+    return include_object
+
+
 def do_run_migrations(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=include_object_for(connection.dialect.name),
         compare_type=compare_type,
         compare_server_default=False,
         render_item=render_item,

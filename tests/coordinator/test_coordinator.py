@@ -25,7 +25,7 @@ from rpa_common.models import Job, Robot, TerminalSession
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import CloseSession, RobotStatusChanged
+from rpa_common.nats.messages import CloseSession, OpenSession, RobotStatusChanged, decode_coordinator_command
 from rpa_common.security import key_matches, make_key
 from rpa_common.service import ServiceContext
 from rpa_coordinator.coordinator import Coordinator, IdentityError, resolve_identity
@@ -254,3 +254,60 @@ async def test_identity_comes_from_the_coordinator_key(ctx: ServiceContext, setu
     await world.set(Robot, bot, key_prefix=other.prefix, key_hash=other.hash)
     with pytest.raises(IdentityError):
         await resolve_identity(ctx, other.full)  # an unattended robot's key is no coordinator's
+
+
+async def test_an_open_session_sent_again_is_answered_not_opened_twice(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir))
+    await coordinator.start()
+    try:
+        async with listen(ctx, subjects.coordinator_inbox(setup.coordinator_id)) as inbox:
+            _, job_id = await setup.unattended_job("svc_twice")
+            await dispatch_pass(ctx)
+            command = await inbox.wait_for(lambda m: m["job_id"] == str(job_id))
+        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        first = await wait_seen(work_dir, ts.id)
+        payload = json.dumps(command).encode()
+        async with listen(ctx, subjects.SESSION_STATE) as reports:
+            # The scheduler's sweep sends it again when the coordinator's answer was lost.
+            await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "open")
+        assert list(coordinator.sessions) == [ts.id]
+        assert (await wait_seen(work_dir, ts.id))["pid"] == first["pid"], "one robot process"
+
+        await ctx.publish(
+            subjects.coordinator_inbox(setup.coordinator_id),
+            CloseSession(session_id=ts.id, reason="job over").encode(),
+        )
+        await setup.wait_state(job_id, SessionState.CLOSED)
+        async with listen(ctx, subjects.SESSION_STATE) as reports:
+            # A late copy after the session ended opens nothing: it is answered with the end.
+            await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "closed")
+        assert coordinator.sessions == {}
+    finally:
+        await coordinator.stop()
+
+
+def test_coordinator_commands_are_told_apart_by_their_kind() -> None:
+    sid, rid = uuid.uuid4(), uuid.uuid4()
+    close = CloseSession(session_id=sid, reason="done")
+    assert json.loads(close.encode())["kind"] == "close_session"
+    assert decode_coordinator_command(close.encode()) == close
+    opened = OpenSession(
+        session_id=sid,
+        account_id=rid,
+        unattended_account_id=rid,
+        robot_id=rid,
+        job_id=None,
+        login="svc",
+        password="pw",
+    )
+    assert isinstance(decode_coordinator_command(opened.encode()), OpenSession)
+    # No kind, or one nobody knows: refused, never guessed from the fields.
+    for body in ({"session_id": str(sid)}, {"kind": "reboot", "session_id": str(sid)}):
+        with pytest.raises(ValueError):
+            decode_coordinator_command(json.dumps(body).encode())
+    with pytest.raises(ValueError):  # an OpenSession without its password is not a CloseSession
+        decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "password": None}).encode())

@@ -234,6 +234,11 @@ class Inbox:
                 self._event.clear()
                 await self._event.wait()
 
+    async def quiet(self, seconds: float, predicate: Any) -> bool:
+        """True when no message matching ``predicate`` came within ``seconds``."""
+        await asyncio.sleep(seconds)
+        return not any(predicate(m) for m in self.messages)
+
 
 @asynccontextmanager
 async def listen(ctx: ServiceContext, subject: str) -> AsyncIterator[Inbox]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import timedelta
 
 import sqlalchemy as sa
 
@@ -12,7 +13,7 @@ from rpa_common.models import Job, TerminalSession
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import JobCreated, SessionStateReport
+from rpa_common.nats.messages import JobCreated, JobStateChanged, SessionStateReport
 from rpa_common.service import ServiceContext
 from rpa_scheduler.service import Scheduler
 from tests.scheduler.factory import listen, new_world
@@ -80,5 +81,68 @@ async def test_session_reports_are_stored_and_a_failure_fails_the_job(ctx: Servi
             ts = await session.scalar(sa.select(TerminalSession).where(TerminalSession.id == session_id))
         assert ts is not None and (ts.state, ts.reason) == (SessionState.FAILED, "logon refused")
         assert (await world.get(Job, job_id)).error == "session failed: logon refused"
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_deadline_fires_within_a_second_of_its_time_not_at_the_next_sweep(
+    ctx: ServiceContext,
+) -> None:
+    assert ctx.settings.sweep_interval_s >= 5, "the sweep alone would be seconds late"
+    world = await new_world(ctx)
+    robot = await world.robot()
+    job_id = await world.job(robot_id=robot)
+    scheduler = Scheduler(ctx, triggers=False, sweeps=True, queue=f"test-{uuid.uuid4().hex[:8]}")
+    await scheduler.start()
+    try:
+        async with asyncio.timeout(5):
+            while (await world.get(Job, job_id)).state != JobState.STARTING:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the timer has read the database: no deadline then
+        # The gateway's "running" transition sets the deadlines and says so on JOB_STATE.
+        stop_at = utcnow() + timedelta(seconds=1.5)
+        await world.set(Job, job_id, state=JobState.RUNNING, started_at=utcnow(), stop_at=stop_at)
+        job = await world.get(Job, job_id)
+        await ctx.publish(
+            subjects.JOB_STATE,
+            JobStateChanged(
+                account_id=world.account_id,
+                job_id=job_id,
+                process_id=job.process_id,
+                robot_id=robot,
+                from_state=JobState.STARTING,
+                to_state=JobState.RUNNING,
+                attempt=1,
+                at=utcnow(),
+                deadline_at=stop_at,
+            ).encode(),
+        )
+        async with asyncio.timeout(5):
+            while (await world.get(Job, job_id)).state != JobState.STOPPING:
+                await asyncio.sleep(0.02)
+        fired = (await world.events(job_id))[-1]
+        assert fired.reason == "stop deadline passed"
+        late = (fired.at - stop_at).total_seconds()
+        assert 0 <= late < 1.0, f"fired {late:.3f} s after the deadline"
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_deadline_already_in_the_database_fires_on_time_without_a_message(
+    ctx: ServiceContext,
+) -> None:
+    world = await new_world(ctx)
+    robot = await world.robot()
+    job_id = await world.job(robot_id=robot)
+    stop_at = utcnow() + timedelta(seconds=1.5)
+    await world.set(Job, job_id, state=JobState.RUNNING, robot_id=robot, attempt=1, stop_at=stop_at)
+    scheduler = Scheduler(ctx, triggers=False, sweeps=True, queue=f"test-{uuid.uuid4().hex[:8]}")
+    await scheduler.start()
+    try:
+        async with asyncio.timeout(5):
+            while (await world.get(Job, job_id)).state != JobState.STOPPING:
+                await asyncio.sleep(0.02)
+        late = ((await world.events(job_id))[-1].at - stop_at).total_seconds()
+        assert 0 <= late < 1.0, f"fired {late:.3f} s after the deadline"
     finally:
         await scheduler.stop()

@@ -175,3 +175,19 @@ async def test_robot_that_does_not_connect_in_time_fails_its_job_and_closes_the_
     assert ts.state == SessionState.FAILED and ts.closed_at is not None
     # The seat is free again and the robot too.
     assert (await world.get(Robot, job.robot_id)).current_job_id is None
+
+
+async def test_past_both_deadlines_the_robot_gets_stop_before_interrupt(ctx: ServiceContext) -> None:
+    world = await new_world(ctx)
+    robot = await world.robot()
+    job = await running_job(world, robot)
+    await world.set(Job, job.id, stop_at=ago(3), interrupt_at=ago(2))
+    async with listen(ctx, subjects.JOB_CONTROL) as inbox:
+        await sweep_deadlines(ctx)
+        await inbox.wait_for(lambda m: m["job_id"] == str(job.id) and m["command"] == "interrupt")
+        commands = [m["command"] for m in inbox.messages if m["job_id"] == str(job.id)]
+    assert commands == ["stop", "interrupt"]
+    assert [(e.from_state, e.to_state, e.reason) for e in await world.events(job.id)][-2:] == [
+        (JobState.RUNNING, JobState.STOPPING, "stop deadline passed"),
+        (JobState.STOPPING, JobState.INTERRUPTING, "interrupt deadline passed"),
+    ]

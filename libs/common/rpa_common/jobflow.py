@@ -11,15 +11,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.models import Job, JobEvent, Robot
 from rpa_common.models.base import utcnow
-from rpa_common.models.enums import ActorType, JobState
-from rpa_common.nats.messages import JobStateChanged
+from rpa_common.models.enums import ActorType, JobPriority, JobSource, JobState
+from rpa_common.nats.messages import JobCreated, JobStateChanged
 
 S = JobState
 
@@ -70,6 +70,8 @@ class Transition:
     to_state: JobState
     attempt: int
     at: datetime
+    deadline_at: datetime | None = None
+    """The earliest ``stop_at`` / ``interrupt_at`` the transition set."""
 
     def message(self) -> JobStateChanged:
         return JobStateChanged(
@@ -81,6 +83,7 @@ class Transition:
             to_state=self.to_state,
             attempt=self.attempt,
             at=self.at,
+            deadline_at=self.deadline_at,
         )
 
 
@@ -95,12 +98,15 @@ async def transition(
     reason: str | None = None,
     values: dict[str, Any] | None = None,
     locked: Any = None,
+    flush: bool = True,
 ) -> Transition | None:
     """Move a job to ``to_state`` if it is in one of ``expected`` (default: every allowed source).
 
     Returns the transition, or None when the guard did not match (the job moved on already).
     Final states also free the robot (``robot.current_job_id``) in the same transaction.
-    ``locked``: the job's row (``locked_row``) when the caller holds its lock already.
+    ``locked``: the job's row (``locked_row``'s columns) when the caller holds its lock already.
+    ``flush=False`` leaves the history entry to the session's next flush: a caller moving many
+    jobs in one transaction gets one multi-row insert instead of one per job.
     """
     sources = sources_for(to_state, expected)
     if not sources:
@@ -144,8 +150,20 @@ async def transition(
             .values(current_job_id=None)
             .execution_options(synchronize_session=False)
         )
-    await session.flush()
-    return Transition(job_id, row.account_id, row.process_id, robot_id, row.state, to_state, new_attempt, now)
+    if flush:
+        await session.flush()
+    deadlines = [update_values[k] for k in ("stop_at", "interrupt_at") if update_values.get(k) is not None]
+    return Transition(
+        job_id,
+        row.account_id,
+        row.process_id,
+        robot_id,
+        row.state,
+        to_state,
+        new_attempt,
+        now,
+        min(deadlines) if deadlines else None,
+    )
 
 
 async def locked_row(session: AsyncSession, job_id: uuid.UUID) -> Any:
@@ -166,6 +184,127 @@ async def locked_row(session: AsyncSession, job_id: uuid.UUID) -> Any:
             .with_for_update()
         )
     ).one_or_none()
+
+
+async def create_job(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    process_id: uuid.UUID,
+    process_version_id: uuid.UUID,
+    source: JobSource,
+    actor: Actor,
+    reason: str | None,
+    robot_id: uuid.UUID | None = None,
+    robot_group_id: uuid.UUID | None = None,
+    job_id: uuid.UUID | None = None,
+    priority: JobPriority = JobPriority.NORMAL,
+    input_args: dict[str, Any] | None = None,
+    stop_after_s: int | None = None,
+    interrupt_after_s: int | None = None,
+    max_retries: int = 0,
+    trigger_id: uuid.UUID | None = None,
+    task_id: uuid.UUID | None = None,
+    parent_job_id: uuid.UUID | None = None,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    created_by: uuid.UUID | None = None,
+) -> Job:
+    """The one way to make a job: a Pending job and its first history entry (``None -> Pending``).
+
+    Used by the API (``POST /jobs``), the scheduler's triggers and the gateway's ``job.request``.
+    Both rows are flushed here, so a duplicate ``idempotency_key`` (or a re-run that already
+    inserted ``job_id``) raises ``IntegrityError`` at this call. ``job_id`` should be made by the
+    caller outside its transaction, so that a re-run inserts the same id. The caller publishes
+    ``created_message(job)`` after its commit.
+    """
+    if (robot_id is None) == (robot_group_id is None):
+        raise ValueError("a job is for exactly one robot or one robot group")
+    now = utcnow()
+    job = Job(
+        id=job_id or uuid.uuid4(),
+        account_id=account_id,
+        process_id=process_id,
+        process_version_id=process_version_id,
+        robot_id=robot_id,
+        robot_group_id=robot_group_id,
+        trigger_id=trigger_id,
+        task_id=task_id,
+        parent_job_id=parent_job_id,
+        state=JobState.PENDING,
+        priority=priority,
+        source=source,
+        input_args=dict(input_args or {}),
+        stop_after_s=stop_after_s,
+        interrupt_after_s=interrupt_after_s,
+        max_retries=max_retries,
+        attempt=0,
+        offers=0,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+        created_by=created_by,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(job)
+    record_creation(session, job, actor, reason)
+    await session.flush()
+    return job
+
+
+def created_message(job: Job) -> JobCreated:
+    """``JOB_CREATED`` for a job made by ``create_job``: published after the commit."""
+    return JobCreated(
+        account_id=job.account_id,
+        job_id=job.id,
+        robot_id=job.robot_id,
+        robot_group_id=job.robot_group_id,
+        created_at=job.created_at,
+    )
+
+
+# Robot reports -----------------------------------------------------------------------------------
+
+ReportedStatus = Literal["running", "progress", "successful", "failed", "stopped", "interrupted"]
+
+REPORTED: dict[str, JobState] = {
+    "running": S.RUNNING,
+    "successful": S.SUCCESSFUL,
+    "failed": S.FAILED,
+    "stopped": S.STOPPED,
+    "interrupted": S.INTERRUPTED,
+}
+"""Where a robot's ``job.status`` report takes the job (``progress`` takes it nowhere)."""
+
+# A report the state machine does not allow directly passes through the state a person would have
+# asked for first (a script that stopped by itself while Running went through Stopping), so the job
+# always ends where the robot says it ended, and its history stays a path of allowed steps.
+_VIA: dict[JobState, tuple[JobState, frozenset[JobState]]] = {
+    S.STOPPED: (S.STOPPING, frozenset({S.RUNNING})),
+    S.INTERRUPTED: (S.INTERRUPTING, frozenset({S.RUNNING, S.STOPPING})),
+}
+
+
+def report_steps(status: str, state: JobState) -> list[JobState]:
+    """The transitions, in order, that a robot's report of ``status`` makes from ``state``.
+
+    ``[]`` when it makes none (``progress``; ``running`` for a job no longer Starting; a job
+    already final). Each step is still applied through ``transition`` with the report's attempt.
+    ``ValueError`` for a status that is not a report.
+    """
+    if status == "progress":
+        return []
+    target = REPORTED.get(status)
+    if target is None:
+        raise ValueError(f"not a job report: {status!r}")
+    if state.is_final:
+        return []
+    if target == S.RUNNING:
+        return [S.RUNNING] if state == S.STARTING else []
+    via = _VIA.get(target)
+    if via is not None and state in via[1]:
+        return [via[0], target]
+    return [target] if target in ALLOWED[state] else []
 
 
 def record_creation(session: AsyncSession, job: Job, actor: Actor, reason: str | None = None) -> None:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from rpa_common.db.engine import ProcessName, create_engine, session_factory
 from rpa_common.errors import PROBLEM_JSON, DomainError
 from rpa_common.nats.client import connect
+from rpa_common.nats.publisher import Publisher
 from rpa_common.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -38,13 +39,15 @@ class ServiceContext:
     sessions: async_sessionmaker[AsyncSession]
     nc: NATS
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    publisher: Publisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.publisher = Publisher(self.nc)
 
     async def publish(self, subject: str, payload: bytes) -> None:
-        """Publish after commit. Never raises: NATS is a hint, the database is the truth."""
-        try:
-            await self.nc.publish(subject, payload)
-        except Exception as exc:
-            log.warning("nats.publish_failed", subject=subject, error=str(exc))
+        """Publish after commit. Never raises: NATS is a hint, the database is the truth; a
+        message NATS cannot take now is logged at warning and retried (``Publisher``)."""
+        await self.publisher.publish(subject, payload)
 
 
 @asynccontextmanager
@@ -61,9 +64,11 @@ async def service_context(settings: Settings, name: ProcessName) -> AsyncIterato
                 log.info("nats.drain_skipped", error=str(exc))
 
         stack.push_async_callback(_drain)
-        yield ServiceContext(
+        ctx = ServiceContext(
             name=name, settings=settings, engine=engine, sessions=session_factory(engine), nc=nc, stack=stack
         )
+        stack.push_async_callback(ctx.publisher.close)  # before the drain: held messages go first
+        yield ctx
 
 
 async def check_ready(ctx: ServiceContext) -> dict[str, str]:

@@ -86,6 +86,20 @@ class Settings(BaseSettings):
     scheduler_host: str = Field("127.0.0.1", description="Scheduler bind address.")
     scheduler_port: int = Field(8002, description="Scheduler port.")
     sweep_interval_s: float = Field(5.0, description="Period of the recovery sweep (dispatch, leases).")
+    dispatch_confirm_timeout_s: float = Field(
+        10.0,
+        description=(
+            "A Starting job not confirmed this long after it was offered (the robot did not report it "
+            "running; the coordinator did not answer its OpenSession) is offered again."
+        ),
+    )
+    dispatch_max_offers: int = Field(
+        3,
+        description=(
+            "Offers of one attempt (the first included) before an unconfirmed Starting job is planned "
+            "again: back to Pending, its robot released."
+        ),
+    )
 
     # Coordinator
     coordinator_host: str = Field("127.0.0.1", description="Coordinator bind address.")

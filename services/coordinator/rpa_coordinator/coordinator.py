@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 ROBOT_KEY_KIND = "rbk"
 COORDINATOR_QUEUE = "coordinator"
 SESSION_LIMIT_REACHED = "session limit reached"
+ENDED_REMEMBERED = 10_000
 
 
 class IdentityError(Exception):
@@ -103,6 +105,8 @@ class Coordinator:
             gateway_url or settings.gateway_public_url or f"ws://127.0.0.1:{settings.gateway_port}/robot/v1"
         )
         self.sessions: dict[uuid.UUID, LiveSession] = {}
+        self.ended: OrderedDict[uuid.UUID, tuple[SessionState, str | None]] = OrderedDict()
+        """Sessions that ended lately and how, so that a late OpenSession opens nothing."""
         self._subs: list[Subscription] = []
         self._lock = asyncio.Lock()
 
@@ -145,28 +149,49 @@ class Coordinator:
             log.error("coordinator.command_failed", error_type=type(exc).__name__)
 
     async def open_session(self, cmd: OpenSession) -> None:
+        answer: tuple[SessionState, str | None] | None = None
         async with self._lock:  # the seat count and the spawn decide together
-            if cmd.session_id in self.sessions:
-                return  # a duplicate command: the session is already ours
-            if len(self.sessions) >= self.max_sessions:
-                await self._report(cmd.session_id, cmd.account_id, SessionState.FAILED, SESSION_LIMIT_REACHED)
-                return
-            live = LiveSession(cmd.session_id, cmd.account_id, cmd.robot_id, utcnow())
-            self.sessions[cmd.session_id] = live
+            known = self.sessions.get(cmd.session_id)
+            if known is not None:
+                answer = (self._state_of(known), None)
+            elif cmd.session_id in self.ended:
+                answer = self.ended[cmd.session_id]
+            elif len(self.sessions) >= self.max_sessions:
+                answer = (SessionState.FAILED, SESSION_LIMIT_REACHED)
+            else:
+                live = LiveSession(cmd.session_id, cmd.account_id, cmd.robot_id, utcnow())
+                self.sessions[cmd.session_id] = live
+        if answer is not None:
+            # A command sent again because our first answer was lost is answered again: a session
+            # is never opened twice.
+            await self._report(cmd.session_id, cmd.account_id, *answer)
+            return
         await self._report(live.session_id, live.account_id, SessionState.OPENING)
         try:
             live.handle = await self.driver.open(cmd, cmd.gateway_url or self.gateway_url)
         except SessionError as exc:
-            self.sessions.pop(cmd.session_id, None)
+            self._forget(cmd.session_id, SessionState.FAILED, str(exc))
             await self._report(live.session_id, live.account_id, SessionState.FAILED, str(exc))
             return
         except Exception as exc:
-            self.sessions.pop(cmd.session_id, None)
             log.exception("session.open_failed", session_id=str(cmd.session_id))
+            self._forget(cmd.session_id, SessionState.FAILED, f"driver error: {exc}")
             await self._report(live.session_id, live.account_id, SessionState.FAILED, f"driver error: {exc}")
             return
         await self._report(live.session_id, live.account_id, SessionState.OPEN)
         live.watcher = asyncio.create_task(self._watch(live), name=f"session-{live.session_id}")
+
+    @staticmethod
+    def _state_of(live: LiveSession) -> SessionState:
+        if live.robot_connected:
+            return SessionState.ROBOT_CONNECTED
+        return SessionState.OPEN if live.handle is not None else SessionState.OPENING
+
+    def _forget(self, session_id: uuid.UUID, state: SessionState, reason: str | None) -> None:
+        self.sessions.pop(session_id, None)
+        self.ended[session_id] = (state, reason)
+        while len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
 
     async def close_session(self, session_id: uuid.UUID, reason: str | None) -> None:
         live = self.sessions.get(session_id)
@@ -189,16 +214,11 @@ class Coordinator:
         if not live.robot_connected:
             live.robot_connected = await self._robot_connected_since(live)
         if live.closing or code == 0 or live.robot_connected:
-            reason = None if code == 0 else f"robot exited with code {code}"
-            await self._report(live.session_id, live.account_id, SessionState.CLOSED, reason)
+            state, reason = SessionState.CLOSED, (None if code == 0 else f"robot exited with code {code}")
         else:
-            await self._report(
-                live.session_id,
-                live.account_id,
-                SessionState.FAILED,
-                f"robot exited with code {code} before connecting",
-            )
-        self.sessions.pop(live.session_id, None)
+            state, reason = SessionState.FAILED, f"robot exited with code {code} before connecting"
+        self._forget(live.session_id, state, reason)
+        await self._report(live.session_id, live.account_id, state, reason)
 
     # Robot connected -------------------------------------------------------------------------------
 

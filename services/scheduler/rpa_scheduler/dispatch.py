@@ -39,7 +39,7 @@ from rpa_common.nats import subjects
 from rpa_common.nats.messages import GatewayCommand, Message, OpenSession
 from rpa_common.offers import offers_for
 from rpa_common.secrets import unattended_password
-from rpa_common.security import make_key
+from rpa_common.security import Encryptor, make_key
 from rpa_common.service import ServiceContext
 from rpa_common.settings import Settings
 
@@ -115,7 +115,9 @@ def _session_capable() -> sa.ColumnElement[bool]:
 
 ClaimedJob = Any
 """A row of ``dispatchable_jobs``: ``id``, ``account_id``, ``robot_id``, ``robot_group_id``,
-``attempt``, and the robot's ``robot_status``, ``robot_gateway_id``, ``robot_role``."""
+``attempt``, what ``jobflow.transition`` reads of a locked job (``state``, ``process_id``,
+``stop_after_s``, ``interrupt_after_s``), and the robot's ``robot_status``, ``robot_gateway_id``,
+``robot_role``."""
 
 
 def _robot_column(column: Any) -> Any:
@@ -156,6 +158,11 @@ def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Any]:
         Job.robot_id,
         Job.robot_group_id,
         Job.attempt,
+        # What jobflow.transition reads of a locked job: the row is ours, no second read.
+        Job.state,
+        Job.process_id,
+        Job.stop_after_s,
+        Job.interrupt_after_s,
         _robot_column(Robot.status).label("robot_status"),
         _robot_column(Robot.gateway_id).label("robot_gateway_id"),
         _robot_column(Robot.role).label("robot_role"),
@@ -187,6 +194,7 @@ async def _claim_robot(
     job_id: uuid.UUID,
     *guards: sa.ColumnElement[bool],
     connected: bool = False,
+    locked: bool = False,
 ) -> bool:
     """The guarded claim: rowcount 1, or another job (on any replica) took the robot first, or the
     robot is no longer as it was seen (``guards``: still on that gateway, still disconnected...).
@@ -196,14 +204,15 @@ async def _claim_robot(
     robot busy right now is simply tried again on the next pass.
 
     A connected robot is Working from here on: its gateway then offers the job without a status
-    write of its own."""
-    locked = await session.scalar(
-        sa.select(Robot.id)
-        .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
-        .with_for_update(skip_locked=True)
-    )
-    if locked is None:
-        return False
+    write of its own. ``locked``: the caller holds the robot's row lock already."""
+    if not locked:
+        held = await session.scalar(
+            sa.select(Robot.id)
+            .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
+            .with_for_update(skip_locked=True)
+        )
+        if held is None:
+            return False
     values: dict[str, Any] = {"current_job_id": job_id}
     if connected:
         values["status"] = RobotStatus.WORKING
@@ -224,6 +233,7 @@ async def _start(
     lease_s: float,
     reason: str,
 ) -> Transition | None:
+    now = utcnow()
     return await transition(
         session,
         job.id,
@@ -231,10 +241,15 @@ async def _start(
         expected=[JobState.PENDING],
         actor=Actor.system(),
         reason=reason,
+        locked=job,  # locked by the batch's SELECT ... FOR UPDATE, with the columns transition reads
+        flush=False,  # the batch's history entries go in one insert
         values={
             "robot_id": robot_id,
             "attempt": job.attempt + 1,
-            "lease_expires_at": utcnow() + timedelta(seconds=lease_s),
+            "lease_expires_at": now + timedelta(seconds=lease_s),
+            # The confirmation clock: the sweep offers again when the robot stays silent.
+            "offered_at": now,
+            "offers": 1,
         },
     )
 
@@ -323,26 +338,43 @@ async def _open_session_for(
         job_id=job.id,
         state=SessionState.REQUESTED,
     )
+    ts.robot_key_encrypted = encrypt_session_key(settings, ts.id, key.full)
     session.add(ts)
     await session.flush()
     out.started.append(t)
     assert server.coordinator_id is not None
     out.outbox.add(
-        subjects.coordinator_inbox(server.coordinator_id),
-        OpenSession(
-            session_id=ts.id,
-            account_id=job.account_id,
-            unattended_account_id=ua.id,
-            robot_id=robot_id,
-            job_id=job.id,
-            login=ua.login,
-            domain=ua.domain,
-            password=unattended_password(settings, ua) or "",
-            robot_key=key.full,
-            gateway_url=settings.gateway_public_url,
-        ),
+        subjects.coordinator_inbox(server.coordinator_id), open_session_command(settings, ts, ua, key.full)
     )
     return True
+
+
+def encrypt_session_key(settings: Settings, session_id: uuid.UUID, key: str) -> bytes:
+    """The session's robot key at rest, bound to the session (a copy in another row does not decrypt)."""
+    return Encryptor.from_settings(settings).encrypt(key, context=f"terminal_session:{session_id}")
+
+
+def decrypt_session_key(settings: Settings, session_id: uuid.UUID, blob: bytes) -> str:
+    return Encryptor.from_settings(settings).decrypt(blob, context=f"terminal_session:{session_id}")
+
+
+def open_session_command(
+    settings: Settings, ts: TerminalSession, ua: UnattendedAccount, robot_key: str
+) -> OpenSession:
+    """The coordinator's command for a session (the same one when it is sent again)."""
+    assert ts.robot_id is not None
+    return OpenSession(
+        session_id=ts.id,
+        account_id=ts.account_id,
+        unattended_account_id=ua.id,
+        robot_id=ts.robot_id,
+        job_id=ts.job_id,
+        login=ua.login,
+        domain=ua.domain,
+        password=unattended_password(settings, ua) or "",
+        robot_key=robot_key,
+        gateway_url=settings.gateway_public_url,
+    )
 
 
 async def _assign_group_job(
@@ -360,7 +392,9 @@ async def _assign_group_job(
         )
     ).one_or_none()
     # The robot row is locked and was free under the lock; the guarded claim still decides.
-    if candidate is None or not await _claim_robot(session, candidate.id, job.id, connected=True):
+    if candidate is None or not await _claim_robot(
+        session, candidate.id, job.id, connected=True, locked=True
+    ):
         return False
     t = await _start(session, settings, job, candidate.id, settings.job_lease_s, "robot of the group chosen")
     if t is None:  # pragma: no cover - the job row is locked by this transaction

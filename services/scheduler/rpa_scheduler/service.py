@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+from datetime import datetime
 from typing import Any
 
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
-from rpa_scheduler.sweeps import apply_session_report, sweep_all
+from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
 
 log = structlog.get_logger(__name__)
@@ -33,6 +36,12 @@ TRIGGER_RELOAD_EVERY_S = 60.0
 FREED_WAKE_DELAY_S = 0.002
 """A job's end arrives as JOB_STATE then ROBOT_STATUS Ready, back to back: waiting this long turns
 the two wake-ups into one pass. New jobs (JOB_CREATED) wake the dispatcher at once."""
+
+
+DEADLINE_SLACK_S = 0.01
+"""The deadline timer wakes this long after a deadline (it fires what is strictly past)."""
+DEADLINE_RETRY_S = 0.2
+"""A due deadline whose job row was busy is tried again after this long."""
 
 
 class Scheduler:
@@ -55,6 +64,8 @@ class Scheduler:
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake_soon: asyncio.TimerHandle | None = None
+        self.deadline_wake = asyncio.Event()
+        self._next_deadline: datetime | None = None
 
     async def start(self) -> None:
         nc = self.ctx.nc
@@ -76,6 +87,7 @@ class Scheduler:
         self._tasks.append(asyncio.create_task(self._dispatch_loop(), name="dispatch"))
         if self.sweeps:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeps"))
+            self._tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
         self.wake.set()  # recover whatever waited while no scheduler ran
         log.info("scheduler.started")
 
@@ -115,6 +127,8 @@ class Scheduler:
             event = JobStateChanged.decode(msg.data)
         except ValueError:
             return
+        if event.deadline_at is not None:
+            self.note_deadline(event.deadline_at)
         if event.to_state.is_final or event.to_state == JobState.PENDING:
             self._wake_shortly()
 
@@ -169,6 +183,52 @@ class Scheduler:
                 log.exception("dispatch.pass_failed")
                 await asyncio.sleep(min(1.0, self.ctx.settings.sweep_interval_s))
                 self.wake.set()
+
+    def note_deadline(self, at: datetime) -> None:
+        """A job got a stop or interrupt deadline: fire it on time, not at the next sweep."""
+        if self._next_deadline is None or at < self._next_deadline:
+            self._next_deadline = at
+            self.deadline_wake.set()
+
+    async def _deadline_loop(self) -> None:
+        """Sleeps until the next stop/interrupt deadline and fires it (``sweep_deadlines``).
+
+        The next deadline comes from the database every ``sweep_interval_s`` (deadlines set while
+        another replica got the message, or whose message was lost) and from ``JOB_STATE`` messages
+        at once (``note_deadline``), so a deadline fires within ``DEADLINE_SLACK_S`` of its time.
+        """
+        every = self.ctx.settings.sweep_interval_s
+        loop = asyncio.get_running_loop()
+        checked = -math.inf
+        while True:
+            try:
+                self.deadline_wake.clear()
+                if loop.time() - checked >= every:
+                    found = await next_deadline(self.ctx)
+                    checked = loop.time()
+                    if found is not None and (self._next_deadline is None or found < self._next_deadline):
+                        self._next_deadline = found
+                due = self._next_deadline
+                if due is not None and due <= utcnow():
+                    self._next_deadline = None
+                    fired = 0
+                    while (n := await sweep_deadlines(self.ctx)) > 0:
+                        fired += n
+                        if n < SWEEP_BATCH:
+                            break
+                    checked = -math.inf  # the next one, now
+                    if not fired:
+                        # Its row was busy (SKIP LOCKED): try again shortly, not in a tight loop.
+                        await asyncio.sleep(DEADLINE_RETRY_S)
+                    continue
+                delay = every if due is None else min(every, (due - utcnow()).total_seconds())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.deadline_wake.wait(), max(delay, 0.0) + DEADLINE_SLACK_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("deadlines.failed")
+                await asyncio.sleep(min(1.0, every))
 
     async def _sweep_loop(self) -> None:
         interval = self.ctx.settings.sweep_interval_s

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 import structlog
@@ -28,19 +28,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, Transition, transition
-from rpa_common.models import Job, Robot, TerminalServer, TerminalSession
+from rpa_common.models import Job, Robot, TerminalServer, TerminalSession, UnattendedAccount
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus, SessionState
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import (
     CloseSession,
+    GatewayCommand,
     JobControl,
     JobCreated,
     RobotStatusChanged,
     SessionStateReport,
 )
+from rpa_common.offers import offers_for
 from rpa_common.service import ServiceContext
-from rpa_scheduler.dispatch import LIVE_SESSION_STATES, Outbox
+from rpa_scheduler.dispatch import (
+    CONNECTED_STATUSES,
+    LIVE_SESSION_STATES,
+    Outbox,
+    decrypt_session_key,
+    open_session_command,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -215,26 +223,42 @@ async def sweep_leases(ctx: ServiceContext, *, now: datetime | None = None, limi
 
 # Deadlines ---------------------------------------------------------------------------------------
 
+DEADLINES: tuple[tuple[Literal["stop", "interrupt"], JobState, tuple[JobState, ...], Any], ...] = (
+    ("stop", JobState.STOPPING, (JobState.RUNNING,), Job.stop_at),
+    (
+        "interrupt",
+        JobState.INTERRUPTING,
+        (JobState.STARTING, JobState.RUNNING, JobState.STOPPING),
+        Job.interrupt_at,
+    ),
+)
+"""(command, target state, states it fires in, deadline column), in the order they are applied."""
+
+
+async def next_deadline(ctx: ServiceContext) -> datetime | None:
+    """The earliest stop or interrupt deadline still to fire (past ones included), if any."""
+    async with ctx.sessions() as session:
+        found = [
+            await session.scalar(sa.select(sa.func.min(column)).where(Job.state.in_(sources)))
+            for _, _, sources, column in DEADLINES
+        ]
+    times = [t for t in found if t is not None]
+    return min(times) if times else None
+
 
 async def sweep_deadlines(
     ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH
 ) -> int:
-    """``interrupt_at`` passed -> Interrupting; ``stop_at`` passed on Running -> Stopping."""
+    """``stop_at`` passed on Running -> Stopping; ``interrupt_at`` passed -> Interrupting.
+
+    Stops first, in the same transaction: a job past both deadlines goes Running -> Stopping ->
+    Interrupting, and its robot gets ``job.stop`` before ``job.interrupt`` (the messages go out in
+    that order, on one subject), as it would have had the scheduler been on time."""
     moment = now or utcnow()
 
     async def work(session: AsyncSession) -> SweepResult:
         out = SweepResult()
-        # Interrupts first: a job past both deadlines goes straight to the hard stop.
-        deadlines = (
-            (
-                "interrupt",
-                JobState.INTERRUPTING,
-                (JobState.STARTING, JobState.RUNNING, JobState.STOPPING),
-                Job.interrupt_at,
-            ),
-            ("stop", JobState.STOPPING, (JobState.RUNNING,), Job.stop_at),
-        )
-        for command, target, sources, deadline in deadlines:
+        for command, target, sources, deadline in DEADLINES:
             due = (
                 await session.execute(
                     sa.select(Job.id, Job.state, Job.attempt, Job.robot_id, Job.account_id)
@@ -269,6 +293,160 @@ async def sweep_deadlines(
     result = await _run(ctx, work)
     if result.changed:
         log.info("sweep.deadlines", count=result.changed)
+    return result.changed
+
+
+# Unconfirmed offers ------------------------------------------------------------------------------
+
+
+async def _latest_session(session: AsyncSession, job_id: uuid.UUID) -> Any:
+    return (
+        await session.execute(
+            sa.select(
+                TerminalSession,
+                UnattendedAccount,
+                TerminalServer.coordinator_id,
+            )
+            .join(UnattendedAccount, UnattendedAccount.id == TerminalSession.unattended_account_id)
+            .join(TerminalServer, TerminalServer.id == TerminalSession.terminal_server_id)
+            .where(TerminalSession.job_id == job_id)
+            .order_by(TerminalSession.created_at.desc())
+            .limit(1)
+        )
+    ).one_or_none()
+
+
+async def _count_offer(session: AsyncSession, job: Any, at: datetime, *, count: bool = True) -> None:
+    """Restart the job's confirmation clock (and count one more offer), guarded by state+attempt."""
+    values: dict[str, Any] = {"offered_at": at}
+    if count:
+        values["offers"] = Job.offers + 1
+    await session.execute(
+        sa.update(Job)
+        .where(Job.id == job.id, Job.state == JobState.STARTING, Job.attempt == job.attempt)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _replan(session: AsyncSession, job: Any, reason: str, live: Any, out: SweepResult) -> None:
+    """Starting -> Pending for the same job, robot released; a session still requested is given up."""
+    values: dict[str, Any] = {"lease_expires_at": None, "offered_at": None, "offers": 0}
+    if job.robot_group_id is not None:
+        values["robot_id"] = None  # any member of the group may take it
+    t = await transition(
+        session,
+        job.id,
+        JobState.PENDING,
+        expected=[JobState.STARTING],
+        attempt=job.attempt,
+        actor=Actor.system(),
+        reason=reason,
+        values=values,
+    )
+    if not out.publish_transition(t):
+        return
+    assert t is not None
+    if live is not None:
+        ts = live.TerminalSession
+        await _set_session_state(session, ts.id, SessionState.FAILED, reason, utcnow())
+        if live.coordinator_id is not None:
+            out.outbox.add(
+                subjects.coordinator_inbox(live.coordinator_id), CloseSession(session_id=ts.id, reason=reason)
+            )
+    out.outbox.add(
+        subjects.JOB_CREATED, JobCreated(account_id=t.account_id, job_id=t.job_id, created_at=t.at)
+    )
+    log.warning("dispatch.replanned", job_id=str(job.id), attempt=job.attempt, reason=reason)
+
+
+async def sweep_unconfirmed(
+    ctx: ServiceContext, *, now: datetime | None = None, limit: int = SWEEP_BATCH
+) -> int:
+    """Starting jobs that nobody confirmed in ``dispatch_confirm_timeout_s``: tell again, or plan again.
+
+    Confirmation is the robot's ``running`` report (the job leaves Starting) on the gateway path, and
+    the coordinator's first report on the session path. Until then the offer (``GatewayCommand``) or
+    the ``OpenSession`` may have been lost with a NATS outage, and the robot's heartbeats keep the
+    lease alive: without this sweep such a job would wait forever. Every send is idempotent (the
+    gateway and the robot drop an offer of an attempt they hold; the coordinator answers an
+    ``OpenSession`` it knows with its state), and after ``dispatch_max_offers`` the job goes back to
+    Pending with its robot released. Each step is guarded by state and attempt.
+    """
+    settings = ctx.settings
+    moment = now or utcnow()
+    cutoff = moment - timedelta(seconds=settings.dispatch_confirm_timeout_s)
+    most = max(1, settings.dispatch_max_offers)
+
+    async def work(session: AsyncSession) -> SweepResult:
+        out = SweepResult()
+        jobs = (
+            await session.execute(
+                sa.select(
+                    Job.id,
+                    Job.account_id,
+                    Job.attempt,
+                    Job.offers,
+                    Job.robot_id,
+                    Job.robot_group_id,
+                    sa.select(Robot.gateway_id)
+                    .where(Robot.id == Job.robot_id)
+                    .scalar_subquery()
+                    .label("gateway_id"),
+                    sa.select(Robot.status).where(Robot.id == Job.robot_id).scalar_subquery().label("status"),
+                )
+                .where(Job.state == JobState.STARTING, Job.offered_at < cutoff)
+                .order_by(Job.offered_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        offers: list[tuple[str, Any]] = []
+        for job in jobs:
+            latest = await _latest_session(session, job.id)
+            state = latest.TerminalSession.state if latest is not None else None
+            if state in (SessionState.OPENING, SessionState.OPEN):
+                # The coordinator answered; the robot's connection is sweep_sessions' business.
+                await _count_offer(session, job, moment, count=False)
+                continue
+            requested = latest if state == SessionState.REQUESTED else None
+            if job.offers >= most:
+                await _replan(session, job, f"not confirmed after {job.offers} offers", requested, out)
+                continue
+            await _count_offer(session, job, moment)
+            out.changed += 1
+            if requested is not None:
+                ts, ua = latest.TerminalSession, latest.UnattendedAccount
+                if ts.robot_key_encrypted is None or latest.coordinator_id is None:
+                    continue
+                key = decrypt_session_key(settings, ts.id, ts.robot_key_encrypted)
+                out.outbox.add(
+                    subjects.coordinator_inbox(latest.coordinator_id),
+                    open_session_command(settings, ts, ua, key),
+                )
+                log.warning("dispatch.open_session_resent", job_id=str(job.id), session_id=str(ts.id))
+            elif job.gateway_id is not None and job.status in CONNECTED_STATUSES:
+                offers.append((job.gateway_id, job))
+            # A robot away from every gateway gets its job when it connects (the gateway offers a
+            # robot its own jobs then): only the count goes up.
+        if offers:
+            found = await offers_for(session, [job.id for _, job in offers])
+            for gateway_id, job in offers:
+                offer = found.get(job.id)
+                if offer is None or offer.attempt != job.attempt:
+                    continue
+                out.outbox.add(
+                    subjects.gateway_inbox(gateway_id),
+                    GatewayCommand(
+                        robot_id=job.robot_id, kind="offer", job_id=job.id, attempt=job.attempt, offer=offer
+                    ),
+                )
+                log.warning(
+                    "dispatch.offer_resent", job_id=str(job.id), attempt=job.attempt, offers=job.offers + 1
+                )
+        return out
+
+    result = await _run(ctx, work)
     return result.changed
 
 
@@ -361,7 +539,8 @@ async def _set_session_state(
 ) -> bool:
     """Move a session forward only: a late or duplicate report changes nothing."""
     before = [s for s, rank in _SESSION_RANK.items() if rank < _SESSION_RANK[state]]
-    values: dict[str, object] = {"state": state, "updated_at": utcnow()}
+    # Once the coordinator answered, OpenSession is not sent again: the key at rest goes.
+    values: dict[str, object] = {"state": state, "updated_at": utcnow(), "robot_key_encrypted": None}
     if reason is not None:
         values["reason"] = reason[:1000]
     if state == SessionState.OPEN:
@@ -410,6 +589,7 @@ async def sweep_all(ctx: ServiceContext) -> dict[str, int]:
         ("leases", sweep_leases),
         ("deadlines", sweep_deadlines),
         ("sessions", sweep_sessions),
+        ("unconfirmed", sweep_unconfirmed),
     ):
         total = 0
         for _ in range(20):

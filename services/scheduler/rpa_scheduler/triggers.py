@@ -24,12 +24,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.jobflow import Actor, record_creation
+from rpa_common.jobflow import Actor, create_job, created_message
 from rpa_common.models import Job, Process, Trigger, TriggerFire
 from rpa_common.models.base import utcnow
-from rpa_common.models.enums import ActorType, JobSource, JobState, TriggerKind
+from rpa_common.models.enums import ActorType, JobSource, TriggerKind
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import JobCreated
 from rpa_common.service import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -130,25 +129,21 @@ async def fire_trigger(ctx: ServiceContext, trigger_id: uuid.UUID, fire_time: da
                 reason="no current version" if version_id is None else "no robot or group",
             )
             return None
-        job = Job(
-            id=job_id,
+        job = await create_job(
+            session,
+            job_id=job_id,
             account_id=trig.account_id,
             process_id=trig.process_id,
             process_version_id=version_id,
             robot_id=trig.robot_id,
             robot_group_id=None if trig.robot_id is not None else trig.robot_group_id,
             trigger_id=trig.id,
-            state=JobState.PENDING,
             priority=trig.priority,
             source=JobSource.TRIGGER,
-            input_args=dict(trig.input_args or {}),
-            attempt=0,
-            created_at=now,
-            updated_at=now,
+            input_args=trig.input_args,
+            actor=Actor(ActorType.TRIGGER, trig.id),
+            reason=f"schedule {key}",
         )
-        session.add(job)
-        await session.flush()
-        record_creation(session, job, Actor(ActorType.TRIGGER, trig.id), reason=f"schedule {key}")
         session.add(TriggerFire(trigger_id=trig.id, fire_key=key, job_id=job.id, fired_at=now))
         await session.flush()
         return job
@@ -161,16 +156,7 @@ async def fire_trigger(ctx: ServiceContext, trigger_id: uuid.UUID, fire_time: da
     if job is None:
         return None
     log.info("trigger.fired", trigger_id=str(trigger_id), fire_key=key, job_id=str(job.id))
-    await ctx.publish(
-        subjects.JOB_CREATED,
-        JobCreated(
-            account_id=job.account_id,
-            job_id=job.id,
-            robot_id=job.robot_id,
-            robot_group_id=job.robot_group_id,
-            created_at=job.created_at,
-        ).encode(),
-    )
+    await ctx.publish(subjects.JOB_CREATED, created_message(job).encode())
     return job.id
 
 

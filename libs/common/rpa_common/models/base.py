@@ -26,6 +26,49 @@ NAMING_CONVENTION = {
 }
 
 
+NAME_COLLATION_MARIADB = "utf8mb4_uca1400_nopad_as_ci"
+"""Collation of unique names on MariaDB 10.10+: case-insensitive, accent-sensitive, no padding, which
+is how ``lower(name)`` compares on PostgreSQL ("Bots" = "bots"; "Bots" != "Böts" and != "Bots ").
+Older MariaDB falls back to ``NAME_COLLATION_MARIADB_OLD`` (case- and accent-insensitive)."""
+NAME_COLLATION_MARIADB_OLD = "utf8mb4_general_nopad_ci"
+
+UNIQUE_NAMES: tuple[tuple[str, tuple[str, ...], str, int, bool], ...] = (
+    ("account", (), "name", 100, False),
+    ("access_folder", ("account_id",), "name", 100, False),
+    ("role", ("account_id",), "name", 100, False),
+    ("user_account", (), "username", 150, False),
+    ("calendar", ("account_id",), "name", 100, False),
+    ("process", ("account_id",), "name", 100, False),
+    ("queue", ("account_id",), "name", 100, False),
+    ("task", ("queue_id",), "unique_name", 255, True),
+    ("resource_group", ("account_id",), "name", 100, False),
+    ("resource", ("group_id",), "name", 100, False),
+    ("robot", ("account_id",), "name", 100, False),
+    ("robot_group", ("account_id",), "name", 100, False),
+    ("terminal_server", ("account_id",), "name", 100, False),
+    ("unattended_account", ("terminal_server_id",), "login", 255, False),
+    ("trigger", ("account_id",), "name", 100, False),
+)
+"""Every name people give that must be unique in its scope: (table, scope columns, name column,
+length, nullable). Each compares case-insensitively on both databases (``unique_name``)."""
+
+
+def unique_name(table: str, column: str = "name") -> tuple[sa.UniqueConstraint, sa.Index]:
+    """A name unique within its scope, compared case-insensitively on PostgreSQL and MariaDB alike.
+
+    PostgreSQL: a unique index on ``(scope..., lower(name))``. MariaDB: the plain unique key, the
+    column's collation (``NAME_COLLATION_MARIADB``, set by the migration) makes it case-insensitive.
+    Either way a second "bots" next to "Bots" is a duplicate key, which the API answers 409.
+    """
+    [(scope, name_col)] = [(sc, c) for t, sc, c, _, _ in UNIQUE_NAMES if t == table and c == column]
+    index_name = "_".join(["uq", table, *scope, "lower", name_col])
+    return (
+        # A tuple of dialect names is documented and honoured; the stub only admits one string.
+        sa.UniqueConstraint(*scope, name_col).ddl_if(dialect=("mysql", "mariadb")),  # type: ignore[arg-type]
+        sa.Index(index_name, *scope, sa.text(f"lower({name_col})"), unique=True).ddl_if(dialect="postgresql"),
+    )
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, utcnow
+from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, unique_name, utcnow
 from rpa_common.models.enums import PermissionAction, PermissionObject
 
 
@@ -16,7 +16,8 @@ class Account(IdMixin, TimestampMixin, Base):
     """An isolated tenant: its own robots, processes, queues, users..."""
 
     __tablename__ = "account"
-    name: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    __table_args__ = unique_name("account")
+    name: Mapped[str] = mapped_column(sa.String(100))
     description: Mapped[str] = mapped_column(sa.String(1000), default="")
     is_active: Mapped[bool] = mapped_column(default=True)
 
@@ -25,7 +26,7 @@ class AccessFolder(IdMixin, TimestampMixin, Base):
     """A label on robots, processes, resources, queues and triggers; roles see only theirs."""
 
     __tablename__ = "access_folder"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("access_folder")
     account_id: Mapped[uuid.UUID] = account_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
     description: Mapped[str] = mapped_column(sa.String(1000), default="")
@@ -33,7 +34,7 @@ class AccessFolder(IdMixin, TimestampMixin, Base):
 
 class Role(IdMixin, TimestampMixin, Base):
     __tablename__ = "role"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("role")
     account_id: Mapped[uuid.UUID] = account_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
     description: Mapped[str] = mapped_column(sa.String(1000), default="")
@@ -70,8 +71,9 @@ class User(IdMixin, TimestampMixin, Base):
     """A person (or service user). Usernames are unique across the installation."""
 
     __tablename__ = "user_account"
+    __table_args__ = unique_name("user_account", "username")
     account_id: Mapped[uuid.UUID] = account_fk()
-    username: Mapped[str] = mapped_column(sa.String(150), unique=True)
+    username: Mapped[str] = mapped_column(sa.String(150))
     display_name: Mapped[str] = mapped_column(sa.String(200), default="")
     email: Mapped[str | None] = mapped_column(sa.String(320))
     password_hash: Mapped[str | None] = mapped_column(sa.String(255))

@@ -57,6 +57,11 @@ class Job(IdMixin, TimestampMixin, Base):
     attempt: Mapped[int] = mapped_column(default=0)
     max_retries: Mapped[int] = mapped_column(default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    # While Starting: when the robot (gateway offer) or its coordinator (OpenSession) was last told,
+    # and how often for this attempt. The scheduler tells again when no confirmation came in time,
+    # and plans the job again after ``dispatch_max_offers`` (docs/design/dispatch.md).
+    offered_at: Mapped[datetime | None]
+    offers: Mapped[int] = mapped_column(default=0, server_default=sa.text("0"))
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(255))
     request_hash: Mapped[str | None] = mapped_column(sa.String(64))
     created_by: Mapped[uuid.UUID | None] = mapped_column(

@@ -9,12 +9,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rpa_common.models.base import Base, IdMixin, TimestampMixin, account_fk, folder_fk, utcnow
+from rpa_common.models.base import Base, IdMixin, TimestampMixin, account_fk, folder_fk, unique_name, utcnow
 
 
 class Process(IdMixin, TimestampMixin, Base):
     __tablename__ = "process"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("process")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))

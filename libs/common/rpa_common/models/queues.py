@@ -17,13 +17,14 @@ from rpa_common.models.base import (
     TimestampMixin,
     account_fk,
     folder_fk,
+    unique_name,
 )
 from rpa_common.models.enums import TaskPriority, TaskState
 
 
 class Queue(IdMixin, TimestampMixin, Base):
     __tablename__ = "queue"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("queue")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -44,7 +45,7 @@ class Task(IdMixin, TimestampMixin, Base):
     __tablename__ = "task"
     __table_args__ = (
         # Set only when the queue forbids duplicate names; NULLs never collide.
-        sa.UniqueConstraint("queue_id", "unique_name"),
+        *unique_name("task", "unique_name"),
         # "Take next": state, then overdue first, priority, age.
         sa.Index("ix_task_take", "queue_id", "state", "priority", "created_at"),
     )

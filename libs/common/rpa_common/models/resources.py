@@ -8,13 +8,21 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, folder_fk
+from rpa_common.models.base import (
+    Base,
+    IdMixin,
+    StrEnumType,
+    TimestampMixin,
+    account_fk,
+    folder_fk,
+    unique_name,
+)
 from rpa_common.models.enums import ResourceKind, ResourceScope
 
 
 class ResourceGroup(IdMixin, TimestampMixin, Base):
     __tablename__ = "resource_group"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("resource_group")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -23,7 +31,7 @@ class ResourceGroup(IdMixin, TimestampMixin, Base):
 
 class Resource(IdMixin, TimestampMixin, Base):
     __tablename__ = "resource"
-    __table_args__ = (sa.UniqueConstraint("group_id", "name"),)
+    __table_args__ = unique_name("resource")
     account_id: Mapped[uuid.UUID] = account_fk()
     group_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("resource_group.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(sa.String(100))

@@ -8,13 +8,21 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rpa_common.models.base import Base, IdMixin, StrEnumType, TimestampMixin, account_fk, folder_fk
+from rpa_common.models.base import (
+    Base,
+    IdMixin,
+    StrEnumType,
+    TimestampMixin,
+    account_fk,
+    folder_fk,
+    unique_name,
+)
 from rpa_common.models.enums import RobotRole, RobotStatus, SessionState
 
 
 class Robot(IdMixin, TimestampMixin, Base):
     __tablename__ = "robot"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("robot")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -45,7 +53,7 @@ class Robot(IdMixin, TimestampMixin, Base):
 
 class RobotGroup(IdMixin, TimestampMixin, Base):
     __tablename__ = "robot_group"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("robot_group")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -66,7 +74,7 @@ class TerminalServer(IdMixin, TimestampMixin, Base):
     """A server hosting unattended accounts, served by one coordinator robot."""
 
     __tablename__ = "terminal_server"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("terminal_server")
     account_id: Mapped[uuid.UUID] = account_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
     hostname: Mapped[str] = mapped_column(sa.String(255), default="")
@@ -81,7 +89,7 @@ class UnattendedAccount(IdMixin, TimestampMixin, Base):
     """An OS account on a terminal server, bound to one unattended robot. Password encrypted."""
 
     __tablename__ = "unattended_account"
-    __table_args__ = (sa.UniqueConstraint("terminal_server_id", "login"),)
+    __table_args__ = unique_name("unattended_account", "login")
     account_id: Mapped[uuid.UUID] = account_fk()
     terminal_server_id: Mapped[uuid.UUID] = mapped_column(
         sa.ForeignKey("terminal_server.id", ondelete="CASCADE"), index=True
@@ -111,5 +119,9 @@ class TerminalSession(IdMixin, TimestampMixin, Base):
     job_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("job.id", ondelete="SET NULL"), index=True)
     state: Mapped[SessionState] = mapped_column(StrEnumType(SessionState, 20), default=SessionState.REQUESTED)
     reason: Mapped[str | None] = mapped_column(sa.String(1000))
+    # The robot key minted for this session, encrypted, while the coordinator has not answered: an
+    # OpenSession sent again carries the same key (a new one would lock out a robot already started
+    # with the first). Cleared once the coordinator reports.
+    robot_key_encrypted: Mapped[bytes | None]
     opened_at: Mapped[datetime | None]
     closed_at: Mapped[datetime | None]

@@ -17,6 +17,7 @@ from rpa_common.models.base import (
     TimestampMixin,
     account_fk,
     folder_fk,
+    unique_name,
     utcnow,
 )
 from rpa_common.models.enums import JobPriority, TriggerKind
@@ -26,7 +27,7 @@ class Calendar(IdMixin, TimestampMixin, Base):
     """Working and non-working days; a schedule can skip the non-working ones."""
 
     __tablename__ = "calendar"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("calendar")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -50,7 +51,7 @@ class CalendarDay(Base):
 
 class Trigger(IdMixin, TimestampMixin, Base):
     __tablename__ = "trigger"
-    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    __table_args__ = unique_name("trigger")
     account_id: Mapped[uuid.UUID] = account_fk()
     folder_id: Mapped[uuid.UUID | None] = folder_fk()
     name: Mapped[str] = mapped_column(sa.String(100))

@@ -39,6 +39,9 @@ class JobStateChanged(Message):
     to_state: JobState
     attempt: int
     at: datetime
+    deadline_at: datetime | None = None
+    """The earliest stop/interrupt deadline this transition set (Starting -> Running): schedulers
+    time their deadline timer by it instead of waiting for a sweep."""
 
 
 class JobControl(Message):
@@ -105,7 +108,10 @@ class GatewayCommand(Message):
 
 
 class OpenSession(Message):
-    """Ask a coordinator to open a session. The password travels only here, never in logs."""
+    """Ask a coordinator to open a session. The password travels only here, never in logs.
+
+    Sent again (the same session, the same key) while the coordinator has not answered: a
+    coordinator that knows the session answers with its state instead of opening another."""
 
     kind: Literal["open_session"] = "open_session"
     session_id: uuid.UUID
@@ -121,18 +127,21 @@ class OpenSession(Message):
 
 
 class CloseSession(Message):
+    """Ask a coordinator to close a session (the job ended, or its robot never connected)."""
+
     kind: Literal["close_session"] = "close_session"
     session_id: uuid.UUID
     reason: str | None = None
 
 
 CoordinatorCommand = Annotated[OpenSession | CloseSession, Field(discriminator="kind")]
-"""What arrives on a coordinator's inbox, told apart by ``kind``."""
+"""What ``coordinator_inbox`` carries: one model per ``kind``."""
+
 _coordinator_command: TypeAdapter[OpenSession | CloseSession] = TypeAdapter(CoordinatorCommand)
 
 
 def decode_coordinator_command(data: bytes) -> OpenSession | CloseSession:
-    """The command in ``data``; ``ValueError`` (pydantic's) when it is none."""
+    """The command of a ``coordinator_inbox`` message, by its ``kind``; ``ValueError`` if it is none."""
     return _coordinator_command.validate_json(data)
 
 

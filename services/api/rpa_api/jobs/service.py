@@ -23,7 +23,7 @@ from rpa_api.jobs.schemas import JobCreate
 from rpa_api.lookup import get_owned
 from rpa_common import jobflow
 from rpa_common.errors import Conflict, NotFound, Unprocessable
-from rpa_common.models import Job, JobEvent, Process, ProcessVersion, Robot, RobotGroup, utcnow
+from rpa_common.models import Job, JobEvent, Process, ProcessVersion, Robot, RobotGroup
 from rpa_common.models.enums import JobPriority, JobSource, JobState, RobotRole
 
 Command = Literal["stop", "interrupt"]
@@ -241,36 +241,26 @@ async def create_job(
             return await replay(session, principal, existing, request_hash)
     process, version_id = await _process_and_version(session, principal, body)
     await _check_target(session, principal, body)
-    now = utcnow()
-    job = Job(
-        id=job_id,
+    # A concurrent request with the same idempotency key fails in create_job (unique key); the
+    # router answers it from the winner's row.
+    job = await jobflow.create_job(
+        session,
+        job_id=job_id,
         account_id=principal.account_id,
         process_id=process.id,
         process_version_id=version_id,
         robot_id=body.robot_id,
         robot_group_id=body.robot_group_id,
-        state=JobState.PENDING,
         priority=JobPriority(body.priority),
         source=JobSource.API,
         input_args=body.input_args,
         stop_after_s=body.stop_after_s,
         interrupt_after_s=body.interrupt_after_s,
         max_retries=body.max_retries,
-        attempt=0,
         idempotency_key=idempotency_key,
         request_hash=request_hash if idempotency_key is not None else None,
         created_by=principal.user_id,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(job)
-    # A concurrent request with the same idempotency key fails here (unique key); the router
-    # answers it from the winner's row.
-    await session.flush()
-    jobflow.record_creation(
-        session,
-        job,
-        jobflow.Actor(principal.actor_type, principal.user_id),
+        actor=jobflow.Actor(principal.actor_type, principal.user_id),
         reason=f"created by {principal.username}",
     )
     record(
