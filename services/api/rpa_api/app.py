@@ -15,8 +15,10 @@ from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
 from rpa_api.processes.router import router as processes_router
+from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
+from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
@@ -118,6 +120,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (roles_router, "roles"),
         (folders_router, "folders"),
         (robots_router, "robots"),
+        (robot_groups_router, "robot groups"),
+        (terminal_servers_router, "terminal servers"),
         (processes_router, "processes"),
         (jobs_router, "jobs"),
     ):

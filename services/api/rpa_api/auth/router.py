@@ -29,7 +29,7 @@ from rpa_api.auth.schemas import (
     TokenOut,
 )
 from rpa_api.deps import CurrentPrincipal, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_common.errors import BadRequest, Forbidden, Unprocessable
 from rpa_common.models import Account, ApiKey, Role, User, UserRole
 from rpa_common.models.enums import PermissionAction as A

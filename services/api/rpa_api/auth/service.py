@@ -18,10 +18,10 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api import audit
 from rpa_api.auth import throttle
 from rpa_api.auth.schemas import ApiKeyCreate, TokenOut
 from rpa_api.deps import API_KEY_KIND, Principal, Tx
+from rpa_api.kit import audit
 from rpa_common.errors import NotFound, TooManyRequests, Unauthorized, Unprocessable
 from rpa_common.models import Account, ApiKey, RefreshToken, User
 from rpa_common.models.enums import ActorType

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Principal, Session, Transaction, require
 from rpa_api.folders import service
 from rpa_api.folders.schemas import FolderCreate, FolderOut, FolderUpdate
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_common.models import AccessFolder
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O

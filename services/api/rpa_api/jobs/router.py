@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
 from rpa_api.jobs import service
 from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_common.errors import Conflict, Unprocessable
 from rpa_common.models import RobotMessage
 from rpa_common.models.enums import JobSource, JobState, LogLevel

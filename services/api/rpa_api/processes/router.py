@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_api.processes import schemas, service
 from rpa_api.processes.package import CheckedPackage, inspect_package
 from rpa_common.errors import UnsupportedMediaType

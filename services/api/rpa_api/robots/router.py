@@ -1,8 +1,4 @@
-"""Robots endpoints: create (the key is shown once), list, read, change, delete, rotate the key.
-
-Robot groups and terminal servers (with their unattended accounts) have routers of their own in this
-package, included here: ``app.py`` mounts only this one.
-"""
+"""Robots endpoints: create (the key is shown once), list, read, change, delete, rotate the key."""
 
 from __future__ import annotations
 
@@ -13,10 +9,8 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_api.robots import schemas, service
-from rpa_api.robots.groups_router import router as groups_router
-from rpa_api.robots.terminal_servers_router import router as terminal_servers_router
 from rpa_common.models import Robot
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
@@ -169,7 +163,3 @@ async def rotate_key(
     await _robot_changed(ctx, robot, "key_rotated")
     response.headers.update(_NO_STORE)
     return schemas.RobotWithKey(**detail.model_dump(), key=key.full)
-
-
-router.include_router(groups_router)
-router.include_router(terminal_servers_router)

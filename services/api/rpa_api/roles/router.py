@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_api.roles import service
 from rpa_api.roles.schemas import Catalogue, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.models import Role

@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from rpa_api import audit
 from rpa_api.deps import Principal
-from rpa_api.lookup import get_owned
+from rpa_api.kit import audit
+from rpa_api.kit.lookup import get_owned
 from rpa_api.roles.schemas import Permission, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from rpa_common.models import AccessFolder, Role, RoleFolder, RolePermission, UserRole

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, Paging, paginate
 from rpa_api.users import service
 from rpa_api.users.schemas import PasswordReset, UserCreate, UserOut, UserRoles, UserUpdate
 from rpa_common.models import User, UserRole

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
-from rpa_api.robots import schemas, service
+from rpa_api.kit.names import contains
+from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.robot_groups import schemas, service
 from rpa_common.models import RobotGroup, RobotGroupMember
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-router = APIRouter(tags=["robot groups"])
+router = APIRouter()
 
 _SORTABLE = {
     "name": RobotGroup.name,
@@ -51,7 +52,7 @@ async def list_groups(
 ) -> Page[schemas.RobotGroupOut]:
     stmt = service.groups_query(principal)
     if name:
-        stmt = stmt.where(service.contains(RobotGroup.name, name))
+        stmt = stmt.where(contains(RobotGroup.name, name))
     if folder_id is not None:
         stmt = stmt.where(RobotGroup.folder_id == folder_id)
     if robot_id is not None:

@@ -13,13 +13,14 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
-from rpa_api.robots import schemas, service
+from rpa_api.kit.names import contains
+from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.terminal_servers import schemas, service
 from rpa_common.models import TerminalServer, UnattendedAccount
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-router = APIRouter(tags=["terminal servers"])
+router = APIRouter()
 
 _SORTABLE = {
     "name": TerminalServer.name,
@@ -62,7 +63,7 @@ async def list_servers(
 ) -> Page[schemas.TerminalServerOut]:
     stmt = service.servers_query(principal)
     if name:
-        stmt = stmt.where(service.contains(TerminalServer.name, name))
+        stmt = stmt.where(contains(TerminalServer.name, name))
     if coordinator_id is not None:
         stmt = stmt.where(TerminalServer.coordinator_id == coordinator_id)
     rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
@@ -139,7 +140,7 @@ async def list_accounts(
     await service.get_server(session, principal, server_id)
     stmt = service.accounts_query(principal, server_id)
     if login:
-        stmt = stmt.where(service.contains(UnattendedAccount.login, login))
+        stmt = stmt.where(contains(UnattendedAccount.login, login))
     if robot_id is not None:
         stmt = stmt.where(UnattendedAccount.robot_id == robot_id)
     rows, total = await paginate(session, stmt, paging, _ACCOUNT_SORTABLE, "login")
