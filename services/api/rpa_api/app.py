@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
@@ -14,6 +15,7 @@ from rpa_api.auth.router import router as auth_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
+from rpa_api.openapi import install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
@@ -84,7 +86,9 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
             app.state.ctx = own
             yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs loads Swagger UI's script, styles and icon from the API itself
+    # (/static-offline-docs), never from a CDN: orchestrators often run where there is no internet.
+    app = FastAPIOffline(
         title="RPA Orchestrator API",
         version="1.0.0",
         description="Management API: publish processes, run jobs on robots, manage queues, resources and people.",
@@ -92,12 +96,15 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+        generate_unique_id_function=operation_id,
     )
     if ctx is not None:
         app.state.ctx = ctx
     app.state.grants = GrantCache()
     install_problem_handlers(app)
+    install_contract(app)
 
     def limit_for(path: str, content_type: str) -> int:
         if _UPLOAD_PATHS.match(path):

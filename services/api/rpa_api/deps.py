@@ -316,4 +316,6 @@ def require(obj: PermissionObject, action: PermissionAction) -> Callable[..., Aw
         return principal
 
     dependency.__name__ = f"require_{obj.value}_{action.value}"
+    # Read by rpa_api.openapi: the operation declares 403 and names the permission it needs.
+    dependency.permission = f"{obj.value}:{action.value}"  # type: ignore[attr-defined]
     return dependency

@@ -23,9 +23,9 @@ from rpa_api.auth.schemas import (
     ApiKeyCreated,
     ApiKeyOut,
     MeOut,
+    MeRole,
     MeUser,
     PermissionOut,
-    RoleRef,
     TokenOut,
 )
 from rpa_api.deps import CurrentPrincipal, Principal, Session, Transaction, require
@@ -39,6 +39,8 @@ from rpa_common.service import problem
 router = APIRouter()
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+# What _refresh_token_field accepts, stated in the schema.
+_REFRESH_TOKEN = {"type": "string", "minLength": 1, "maxLength": 512}
 _TOKEN_BODY = {
     "requestBody": {
         "required": True,
@@ -47,14 +49,14 @@ _TOKEN_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["refresh_token"],
-                    "properties": {"refresh_token": {"type": "string"}},
+                    "properties": {"refresh_token": _REFRESH_TOKEN},
                 }
             },
             "application/json": {
                 "schema": {
                     "type": "object",
                     "required": ["refresh_token"],
-                    "properties": {"refresh_token": {"type": "string"}},
+                    "properties": {"refresh_token": _REFRESH_TOKEN},
                 }
             },
         },
@@ -159,7 +161,7 @@ async def me(principal: CurrentPrincipal, session: Session) -> MeOut:
     return MeOut(
         user=MeUser.model_validate(user),
         account=AccountRef.model_validate(account),
-        roles=[RoleRef.model_validate(r) for r in roles],
+        roles=[MeRole.model_validate(r) for r in roles],
         permissions=[
             PermissionOut(object=o, action=a)
             for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1]))
@@ -233,7 +235,7 @@ async def list_api_keys(
 
 
 @router.delete(
-    "/api-keys/{key_id}",
+    "/api-keys/{key_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     tags=["api-keys"],
     summary="Revoke an API key (the caller's own, or any of the account's for user managers)",

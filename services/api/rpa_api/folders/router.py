@@ -46,7 +46,7 @@ async def list_folders(
     )
 
 
-@router.get("/folders/{folder_id}", response_model=FolderOut, responses={404: _PROBLEM})
+@router.get("/folders/{folder_id:uuid}", response_model=FolderOut, responses={404: _PROBLEM})
 async def get_folder(
     folder_id: uuid.UUID,
     session: Session,
@@ -74,7 +74,7 @@ async def create_folder(
     return await tx.run(work)
 
 
-@router.patch("/folders/{folder_id}", response_model=FolderOut, responses={404: _PROBLEM, 409: _PROBLEM})
+@router.patch("/folders/{folder_id:uuid}", response_model=FolderOut, responses={404: _PROBLEM, 409: _PROBLEM})
 async def update_folder(
     folder_id: uuid.UUID,
     body: FolderUpdate,
@@ -88,7 +88,9 @@ async def update_folder(
 
 
 @router.delete(
-    "/folders/{folder_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
+    "/folders/{folder_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: _PROBLEM, 409: _PROBLEM},
 )
 async def delete_folder(
     folder_id: uuid.UUID,

@@ -161,7 +161,7 @@ async def list_jobs(
 
 
 @router.get(
-    "/{job_id}", response_model=JobDetail, summary="A job with its state history", responses=_PROBLEMS
+    "/{job_id:uuid}", response_model=JobDetail, summary="A job with its state history", responses=_PROBLEMS
 )
 async def get_job(job_id: uuid.UUID, session: Session, principal: Reader) -> JobDetail:
     job = await service.get_job(session, principal, job_id)
@@ -179,7 +179,7 @@ _LEVELS = {level.name.capitalize(): level for level in LogLevel}
 
 
 @router.get(
-    "/{job_id}/logs",
+    "/{job_id:uuid}/logs",
     response_model=Page[JobLogOut],
     summary="The log lines of a job, oldest first",
     responses={**_PROBLEMS, 422: {"description": "Unknown level or sort field"}},
@@ -252,7 +252,7 @@ _CONTROL_RESPONSES: dict[int | str, dict[str, str]] = {
 
 
 @router.post(
-    "/{job_id}/stop",
+    "/{job_id:uuid}/stop",
     response_model=JobOut,
     summary="Ask a job to stop (soft): the script is asked to finish",
     responses=_CONTROL_RESPONSES,
@@ -266,7 +266,7 @@ async def stop_job(
 
 
 @router.post(
-    "/{job_id}/interrupt",
+    "/{job_id:uuid}/interrupt",
     response_model=JobOut,
     summary="Interrupt a job (hard): the script is killed",
     responses=_CONTROL_RESPONSES,

@@ -21,6 +21,10 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+# The largest integer every JSON client holds exactly; beyond 64 bits a database would answer an error.
+MAX_OFFSET = 2**53 - 1
+
+
 class PageParams(BaseModel):
     limit: int
     offset: int
@@ -29,7 +33,7 @@ class PageParams(BaseModel):
 
 def page_params(
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page")] = 50,
-    offset: Annotated[int, Query(ge=0, description="Items to skip")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")] = 0,
     sort: Annotated[
         str | None, Query(description="Field to sort by; prefix with '-' for descending", max_length=64)
     ] = None,

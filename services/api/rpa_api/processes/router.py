@@ -107,7 +107,7 @@ async def publish(
 
 
 @router.post(
-    "/processes/{process_id}/versions",
+    "/processes/{process_id:uuid}/versions",
     status_code=201,
     summary="Publish a new version of a known process (the manifest must carry its name)",
     dependencies=[Depends(require_multipart)],
@@ -163,12 +163,12 @@ async def list_processes(
     )
 
 
-@router.get("/processes/{process_id}", summary="A process")
+@router.get("/processes/{process_id:uuid}", summary="A process")
 async def get_process(process_id: uuid.UUID, session: Session, principal: Read) -> schemas.ProcessOut:
     return await service.process_detail(session, await service.get_process(session, principal, process_id))
 
 
-@router.patch("/processes/{process_id}", summary="Change a process's description or folder")
+@router.patch("/processes/{process_id:uuid}", summary="Change a process's description or folder")
 async def update_process(
     process_id: uuid.UUID, body: schemas.ProcessUpdate, tx: Transaction, principal: Update
 ) -> schemas.ProcessOut:
@@ -180,7 +180,7 @@ async def update_process(
 
 
 @router.delete(
-    "/processes/{process_id}",
+    "/processes/{process_id:uuid}",
     status_code=204,
     summary="Delete a process with all its versions (refused while any job refers to it)",
     responses={409: {"description": "jobs refer to the process"}},
@@ -190,7 +190,7 @@ async def delete_process(process_id: uuid.UUID, tx: Transaction, principal: Dele
     return Response(status_code=204)
 
 
-@router.get("/processes/{process_id}/versions", summary="A process's versions")
+@router.get("/processes/{process_id:uuid}/versions", summary="A process's versions")
 async def list_versions(
     process_id: uuid.UUID, session: Session, paging: Paging, principal: Read
 ) -> Page[schemas.VersionOut]:
@@ -206,7 +206,7 @@ async def list_versions(
     )
 
 
-@router.get("/processes/{process_id}/versions/{version_id}", summary="A process version")
+@router.get("/processes/{process_id:uuid}/versions/{version_id:uuid}", summary="A process version")
 async def get_version(
     process_id: uuid.UUID, version_id: uuid.UUID, session: Session, principal: Read
 ) -> schemas.VersionOut:
@@ -214,11 +214,23 @@ async def get_version(
     return service.version_out(process, version)
 
 
+_PACKAGE_MEDIA = ("application/zip", "application/octet-stream")
+
+
 @router.get(
-    "/processes/{process_id}/versions/{version_id}/package",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}/package",
     summary="Download a version's package (ETag and X-Checksum-Sha256 carry its sha256)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}, 304: {"description": "If-None-Match matched"}},
+    responses={
+        200: {
+            "description": "The package, a zip: `application/zip`, or `application/octet-stream` when the "
+            "request's Accept asks for that and not for application/zip",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}} for media in _PACKAGE_MEDIA
+            },
+        },
+        304: {"description": "If-None-Match matched"},
+    },
 )
 async def download_package(
     process_id: uuid.UUID,
@@ -241,13 +253,16 @@ async def download_package(
     )
     headers["Content-Length"] = str(version.size)
     # The body outlives this request's session: it reads with a session of its own, chunk by chunk.
+    accept = request.headers.get("accept", "")
+    # Generic HTTP clients (openapi-python-client's among them) know binary bodies as octet-stream.
+    media = _PACKAGE_MEDIA[1] if _PACKAGE_MEDIA[1] in accept and _PACKAGE_MEDIA[0] not in accept else None
     return StreamingResponse(
-        stream_package(ctx.sessions, version.id), media_type="application/zip", headers=headers
+        stream_package(ctx.sessions, version.id), media_type=media or _PACKAGE_MEDIA[0], headers=headers
     )
 
 
 @router.post(
-    "/processes/{process_id}/versions/{version_id}/make-current",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}/make-current",
     summary="New jobs take this version from now on",
 )
 async def make_current(
@@ -261,7 +276,7 @@ async def make_current(
 
 
 @router.delete(
-    "/processes/{process_id}/versions/{version_id}",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}",
     status_code=204,
     summary="Delete a version (refused for the current version and while jobs use it)",
     responses={409: {"description": "the current version, or jobs use it"}},

@@ -71,7 +71,7 @@ async def list_groups(
     )
 
 
-@router.get("/robot-groups/{group_id}", summary="A robot group, with its robots")
+@router.get("/robot-groups/{group_id:uuid}", summary="A robot group, with its robots")
 async def get_group(
     group_id: uuid.UUID,
     session: Session,
@@ -81,7 +81,7 @@ async def get_group(
     return await service.group_detail(session, group)
 
 
-@router.patch("/robot-groups/{group_id}", summary="Change a robot group", responses={409: {}})
+@router.patch("/robot-groups/{group_id:uuid}", summary="Change a robot group", responses={409: {}})
 async def update_group(
     group_id: uuid.UUID,
     body: schemas.RobotGroupUpdate,
@@ -96,7 +96,7 @@ async def update_group(
 
 
 @router.delete(
-    "/robot-groups/{group_id}",
+    "/robot-groups/{group_id:uuid}",
     status_code=204,
     summary="Delete a robot group (its robots stay)",
     responses={409: {"description": "jobs still wait for a robot of the group"}},
@@ -110,7 +110,7 @@ async def delete_group(
     return Response(status_code=204)
 
 
-@router.put("/robot-groups/{group_id}/robots", summary="Replace the robots of a group")
+@router.put("/robot-groups/{group_id:uuid}/robots", summary="Replace the robots of a group")
 async def replace_members(
     group_id: uuid.UUID,
     body: schemas.RobotGroupMembers,
@@ -124,7 +124,9 @@ async def replace_members(
     return await tx.run(work)
 
 
-@router.post("/robot-groups/{group_id}/robots/{robot_id}", summary="Add a robot to a group (idempotent)")
+@router.post(
+    "/robot-groups/{group_id:uuid}/robots/{robot_id:uuid}", summary="Add a robot to a group (idempotent)"
+)
 async def add_member(
     group_id: uuid.UUID,
     robot_id: uuid.UUID,
@@ -139,7 +141,9 @@ async def add_member(
 
 
 @router.delete(
-    "/robot-groups/{group_id}/robots/{robot_id}", status_code=204, summary="Remove a robot from a group"
+    "/robot-groups/{group_id:uuid}/robots/{robot_id:uuid}",
+    status_code=204,
+    summary="Remove a robot from a group",
 )
 async def remove_member(
     group_id: uuid.UUID,

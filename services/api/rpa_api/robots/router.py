@@ -92,7 +92,7 @@ async def list_robots(
     )
 
 
-@router.get("/robots/{robot_id}", summary="A robot, with its groups")
+@router.get("/robots/{robot_id:uuid}", summary="A robot, with its groups")
 async def get_robot(
     robot_id: uuid.UUID,
     session: Session,
@@ -103,7 +103,7 @@ async def get_robot(
 
 
 @router.patch(
-    "/robots/{robot_id}",
+    "/robots/{robot_id:uuid}",
     summary="Change a robot; is_active=false tells a connected robot to stop",
     responses={409: {"description": "name taken, or the role is still needed"}},
 )
@@ -125,7 +125,7 @@ async def update_robot(
 
 
 @router.delete(
-    "/robots/{robot_id}",
+    "/robots/{robot_id:uuid}",
     status_code=204,
     summary="Delete a robot (refused while it has unfinished jobs)",
     responses={409: {"description": "the robot has unfinished jobs"}},
@@ -143,7 +143,7 @@ async def delete_robot(
 
 
 @router.post(
-    "/robots/{robot_id}/rotate-key",
+    "/robots/{robot_id:uuid}/rotate-key",
     summary="Give the robot a new key (shown once); the old one stops working",
 )
 async def rotate_key(

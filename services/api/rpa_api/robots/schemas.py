@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from rpa_api.kit.schemas import Description, In, Name, Out
 from rpa_common.models.enums import RobotRole, RobotStatus
@@ -19,7 +19,7 @@ class RobotCreate(In):
     description: Description = ""
     role: RobotRole = RobotRole.ATTENDED
     folder_id: uuid.UUID | None = None
-    is_active: bool = True
+    is_active: StrictBool = True
 
 
 class RobotUpdate(In):
@@ -29,7 +29,7 @@ class RobotUpdate(In):
     description: Description | None = None
     role: RobotRole | None = None
     folder_id: uuid.UUID | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
 
 
 class GroupRef(Out):

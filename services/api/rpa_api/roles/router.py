@@ -53,7 +53,7 @@ async def list_roles(
     )
 
 
-@router.get("/roles/{role_id}", response_model=RoleOut, responses={404: _PROBLEM})
+@router.get("/roles/{role_id:uuid}", response_model=RoleOut, responses={404: _PROBLEM})
 async def get_role(
     role_id: uuid.UUID, session: Session, principal: Annotated[Principal, Depends(require(O.ROLES, A.READ))]
 ) -> RoleOut:
@@ -77,7 +77,7 @@ async def create_role(
     return await tx.run(work)
 
 
-@router.patch("/roles/{role_id}", response_model=RoleOut, responses={404: _PROBLEM, 409: _PROBLEM})
+@router.patch("/roles/{role_id:uuid}", response_model=RoleOut, responses={404: _PROBLEM, 409: _PROBLEM})
 async def update_role(
     role_id: uuid.UUID,
     body: RoleUpdate,
@@ -91,7 +91,7 @@ async def update_role(
 
 
 @router.delete(
-    "/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
+    "/roles/{role_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
 )
 async def delete_role(
     role_id: uuid.UUID, tx: Transaction, principal: Annotated[Principal, Depends(require(O.ROLES, A.DELETE))]

@@ -75,13 +75,13 @@ async def list_servers(
     )
 
 
-@router.get("/terminal-servers/{server_id}", summary="A terminal server, with its unattended accounts")
+@router.get("/terminal-servers/{server_id:uuid}", summary="A terminal server, with its unattended accounts")
 async def get_server(server_id: uuid.UUID, session: Session, principal: Read) -> schemas.TerminalServerDetail:
     server = await service.get_server(session, principal, server_id)
     return await service.server_detail(session, server)
 
 
-@router.patch("/terminal-servers/{server_id}", summary="Change a terminal server", responses={409: {}})
+@router.patch("/terminal-servers/{server_id:uuid}", summary="Change a terminal server", responses={409: {}})
 async def update_server(
     server_id: uuid.UUID, body: schemas.TerminalServerUpdate, tx: Transaction, principal: Update
 ) -> schemas.TerminalServerDetail:
@@ -93,7 +93,7 @@ async def update_server(
 
 
 @router.delete(
-    "/terminal-servers/{server_id}",
+    "/terminal-servers/{server_id:uuid}",
     status_code=204,
     summary="Delete a terminal server and its unattended accounts (refused while sessions are open)",
     responses={409: {}},
@@ -107,7 +107,7 @@ async def delete_server(server_id: uuid.UUID, tx: Transaction, principal: Delete
 
 
 @router.post(
-    "/terminal-servers/{server_id}/accounts",
+    "/terminal-servers/{server_id:uuid}/accounts",
     status_code=201,
     summary="Add an unattended account (the password is write-only)",
     responses={409: {"description": "login taken, or the robot is bound to another account"}},
@@ -128,7 +128,7 @@ async def create_account(
     return await tx.run(work)
 
 
-@router.get("/terminal-servers/{server_id}/accounts", summary="List a server's unattended accounts")
+@router.get("/terminal-servers/{server_id:uuid}/accounts", summary="List a server's unattended accounts")
 async def list_accounts(
     server_id: uuid.UUID,
     session: Session,
@@ -149,7 +149,7 @@ async def list_accounts(
     )
 
 
-@router.get("/terminal-servers/{server_id}/accounts/{account_id}", summary="An unattended account")
+@router.get("/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}", summary="An unattended account")
 async def get_account(
     server_id: uuid.UUID, account_id: uuid.UUID, session: Session, principal: Read
 ) -> schemas.UnattendedAccountOut:
@@ -157,7 +157,7 @@ async def get_account(
 
 
 @router.patch(
-    "/terminal-servers/{server_id}/accounts/{account_id}",
+    "/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}",
     summary="Change an unattended account (password: write-only; null removes it)",
     responses={409: {}},
 )
@@ -177,7 +177,7 @@ async def update_account(
 
 
 @router.delete(
-    "/terminal-servers/{server_id}/accounts/{account_id}",
+    "/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}",
     status_code=204,
     summary="Delete an unattended account (refused while its session is open)",
     responses={409: {}},

@@ -58,7 +58,7 @@ async def list_users(
     return Page[UserOut](items=items, total=total, limit=paging.limit, offset=paging.offset)
 
 
-@router.get("/users/{user_id}", response_model=UserOut, responses={404: _PROBLEM})
+@router.get("/users/{user_id:uuid}", response_model=UserOut, responses={404: _PROBLEM})
 async def get_user(
     user_id: uuid.UUID, session: Session, principal: Annotated[Principal, Depends(require(O.USERS, A.READ))]
 ) -> UserOut:
@@ -85,7 +85,7 @@ async def create_user(
 
 
 @router.patch(
-    "/users/{user_id}", response_model=UserOut, responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM}
+    "/users/{user_id:uuid}", response_model=UserOut, responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM}
 )
 async def update_user(
     user_id: uuid.UUID,
@@ -100,7 +100,7 @@ async def update_user(
 
 
 @router.put(
-    "/users/{user_id}/roles",
+    "/users/{user_id:uuid}/roles",
     response_model=UserOut,
     summary="Replace the roles of a user",
     responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM},
@@ -118,7 +118,7 @@ async def set_roles(
 
 
 @router.post(
-    "/users/{user_id}/password",
+    "/users/{user_id:uuid}/password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set a new password; every token of the user stops working",
     responses={403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM},
@@ -139,7 +139,7 @@ async def reset_password(
 
 
 @router.delete(
-    "/users/{user_id}",
+    "/users/{user_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM},
 )
