@@ -15,7 +15,7 @@ from rpa_api.auth.router import router as auth_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
-from rpa_api.openapi import install_contract, operation_id
+from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app = FastAPIOffline(
         title="RPA Orchestrator API",
         version="1.0.0",
-        description="Management API: publish processes, run jobs on robots, manage queues, resources and people.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
         docs_url="/docs",

@@ -31,6 +31,16 @@ from rpa_common.service import problem
 
 PROBLEM_REF = "#/components/schemas/ProblemDetails"
 
+API_DESCRIPTION = """Management API: publish processes, run jobs on robots, manage queues, resources and people.
+
+Conventions (docs/api-guide.md): every error is an RFC 9457 `application/problem+json` document
+(`ProblemDetails`) whose `errors` name the fields at fault; each operation lists the statuses it
+answers. Text never holds NUL (U+0000) nor invalid UTF-8 (422). An id in a path that is not a UUID,
+or that names no object of the caller's account, is 404; so is an unknown id in a body (naming the
+field). A body field that may be left out but not nulled has no `null` in its schema. Lists take
+`limit` (1-500), `offset` (0 to 2^53-1) and `sort` (one of the listed fields, `-` for descending).
+"""
+
 # The problem document every error answers (rpa_common.service.problem, DomainError.to_problem).
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "ProblemDetails": {
@@ -149,7 +159,21 @@ def permission_of(route: Any) -> str | None:
     return None
 
 
-def _implied(op: dict[str, Any], route: Any, path: str) -> set[int]:
+def _refers_by_id(doc: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether a request body names other objects by id (``robot_id``, ``folder_ids``...): 404 if unknown."""
+    for media in body.get("content", {}).values():
+        schema = media.get("schema", {})
+        if "$ref" in schema:
+            schema = doc["components"]["schemas"].get(schema["$ref"].rsplit("/", 1)[1], {})
+        for name, prop in schema.get("properties", {}).items():
+            if re.search(r"_ids?$", name):
+                return True
+            if "$ref" in prop and _refers_by_id(doc, {"content": {"-": {"schema": prop}}}):
+                return True
+    return False
+
+
+def _implied(doc: dict[str, Any], op: dict[str, Any], route: Any, path: str) -> set[int]:
     """The statuses an operation answers because of its shape (see the module docstring)."""
     statuses: set[int] = set()
     params = op.get("parameters", [])
@@ -161,15 +185,41 @@ def _implied(op: dict[str, Any], route: Any, path: str) -> set[int]:
         statuses.add(401)
     if permission_of(route) is not None:
         statuses.add(403)
-    if any(p.get("in") == "path" for p in params):
+    if any(p.get("in") == "path" for p in params) or (body and _refers_by_id(doc, body)):
         statuses.add(404)
     if params or body:
         statuses.add(422)
     if body:
-        statuses.update((413, 415))
-        if any("json" in ctype for ctype in body.get("content", {})):
-            statuses.add(400)
+        statuses.update((400, 413, 415))  # 400: JSON, multipart or form that cannot be parsed
     return statuses
+
+
+def _drop_null(schema: dict[str, Any]) -> None:
+    """A query string, header or form field cannot say null: an optional one is just left out."""
+    options = schema.get("anyOf")
+    if not options or not any(o.get("type") == "null" for o in options):
+        return
+    rest = [o for o in options if o.get("type") != "null"]
+    del schema["anyOf"]
+    if len(rest) == 1:
+        schema.update(rest[0])
+    else:
+        schema["anyOf"] = rest
+    if schema.get("default", ...) is None:
+        del schema["default"]
+
+
+def _no_null_outside_json(doc: dict[str, Any], op: dict[str, Any]) -> None:
+    for param in op.get("parameters", []):
+        _drop_null(param.get("schema", {}))
+    for ctype, media in op.get("requestBody", {}).get("content", {}).items():
+        if "json" in ctype:
+            continue
+        schema = media.get("schema", {})
+        if "$ref" in schema:
+            schema = doc["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        for prop in schema.get("properties", {}).values():
+            _drop_null(prop)
 
 
 def _problem_response(status: int, description: str | None) -> dict[str, Any]:
@@ -198,12 +248,15 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             route = routes.get((method, path))
             if route is None:
                 continue
+            _no_null_outside_json(doc, op)
             permission = permission_of(route)
             if permission is not None:
                 needs = f"Needs the permission `{permission}`."
                 op["description"] = f"{op['description']}\n\n{needs}" if op.get("description") else needs
             responses: dict[str, Any] = op.setdefault("responses", {})
-            wanted = _implied(op, route, path) | {int(s) for s in responses if s.isdigit() and int(s) >= 400}
+            wanted = _implied(doc, op, route, path) | {
+                int(s) for s in responses if s.isdigit() and int(s) >= 400
+            }
             for status in sorted(wanted):
                 declared = responses.get(str(status), {})
                 description = declared.get("description")

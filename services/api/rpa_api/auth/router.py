@@ -29,7 +29,7 @@ from rpa_api.auth.schemas import (
     TokenOut,
 )
 from rpa_api.deps import CurrentPrincipal, Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_common.errors import BadRequest, Forbidden, Unprocessable
 from rpa_common.models import Account, ApiKey, Role, User, UserRole
 from rpa_common.models.enums import PermissionAction as A
@@ -204,7 +204,7 @@ async def create_api_key(
 )
 async def list_api_keys(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by("created_at", "name", "expires_at"))],
     principal: Annotated[Principal, Depends(require(O.API_KEYS, A.READ))],
     all: Annotated[bool, Query(description="Every key of the account (needs users:update)")] = False,
     user_id: Annotated[uuid.UUID | None, Query(description="Keys of this user")] = None,

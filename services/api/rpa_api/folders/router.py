@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Principal, Session, Transaction, require
 from rpa_api.folders import service
 from rpa_api.folders.schemas import FolderCreate, FolderOut, FolderUpdate
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_common.models import AccessFolder
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
@@ -24,7 +24,7 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 @router.get("/folders", response_model=Page[FolderOut], summary="Folders the caller sees")
 async def list_folders(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by("name", "created_at"))],
     principal: Annotated[Principal, Depends(require(O.FOLDERS, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Folders whose name contains this")] = None,
 ) -> Page[FolderOut]:

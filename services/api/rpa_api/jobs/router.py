@@ -8,7 +8,6 @@ from the database.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -20,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
 from rpa_api.jobs import service
 from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
+from rpa_api.kit.schemas import QueryDatetime
 from rpa_common.errors import Conflict, Unprocessable
 from rpa_common.models import RobotMessage
 from rpa_common.models.enums import JobSource, JobState, LogLevel
@@ -131,17 +131,17 @@ async def create_job(
 async def list_jobs(
     session: Session,
     principal: Reader,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*service.SORTABLE))],
     state: Annotated[list[JobState] | None, Query(description="Any of these states (repeatable)")] = None,
     process_id: uuid.UUID | None = None,
     robot_id: uuid.UUID | None = None,
     robot_group_id: uuid.UUID | None = None,
     source: Annotated[list[JobSource] | None, Query(description="Any of these sources (repeatable)")] = None,
     created_from: Annotated[
-        datetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone)")
+        QueryDatetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone)")
     ] = None,
     created_to: Annotated[
-        datetime | None, Query(description="Created at or before (ISO 8601; UTC if no zone)")
+        QueryDatetime | None, Query(description="Created at or before (ISO 8601; UTC if no zone)")
     ] = None,
 ) -> Page[JobOut]:
     stmt = service.list_jobs_query(
@@ -188,7 +188,7 @@ async def job_logs(
     job_id: uuid.UUID,
     session: Session,
     principal: LogReader,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by("at", "level"))],
     level: Annotated[
         str | None, Query(description="Lowest level shown: Debug, Info, Warning, Error or Critical")
     ] = None,

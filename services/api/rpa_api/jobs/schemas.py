@@ -28,7 +28,22 @@ DurationS = Annotated[
 class JobCreate(BaseModel):
     """``POST /jobs``: a process (version) on one robot or on any robot of a group."""
 
-    model_config = ConfigDict(extra="forbid")
+    # ``check``'s first rule, stated in the schema: exactly one of robot_id and robot_group_id.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["robot_id"],
+                    "properties": {"robot_id": {"type": "string"}, "robot_group_id": {"type": "null"}},
+                },
+                {
+                    "required": ["robot_group_id"],
+                    "properties": {"robot_group_id": {"type": "string"}, "robot_id": {"type": "null"}},
+                },
+            ]
+        },
+    )
 
     process_id: uuid.UUID
     process_version_id: uuid.UUID | None = Field(

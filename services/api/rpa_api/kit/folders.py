@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
-from rpa_common.errors import Forbidden, Unprocessable
+from rpa_common.errors import Forbidden, NotFound
 from rpa_common.models import AccessFolder
 
 
@@ -21,6 +21,6 @@ async def check_folder(session: AsyncSession, principal: Principal, folder_id: u
             )
         )
         if exists is None:
-            raise Unprocessable(f"folder {folder_id} does not exist", field="folder_id")
+            raise NotFound(f"folder {folder_id} does not exist", field="folder_id")
     if not principal.may_use_folder(folder_id):
         raise Forbidden("your roles do not give access to this folder", field="folder_id")

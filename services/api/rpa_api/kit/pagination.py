@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, Generic, Literal, Optional, TypeVar
 
 import sqlalchemy as sa
 from fastapi import Depends, Query
@@ -29,6 +31,8 @@ class PageParams(BaseModel):
     limit: int
     offset: int
     sort: str | None
+    # The fields the endpoint's ``sort`` enum names (``sorted_by``); None for the free-form ``Paging``.
+    sortable: frozenset[str] | None = None
 
 
 def page_params(
@@ -44,6 +48,32 @@ def page_params(
 Paging = Annotated[PageParams, Depends(page_params)]
 
 
+def sorted_by(*fields: str) -> Callable[..., PageParams]:
+    """``page_params`` for a list sortable by ``fields``: ``sort`` is an enum of them (and their
+    ``-`` descending forms) in the OpenAPI document, so a client sees what it may send.
+
+    Use as ``paging: Annotated[PageParams, Depends(sorted_by("name", "created_at"))]``; the same
+    names key the ``sortable`` mapping given to ``paginate``.
+    """
+    choices = tuple(choice for name in fields for choice in (name, f"-{name}"))
+    sort_type = Literal[choices]  # type: ignore[valid-type]
+
+    def params(limit: int = 50, offset: int = 0, sort: str | None = None) -> PageParams:
+        return PageParams(limit=limit, offset=offset, sort=sort, sortable=frozenset(fields))
+
+    base = inspect.signature(page_params)
+    sort = base.parameters["sort"].replace(
+        annotation=Annotated[
+            Optional[sort_type],  # noqa: UP045 - a runtime value, not an annotation
+            Query(description="Field to sort by; prefix with '-' for descending"),
+        ]
+    )
+    params.__signature__ = base.replace(  # type: ignore[attr-defined]
+        parameters=[base.parameters["limit"], base.parameters["offset"], sort]
+    )
+    return params
+
+
 async def paginate(
     session: AsyncSession,
     stmt: sa.Select[Any],
@@ -55,6 +85,8 @@ async def paginate(
 
     ``stmt`` selects one entity; the id column breaks ties so pages never overlap.
     """
+    # The enum in the document and the columns here must name the same fields.
+    assert params.sortable is None or params.sortable == set(sortable), (params.sortable, set(sortable))
     sort = params.sort or default_sort
     desc = sort.startswith("-")
     name = sort.lstrip("-+")

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.processes import schemas, service
 from rpa_api.processes.package import CheckedPackage, inspect_package
 from rpa_common.errors import UnsupportedMediaType
@@ -147,7 +147,7 @@ async def publish_version(
 @router.get("/processes", summary="List processes")
 async def list_processes(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Read,
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,
@@ -192,7 +192,10 @@ async def delete_process(process_id: uuid.UUID, tx: Transaction, principal: Dele
 
 @router.get("/processes/{process_id:uuid}/versions", summary="A process's versions")
 async def list_versions(
-    process_id: uuid.UUID, session: Session, paging: Paging, principal: Read
+    process_id: uuid.UUID,
+    session: Session,
+    paging: Annotated[PageParams, Depends(sorted_by(*_VERSION_SORTABLE))],
+    principal: Read,
 ) -> Page[schemas.VersionOut]:
     process = await service.get_process(session, principal, process_id)
     rows, total = await paginate(

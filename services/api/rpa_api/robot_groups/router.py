@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
 from rpa_api.kit.names import contains
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.robot_groups import schemas, service
 from rpa_common.models import RobotGroup, RobotGroupMember
 from rpa_common.models.enums import PermissionAction as A
@@ -44,7 +44,7 @@ async def create_group(
 @router.get("/robot-groups", summary="List robot groups")
 async def list_groups(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Annotated[Principal, Depends(require(O.ROBOT_GROUPS, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from rpa_api.kit.schemas import Description, In, Name, Out
+from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import RobotRole, RobotStatus
 
 
@@ -18,7 +18,9 @@ class RobotGroupCreate(In):
     robot_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
 
 
-class RobotGroupUpdate(In):
+class RobotGroupUpdate(Patch):
+    not_null = ("name", "description")
+
     name: Name | None = None
     description: Description | None = None
     folder_id: uuid.UUID | None = None

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.robots import schemas, service
 from rpa_common.models import Robot
 from rpa_common.models.enums import PermissionAction as A
@@ -65,7 +65,7 @@ async def create_robot(
 @router.get("/robots", summary="List robots")
 async def list_robots(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Annotated[Principal, Depends(require(O.ROBOTS, A.READ))],
     status: Annotated[list[RobotStatus] | None, Query(description="Any of these statuses")] = None,
     role: Annotated[list[RobotRole] | None, Query(description="Any of these roles")] = None,

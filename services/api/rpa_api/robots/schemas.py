@@ -10,7 +10,7 @@ from datetime import datetime
 
 from pydantic import Field, StrictBool
 
-from rpa_api.kit.schemas import Description, In, Name, Out
+from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import RobotRole, RobotStatus
 
 
@@ -22,8 +22,10 @@ class RobotCreate(In):
     is_active: StrictBool = True
 
 
-class RobotUpdate(In):
+class RobotUpdate(Patch):
     """Only the fields given change; status, heartbeat, machine and version are the robot's own."""
+
+    not_null = ("name", "description", "role", "is_active")
 
     name: Name | None = None
     description: Description | None = None

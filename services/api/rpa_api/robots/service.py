@@ -20,7 +20,7 @@ from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import contains, flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
 from rpa_api.robots import schemas
-from rpa_common.errors import Conflict, Unprocessable
+from rpa_common.errors import Conflict, NotFound
 from rpa_common.models import Job, Robot, RobotGroup, RobotGroupMember, TerminalServer, UnattendedAccount
 from rpa_common.models.enums import FINAL_JOB_STATES, RobotRole, RobotStatus
 from rpa_common.security import OpaqueKey
@@ -229,14 +229,15 @@ async def visible_robot_ids(
     )
     for rid in wanted:
         if rid not in found:
-            raise Unprocessable(f"robot {rid} does not exist", field=field)
+            raise NotFound(f"robot {rid} does not exist", field=field)
     return wanted
 
 
 async def check_robot_of_role(
     session: AsyncSession, principal: Principal, robot_id: uuid.UUID, role: RobotRole, field: str
 ) -> None:
-    """``robot_id`` is a robot of the caller's account with ``role`` (422 naming ``field`` otherwise)."""
+    """``robot_id`` is a robot of the caller's account (else 404) with ``role`` (else 409: the robot's
+    role is its current state, which a PATCH may change), naming ``field``."""
     row = (
         await session.execute(
             sa.select(Robot.name, Robot.role).where(
@@ -245,6 +246,6 @@ async def check_robot_of_role(
         )
     ).first()
     if row is None:
-        raise Unprocessable(f"robot {robot_id} does not exist", field=field)
+        raise NotFound(f"robot {robot_id} does not exist", field=field)
     if row.role != role:
-        raise Unprocessable(f"robot {row.name!r} has role {row.role.value}, not {role.value}", field=field)
+        raise Conflict(f"robot {row.name!r} has role {row.role.value}, not {role.value}", field=field)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.roles import service
 from rpa_api.roles.schemas import Catalogue, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.models import Role
@@ -31,7 +31,7 @@ async def catalogue(principal: Annotated[Principal, Depends(require(O.ROLES, A.R
 @router.get("/roles", response_model=Page[RoleOut], summary="Roles of the account")
 async def list_roles(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by("name", "created_at", "updated_at"))],
     principal: Annotated[Principal, Depends(require(O.ROLES, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Roles whose name contains this")] = None,
     builtin: Annotated[bool | None, Query(description="Only built-in (true) or custom (false) roles")] = None,

@@ -30,6 +30,16 @@ class Permission(BaseModel):
 
 
 class RoleCreate(_In):
+    # The rule of _check_folder_choice, stated in the schema: folder_ids only with all_folders false.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["all_folders"], "properties": {"all_folders": {"const": False}}},
+                {"properties": {"folder_ids": {"maxItems": 0}}},
+            ]
+        }
+    )
+
     name: Name
     description: Description = ""
     permissions: Annotated[
@@ -43,6 +53,17 @@ class RoleCreate(_In):
 
 class RoleUpdate(_In):
     """Only the fields given change; ``permissions`` and ``folder_ids`` are replaced as a whole."""
+
+    # As RoleCreate; with all_folders left out, the role's current value decides (409 if it is true).
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["all_folders"], "properties": {"all_folders": {"const": False}}},
+                {"properties": {"folder_ids": {"maxItems": 0}}},
+                {"properties": {"all_folders": {"type": "null"}}},
+            ]
+        }
+    )
 
     name: Name | None = None
     description: Description | None = None

@@ -204,6 +204,11 @@ async def update_role(
         folder_ids = []  # all folders now: the list no longer means anything
     else:
         folder_ids = [f.folder_id for f in role.folders]
+    if body.all_folders is None and role.all_folders and body.folder_ids:
+        # Valid as a request; it is the role's current state that makes the folders meaningless.
+        raise Conflict(
+            "the role sees every folder: give all_folders=false with folder_ids", field="folder_ids"
+        )
     _check_folder_choice(all_folders, folder_ids)
     _check_within(principal, perms, all_folders, set(folder_ids), "permissions", "the role")
     # Nor may a caller change a role that reaches further than the caller does.

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Session, Transaction, require
 from rpa_api.kit.names import contains
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.terminal_servers import schemas, service
 from rpa_common.models import TerminalServer, UnattendedAccount
 from rpa_common.models.enums import PermissionAction as A
@@ -56,7 +56,7 @@ async def create_server(
 @router.get("/terminal-servers", summary="List terminal servers")
 async def list_servers(
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Read,
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     coordinator_id: uuid.UUID | None = None,
@@ -132,7 +132,7 @@ async def create_account(
 async def list_accounts(
     server_id: uuid.UUID,
     session: Session,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*_ACCOUNT_SORTABLE))],
     principal: Read,
     login: Annotated[str | None, Query(max_length=255, description="Login contains (any case)")] = None,
     robot_id: uuid.UUID | None = None,

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, StringConstraints
 
-from rpa_api.kit.schemas import Description, In, Name, Out
+from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 
 
 class TerminalServerCreate(In):
@@ -23,7 +23,9 @@ class TerminalServerCreate(In):
     max_sessions: int = Field(10, ge=1, le=10_000)
 
 
-class TerminalServerUpdate(In):
+class TerminalServerUpdate(Patch):
+    not_null = ("name", "hostname", "description", "max_sessions")
+
     name: Name | None = None
     hostname: Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None = None
     description: Description | None = None
@@ -40,7 +42,9 @@ class UnattendedAccountCreate(In):
     robot_id: uuid.UUID | None = Field(None, description="An unattended robot; at most one account each.")
 
 
-class UnattendedAccountUpdate(In):
+class UnattendedAccountUpdate(Patch):
+    not_null = ("login",)
+
     login: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = (
         None
     )

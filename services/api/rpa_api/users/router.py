@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.users import service
 from rpa_api.users.schemas import PasswordReset, UserCreate, UserOut, UserRoles, UserUpdate
 from rpa_common.models import User, UserRole
@@ -27,7 +27,9 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 @router.get("/users", response_model=Page[UserOut], summary="Users of the account")
 async def list_users(
     session: Session,
-    paging: Paging,
+    paging: Annotated[
+        PageParams, Depends(sorted_by("username", "display_name", "created_at", "last_login_at"))
+    ],
     principal: Annotated[Principal, Depends(require(O.USERS, A.READ))],
     username: Annotated[str | None, Query(max_length=150, description="Usernames containing this")] = None,
     is_active: Annotated[
