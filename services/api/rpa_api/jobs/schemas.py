@@ -28,28 +28,17 @@ DurationS = Annotated[
 class JobCreate(BaseModel):
     """``POST /jobs``: a process (version) on one robot or on any robot of a group."""
 
-    # ``check``'s first rule, stated in the schema: exactly one of robot_id and robot_group_id.
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "oneOf": [
-                {
-                    "required": ["robot_id"],
-                    "properties": {"robot_id": {"type": "string"}, "robot_group_id": {"type": "null"}},
-                },
-                {
-                    "required": ["robot_group_id"],
-                    "properties": {"robot_group_id": {"type": "string"}, "robot_id": {"type": "null"}},
-                },
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="forbid")
 
     process_id: uuid.UUID
     process_version_id: uuid.UUID | None = Field(
         None, description="A version of the process; default: its current version"
     )
-    robot_id: uuid.UUID | None = Field(None, description="Run on this robot (or give robot_group_id)")
+    # Exactly one of robot_id and robot_group_id (check()); said in words, not as a oneOf, which
+    # would make generated clients lose this model's fields.
+    robot_id: uuid.UUID | None = Field(
+        None, description="Run on this robot (give exactly one of robot_id and robot_group_id)"
+    )
     robot_group_id: uuid.UUID | None = Field(None, description="Run on any free robot of this group")
     input_args: dict[str, Any] = Field(default_factory=dict, description="Input arguments (a JSON object)")
     priority: int = Field(2, ge=1, le=3, description="1 low, 2 normal, 3 high")

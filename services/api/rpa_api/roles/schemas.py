@@ -30,22 +30,14 @@ class Permission(BaseModel):
 
 
 class RoleCreate(_In):
-    # The rule of _check_folder_choice, stated in the schema: folder_ids only with all_folders false.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "anyOf": [
-                {"required": ["all_folders"], "properties": {"all_folders": {"const": False}}},
-                {"properties": {"folder_ids": {"maxItems": 0}}},
-            ]
-        }
-    )
-
     name: Name
     description: Description = ""
     permissions: Annotated[
         list[Permission], Field(max_length=len(PermissionObject) * len(PermissionAction))
     ] = []
-    all_folders: StrictBool = Field(True, description="The role sees every folder (and objects with none)")
+    all_folders: StrictBool = Field(
+        True, description="The role sees every folder (and objects with none); false to give folder_ids"
+    )
     folder_ids: Annotated[list[uuid.UUID], Field(max_length=1000)] = Field(
         default_factory=list, description="The folders the role sees, when all_folders is false"
     )
@@ -53,17 +45,6 @@ class RoleCreate(_In):
 
 class RoleUpdate(_In):
     """Only the fields given change; ``permissions`` and ``folder_ids`` are replaced as a whole."""
-
-    # As RoleCreate; with all_folders left out, the role's current value decides (409 if it is true).
-    model_config = ConfigDict(
-        json_schema_extra={
-            "anyOf": [
-                {"required": ["all_folders"], "properties": {"all_folders": {"const": False}}},
-                {"properties": {"folder_ids": {"maxItems": 0}}},
-                {"properties": {"all_folders": {"type": "null"}}},
-            ]
-        }
-    )
 
     name: Name | None = None
     description: Description | None = None
