@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -21,6 +21,7 @@ from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
 from rpa_api.terminal_servers.router import router as terminal_servers_router
+from rpa_api.text_guard import text_guard
 from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
@@ -132,5 +133,6 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (processes_router, "processes"),
         (jobs_router, "jobs"),
     ):
-        app.include_router(router, prefix=API_PREFIX, tags=[tag])
+        # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
+        app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
     return app

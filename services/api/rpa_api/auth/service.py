@@ -88,17 +88,21 @@ async def login(ctx: ServiceContext, tx: Tx, username: str, password: str, clien
     settings = ctx.settings
     # The user key is only counted (see throttle): a success resets the user+address key.
     _, addr_key = keys = throttle.keys_for(settings, username, client.address)
-    async with ctx.sessions() as session:
+
+    async def find(session: AsyncSession) -> User | None:
         wait = await throttle.blocked_for(session, keys)
         if wait > 0:
             raise LoginThrottled(wait)
-        user = (
+        found: User | None = (
             await session.execute(
                 sa.select(User)
                 .join(Account, Account.id == User.account_id)
                 .where(User.username == username, Account.is_active.is_(True))
             )
         ).scalar_one_or_none()
+        return found
+
+    user = await tx.read(find)
     # argon2 is CPU-bound: keep it off the event loop.
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:

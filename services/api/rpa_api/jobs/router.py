@@ -16,10 +16,10 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
+from rpa_api.deps import Ctx, Principal, Transaction, require
 from rpa_api.jobs import service
 from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
-from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
+from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.kit.schemas import QueryDatetime
 from rpa_common.errors import Conflict, Unprocessable
 from rpa_common.models import RobotMessage
@@ -129,7 +129,7 @@ async def create_job(
 
 @router.get("", response_model=Page[JobOut], summary="List jobs", responses=_PROBLEMS)
 async def list_jobs(
-    session: Session,
+    tx: Transaction,
     principal: Reader,
     paging: Annotated[PageParams, Depends(sorted_by(*service.SORTABLE))],
     state: Annotated[list[JobState] | None, Query(description="Any of these states (repeatable)")] = None,
@@ -143,35 +143,41 @@ async def list_jobs(
     created_to: Annotated[
         QueryDatetime | None, Query(description="Created at or before (ISO 8601; UTC if no zone)")
     ] = None,
-) -> Page[JobOut]:
-    stmt = service.list_jobs_query(
-        principal,
-        state=state,
-        process_id=process_id,
-        robot_id=robot_id,
-        robot_group_id=robot_group_id,
-        source=source,
-        created_from=created_from,
-        created_to=created_to,
-    )
-    rows, total = await paginate(session, stmt, paging, sortable=service.SORTABLE, default_sort="-created_at")
-    return Page[JobOut](
-        items=[JobOut.model_validate(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+) -> Response:
+    async def work(session: AsyncSession) -> Response:
+        stmt = service.list_jobs_query(
+            principal,
+            state=state,
+            process_id=process_id,
+            robot_id=robot_id,
+            robot_group_id=robot_group_id,
+            source=source,
+            created_from=created_from,
+            created_to=created_to,
+        )
+        rows, total = await paginate(
+            session, stmt, paging, sortable=service.SORTABLE, default_sort="-created_at", columns_of=JobOut
+        )
+        return page_json(JobOut, rows, total, paging)
+
+    return await tx.read(work)
 
 
 @router.get(
     "/{job_id:uuid}", response_model=JobDetail, summary="A job with its state history", responses=_PROBLEMS
 )
-async def get_job(job_id: uuid.UUID, session: Session, principal: Reader) -> JobDetail:
-    job = await service.get_job(session, principal, job_id)
-    events = await service.history(session, job.id)
-    return JobDetail.model_validate(
-        {
-            **JobOut.model_validate(job).model_dump(),
-            "history": [JobEventOut.model_validate(e) for e in events],
-        }
-    )
+async def get_job(job_id: uuid.UUID, tx: Transaction, principal: Reader) -> JobDetail:
+    async def work(session: AsyncSession) -> JobDetail:
+        job = await service.get_job(session, principal, job_id)
+        events = await service.history(session, job.id)
+        return JobDetail.model_validate(
+            {
+                **JobOut.model_validate(job).model_dump(),
+                "history": [JobEventOut.model_validate(e) for e in events],
+            }
+        )
+
+    return await tx.read(work)
 
 
 LogReader = Annotated[Principal, Depends(require(O.LOGS, A.READ))]
@@ -186,35 +192,39 @@ _LEVELS = {level.name.capitalize(): level for level in LogLevel}
 )
 async def job_logs(
     job_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: LogReader,
     paging: Annotated[PageParams, Depends(sorted_by("at", "level"))],
     level: Annotated[
         str | None, Query(description="Lowest level shown: Debug, Info, Warning, Error or Critical")
     ] = None,
 ) -> Page[JobLogOut]:
-    job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
-    stmt = sa.select(RobotMessage).where(
-        RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
-    )
-    if level is not None:
-        lowest = _LEVELS.get(level.capitalize())
-        if lowest is None:
-            raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
-        stmt = stmt.where(RobotMessage.level >= lowest)
-    rows, total = await paginate(
-        session,
-        stmt,
-        paging,
-        sortable={"at": RobotMessage.at, "level": RobotMessage.level},
-        default_sort="at",
-    )
-    return Page[JobLogOut](
-        items=[JobLogOut.model_validate(r) for r in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[JobLogOut]:
+        job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
+        stmt = sa.select(RobotMessage).where(
+            RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
+        )
+        if level is not None:
+            lowest = _LEVELS.get(level.capitalize())
+            if lowest is None:
+                raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
+            stmt = stmt.where(RobotMessage.level >= lowest)
+        rows, total = await paginate(
+            session,
+            stmt,
+            paging,
+            sortable={"at": RobotMessage.at, "level": RobotMessage.level},
+            default_sort="at",
+            columns_of=JobLogOut,
+        )
+        return Page[JobLogOut](
+            items=[JobLogOut.model_validate(r) for r in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
 async def _control(

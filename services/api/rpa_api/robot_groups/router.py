@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Principal, Session, Transaction, require
+from rpa_api.deps import Principal, Transaction, require
 from rpa_api.kit.names import contains
 from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.robot_groups import schemas, service
@@ -43,42 +43,50 @@ async def create_group(
 
 @router.get("/robot-groups", summary="List robot groups")
 async def list_groups(
-    session: Session,
+    tx: Transaction,
     paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Annotated[Principal, Depends(require(O.ROBOT_GROUPS, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,
     robot_id: Annotated[uuid.UUID | None, Query(description="Groups this robot belongs to")] = None,
 ) -> Page[schemas.RobotGroupOut]:
-    stmt = service.groups_query(principal)
-    if name:
-        stmt = stmt.where(contains(RobotGroup.name, name))
-    if folder_id is not None:
-        stmt = stmt.where(RobotGroup.folder_id == folder_id)
-    if robot_id is not None:
-        stmt = stmt.where(
-            RobotGroup.id.in_(
-                sa.select(RobotGroupMember.group_id).where(RobotGroupMember.robot_id == robot_id)
+    async def work(session: AsyncSession) -> Page[schemas.RobotGroupOut]:
+        stmt = service.groups_query(principal)
+        if name:
+            stmt = stmt.where(contains(RobotGroup.name, name))
+        if folder_id is not None:
+            stmt = stmt.where(RobotGroup.folder_id == folder_id)
+        if robot_id is not None:
+            stmt = stmt.where(
+                RobotGroup.id.in_(
+                    sa.select(RobotGroupMember.group_id).where(RobotGroupMember.robot_id == robot_id)
+                )
             )
+        rows, total = await paginate(
+            session, stmt, paging, _SORTABLE, "name", columns_of=schemas.RobotGroupOut
         )
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
-    counts = await service.member_counts(session, (g.id for g in rows))
-    return Page[schemas.RobotGroupOut](
-        items=[service.group_out(g, counts.get(g.id, 0)) for g in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+        counts = await service.member_counts(session, (g.id for g in rows))
+        return Page[schemas.RobotGroupOut](
+            items=[service.group_out(g, counts.get(g.id, 0)) for g in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
 @router.get("/robot-groups/{group_id:uuid}", summary="A robot group, with its robots")
 async def get_group(
     group_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: Annotated[Principal, Depends(require(O.ROBOT_GROUPS, A.READ))],
 ) -> schemas.RobotGroupDetail:
-    group = await service.get_group(session, principal, group_id)
-    return await service.group_detail(session, group)
+    async def work(session: AsyncSession) -> schemas.RobotGroupDetail:
+        group = await service.get_group(session, principal, group_id)
+        return await service.group_detail(session, group)
+
+    return await tx.read(work)
 
 
 @router.patch("/robot-groups/{group_id:uuid}", summary="Change a robot group", responses={409: {}})

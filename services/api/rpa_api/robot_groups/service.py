@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,7 +61,8 @@ async def group_robots(session: AsyncSession, group_id: uuid.UUID) -> list[Robot
     return list(rows.scalars())
 
 
-def group_out(group: RobotGroup, robot_count: int) -> schemas.RobotGroupOut:
+def group_out(group: Any, robot_count: int) -> schemas.RobotGroupOut:
+    """``group``: a ``RobotGroup``, or a row of its columns (lists select only those)."""
     return schemas.RobotGroupOut.model_validate(
         {
             "id": group.id,

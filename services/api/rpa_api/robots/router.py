@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
+from rpa_api.deps import Ctx, Principal, Transaction, require
+from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.robots import schemas, service
 from rpa_common.models import Robot
 from rpa_common.models.enums import PermissionAction as A
@@ -62,9 +62,9 @@ async def create_robot(
     return schemas.RobotWithKey(**detail.model_dump(), key=key.full)
 
 
-@router.get("/robots", summary="List robots")
+@router.get("/robots", response_model=Page[schemas.RobotOut], summary="List robots")
 async def list_robots(
-    session: Session,
+    tx: Transaction,
     paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Annotated[Principal, Depends(require(O.ROBOTS, A.READ))],
     status: Annotated[list[RobotStatus] | None, Query(description="Any of these statuses")] = None,
@@ -73,33 +73,36 @@ async def list_robots(
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,
     group_id: Annotated[uuid.UUID | None, Query(description="Members of this robot group")] = None,
-) -> Page[schemas.RobotOut]:
-    stmt = service.list_robots_query(
-        principal,
-        status=status,
-        role=role,
-        is_active=is_active,
-        name=name,
-        folder_id=folder_id,
-        group_id=group_id,
-    )
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "-created_at")
-    return Page[schemas.RobotOut](
-        items=[schemas.RobotOut.model_validate(r) for r in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+) -> Response:
+    async def work(session: AsyncSession) -> Response:
+        stmt = service.list_robots_query(
+            principal,
+            status=status,
+            role=role,
+            is_active=is_active,
+            name=name,
+            folder_id=folder_id,
+            group_id=group_id,
+        )
+        rows, total = await paginate(
+            session, stmt, paging, _SORTABLE, "-created_at", columns_of=schemas.RobotOut
+        )
+        return page_json(schemas.RobotOut, rows, total, paging)
+
+    return await tx.read(work)
 
 
 @router.get("/robots/{robot_id:uuid}", summary="A robot, with its groups")
 async def get_robot(
     robot_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: Annotated[Principal, Depends(require(O.ROBOTS, A.READ))],
 ) -> schemas.RobotDetail:
-    robot = await service.get_robot(session, principal, robot_id)
-    return await service.robot_detail(session, robot)
+    async def work(session: AsyncSession) -> schemas.RobotDetail:
+        robot = await service.get_robot(session, principal, robot_id)
+        return await service.robot_detail(session, robot)
+
+    return await tx.read(work)
 
 
 @router.patch(

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
+from rpa_api.deps import Ctx, Principal, Transaction, require
 from rpa_api.kit.names import contains
 from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.terminal_servers import schemas, service
@@ -55,30 +55,38 @@ async def create_server(
 
 @router.get("/terminal-servers", summary="List terminal servers")
 async def list_servers(
-    session: Session,
+    tx: Transaction,
     paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Read,
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     coordinator_id: uuid.UUID | None = None,
 ) -> Page[schemas.TerminalServerOut]:
-    stmt = service.servers_query(principal)
-    if name:
-        stmt = stmt.where(contains(TerminalServer.name, name))
-    if coordinator_id is not None:
-        stmt = stmt.where(TerminalServer.coordinator_id == coordinator_id)
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
-    return Page[schemas.TerminalServerOut](
-        items=[schemas.TerminalServerOut.model_validate(s) for s in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[schemas.TerminalServerOut]:
+        stmt = service.servers_query(principal)
+        if name:
+            stmt = stmt.where(contains(TerminalServer.name, name))
+        if coordinator_id is not None:
+            stmt = stmt.where(TerminalServer.coordinator_id == coordinator_id)
+        rows, total = await paginate(
+            session, stmt, paging, _SORTABLE, "name", columns_of=schemas.TerminalServerOut
+        )
+        return Page[schemas.TerminalServerOut](
+            items=[schemas.TerminalServerOut.model_validate(s) for s in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
 @router.get("/terminal-servers/{server_id:uuid}", summary="A terminal server, with its unattended accounts")
-async def get_server(server_id: uuid.UUID, session: Session, principal: Read) -> schemas.TerminalServerDetail:
-    server = await service.get_server(session, principal, server_id)
-    return await service.server_detail(session, server)
+async def get_server(server_id: uuid.UUID, tx: Transaction, principal: Read) -> schemas.TerminalServerDetail:
+    async def work(session: AsyncSession) -> schemas.TerminalServerDetail:
+        server = await service.get_server(session, principal, server_id)
+        return await service.server_detail(session, server)
+
+    return await tx.read(work)
 
 
 @router.patch("/terminal-servers/{server_id:uuid}", summary="Change a terminal server", responses={409: {}})
@@ -131,29 +139,38 @@ async def create_account(
 @router.get("/terminal-servers/{server_id:uuid}/accounts", summary="List a server's unattended accounts")
 async def list_accounts(
     server_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     paging: Annotated[PageParams, Depends(sorted_by(*_ACCOUNT_SORTABLE))],
     principal: Read,
     login: Annotated[str | None, Query(max_length=255, description="Login contains (any case)")] = None,
     robot_id: uuid.UUID | None = None,
 ) -> Page[schemas.UnattendedAccountOut]:
-    await service.get_server(session, principal, server_id)
-    stmt = service.accounts_query(principal, server_id)
-    if login:
-        stmt = stmt.where(contains(UnattendedAccount.login, login))
-    if robot_id is not None:
-        stmt = stmt.where(UnattendedAccount.robot_id == robot_id)
-    rows, total = await paginate(session, stmt, paging, _ACCOUNT_SORTABLE, "login")
-    return Page[schemas.UnattendedAccountOut](
-        items=[service.account_out(ua) for ua in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+    async def work(session: AsyncSession) -> Page[schemas.UnattendedAccountOut]:
+        await service.get_server(session, principal, server_id)
+        stmt = service.accounts_query(principal, server_id)
+        if login:
+            stmt = stmt.where(contains(UnattendedAccount.login, login))
+        if robot_id is not None:
+            stmt = stmt.where(UnattendedAccount.robot_id == robot_id)
+        rows, total = await paginate(session, stmt, paging, _ACCOUNT_SORTABLE, "login")
+        return Page[schemas.UnattendedAccountOut](
+            items=[service.account_out(ua) for ua in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
 @router.get("/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}", summary="An unattended account")
 async def get_account(
-    server_id: uuid.UUID, account_id: uuid.UUID, session: Session, principal: Read
+    server_id: uuid.UUID, account_id: uuid.UUID, tx: Transaction, principal: Read
 ) -> schemas.UnattendedAccountOut:
-    return service.account_out(await service.get_account(session, principal, server_id, account_id))
+    async def work(session: AsyncSession) -> schemas.UnattendedAccountOut:
+        return service.account_out(await service.get_account(session, principal, server_id, account_id))
+
+    return await tx.read(work)
 
 
 @router.patch(
