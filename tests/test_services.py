@@ -101,6 +101,12 @@ def test_service_starts_answers_and_stops_gracefully(
     extra = {port_var: str(port)}
     if module == "rpa_coordinator":
         extra["RPA_COORDINATOR_KEY"] = coordinator_key(db_url)
+    ready_timeout = 30.0
+    if module == "rpa_api":
+        # The API runs one worker process per core: test that path whatever this machine has. Each
+        # worker starts the app by itself (uvicorn spawns them), hence the longer wait.
+        extra["RPA_API_WORKERS"] = "2"
+        ready_timeout = 60.0
     log_path = tmp_path / "service.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -113,7 +119,7 @@ def test_service_starts_answers_and_stops_gracefully(
         try:
             assert (
                 httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
-                if wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+                if wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=ready_timeout)
                 else False
             )
             ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
@@ -129,6 +135,8 @@ def test_service_starts_answers_and_stops_gracefully(
     # uvicorn re-raises SIGTERM once its graceful shutdown has completed.
     assert code in (0, -signal.SIGTERM), f"{module} did not stop cleanly ({code}):\n{output[-3000:]}"
     assert "Application shutdown complete" in output, output[-3000:]
+    if module == "rpa_api":
+        assert output.count("Application shutdown complete") == 2, output[-3000:]  # both workers
     lines = [line for line in output.splitlines() if line.strip()]
     assert lines, f"{module} wrote no log line"
     for line in lines:

@@ -94,7 +94,7 @@ async def test_folder_names_and_validation(
     assert_problem(
         await client.get("/api/v1/folders", params={"limit": 0}, headers=tenant.headers), 422, "limit"
     )
-    assert_problem(await client.get("/api/v1/folders/not-a-uuid", headers=tenant.headers), 422, "folder_id")
+    assert_problem(await client.get("/api/v1/folders/not-a-uuid", headers=tenant.headers), 404)
     resp = await client.post(
         "/api/v1/folders", content=b"name=x", headers={**tenant.headers, "content-type": "text/plain"}
     )

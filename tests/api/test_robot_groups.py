@@ -86,11 +86,11 @@ async def test_crud_and_errors(client: httpx.AsyncClient, tenant: Tenant) -> Non
     r = await client.put(
         f"{GROUPS}/{g['id']}/robots", json={"robot_ids": [str(uuid.uuid4())]}, headers=tenant.headers
     )
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "robot_ids"
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "robot_ids"
     r = await client.post(
         GROUPS, json={"name": "bad", "robot_ids": [str(uuid.uuid4())]}, headers=tenant.headers
     )
-    assert r.status_code == 422
+    assert r.status_code == 404
     listing = (await client.get(GROUPS, params={"sort": "name"}, headers=tenant.headers)).json()
     assert [x["name"] for x in listing["items"]] == ["ops2", "other"]  # the refused one left nothing
     r = await client.post(f"{GROUPS}/{g['id']}/robots/{uuid.uuid4()}", headers=tenant.headers)
@@ -116,7 +116,7 @@ async def test_another_accounts_group_and_robot_are_404(
     r = await client.put(
         f"{GROUPS}/{mine['id']}/robots", json={"robot_ids": [their_robot["id"]]}, headers=tenant.headers
     )
-    assert r.status_code == 422
+    assert r.status_code == 404
 
 
 async def test_permissions(client: httpx.AsyncClient, tenant: Tenant) -> None:

@@ -90,11 +90,13 @@ async def test_duplicate_name_is_409_and_bad_fields_422(client: httpx.AsyncClien
         ({"name": "x", "role": "janitor"}, "role"),
         ({"name": ""}, "name"),
         ({"name": "x", "status": "Ready"}, "status"),  # read-only: not accepted
-        ({"name": "x", "folder_id": str(uuid.uuid4())}, "folder_id"),
     ):
         r = await client.post(ROBOTS, json=body, headers=tenant.headers)
         assert r.status_code == 422, (body, r.text)
         assert field in [e["field"] for e in r.json()["errors"]], r.text
+    # An unknown id in the body is 404 naming its field, as an unknown id in the path.
+    r = await client.post(ROBOTS, json={"name": "x", "folder_id": str(uuid.uuid4())}, headers=tenant.headers)
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "folder_id", r.text
 
     r = await client.patch(f"{ROBOTS}/{uuid.uuid4()}", json={"machine": "pc"}, headers=tenant.headers)
     assert r.status_code == 422

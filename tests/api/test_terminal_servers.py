@@ -36,14 +36,17 @@ async def test_server_crud_and_coordinator_rules(client: httpx.AsyncClient, tena
     )
     assert (server["coordinator_id"], server["max_sessions"], server["accounts"]) == (coord["id"], 4, [])
 
-    for body, field in (
-        ({"name": "x", "coordinator_id": attended["id"]}, "coordinator_id"),
-        ({"name": "x", "coordinator_id": str(uuid.uuid4())}, "coordinator_id"),
-        ({"name": "x", "max_sessions": 0}, "max_sessions"),
-    ):
-        r = await client.post(SERVERS, json=body, headers=tenant.headers)
-        assert r.status_code == 422, r.text
-        assert r.json()["errors"][0]["field"] == field
+    # A robot of another role: 409, its role is its current state (a PATCH may change it).
+    r = await client.post(
+        SERVERS, json={"name": "x", "coordinator_id": attended["id"]}, headers=tenant.headers
+    )
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "coordinator_id", r.text
+    r = await client.post(SERVERS, json={"name": "x", "max_sessions": 0}, headers=tenant.headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "max_sessions", r.text
+    r = await client.post(
+        SERVERS, json={"name": "x", "coordinator_id": str(uuid.uuid4())}, headers=tenant.headers
+    )
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "coordinator_id", r.text
     r = await client.post(SERVERS, json={"name": "ts-01"}, headers=tenant.headers)
     assert r.status_code == 409
 
@@ -54,7 +57,7 @@ async def test_server_crud_and_coordinator_rules(client: httpx.AsyncClient, tena
     r = await client.patch(
         f"{SERVERS}/{server['id']}", json={"coordinator_id": attended["id"]}, headers=tenant.headers
     )
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "coordinator_id"
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "coordinator_id"
     # A coordinator still serving a server keeps its role.
     r = await client.patch(f"/api/v1/robots/{coord['id']}", json={"role": "attended"}, headers=tenant.headers)
     assert r.status_code == 409
@@ -132,7 +135,7 @@ async def test_account_robot_binding_rules(client: httpx.AsyncClient, tenant: Te
     r = await client.post(url, json={"login": "a2", "robot_id": unattended["id"]}, headers=tenant.headers)
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "robot_id"
     r = await client.post(url, json={"login": "a2", "robot_id": attended["id"]}, headers=tenant.headers)
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "robot_id"
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "robot_id"
     r = await client.post(url, json={"login": "a1"}, headers=tenant.headers)
     assert r.status_code == 409 and r.json()["errors"][0]["field"] == "login"
     r = await client.post(url, json={"login": "a3", "pasword": "typo"}, headers=tenant.headers)
@@ -182,14 +185,14 @@ async def test_another_accounts_server_is_404(
     r = await client.post(
         SERVERS, json={"name": "mine", "coordinator_id": their_coord["id"]}, headers=tenant.headers
     )
-    assert r.status_code == 422
+    assert r.status_code == 404
     mine = await create_server(client, tenant)
     r = await client.post(
         f"{SERVERS}/{mine['id']}/accounts",
         json={"login": "z", "robot_id": their_robot["id"]},
         headers=tenant.headers,
     )
-    assert r.status_code == 422
+    assert r.status_code == 404
 
 
 async def test_permissions(client: httpx.AsyncClient, tenant: Tenant) -> None:

@@ -82,3 +82,17 @@ class Unprocessable(DomainError):
 class TooManyRequests(DomainError):
     status = 429
     title = "Too many requests"
+
+
+class ServiceUnavailable(DomainError):
+    """The service cannot answer now (its database is unreachable or out of time); try again later.
+
+    Rendered with a ``Retry-After`` header of ``retry_after_s`` seconds.
+    """
+
+    status = 503
+    title = "Service unavailable"
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s

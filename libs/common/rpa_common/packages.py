@@ -15,6 +15,7 @@ from typing import BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import ProcessPackageChunk
 
 CHUNK_SIZE = 1024 * 1024
@@ -38,17 +39,22 @@ async def store_package(session: AsyncSession, version_id: uuid.UUID, fileobj: B
         seq += 1
 
 
+async def _chunk(session: AsyncSession, version_id: uuid.UUID, seq: int) -> bytes | None:
+    data: bytes | None = (
+        await session.execute(
+            sa.select(ProcessPackageChunk.data).where(
+                ProcessPackageChunk.version_id == version_id, ProcessPackageChunk.seq == seq
+            )
+        )
+    ).scalar_one_or_none()
+    return data
+
+
 async def read_package(session: AsyncSession, version_id: uuid.UUID) -> AsyncIterator[bytes]:
     """The bytes of a package version, chunk by chunk, in order (one query per chunk)."""
     seq = 0
     while True:
-        data = (
-            await session.execute(
-                sa.select(ProcessPackageChunk.data).where(
-                    ProcessPackageChunk.version_id == version_id, ProcessPackageChunk.seq == seq
-                )
-            )
-        ).scalar_one_or_none()
+        data = await _chunk(session, version_id, seq)
         if data is None:
             return
         yield data
@@ -56,9 +62,21 @@ async def read_package(session: AsyncSession, version_id: uuid.UUID) -> AsyncIte
 
 
 async def stream_package(
-    sessions: async_sessionmaker[AsyncSession], version_id: uuid.UUID
+    sessions: async_sessionmaker[AsyncSession], version_id: uuid.UUID, *, attempts: int = 5
 ) -> AsyncIterator[bytes]:
-    """``read_package`` in a session of its own: for a response body that outlives the request's."""
-    async with sessions() as session:
-        async for data in read_package(session, version_id):
-            yield data
+    """``read_package`` for a response body that outlives the request's unit of work.
+
+    Each chunk is read in a retried unit of work of its own: a version's chunks never change, so a
+    fail-over in the middle of a download costs a re-read of one chunk, not the download.
+    """
+    seq = 0
+
+    async def next_chunk(session: AsyncSession) -> bytes | None:
+        return await _chunk(session, version_id, seq)
+
+    while True:
+        data = await run_in_transaction(sessions, next_chunk, attempts=attempts)
+        if data is None:
+            return
+        yield data
+        seq += 1

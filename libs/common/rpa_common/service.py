@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
+import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,10 +23,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rpa_common.db.engine import ProcessName, create_engine, session_factory
-from rpa_common.errors import PROBLEM_JSON, DomainError
+from rpa_common.db.uow import is_unavailable, run_in_transaction
+from rpa_common.errors import PROBLEM_JSON, DomainError, ServiceUnavailable, Unprocessable
 from rpa_common.nats.client import connect
 from rpa_common.nats.publisher import Publisher
 from rpa_common.settings import Settings
+from rpa_common.text import find_bad_json_text
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +47,16 @@ class ServiceContext:
 
     def __post_init__(self) -> None:
         self.publisher = Publisher(self.nc)
+
+    @functools.cached_property
+    def read_sessions(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions for work that only reads. On PostgreSQL they run without BEGIN and COMMIT (each
+        statement commits on its own): two round trips less per unit of work, and no consistency
+        lost, since READ COMMITTED takes a new snapshot for every statement anyway. On MariaDB,
+        switching a connection to autocommit and back costs round trips of its own: plain sessions."""
+        if self.engine.dialect.name != "postgresql":
+            return self.sessions
+        return session_factory(self.engine.execution_options(isolation_level="AUTOCOMMIT"))
 
     async def publish(self, subject: str, payload: bytes) -> None:
         """Publish after commit. Never raises: NATS is a hint, the database is the truth; a
@@ -71,13 +85,22 @@ async def service_context(settings: Settings, name: ProcessName) -> AsyncIterato
         yield ctx
 
 
+READY_DEADLINE_S = 2.0
+"""A readiness probe answers within this, database retries included."""
+
+
 async def check_ready(ctx: ServiceContext) -> dict[str, str]:
     """Each dependency's state: ``ok`` or what is wrong."""
     checks: dict[str, str] = {}
+
+    async def ping(session: AsyncSession) -> None:
+        await session.execute(text("SELECT 1"))
+
     try:
-        async with asyncio.timeout(2):
-            async with ctx.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+        # Through the unit of work like every other access: a fail-over blip is retried, not reported.
+        await run_in_transaction(
+            ctx.sessions, ping, attempts=ctx.settings.db_retry_attempts, deadline_s=READY_DEADLINE_S
+        )
         checks["database"] = "ok"
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
@@ -97,7 +120,9 @@ def health_router(get_ctx: Callable[[Request], ServiceContext]) -> APIRouter:
         checks = await check_ready(get_ctx(request))
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+            headers=None if ok else {"Retry-After": str(RETRY_AFTER_S)},
         )
 
     return router
@@ -123,7 +148,12 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DomainError)
     async def _domain(request: Request, exc: DomainError) -> Response:
-        return JSONResponse(exc.to_problem(request.url.path), status_code=exc.status, media_type=PROBLEM_JSON)
+        body = exc.to_problem(request.url.path)
+        headers = None
+        if isinstance(exc, ServiceUnavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
+            body["request_id"] = request_id_of(request.scope)
+        return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -149,6 +179,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__cause__
+        if (
+            exc.status_code == 400
+            and isinstance(cause, UnicodeDecodeError)
+            and isinstance(cause.object, bytes)
+        ):
+            # FastAPI could not decode a JSON body: name the string that is not UTF-8, as for a NUL.
+            found = find_bad_json_text(cause.object)
+            field, reason = found or ("body", "must be valid UTF-8")
+            return await _domain(request, Unprocessable(f"{field}: {reason}", field=field))
         titles = {404: "Not found", 405: "Method not allowed", 401: "Unauthorized", 403: "Forbidden"}
         resp = problem(
             exc.status_code, titles.get(exc.status_code, "Error"), str(exc.detail), instance=request.url.path
@@ -173,9 +213,12 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if (declared is None or declared == b"0") and b"transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body: nothing to count (most requests)
+            return
         ctype = headers.get(b"content-type", b"").decode("latin-1")
         limit = self.limit_for(scope["path"], ctype)
-        declared = headers.get(b"content-length")
         too_large = problem(
             413, "Payload too large", f"request body exceeds {limit} bytes", instance=scope["path"]
         )
@@ -223,8 +266,29 @@ class _BodyTooLarge(Exception):
     pass
 
 
+RETRY_AFTER_S = 1
+"""``Retry-After`` of a 503 for a database that could not be reached: fail-overs take seconds."""
+
+_REQUEST_ID = "request_id"
+_QUIET_PATHS = frozenset({"/healthz", "/readyz"})
+_SAFE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id ``RequestLog`` gave this request (also in the ``X-Request-ID`` response header)."""
+    state = scope.get("state") or {}
+    value = state.get(_REQUEST_ID)
+    return value if isinstance(value, str) else None
+
+
 class RequestLog:
-    """One structured log line per HTTP request, with a request id (``X-Request-ID``, kept if given)."""
+    """The outermost layer of a service's HTTP requests: a request id (``X-Request-ID``, kept if the
+    client gave a sane one), one structured log line per request, and the last word on errors.
+
+    An exception that nothing else handled never leaves as a bare 500 text: a database that cannot
+    serve now (``is_unavailable``) answers 503 problem+json with ``Retry-After``; anything else 500
+    problem+json; both carry the request id, and the exception is logged with it.
+    """
 
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
@@ -232,42 +296,83 @@ class RequestLog:
         self.log = structlog.get_logger("access")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in ("/healthz", "/readyz"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+                break
+        given_id = given.decode("latin-1")
+        request_id = given_id if _SAFE_REQUEST_ID.fullmatch(given_id) else uuid.uuid4().hex
+        scope.setdefault("state", {})[_REQUEST_ID] = request_id
+        id_header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), id_header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if is_unavailable(exc):
+                self.log.warning("http.database_unavailable", error=type(exc).__name__, request_id=request_id)
+                answer = problem(
+                    503,
+                    "Service unavailable",
+                    "the database cannot be reached right now; try again shortly",
+                    instance=scope["path"],
+                    request_id=request_id,
+                )
+                answer.headers["Retry-After"] = str(RETRY_AFTER_S)
+            else:
+                self.log.exception("http.unhandled_error", request_id=request_id, path=scope["path"])
+                answer = problem(
+                    500,
+                    "Internal server error",
+                    f"an unexpected error occurred; quote request id {request_id} when reporting it",
+                    instance=scope["path"],
+                    request_id=request_id,
+                )
+            if response_started:
+                raise  # too late for an answer: the server closes the connection
+            await answer(scope, receive, send_with_id)
         finally:
-            self.log.info(
-                "http.request",
-                service=self.service,
-                method=scope["method"],
-                path=scope["path"],  # never the query string: it may carry a secret by mistake
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                request_id=request_id,
-            )
+            if scope["path"] not in _QUIET_PATHS:
+                self.log.info(
+                    "http.request",
+                    service=self.service,
+                    method=scope["method"],
+                    path=scope["path"],  # never the query string: it may carry a secret by mistake
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    request_id=request_id,
+                )
 
 
-def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool)."""
+def run_service(
+    app: FastAPI | str, host: str, port: int, log_level: str = "info", *, workers: int = 1
+) -> None:
+    """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool).
+
+    ``workers`` > 1 runs that many processes on the same port (uvicorn's supervisor restarts one that
+    dies); ``app`` is then an import string of an app factory (``"pkg.module:create_app"``), since
+    each process builds its own app, with its own pool and NATS connection.
+    """
     import uvicorn
 
     uvicorn.run(
         app,
+        factory=isinstance(app, str),
+        workers=workers if isinstance(app, str) else None,
         host=host,
         port=port,
         log_level=log_level.lower(),
@@ -277,3 +382,11 @@ def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
         timeout_graceful_shutdown=20,
         access_log=False,
     )
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity: what a container's cpuset allows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - platforms without affinity
+        return os.cpu_count() or 1

@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     # API
     api_host: str = Field("127.0.0.1", description="API bind address.")
     api_port: int = Field(8000, description="API port.")
+    api_workers: int | None = Field(
+        None, ge=1, description="API worker processes (uvicorn); default: one per CPU core."
+    )
+    db_request_deadline_s: float = Field(
+        5.0,
+        gt=0,
+        description="An API request waits at most this long for the database, re-runs included, then answers 503.",
+    )
     max_package_bytes: int = Field(64 * 1024 * 1024, description="Largest process package accepted (413).")
     max_json_bytes: int = Field(1024 * 1024, description="Largest JSON request body accepted (413).")
     admin_password: SecretStr | None = Field(None, description="Password of the first `admin` user.")

@@ -9,7 +9,7 @@ import sys
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.logging import configure_logging
-from rpa_common.service import run_service
+from rpa_common.service import cpu_cores, run_service
 from rpa_common.settings import get_settings
 
 
@@ -41,10 +41,22 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     if args.command == "serve":
-        from rpa_api.app import create_app
-
         configure_logging(settings.log_level, settings.log_json)
-        run_service(create_app(settings), settings.api_host, settings.api_port, settings.log_level)
+        # One worker process per core: a Python process uses one core, and the API's work per
+        # request is CPU (the database does the rest). RPA_API_WORKERS overrides.
+        workers = settings.api_workers or cpu_cores()
+        if workers == 1:
+            from rpa_api.app import create_app
+
+            run_service(create_app(settings), settings.api_host, settings.api_port, settings.log_level)
+        else:
+            run_service(
+                "rpa_api.app:create_app",
+                settings.api_host,
+                settings.api_port,
+                settings.log_level,
+                workers=workers,
+            )
     elif args.command == "bootstrap":
         asyncio.run(_bootstrap(args.account, args.username))
     else:  # pragma: no cover - argparse refuses unknown commands

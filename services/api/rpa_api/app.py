@@ -6,7 +6,8 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
@@ -14,9 +15,13 @@ from rpa_api.auth.router import router as auth_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
+from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
+from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
+from rpa_api.terminal_servers.router import router as terminal_servers_router
+from rpa_api.text_guard import text_guard
 from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
@@ -82,20 +87,25 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
             app.state.ctx = own
             yield
 
-    app = FastAPI(
+    # FastAPIOffline: /docs loads Swagger UI's script, styles and icon from the API itself
+    # (/static-offline-docs), never from a CDN: orchestrators often run where there is no internet.
+    app = FastAPIOffline(
         title="RPA Orchestrator API",
         version="1.0.0",
-        description="Management API: publish processes, run jobs on robots, manage queues, resources and people.",
+        description=API_DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
-        swagger_ui_parameters={"persistAuthorization": True},
+        # validatorUrl null: Swagger UI would otherwise send the document to validator.swagger.io.
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
+        generate_unique_id_function=operation_id,
     )
     if ctx is not None:
         app.state.ctx = ctx
     app.state.grants = GrantCache()
     install_problem_handlers(app)
+    install_contract(app)
 
     def limit_for(path: str, content_type: str) -> int:
         if _UPLOAD_PATHS.match(path):
@@ -118,8 +128,11 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (roles_router, "roles"),
         (folders_router, "folders"),
         (robots_router, "robots"),
+        (robot_groups_router, "robot groups"),
+        (terminal_servers_router, "terminal servers"),
         (processes_router, "processes"),
         (jobs_router, "jobs"),
     ):
-        app.include_router(router, prefix=API_PREFIX, tags=[tag])
+        # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
+        app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
     return app

@@ -1,13 +1,18 @@
-"""Request dependencies: the service context, sessions, the caller (principal) and permissions.
+"""Request dependencies: the service context, the unit of work, the caller (principal), permissions.
 
-Writes go through ``Tx.run``: the edge that commits, and re-runs the whole transaction on
-connection loss or deadlock. Services and repositories only ``flush``.
+Every database access of a request goes through ``Tx``: writes through ``Tx.run``, reads through
+``Tx.read``, authentication through the same ``run_db``. It is the edge that commits, re-runs the
+whole transaction on the errors that mean "try again" (``rpa_common.db.uow``), and gives up after
+``db_request_deadline_s`` with 503 + ``Retry-After``. Services and repositories only ``flush``.
+
+Dependencies here are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in a worker
+thread, which costs more than most of them do.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, TypeVar
@@ -19,15 +24,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2Pas
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
-from rpa_api.grants import GrantCache, KeyGrant, UserGrant
-from rpa_common.db.uow import run_in_transaction
-from rpa_common.errors import Forbidden, Unauthorized
-from rpa_common.models import ApiKey, Role, RoleFolder, RolePermission, User, UserRole
+from rpa_api.grants import GrantCache, KeyGrant, RoleBrief, UserGrant
+from rpa_common.db.uow import is_unavailable, run_in_transaction
+from rpa_common.errors import Forbidden, ServiceUnavailable, Unauthorized
+from rpa_common.models import Account, ApiKey, Role, RoleFolder, RolePermission, User, UserRole
 from rpa_common.models.enums import ActorType, PermissionAction, PermissionObject
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import AuthChanged
 from rpa_common.security import decode_access_token, key_matches, split_key
-from rpa_common.service import ServiceContext
+from rpa_common.service import RETRY_AFTER_S, ServiceContext
 
 T = TypeVar("T")
 
@@ -35,7 +40,7 @@ API_KEY_KIND = "rpak"
 TOKEN_URL = "/api/v1/auth/token"  # noqa: S105 - a path
 
 
-def get_ctx(request: Request) -> ServiceContext:
+async def get_ctx(request: Request) -> ServiceContext:
     ctx: ServiceContext = request.app.state.ctx
     return ctx
 
@@ -43,18 +48,35 @@ def get_ctx(request: Request) -> ServiceContext:
 Ctx = Annotated[ServiceContext, Depends(get_ctx)]
 
 
-async def get_session(ctx: Ctx) -> AsyncIterator[AsyncSession]:
-    """A read session: nothing is committed through it."""
-    async with ctx.sessions() as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(get_session)]
-
-
 def get_grants(request: Request) -> GrantCache:
     grants: GrantCache = request.app.state.grants
     return grants
+
+
+async def run_db(
+    ctx: ServiceContext, work: Callable[[AsyncSession], Awaitable[T]], *, read_only: bool = False
+) -> T:
+    """``work`` in the retried unit of work, within the request's database deadline.
+
+    ``read_only`` work runs in ``ctx.read_sessions`` (no BEGIN/COMMIT round trips on PostgreSQL).
+
+    A database that cannot serve in time (``is_unavailable``) is a 503 with ``Retry-After``, never a
+    500: the client's request was fine, and a fail-over usually completes within seconds.
+    """
+    settings = ctx.settings
+    try:
+        return await run_in_transaction(
+            ctx.read_sessions if read_only else ctx.sessions,
+            work,
+            attempts=settings.db_retry_attempts,
+            deadline_s=settings.db_request_deadline_s,
+        )
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise ServiceUnavailable(
+                "the database cannot be reached right now; try again shortly", retry_after_s=RETRY_AFTER_S
+            ) from exc
+        raise
 
 
 @dataclass
@@ -80,6 +102,10 @@ class Tx:
 
         return await self.run(counted)
 
+    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run a read: the same retried unit of work as ``run``, for work that changes nothing."""
+        return await run_db(self.ctx, work, read_only=True)
+
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         changed: set[uuid.UUID] = set()
 
@@ -89,9 +115,7 @@ class Tx:
             changed.update(session.info.get(GRANTS_SESSION_KEY, ()))
             return result
 
-        result = await run_in_transaction(
-            self.ctx.sessions, tracked, attempts=self.ctx.settings.db_retry_attempts
-        )
+        result = await run_db(self.ctx, tracked)
         for account_id in changed:
             if self.grants is not None:
                 self.grants.invalidate(account_id)
@@ -99,7 +123,7 @@ class Tx:
         return result
 
 
-def get_tx(ctx: Ctx, request: Request) -> Tx:
+async def get_tx(ctx: Ctx, request: Request) -> Tx:
     return Tx(ctx, get_grants(request))
 
 
@@ -120,6 +144,8 @@ class Principal:
     api_key_id: uuid.UUID | None = None
     client_address: str | None = None
     user_agent: str | None = None
+    grant: UserGrant | None = None
+    """The cached grant this principal was made from (``/auth/me`` answers from it)."""
 
     def can(self, obj: PermissionObject, action: PermissionAction) -> bool:
         return (obj, action) in self.permissions
@@ -159,44 +185,75 @@ _oauth2 = OAuth2PasswordBearer(
 _NO_KEY_HASH = "0" * 64
 
 
-async def _load_grant(session: AsyncSession, user: User) -> UserGrant:
+async def _load_grant(session: AsyncSession, user_id: uuid.UUID) -> UserGrant | None:
+    """The user's grant, from plain column selects (no ORM entities: this runs on every cache miss)."""
+    user = (
+        await session.execute(
+            sa.select(
+                User.account_id,
+                User.username,
+                User.token_version,
+                User.is_active,
+                User.display_name,
+                User.email,
+                User.last_login_at,
+                Account.name.label("account_name"),
+                Account.description.label("account_description"),
+            )
+            .join(Account, Account.id == User.account_id)
+            .where(User.id == user_id)
+        )
+    ).first()
+    if user is None:
+        return None
     rows = (
         await session.execute(
-            sa.select(Role.id, Role.all_folders, RolePermission.object, RolePermission.action)
+            sa.select(
+                Role.id,
+                Role.name,
+                Role.builtin,
+                Role.all_folders,
+                RolePermission.object,
+                RolePermission.action,
+            )
             .join(UserRole, UserRole.role_id == Role.id)
             .outerjoin(RolePermission, RolePermission.role_id == Role.id)
-            .where(UserRole.user_id == user.id)
+            .where(UserRole.user_id == user_id)
         )
     ).all()
     permissions = frozenset((r.object, r.action) for r in rows if r.object is not None)
     all_folders = any(r.all_folders for r in rows)
+    roles = {r.id: RoleBrief(id=r.id, name=r.name, builtin=r.builtin) for r in rows}
     folder_ids: frozenset[uuid.UUID] = frozenset()
-    role_ids = {r.id for r in rows}
-    if not all_folders and role_ids:
+    if not all_folders and roles:
         folder_rows = await session.execute(
-            sa.select(RoleFolder.folder_id).where(RoleFolder.role_id.in_(role_ids))
+            sa.select(RoleFolder.folder_id).where(RoleFolder.role_id.in_(roles))
         )
         folder_ids = frozenset(r[0] for r in folder_rows)
     return UserGrant(
         account_id=user.account_id,
-        user_id=user.id,
+        user_id=user_id,
         username=user.username,
         token_version=user.token_version,
         is_active=user.is_active,
         permissions=permissions,
         all_folders=all_folders,
         folder_ids=folder_ids,
+        display_name=user.display_name,
+        email=user.email,
+        last_login_at=user.last_login_at,
+        account_name=user.account_name,
+        account_description=user.account_description,
+        roles=tuple(sorted(roles.values(), key=lambda r: r.name)),
     )
 
 
 async def _user_grant(ctx: ServiceContext, grants: GrantCache, user_id: uuid.UUID) -> UserGrant | None:
     grant = grants.user(user_id)
     if grant is None:
-        async with ctx.sessions() as session:
-            user = await session.get(User, user_id)
-            if user is None:
-                return None
-            grant = await _load_grant(session, user)
+        grant = await run_db(ctx, lambda session: _load_grant(session, user_id), read_only=True)
+        if grant is None:
+            return None
         grants.put_user(grant)
     return grant
 
@@ -204,10 +261,23 @@ async def _user_grant(ctx: ServiceContext, grants: GrantCache, user_id: uuid.UUI
 async def _key_grant(ctx: ServiceContext, grants: GrantCache, prefix: str) -> KeyGrant | None:
     grant = grants.key(prefix)
     if grant is None:
-        async with ctx.sessions() as session:
-            key = (
-                await session.execute(sa.select(ApiKey).where(ApiKey.prefix == prefix))
-            ).scalar_one_or_none()
+
+        async def load(session: AsyncSession) -> Any:
+            return (
+                await session.execute(
+                    sa.select(
+                        ApiKey.id,
+                        ApiKey.account_id,
+                        ApiKey.user_id,
+                        ApiKey.key_hash,
+                        ApiKey.revoked_at,
+                        ApiKey.expires_at,
+                        ApiKey.last_used_at,
+                    ).where(ApiKey.prefix == prefix)
+                )
+            ).first()
+
+        key = await run_db(ctx, load, read_only=True)
         if key is None:
             return None
         grant = KeyGrant(
@@ -255,11 +325,19 @@ async def authenticate(
         api_key_id = key.id
         key_last_used = key.last_used_at
     else:
+        claims = grants.claims(token)
+        if claims is None:
+            try:
+                claims = decode_access_token(ctx.settings, token)
+            except jwt.PyJWTError as exc:
+                raise Unauthorized(f"invalid access token: {exc}") from None
+            grants.put_claims(token, claims)
+        elif claims["exp"] <= now.timestamp():
+            raise Unauthorized("invalid access token: Signature has expired")
         try:
-            claims = decode_access_token(ctx.settings, token)
             user_id = uuid.UUID(claims["sub"])
             account_id = uuid.UUID(claims["acc"])
-        except (jwt.PyJWTError, ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Unauthorized(f"invalid access token: {exc}") from None
         grant = await _user_grant(ctx, grants, user_id)
         if grant is None or grant.account_id != account_id or grant.token_version != claims.get("ver"):
@@ -278,6 +356,7 @@ async def authenticate(
         api_key_id=api_key_id,
         client_address=request.client.host if request.client else None,
         user_agent=request.headers.get("user-agent"),
+        grant=grant,
     )
     if api_key_id is not None and (key_last_used is None or now - key_last_used > KEY_USE_RESOLUTION):
         await _mark_key_used(ctx, api_key_id, now)
@@ -302,7 +381,7 @@ async def _mark_key_used(ctx: ServiceContext, key_id: uuid.UUID, now: datetime) 
             .values(last_used_at=now)
         )
 
-    await run_in_transaction(ctx.sessions, work, attempts=ctx.settings.db_retry_attempts)
+    await run_db(ctx, work)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
@@ -316,4 +395,6 @@ def require(obj: PermissionObject, action: PermissionAction) -> Callable[..., Aw
         return principal
 
     dependency.__name__ = f"require_{obj.value}_{action.value}"
+    # Read by rpa_api.openapi: the operation declares 403 and names the permission it needs.
+    dependency.permission = f"{obj.value}:{action.value}"  # type: ignore[attr-defined]
     return dependency

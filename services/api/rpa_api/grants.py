@@ -1,6 +1,6 @@
 """A short-lived cache of who callers are and what they may do (their "grant").
 
-Resolving a caller takes three or four queries, more than most requests' own work, so each API
+Resolving a caller takes two or three queries, more than most requests' own work, so each API
 replica keeps grants for ``TTL_S`` seconds. A change to users, roles, folders, API keys or the
 account (anything whose audit record names such an object) clears that account's grants on this
 replica after its commit, and on every other replica through ``AUTH_CHANGED``; should that message
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -31,7 +32,16 @@ SESSION_KEY = "rpa.auth_changed"
 
 
 @dataclass(frozen=True)
+class RoleBrief:
+    id: uuid.UUID
+    name: str
+    builtin: bool
+
+
+@dataclass(frozen=True)
 class UserGrant:
+    """Who a user is and what they may do; also all that ``/auth/me`` shows, so it needs no query."""
+
     account_id: uuid.UUID
     user_id: uuid.UUID
     username: str
@@ -40,6 +50,14 @@ class UserGrant:
     permissions: frozenset[tuple[PermissionObject, PermissionAction]]
     all_folders: bool
     folder_ids: frozenset[uuid.UUID]
+    display_name: str = ""
+    email: str | None = None
+    last_login_at: datetime | None = None
+    account_name: str = ""
+    account_description: str = ""
+    roles: tuple[RoleBrief, ...] = ()
+    memo: dict[Any, bytes] = field(default_factory=dict, compare=False, repr=False)
+    """Answers made from this grant alone (``/auth/me``), kept as long as the grant is."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +78,7 @@ class GrantCache:
         self.ttl_s = ttl_s
         self._users: dict[uuid.UUID, tuple[float, UserGrant]] = {}
         self._keys: dict[str, tuple[float, KeyGrant]] = {}
+        self._claims: dict[str, tuple[float, dict[str, Any]]] = {}
         self._subscribed_to: NATS | None = None
 
     def user(self, user_id: uuid.UUID) -> UserGrant | None:
@@ -73,6 +92,21 @@ class GrantCache:
         if hit is None or hit[0] < time.monotonic():
             return None
         return hit[1]
+
+    def claims(self, token: str) -> dict[str, Any] | None:
+        """The verified claims of an access token seen before (its expiry is checked by the caller)."""
+        hit = self._claims.get(token)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put_claims(self, token: str, claims: dict[str, Any]) -> None:
+        # Verifying a token's signature costs more than the rest of a cached request; the claims of
+        # a token are fixed, so they are kept like grants. Expiry and token version are still checked
+        # on every request (the version against the user's grant).
+        if len(self._claims) > 50_000:
+            self._claims.clear()
+        self._claims[token] = (time.monotonic() + self.ttl_s, claims)
 
     def put_user(self, grant: UserGrant) -> None:
         if len(self._users) > 50_000:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.accounts import service
 from rpa_api.accounts.schemas import AccountCreate, AccountCreated, AccountOut, AccountUpdate
-from rpa_api.deps import Principal, Session, Transaction, require
+from rpa_api.deps import Principal, Transaction, require
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.security import hash_password
@@ -23,9 +23,12 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 @router.get("/accounts/current", response_model=AccountOut, summary="The caller's account")
 async def get_current(
-    session: Session, principal: Annotated[Principal, Depends(require(O.ACCOUNTS, A.READ))]
+    tx: Transaction, principal: Annotated[Principal, Depends(require(O.ACCOUNTS, A.READ))]
 ) -> AccountOut:
-    return AccountOut.model_validate(await service.current(session, principal))
+    async def work(session: AsyncSession) -> AccountOut:
+        return AccountOut.model_validate(await service.current(session, principal))
+
+    return await tx.read(work)
 
 
 @router.patch("/accounts/current", response_model=AccountOut, summary="Change the caller's account")

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api import audit
 from rpa_api.accounts.schemas import AccountCreate, AccountCreated, AccountOut, AccountUpdate, AdminRef
 from rpa_api.deps import Principal
+from rpa_api.kit import audit
 from rpa_api.roles.builtin import ensure_builtin_roles
 from rpa_api.roles.service import ADMINISTRATOR
 from rpa_api.users.service import flush_username

@@ -37,7 +37,9 @@ class PermissionOut(_Out):
     action: PermissionAction
 
 
-class RoleRef(_Out):
+class MeRole(_Out):
+    """A role of the caller (``/auth/me``)."""
+
     id: uuid.UUID
     name: str
     builtin: bool
@@ -61,7 +63,7 @@ class MeUser(_Out):
 class MeOut(BaseModel):
     user: MeUser
     account: AccountRef
-    roles: list[RoleRef]
+    roles: list[MeRole]
     permissions: list[PermissionOut]
     all_folders: bool
     folder_ids: list[uuid.UUID]

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api import audit
 from rpa_api.auth import throttle
 from rpa_api.auth.schemas import ApiKeyCreate, TokenOut
 from rpa_api.deps import API_KEY_KIND, Principal, Tx
+from rpa_api.kit import audit
 from rpa_common.errors import NotFound, TooManyRequests, Unauthorized, Unprocessable
 from rpa_common.models import Account, ApiKey, RefreshToken, User
 from rpa_common.models.enums import ActorType
@@ -88,17 +88,21 @@ async def login(ctx: ServiceContext, tx: Tx, username: str, password: str, clien
     settings = ctx.settings
     # The user key is only counted (see throttle): a success resets the user+address key.
     _, addr_key = keys = throttle.keys_for(settings, username, client.address)
-    async with ctx.sessions() as session:
+
+    async def find(session: AsyncSession) -> User | None:
         wait = await throttle.blocked_for(session, keys)
         if wait > 0:
             raise LoginThrottled(wait)
-        user = (
+        found: User | None = (
             await session.execute(
                 sa.select(User)
                 .join(Account, Account.id == User.account_id)
                 .where(User.username == username, Account.is_active.is_(True))
             )
         ).scalar_one_or_none()
+        return found
+
+    user = await tx.read(find)
     # argon2 is CPU-bound: keep it off the event loop.
     ok = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
     if not ok or user is None or not user.is_active:

@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Principal, Session, Transaction, require
+from rpa_api.deps import Principal, Transaction, require
 from rpa_api.folders import service
 from rpa_api.folders.schemas import FolderCreate, FolderOut, FolderUpdate
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_common.models import AccessFolder
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
@@ -23,36 +23,42 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 @router.get("/folders", response_model=Page[FolderOut], summary="Folders the caller sees")
 async def list_folders(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by("name", "created_at"))],
     principal: Annotated[Principal, Depends(require(O.FOLDERS, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Folders whose name contains this")] = None,
 ) -> Page[FolderOut]:
-    stmt = service.folders_query(principal)
-    if name:
-        stmt = stmt.where(AccessFolder.name.contains(name, autoescape=True))
-    rows, total = await paginate(
-        session,
-        stmt,
-        paging,
-        sortable={"name": AccessFolder.name, "created_at": AccessFolder.created_at},
-        default_sort="-created_at",
-    )
-    return Page[FolderOut](
-        items=[FolderOut.model_validate(r) for r in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[FolderOut]:
+        stmt = service.folders_query(principal)
+        if name:
+            stmt = stmt.where(AccessFolder.name.contains(name, autoescape=True))
+        rows, total = await paginate(
+            session,
+            stmt,
+            paging,
+            sortable={"name": AccessFolder.name, "created_at": AccessFolder.created_at},
+            default_sort="-created_at",
+        )
+        return Page[FolderOut](
+            items=[FolderOut.model_validate(r) for r in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/folders/{folder_id}", response_model=FolderOut, responses={404: _PROBLEM})
+@router.get("/folders/{folder_id:uuid}", response_model=FolderOut, responses={404: _PROBLEM})
 async def get_folder(
     folder_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: Annotated[Principal, Depends(require(O.FOLDERS, A.READ))],
 ) -> FolderOut:
-    return FolderOut.model_validate(await service.get_folder(session, principal, folder_id))
+    async def work(session: AsyncSession) -> FolderOut:
+        return FolderOut.model_validate(await service.get_folder(session, principal, folder_id))
+
+    return await tx.read(work)
 
 
 @router.post(
@@ -74,7 +80,7 @@ async def create_folder(
     return await tx.run(work)
 
 
-@router.patch("/folders/{folder_id}", response_model=FolderOut, responses={404: _PROBLEM, 409: _PROBLEM})
+@router.patch("/folders/{folder_id:uuid}", response_model=FolderOut, responses={404: _PROBLEM, 409: _PROBLEM})
 async def update_folder(
     folder_id: uuid.UUID,
     body: FolderUpdate,
@@ -88,7 +94,9 @@ async def update_folder(
 
 
 @router.delete(
-    "/folders/{folder_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
+    "/folders/{folder_id:uuid}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: _PROBLEM, 409: _PROBLEM},
 )
 async def delete_folder(
     folder_id: uuid.UUID,

@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api import audit
 from rpa_api.deps import Principal
 from rpa_api.folders.schemas import FolderCreate, FolderUpdate
-from rpa_api.lookup import get_owned
+from rpa_api.kit import audit
+from rpa_api.kit.lookup import get_owned
 from rpa_common.errors import Conflict, NotFound
 from rpa_common.models import AccessFolder, Base, RoleFolder
 

@@ -8,7 +8,6 @@ from the database.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -17,10 +16,11 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
+from rpa_api.deps import Ctx, Principal, Transaction, require
 from rpa_api.jobs import service
 from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
+from rpa_api.kit.schemas import QueryDatetime
 from rpa_common.errors import Conflict, Unprocessable
 from rpa_common.models import RobotMessage
 from rpa_common.models.enums import JobSource, JobState, LogLevel
@@ -129,49 +129,55 @@ async def create_job(
 
 @router.get("", response_model=Page[JobOut], summary="List jobs", responses=_PROBLEMS)
 async def list_jobs(
-    session: Session,
+    tx: Transaction,
     principal: Reader,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by(*service.SORTABLE))],
     state: Annotated[list[JobState] | None, Query(description="Any of these states (repeatable)")] = None,
     process_id: uuid.UUID | None = None,
     robot_id: uuid.UUID | None = None,
     robot_group_id: uuid.UUID | None = None,
     source: Annotated[list[JobSource] | None, Query(description="Any of these sources (repeatable)")] = None,
     created_from: Annotated[
-        datetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone)")
+        QueryDatetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone)")
     ] = None,
     created_to: Annotated[
-        datetime | None, Query(description="Created at or before (ISO 8601; UTC if no zone)")
+        QueryDatetime | None, Query(description="Created at or before (ISO 8601; UTC if no zone)")
     ] = None,
-) -> Page[JobOut]:
-    stmt = service.list_jobs_query(
-        principal,
-        state=state,
-        process_id=process_id,
-        robot_id=robot_id,
-        robot_group_id=robot_group_id,
-        source=source,
-        created_from=created_from,
-        created_to=created_to,
-    )
-    rows, total = await paginate(session, stmt, paging, sortable=service.SORTABLE, default_sort="-created_at")
-    return Page[JobOut](
-        items=[JobOut.model_validate(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+) -> Response:
+    async def work(session: AsyncSession) -> Response:
+        stmt = service.list_jobs_query(
+            principal,
+            state=state,
+            process_id=process_id,
+            robot_id=robot_id,
+            robot_group_id=robot_group_id,
+            source=source,
+            created_from=created_from,
+            created_to=created_to,
+        )
+        rows, total = await paginate(
+            session, stmt, paging, sortable=service.SORTABLE, default_sort="-created_at", columns_of=JobOut
+        )
+        return page_json(JobOut, rows, total, paging)
+
+    return await tx.read(work)
 
 
 @router.get(
-    "/{job_id}", response_model=JobDetail, summary="A job with its state history", responses=_PROBLEMS
+    "/{job_id:uuid}", response_model=JobDetail, summary="A job with its state history", responses=_PROBLEMS
 )
-async def get_job(job_id: uuid.UUID, session: Session, principal: Reader) -> JobDetail:
-    job = await service.get_job(session, principal, job_id)
-    events = await service.history(session, job.id)
-    return JobDetail.model_validate(
-        {
-            **JobOut.model_validate(job).model_dump(),
-            "history": [JobEventOut.model_validate(e) for e in events],
-        }
-    )
+async def get_job(job_id: uuid.UUID, tx: Transaction, principal: Reader) -> JobDetail:
+    async def work(session: AsyncSession) -> JobDetail:
+        job = await service.get_job(session, principal, job_id)
+        events = await service.history(session, job.id)
+        return JobDetail.model_validate(
+            {
+                **JobOut.model_validate(job).model_dump(),
+                "history": [JobEventOut.model_validate(e) for e in events],
+            }
+        )
+
+    return await tx.read(work)
 
 
 LogReader = Annotated[Principal, Depends(require(O.LOGS, A.READ))]
@@ -179,42 +185,46 @@ _LEVELS = {level.name.capitalize(): level for level in LogLevel}
 
 
 @router.get(
-    "/{job_id}/logs",
+    "/{job_id:uuid}/logs",
     response_model=Page[JobLogOut],
     summary="The log lines of a job, oldest first",
     responses={**_PROBLEMS, 422: {"description": "Unknown level or sort field"}},
 )
 async def job_logs(
     job_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: LogReader,
-    paging: Paging,
+    paging: Annotated[PageParams, Depends(sorted_by("at", "level"))],
     level: Annotated[
         str | None, Query(description="Lowest level shown: Debug, Info, Warning, Error or Critical")
     ] = None,
 ) -> Page[JobLogOut]:
-    job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
-    stmt = sa.select(RobotMessage).where(
-        RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
-    )
-    if level is not None:
-        lowest = _LEVELS.get(level.capitalize())
-        if lowest is None:
-            raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
-        stmt = stmt.where(RobotMessage.level >= lowest)
-    rows, total = await paginate(
-        session,
-        stmt,
-        paging,
-        sortable={"at": RobotMessage.at, "level": RobotMessage.level},
-        default_sort="at",
-    )
-    return Page[JobLogOut](
-        items=[JobLogOut.model_validate(r) for r in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[JobLogOut]:
+        job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
+        stmt = sa.select(RobotMessage).where(
+            RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
+        )
+        if level is not None:
+            lowest = _LEVELS.get(level.capitalize())
+            if lowest is None:
+                raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
+            stmt = stmt.where(RobotMessage.level >= lowest)
+        rows, total = await paginate(
+            session,
+            stmt,
+            paging,
+            sortable={"at": RobotMessage.at, "level": RobotMessage.level},
+            default_sort="at",
+            columns_of=JobLogOut,
+        )
+        return Page[JobLogOut](
+            items=[JobLogOut.model_validate(r) for r in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
 async def _control(
@@ -252,7 +262,7 @@ _CONTROL_RESPONSES: dict[int | str, dict[str, str]] = {
 
 
 @router.post(
-    "/{job_id}/stop",
+    "/{job_id:uuid}/stop",
     response_model=JobOut,
     summary="Ask a job to stop (soft): the script is asked to finish",
     responses=_CONTROL_RESPONSES,
@@ -266,7 +276,7 @@ async def stop_job(
 
 
 @router.post(
-    "/{job_id}/interrupt",
+    "/{job_id:uuid}/interrupt",
     response_model=JobOut,
     summary="Interrupt a job (hard): the script is killed",
     responses=_CONTROL_RESPONSES,

@@ -34,7 +34,11 @@ class JobCreate(BaseModel):
     process_version_id: uuid.UUID | None = Field(
         None, description="A version of the process; default: its current version"
     )
-    robot_id: uuid.UUID | None = Field(None, description="Run on this robot (or give robot_group_id)")
+    # Exactly one of robot_id and robot_group_id (check()); said in words, not as a oneOf, which
+    # would make generated clients lose this model's fields.
+    robot_id: uuid.UUID | None = Field(
+        None, description="Run on this robot (give exactly one of robot_id and robot_group_id)"
+    )
     robot_group_id: uuid.UUID | None = Field(None, description="Run on any free robot of this group")
     input_args: dict[str, Any] = Field(default_factory=dict, description="Input arguments (a JSON object)")
     priority: int = Field(2, ge=1, le=3, description="1 low, 2 normal, 3 high")

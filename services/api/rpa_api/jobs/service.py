@@ -17,10 +17,10 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.audit import record
 from rpa_api.deps import Principal
 from rpa_api.jobs.schemas import JobCreate
-from rpa_api.lookup import get_owned
+from rpa_api.kit.audit import record
+from rpa_api.kit.lookup import get_owned
 from rpa_common import jobflow
 from rpa_common.errors import Conflict, NotFound, Unprocessable
 from rpa_common.models import Job, JobEvent, Process, ProcessVersion, Robot, RobotGroup

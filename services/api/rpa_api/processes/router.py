@@ -15,8 +15,8 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, Up
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.deps import Ctx, Principal, Transaction, require
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.processes import schemas, service
 from rpa_api.processes.package import CheckedPackage, inspect_package
 from rpa_common.errors import UnsupportedMediaType
@@ -47,7 +47,7 @@ Update = Annotated[Principal, Depends(require(O.PROCESSES, A.UPDATE))]
 Delete = Annotated[Principal, Depends(require(O.PROCESSES, A.DELETE))]
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     """Uploads are multipart only; checked before the form is validated, so a JSON body is a 415."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "multipart/form-data":
@@ -107,7 +107,7 @@ async def publish(
 
 
 @router.post(
-    "/processes/{process_id}/versions",
+    "/processes/{process_id:uuid}/versions",
     status_code=201,
     summary="Publish a new version of a known process (the manifest must carry its name)",
     dependencies=[Depends(require_multipart)],
@@ -116,14 +116,14 @@ async def publish(
 async def publish_version(
     process_id: uuid.UUID,
     package: PackageFile,
-    tx: Transaction,
     ctx: Ctx,
-    session: Session,
+    tx: Transaction,
     principal: Publish,
     notes: Notes = "",
     make_current: MakeCurrent = True,
 ) -> schemas.VersionOut:
-    await service.get_process(session, principal, process_id)  # 404 before the work of checking
+    # 404 before the work of checking the package.
+    await tx.read(lambda session: service.get_process(session, principal, process_id))
     checked = await _checked(ctx, package)
     version_id = uuid.uuid4()
 
@@ -146,29 +146,37 @@ async def publish_version(
 
 @router.get("/processes", summary="List processes")
 async def list_processes(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Read,
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,
 ) -> Page[schemas.ProcessOut]:
-    stmt = service.list_query(principal, name=name, folder_id=folder_id)
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
-    labels = await service.current_labels(session, rows)
-    return Page[schemas.ProcessOut](
-        items=[service.process_out(p, labels) for p in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[schemas.ProcessOut]:
+        stmt = service.list_query(principal, name=name, folder_id=folder_id)
+        rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
+        labels = await service.current_labels(session, rows)
+        return Page[schemas.ProcessOut](
+            items=[service.process_out(p, labels) for p in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/processes/{process_id}", summary="A process")
-async def get_process(process_id: uuid.UUID, session: Session, principal: Read) -> schemas.ProcessOut:
-    return await service.process_detail(session, await service.get_process(session, principal, process_id))
+@router.get("/processes/{process_id:uuid}", summary="A process")
+async def get_process(process_id: uuid.UUID, tx: Transaction, principal: Read) -> schemas.ProcessOut:
+    async def work(session: AsyncSession) -> schemas.ProcessOut:
+        return await service.process_detail(
+            session, await service.get_process(session, principal, process_id)
+        )
+
+    return await tx.read(work)
 
 
-@router.patch("/processes/{process_id}", summary="Change a process's description or folder")
+@router.patch("/processes/{process_id:uuid}", summary="Change a process's description or folder")
 async def update_process(
     process_id: uuid.UUID, body: schemas.ProcessUpdate, tx: Transaction, principal: Update
 ) -> schemas.ProcessOut:
@@ -180,7 +188,7 @@ async def update_process(
 
 
 @router.delete(
-    "/processes/{process_id}",
+    "/processes/{process_id:uuid}",
     status_code=204,
     summary="Delete a process with all its versions (refused while any job refers to it)",
     responses={409: {"description": "jobs refer to the process"}},
@@ -190,64 +198,91 @@ async def delete_process(process_id: uuid.UUID, tx: Transaction, principal: Dele
     return Response(status_code=204)
 
 
-@router.get("/processes/{process_id}/versions", summary="A process's versions")
+@router.get("/processes/{process_id:uuid}/versions", summary="A process's versions")
 async def list_versions(
-    process_id: uuid.UUID, session: Session, paging: Paging, principal: Read
+    process_id: uuid.UUID,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by(*_VERSION_SORTABLE))],
+    principal: Read,
 ) -> Page[schemas.VersionOut]:
-    process = await service.get_process(session, principal, process_id)
-    rows, total = await paginate(
-        session, service.versions_query(process), paging, _VERSION_SORTABLE, "-published_at"
-    )
-    return Page[schemas.VersionOut](
-        items=[service.version_out(process, v) for v in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[schemas.VersionOut]:
+        process = await service.get_process(session, principal, process_id)
+        rows, total = await paginate(
+            session, service.versions_query(process), paging, _VERSION_SORTABLE, "-published_at"
+        )
+        return Page[schemas.VersionOut](
+            items=[service.version_out(process, v) for v in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/processes/{process_id}/versions/{version_id}", summary="A process version")
+@router.get("/processes/{process_id:uuid}/versions/{version_id:uuid}", summary="A process version")
 async def get_version(
-    process_id: uuid.UUID, version_id: uuid.UUID, session: Session, principal: Read
+    process_id: uuid.UUID, version_id: uuid.UUID, tx: Transaction, principal: Read
 ) -> schemas.VersionOut:
-    process, version = await service.get_version(session, principal, process_id, version_id)
-    return service.version_out(process, version)
+    async def work(session: AsyncSession) -> schemas.VersionOut:
+        process, version = await service.get_version(session, principal, process_id, version_id)
+        return service.version_out(process, version)
+
+    return await tx.read(work)
+
+
+_PACKAGE_MEDIA = ("application/zip", "application/octet-stream")
 
 
 @router.get(
-    "/processes/{process_id}/versions/{version_id}/package",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}/package",
     summary="Download a version's package (ETag and X-Checksum-Sha256 carry its sha256)",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}, 304: {"description": "If-None-Match matched"}},
+    responses={
+        200: {
+            "description": "The package, a zip: `application/zip`, or `application/octet-stream` when the "
+            "request's Accept asks for that and not for application/zip",
+            "content": {
+                media: {"schema": {"type": "string", "format": "binary"}} for media in _PACKAGE_MEDIA
+            },
+        },
+        304: {"description": "If-None-Match matched"},
+    },
 )
 async def download_package(
     process_id: uuid.UUID,
     version_id: uuid.UUID,
     request: Request,
-    session: Session,
+    tx: Transaction,
     ctx: Ctx,
     principal: Read,
 ) -> Response:
-    process, version = await service.get_version(session, principal, process_id, version_id)
-    etag = f'"{version.sha256}"'
-    headers = {"ETag": etag, "X-Checksum-Sha256": version.sha256, "Cache-Control": "private, max-age=0"}
-    wanted = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
-    if etag in wanted or f"W/{etag}" in wanted or "*" in wanted:
-        return Response(status_code=304, headers=headers)
-    filename = f"{process.name}-{version.version}.zip"
-    ascii_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in filename)
-    headers["Content-Disposition"] = (
-        f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
-    )
-    headers["Content-Length"] = str(version.size)
-    # The body outlives this request's session: it reads with a session of its own, chunk by chunk.
-    return StreamingResponse(
-        stream_package(ctx.sessions, version.id), media_type="application/zip", headers=headers
-    )
+    async def work(session: AsyncSession) -> Response:
+        process, version = await service.get_version(session, principal, process_id, version_id)
+        etag = f'"{version.sha256}"'
+        headers = {"ETag": etag, "X-Checksum-Sha256": version.sha256, "Cache-Control": "private, max-age=0"}
+        wanted = {t.strip() for t in request.headers.get("if-none-match", "").split(",")}
+        if etag in wanted or f"W/{etag}" in wanted or "*" in wanted:
+            return Response(status_code=304, headers=headers)
+        filename = f"{process.name}-{version.version}.zip"
+        ascii_name = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in filename)
+        headers["Content-Disposition"] = (
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+        )
+        headers["Content-Length"] = str(version.size)
+        # The body outlives this request's session: it reads with a session of its own, chunk by chunk.
+        accept = request.headers.get("accept", "")
+        # Generic HTTP clients (openapi-python-client's among them) know binary bodies as octet-stream.
+        media = _PACKAGE_MEDIA[1] if _PACKAGE_MEDIA[1] in accept and _PACKAGE_MEDIA[0] not in accept else None
+        return StreamingResponse(
+            stream_package(ctx.sessions, version.id), media_type=media or _PACKAGE_MEDIA[0], headers=headers
+        )
+
+    return await tx.read(work)
 
 
 @router.post(
-    "/processes/{process_id}/versions/{version_id}/make-current",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}/make-current",
     summary="New jobs take this version from now on",
 )
 async def make_current(
@@ -261,7 +296,7 @@ async def make_current(
 
 
 @router.delete(
-    "/processes/{process_id}/versions/{version_id}",
+    "/processes/{process_id:uuid}/versions/{version_id:uuid}",
     status_code=204,
     summary="Delete a version (refused for the current version and while jobs use it)",
     responses={409: {"description": "the current version, or jobs use it"}},

@@ -8,11 +8,13 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from rpa_api.kit.schemas import Patch
 
-class ProcessUpdate(BaseModel):
+
+class ProcessUpdate(Patch):
     """Only the fields given change. The name is the manifest's and stays."""
 
-    model_config = ConfigDict(extra="forbid")
+    not_null = ("description",)
 
     description: Annotated[str, StringConstraints(max_length=1000)] | None = None
     folder_id: uuid.UUID | None = None

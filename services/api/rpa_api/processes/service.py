@@ -14,12 +14,14 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.audit import record
 from rpa_api.deps import Principal
-from rpa_api.lookup import get_owned
+from rpa_api.kit.audit import record
+from rpa_api.kit.folders import check_folder
+from rpa_api.kit.lookup import get_owned
+from rpa_api.kit.names import contains, flush_or_conflict
+from rpa_api.kit.patch import require_not_null
 from rpa_api.processes import schemas
 from rpa_api.processes.package import CheckedPackage
-from rpa_api.robots.service import check_folder, contains, flush_or_conflict, require_not_null
 from rpa_common import packages
 from rpa_common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from rpa_common.models import Job, Process, ProcessVersion

@@ -1,1 +1,1 @@
-"""Robots."""
+"""Robots: the machines and accounts that run jobs, each with its own key."""

@@ -1,8 +1,4 @@
-"""Robots endpoints: create (the key is shown once), list, read, change, delete, rotate the key.
-
-Robot groups and terminal servers (with their unattended accounts) have routers of their own in this
-package, included here: ``app.py`` mounts only this one.
-"""
+"""Robots endpoints: create (the key is shown once), list, read, change, delete, rotate the key."""
 
 from __future__ import annotations
 
@@ -12,11 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.deps import Ctx, Principal, Transaction, require
+from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.robots import schemas, service
-from rpa_api.robots.groups_router import router as groups_router
-from rpa_api.robots.terminal_servers_router import router as terminal_servers_router
 from rpa_common.models import Robot
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
@@ -68,10 +62,10 @@ async def create_robot(
     return schemas.RobotWithKey(**detail.model_dump(), key=key.full)
 
 
-@router.get("/robots", summary="List robots")
+@router.get("/robots", response_model=Page[schemas.RobotOut], summary="List robots")
 async def list_robots(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Annotated[Principal, Depends(require(O.ROBOTS, A.READ))],
     status: Annotated[list[RobotStatus] | None, Query(description="Any of these statuses")] = None,
     role: Annotated[list[RobotRole] | None, Query(description="Any of these roles")] = None,
@@ -79,37 +73,40 @@ async def list_robots(
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     folder_id: uuid.UUID | None = None,
     group_id: Annotated[uuid.UUID | None, Query(description="Members of this robot group")] = None,
-) -> Page[schemas.RobotOut]:
-    stmt = service.list_robots_query(
-        principal,
-        status=status,
-        role=role,
-        is_active=is_active,
-        name=name,
-        folder_id=folder_id,
-        group_id=group_id,
-    )
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "-created_at")
-    return Page[schemas.RobotOut](
-        items=[schemas.RobotOut.model_validate(r) for r in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+) -> Response:
+    async def work(session: AsyncSession) -> Response:
+        stmt = service.list_robots_query(
+            principal,
+            status=status,
+            role=role,
+            is_active=is_active,
+            name=name,
+            folder_id=folder_id,
+            group_id=group_id,
+        )
+        rows, total = await paginate(
+            session, stmt, paging, _SORTABLE, "-created_at", columns_of=schemas.RobotOut
+        )
+        return page_json(schemas.RobotOut, rows, total, paging)
+
+    return await tx.read(work)
 
 
-@router.get("/robots/{robot_id}", summary="A robot, with its groups")
+@router.get("/robots/{robot_id:uuid}", summary="A robot, with its groups")
 async def get_robot(
     robot_id: uuid.UUID,
-    session: Session,
+    tx: Transaction,
     principal: Annotated[Principal, Depends(require(O.ROBOTS, A.READ))],
 ) -> schemas.RobotDetail:
-    robot = await service.get_robot(session, principal, robot_id)
-    return await service.robot_detail(session, robot)
+    async def work(session: AsyncSession) -> schemas.RobotDetail:
+        robot = await service.get_robot(session, principal, robot_id)
+        return await service.robot_detail(session, robot)
+
+    return await tx.read(work)
 
 
 @router.patch(
-    "/robots/{robot_id}",
+    "/robots/{robot_id:uuid}",
     summary="Change a robot; is_active=false tells a connected robot to stop",
     responses={409: {"description": "name taken, or the role is still needed"}},
 )
@@ -131,7 +128,7 @@ async def update_robot(
 
 
 @router.delete(
-    "/robots/{robot_id}",
+    "/robots/{robot_id:uuid}",
     status_code=204,
     summary="Delete a robot (refused while it has unfinished jobs)",
     responses={409: {"description": "the robot has unfinished jobs"}},
@@ -149,7 +146,7 @@ async def delete_robot(
 
 
 @router.post(
-    "/robots/{robot_id}/rotate-key",
+    "/robots/{robot_id:uuid}/rotate-key",
     summary="Give the robot a new key (shown once); the old one stops working",
 )
 async def rotate_key(
@@ -169,7 +166,3 @@ async def rotate_key(
     await _robot_changed(ctx, robot, "key_rotated")
     response.headers.update(_NO_STORE)
     return schemas.RobotWithKey(**detail.model_dump(), key=key.full)
-
-
-router.include_router(groups_router)
-router.include_router(terminal_servers_router)

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.deps import Principal, Transaction, require
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.roles import service
 from rpa_api.roles.schemas import Catalogue, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.models import Role
@@ -30,34 +30,40 @@ async def catalogue(principal: Annotated[Principal, Depends(require(O.ROLES, A.R
 
 @router.get("/roles", response_model=Page[RoleOut], summary="Roles of the account")
 async def list_roles(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by("name", "created_at", "updated_at"))],
     principal: Annotated[Principal, Depends(require(O.ROLES, A.READ))],
     name: Annotated[str | None, Query(max_length=100, description="Roles whose name contains this")] = None,
     builtin: Annotated[bool | None, Query(description="Only built-in (true) or custom (false) roles")] = None,
 ) -> Page[RoleOut]:
-    stmt = service.roles_query(principal)
-    if name:
-        stmt = stmt.where(Role.name.contains(name, autoescape=True))
-    if builtin is not None:
-        stmt = stmt.where(Role.builtin.is_(builtin))
-    rows, total = await paginate(
-        session,
-        stmt,
-        paging,
-        sortable={"name": Role.name, "created_at": Role.created_at, "updated_at": Role.updated_at},
-        default_sort="-created_at",
-    )
-    return Page[RoleOut](
-        items=[service.role_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+    async def work(session: AsyncSession) -> Page[RoleOut]:
+        stmt = service.roles_query(principal)
+        if name:
+            stmt = stmt.where(Role.name.contains(name, autoescape=True))
+        if builtin is not None:
+            stmt = stmt.where(Role.builtin.is_(builtin))
+        rows, total = await paginate(
+            session,
+            stmt,
+            paging,
+            sortable={"name": Role.name, "created_at": Role.created_at, "updated_at": Role.updated_at},
+            default_sort="-created_at",
+        )
+        return Page[RoleOut](
+            items=[service.role_out(r) for r in rows], total=total, limit=paging.limit, offset=paging.offset
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/roles/{role_id}", response_model=RoleOut, responses={404: _PROBLEM})
+@router.get("/roles/{role_id:uuid}", response_model=RoleOut, responses={404: _PROBLEM})
 async def get_role(
-    role_id: uuid.UUID, session: Session, principal: Annotated[Principal, Depends(require(O.ROLES, A.READ))]
+    role_id: uuid.UUID, tx: Transaction, principal: Annotated[Principal, Depends(require(O.ROLES, A.READ))]
 ) -> RoleOut:
-    return service.role_out(await service.get_role(session, principal, role_id))
+    async def work(session: AsyncSession) -> RoleOut:
+        return service.role_out(await service.get_role(session, principal, role_id))
+
+    return await tx.read(work)
 
 
 @router.post(
@@ -77,7 +83,7 @@ async def create_role(
     return await tx.run(work)
 
 
-@router.patch("/roles/{role_id}", response_model=RoleOut, responses={404: _PROBLEM, 409: _PROBLEM})
+@router.patch("/roles/{role_id:uuid}", response_model=RoleOut, responses={404: _PROBLEM, 409: _PROBLEM})
 async def update_role(
     role_id: uuid.UUID,
     body: RoleUpdate,
@@ -91,7 +97,7 @@ async def update_role(
 
 
 @router.delete(
-    "/roles/{role_id}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
+    "/roles/{role_id:uuid}", status_code=status.HTTP_204_NO_CONTENT, responses={404: _PROBLEM, 409: _PROBLEM}
 )
 async def delete_role(
     role_id: uuid.UUID, tx: Transaction, principal: Annotated[Principal, Depends(require(O.ROLES, A.DELETE))]

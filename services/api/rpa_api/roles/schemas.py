@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from rpa_common.models.enums import PermissionAction, PermissionObject
 
@@ -35,7 +35,9 @@ class RoleCreate(_In):
     permissions: Annotated[
         list[Permission], Field(max_length=len(PermissionObject) * len(PermissionAction))
     ] = []
-    all_folders: bool = Field(True, description="The role sees every folder (and objects with none)")
+    all_folders: StrictBool = Field(
+        True, description="The role sees every folder (and objects with none); false to give folder_ids"
+    )
     folder_ids: Annotated[list[uuid.UUID], Field(max_length=1000)] = Field(
         default_factory=list, description="The folders the role sees, when all_folders is false"
     )
@@ -49,7 +51,7 @@ class RoleUpdate(_In):
     permissions: (
         Annotated[list[Permission], Field(max_length=len(PermissionObject) * len(PermissionAction))] | None
     ) = None
-    all_folders: bool | None = None
+    all_folders: StrictBool | None = None
     folder_ids: Annotated[list[uuid.UUID], Field(max_length=1000)] | None = None
 
 

@@ -16,9 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from rpa_api import audit
 from rpa_api.deps import Principal
-from rpa_api.lookup import get_owned
+from rpa_api.kit import audit
+from rpa_api.kit.lookup import get_owned
 from rpa_api.roles.schemas import Permission, RoleCreate, RoleOut, RoleUpdate
 from rpa_common.errors import Conflict, Forbidden, NotFound, Unprocessable
 from rpa_common.models import AccessFolder, Role, RoleFolder, RolePermission, UserRole
@@ -204,6 +204,11 @@ async def update_role(
         folder_ids = []  # all folders now: the list no longer means anything
     else:
         folder_ids = [f.folder_id for f in role.folders]
+    if body.all_folders is None and role.all_folders and body.folder_ids:
+        # Valid as a request; it is the role's current state that makes the folders meaningless.
+        raise Conflict(
+            "the role sees every folder: give all_folders=false with folder_ids", field="folder_ids"
+        )
     _check_folder_choice(all_folders, folder_ids)
     _check_within(principal, perms, all_folders, set(folder_ids), "permissions", "the role")
     # Nor may a caller change a role that reaches further than the caller does.

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
+from rpa_api.deps import Principal, Transaction, require
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_api.users import service
 from rpa_api.users.schemas import PasswordReset, UserCreate, UserOut, UserRoles, UserUpdate
 from rpa_common.models import User, UserRole
@@ -26,8 +26,10 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 @router.get("/users", response_model=Page[UserOut], summary="Users of the account")
 async def list_users(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[
+        PageParams, Depends(sorted_by("username", "display_name", "created_at", "last_login_at"))
+    ],
     principal: Annotated[Principal, Depends(require(O.USERS, A.READ))],
     username: Annotated[str | None, Query(max_length=150, description="Usernames containing this")] = None,
     is_active: Annotated[
@@ -35,34 +37,40 @@ async def list_users(
     ] = None,
     role_id: Annotated[uuid.UUID | None, Query(description="Users holding this role")] = None,
 ) -> Page[UserOut]:
-    stmt = service.users_query(principal)
-    if username:
-        stmt = stmt.where(User.username.contains(username, autoescape=True))
-    if is_active is not None:
-        stmt = stmt.where(User.is_active.is_(is_active))
-    if role_id is not None:
-        stmt = stmt.where(sa.exists().where(UserRole.user_id == User.id, UserRole.role_id == role_id))
-    rows, total = await paginate(
-        session,
-        stmt,
-        paging,
-        sortable={
-            "username": User.username,
-            "display_name": User.display_name,
-            "created_at": User.created_at,
-            "last_login_at": User.last_login_at,
-        },
-        default_sort="-created_at",
-    )
-    items = await service.users_out(session, rows)
-    return Page[UserOut](items=items, total=total, limit=paging.limit, offset=paging.offset)
+    async def work(session: AsyncSession) -> Page[UserOut]:
+        stmt = service.users_query(principal)
+        if username:
+            stmt = stmt.where(User.username.contains(username, autoescape=True))
+        if is_active is not None:
+            stmt = stmt.where(User.is_active.is_(is_active))
+        if role_id is not None:
+            stmt = stmt.where(sa.exists().where(UserRole.user_id == User.id, UserRole.role_id == role_id))
+        rows, total = await paginate(
+            session,
+            stmt,
+            paging,
+            sortable={
+                "username": User.username,
+                "display_name": User.display_name,
+                "created_at": User.created_at,
+                "last_login_at": User.last_login_at,
+            },
+            default_sort="-created_at",
+        )
+        items = await service.users_out(session, rows)
+        return Page[UserOut](items=items, total=total, limit=paging.limit, offset=paging.offset)
+
+    return await tx.read(work)
 
 
-@router.get("/users/{user_id}", response_model=UserOut, responses={404: _PROBLEM})
+@router.get("/users/{user_id:uuid}", response_model=UserOut, responses={404: _PROBLEM})
 async def get_user(
-    user_id: uuid.UUID, session: Session, principal: Annotated[Principal, Depends(require(O.USERS, A.READ))]
+    user_id: uuid.UUID, tx: Transaction, principal: Annotated[Principal, Depends(require(O.USERS, A.READ))]
 ) -> UserOut:
-    return (await service.users_out(session, [await service.get_user(session, principal, user_id)]))[0]
+    async def work(session: AsyncSession) -> UserOut:
+        return (await service.users_out(session, [await service.get_user(session, principal, user_id)]))[0]
+
+    return await tx.read(work)
 
 
 @router.post(
@@ -85,7 +93,7 @@ async def create_user(
 
 
 @router.patch(
-    "/users/{user_id}", response_model=UserOut, responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM}
+    "/users/{user_id:uuid}", response_model=UserOut, responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM}
 )
 async def update_user(
     user_id: uuid.UUID,
@@ -100,7 +108,7 @@ async def update_user(
 
 
 @router.put(
-    "/users/{user_id}/roles",
+    "/users/{user_id:uuid}/roles",
     response_model=UserOut,
     summary="Replace the roles of a user",
     responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM},
@@ -118,7 +126,7 @@ async def set_roles(
 
 
 @router.post(
-    "/users/{user_id}/password",
+    "/users/{user_id:uuid}/password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set a new password; every token of the user stops working",
     responses={403: _PROBLEM, 404: _PROBLEM, 422: _PROBLEM},
@@ -139,7 +147,7 @@ async def reset_password(
 
 
 @router.delete(
-    "/users/{user_id}",
+    "/users/{user_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={403: _PROBLEM, 404: _PROBLEM, 409: _PROBLEM},
 )

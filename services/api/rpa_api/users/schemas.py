@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, StrictBool, StringConstraints
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
@@ -21,7 +21,12 @@ def _password_length(value: SecretStr) -> SecretStr:
     return value
 
 
-Password = Annotated[SecretStr, AfterValidator(_password_length)]
+# The bounds are checked on the secret's text and stated in the schema, so clients see them.
+Password = Annotated[
+    SecretStr,
+    AfterValidator(_password_length),
+    Field(json_schema_extra={"minLength": MIN_PASSWORD, "maxLength": MAX_PASSWORD}),
+]
 Username = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=150, pattern=r"^[\w.@+-]+$")
 ]
@@ -43,7 +48,7 @@ class UserCreate(_In):
     password: Password
     display_name: DisplayName = ""
     email: Email | None = None
-    is_active: bool = True
+    is_active: StrictBool = True
     role_ids: RoleIds = []
 
 
@@ -53,7 +58,7 @@ class UserUpdate(_In):
     username: Username | None = None
     display_name: DisplayName | None = None
     email: Email | None = None
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
     role_ids: RoleIds | None = None
 
 

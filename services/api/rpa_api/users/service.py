@@ -20,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api import audit
 from rpa_api.auth.service import revoke_all_refresh_tokens
 from rpa_api.deps import Principal
-from rpa_api.lookup import get_owned
+from rpa_api.kit import audit
+from rpa_api.kit.lookup import get_owned
 from rpa_api.roles.service import ADMINISTRATOR, check_may_grant, roles_in_account, roles_query
 from rpa_api.users.schemas import RoleRef, UserCreate, UserOut, UserUpdate
 from rpa_common.errors import Conflict, NotFound

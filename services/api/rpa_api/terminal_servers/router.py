@@ -12,14 +12,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.deps import Ctx, Principal, Session, Transaction, require
-from rpa_api.pagination import Page, Paging, paginate
-from rpa_api.robots import schemas, service
+from rpa_api.deps import Ctx, Principal, Transaction, require
+from rpa_api.kit.names import contains
+from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
+from rpa_api.terminal_servers import schemas, service
 from rpa_common.models import TerminalServer, UnattendedAccount
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-router = APIRouter(tags=["terminal servers"])
+router = APIRouter()
 
 _SORTABLE = {
     "name": TerminalServer.name,
@@ -54,33 +55,41 @@ async def create_server(
 
 @router.get("/terminal-servers", summary="List terminal servers")
 async def list_servers(
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
     principal: Read,
     name: Annotated[str | None, Query(max_length=100, description="Name contains (any case)")] = None,
     coordinator_id: uuid.UUID | None = None,
 ) -> Page[schemas.TerminalServerOut]:
-    stmt = service.servers_query(principal)
-    if name:
-        stmt = stmt.where(service.contains(TerminalServer.name, name))
-    if coordinator_id is not None:
-        stmt = stmt.where(TerminalServer.coordinator_id == coordinator_id)
-    rows, total = await paginate(session, stmt, paging, _SORTABLE, "name")
-    return Page[schemas.TerminalServerOut](
-        items=[schemas.TerminalServerOut.model_validate(s) for s in rows],
-        total=total,
-        limit=paging.limit,
-        offset=paging.offset,
-    )
+    async def work(session: AsyncSession) -> Page[schemas.TerminalServerOut]:
+        stmt = service.servers_query(principal)
+        if name:
+            stmt = stmt.where(contains(TerminalServer.name, name))
+        if coordinator_id is not None:
+            stmt = stmt.where(TerminalServer.coordinator_id == coordinator_id)
+        rows, total = await paginate(
+            session, stmt, paging, _SORTABLE, "name", columns_of=schemas.TerminalServerOut
+        )
+        return Page[schemas.TerminalServerOut](
+            items=[schemas.TerminalServerOut.model_validate(s) for s in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/terminal-servers/{server_id}", summary="A terminal server, with its unattended accounts")
-async def get_server(server_id: uuid.UUID, session: Session, principal: Read) -> schemas.TerminalServerDetail:
-    server = await service.get_server(session, principal, server_id)
-    return await service.server_detail(session, server)
+@router.get("/terminal-servers/{server_id:uuid}", summary="A terminal server, with its unattended accounts")
+async def get_server(server_id: uuid.UUID, tx: Transaction, principal: Read) -> schemas.TerminalServerDetail:
+    async def work(session: AsyncSession) -> schemas.TerminalServerDetail:
+        server = await service.get_server(session, principal, server_id)
+        return await service.server_detail(session, server)
+
+    return await tx.read(work)
 
 
-@router.patch("/terminal-servers/{server_id}", summary="Change a terminal server", responses={409: {}})
+@router.patch("/terminal-servers/{server_id:uuid}", summary="Change a terminal server", responses={409: {}})
 async def update_server(
     server_id: uuid.UUID, body: schemas.TerminalServerUpdate, tx: Transaction, principal: Update
 ) -> schemas.TerminalServerDetail:
@@ -92,7 +101,7 @@ async def update_server(
 
 
 @router.delete(
-    "/terminal-servers/{server_id}",
+    "/terminal-servers/{server_id:uuid}",
     status_code=204,
     summary="Delete a terminal server and its unattended accounts (refused while sessions are open)",
     responses={409: {}},
@@ -106,7 +115,7 @@ async def delete_server(server_id: uuid.UUID, tx: Transaction, principal: Delete
 
 
 @router.post(
-    "/terminal-servers/{server_id}/accounts",
+    "/terminal-servers/{server_id:uuid}/accounts",
     status_code=201,
     summary="Add an unattended account (the password is write-only)",
     responses={409: {"description": "login taken, or the robot is bound to another account"}},
@@ -127,36 +136,45 @@ async def create_account(
     return await tx.run(work)
 
 
-@router.get("/terminal-servers/{server_id}/accounts", summary="List a server's unattended accounts")
+@router.get("/terminal-servers/{server_id:uuid}/accounts", summary="List a server's unattended accounts")
 async def list_accounts(
     server_id: uuid.UUID,
-    session: Session,
-    paging: Paging,
+    tx: Transaction,
+    paging: Annotated[PageParams, Depends(sorted_by(*_ACCOUNT_SORTABLE))],
     principal: Read,
     login: Annotated[str | None, Query(max_length=255, description="Login contains (any case)")] = None,
     robot_id: uuid.UUID | None = None,
 ) -> Page[schemas.UnattendedAccountOut]:
-    await service.get_server(session, principal, server_id)
-    stmt = service.accounts_query(principal, server_id)
-    if login:
-        stmt = stmt.where(service.contains(UnattendedAccount.login, login))
-    if robot_id is not None:
-        stmt = stmt.where(UnattendedAccount.robot_id == robot_id)
-    rows, total = await paginate(session, stmt, paging, _ACCOUNT_SORTABLE, "login")
-    return Page[schemas.UnattendedAccountOut](
-        items=[service.account_out(ua) for ua in rows], total=total, limit=paging.limit, offset=paging.offset
-    )
+    async def work(session: AsyncSession) -> Page[schemas.UnattendedAccountOut]:
+        await service.get_server(session, principal, server_id)
+        stmt = service.accounts_query(principal, server_id)
+        if login:
+            stmt = stmt.where(contains(UnattendedAccount.login, login))
+        if robot_id is not None:
+            stmt = stmt.where(UnattendedAccount.robot_id == robot_id)
+        rows, total = await paginate(session, stmt, paging, _ACCOUNT_SORTABLE, "login")
+        return Page[schemas.UnattendedAccountOut](
+            items=[service.account_out(ua) for ua in rows],
+            total=total,
+            limit=paging.limit,
+            offset=paging.offset,
+        )
+
+    return await tx.read(work)
 
 
-@router.get("/terminal-servers/{server_id}/accounts/{account_id}", summary="An unattended account")
+@router.get("/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}", summary="An unattended account")
 async def get_account(
-    server_id: uuid.UUID, account_id: uuid.UUID, session: Session, principal: Read
+    server_id: uuid.UUID, account_id: uuid.UUID, tx: Transaction, principal: Read
 ) -> schemas.UnattendedAccountOut:
-    return service.account_out(await service.get_account(session, principal, server_id, account_id))
+    async def work(session: AsyncSession) -> schemas.UnattendedAccountOut:
+        return service.account_out(await service.get_account(session, principal, server_id, account_id))
+
+    return await tx.read(work)
 
 
 @router.patch(
-    "/terminal-servers/{server_id}/accounts/{account_id}",
+    "/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}",
     summary="Change an unattended account (password: write-only; null removes it)",
     responses={409: {}},
 )
@@ -176,7 +194,7 @@ async def update_account(
 
 
 @router.delete(
-    "/terminal-servers/{server_id}/accounts/{account_id}",
+    "/terminal-servers/{server_id:uuid}/accounts/{account_id:uuid}",
     status_code=204,
     summary="Delete an unattended account (refused while its session is open)",
     responses={409: {}},

@@ -1,0 +1,1 @@
+"""Terminal servers and the unattended accounts they host (the coordinator opens their sessions)."""
