@@ -29,9 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import os
+import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,7 @@ from harness.infra import (
     start_nats,
     start_service,
     wait_port,
+    wait_ready,
 )
 
 WARM_UP = 50
@@ -102,6 +108,7 @@ async def hold_robots(
     keys: list[str],
     server_pid: int,
     args: argparse.Namespace,
+    at_end: Callable[[], Awaitable[None]] | None = None,
 ) -> Phase:
     """Connect ``keys`` from ``--clients`` processes, measure the server over the window, close."""
     phase = Phase()
@@ -140,6 +147,8 @@ async def hold_robots(
         phase.cpu_pct = (cpu_seconds(server_pid) - cpu0) / elapsed * 100
         phase.clients_cpu_pct = (sum(cpu_seconds(p.pid) for p in clients) - clients0) / elapsed * 100
         phase.rss_after = rss_bytes(server_pid)
+        if at_end is not None:
+            await at_end()
         for proc in clients:
             assert proc.stdin is not None
             proc.stdin.close()
@@ -151,6 +160,42 @@ async def hold_robots(
         for i in range(len(clients)):
             services.stop(f"{label}-client-{i}")
     return phase
+
+
+async def take_snapshot(pid: int, trace_dir: Path) -> None:
+    """Ask the traced gateway for a tracemalloc snapshot and wait until it is written."""
+
+    def written() -> int:
+        return len(os.listdir(trace_dir))
+
+    before = written()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 300
+    while written() == before:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the traced gateway wrote no snapshot")
+        await asyncio.sleep(0.5)
+
+
+def print_trace(trace_dir: Path, robots: int, top: int = 25) -> None:
+    """Where the gateway's Python-visible memory per robot went: the largest growths between the
+    snapshot before the robots and the one after, per source line and per file."""
+    import tracemalloc
+
+    first = tracemalloc.Snapshot.load(str(trace_dir / "snapshot-1.pickle"))
+    second = tracemalloc.Snapshot.load(str(trace_dir / "snapshot-2.pickle"))
+    n = max(1, robots)
+    for key in ("filename", "lineno"):
+        diff = second.compare_to(first, key)
+        total = sum(d.size_diff for d in diff)
+        print(f"\ntracemalloc, growth per robot by {key} (all: {total / n / 1024:.1f} KiB):")
+        for d in diff[:top]:
+            frame = d.traceback[0]
+            where = frame.filename.split("site-packages/")[-1].split("/work/")[-1]
+            if key == "lineno":
+                where += f":{frame.lineno}"
+            print(f"{d.size_diff / n:>10.0f} B {d.count_diff / n:>6.1f} blocks  {where}")
+    print(f"snapshots in {trace_dir}")
 
 
 async def warm_up(url: str, keys: list[str]) -> None:
@@ -226,12 +271,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 RPA_HEARTBEAT_INTERVAL_S=str(args.heartbeat),
                 **dict(kv.split("=", 1) for kv in args.gateway_env),
             )
-            gw = await start_service(services, "gateway", "rpa_gateway", env, port)
+            if args.trace:
+                trace_dir = Path(tempfile.mkdtemp(prefix="rpa-bench-trace-"))
+                gw = peer(services, "gateway", "traced-gateway", str(trace_dir), env=env)
+                await wait_ready(f"http://127.0.0.1:{port}/readyz", gw, "gateway")
+            else:
+                gw = await start_service(services, "gateway", "rpa_gateway", env, port)
             url = f"ws://127.0.0.1:{port}/robot/v1"
             await warm_up(url, keys[:WARM_UP])
             await asyncio.sleep(2)
+            snapshot: Callable[[], Awaitable[None]] | None = None
+            if args.trace:
+                snapshot = functools.partial(take_snapshot, gw.pid, trace_dir)
+                await snapshot()
             wall0 = time.time()
-            gateway = await hold_robots(services, "gateway", url, keys[WARM_UP:], gw.pid, args)
+            gateway = await hold_robots(services, "gateway", url, keys[WARM_UP:], gw.pid, args, snapshot)
             connected_db, heard_db = await registered(db_url, nats_url, wall0 + gateway.connect_s + 2)
             services.stop("gateway")
 
@@ -276,6 +330,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ("client processes CPU (% of one core, all)", round(gateway.clients_cpu_pct, 1)),
         ],
     )
+    if args.trace:
+        print_trace(trace_dir, gateway.connected)
     print(
         f"goal: {args.robots} robots at <= 50 KiB each, gateway CPU <= 20 % of a core; "
         f"logs in {services.log_dir}"
@@ -303,6 +359,11 @@ def main() -> None:
         default=[],
         metavar="RPA_X=V",
         help="an extra setting for the gateway process (repeatable), to compare configurations",
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="run the gateway under tracemalloc and print where its memory per robot goes",
     )
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     args = parser.parse_args()

@@ -30,7 +30,7 @@ import sqlalchemy as sa  # noqa: E402
 from rpa_common.db.admin import create_database, drop_database  # noqa: E402
 from rpa_common.db.engine import create_engine, session_factory  # noqa: E402
 from rpa_common.db.uow import run_in_transaction  # noqa: E402
-from rpa_common.models import Robot, User  # noqa: E402
+from rpa_common.models import Process, ProcessVersion, Robot, RobotGroup, RobotGroupMember, User  # noqa: E402
 from rpa_common.models.enums import RobotRole  # noqa: E402
 from rpa_common.security import issue_access_token, make_key  # noqa: E402
 from rpa_common.settings import Settings  # noqa: E402
@@ -301,8 +301,56 @@ async def bulk_robots(
     return [(rid, key.full) for rid, key in made]
 
 
-def peer(services: Services, name: str, role: str, *argv: str, **popen: Any) -> subprocess.Popen[bytes]:
-    """Start ``python -m harness.peers <role> <argv...>`` (see ``harness.peers``)."""
-    env = dict(os.environ)
+def peer(
+    services: Services, name: str, role: str, *argv: str, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m harness.peers <role> <argv...>`` (see ``harness.peers``), with ``env`` added."""
+    env = {**os.environ, **(env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "bench"), env.get("PYTHONPATH")]))
     return services.start(name, [sys.executable, "-m", "harness.peers", role, *argv], env, **popen)
+
+
+@dataclass
+class Seed:
+    token: str
+    process_id: uuid.UUID
+    group_id: uuid.UUID
+    robot_keys: list[str]
+
+
+async def seed(settings: Settings, robots: int) -> Seed:
+    """The admin, one published process, ``robots`` robots, and one group holding them all."""
+    account = await seed_account(settings)
+    made = await bulk_robots(settings, account.account_id, robots)
+    process_id, version_id, group_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    engine = create_engine(settings, "bench", pool_size=1)
+    try:
+
+        async def work(session: Any) -> None:
+            session.add(Process(id=process_id, account_id=account.account_id, name="bench-noop"))
+            await session.flush()
+            session.add(
+                ProcessVersion(
+                    id=version_id,
+                    account_id=account.account_id,
+                    process_id=process_id,
+                    version="1.0.0",
+                    entry_point="main.py",
+                    sha256="0" * 64,
+                    size=1,
+                )
+            )
+            await session.flush()
+            await session.execute(
+                sa.update(Process).where(Process.id == process_id).values(current_version_id=version_id)
+            )
+            session.add(RobotGroup(id=group_id, account_id=account.account_id, name="bench-robots"))
+            await session.flush()
+            await session.execute(
+                sa.insert(RobotGroupMember), [{"group_id": group_id, "robot_id": rid} for rid, _ in made]
+            )
+
+        await run_in_transaction(session_factory(engine), work)
+    finally:
+        await engine.dispose()
+    return Seed(account.token, process_id, group_id, [key for _, key in made])
