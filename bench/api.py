@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import httpx
 from harness.infra import (
     Services,
     bench_settings,
+    cpu_seconds,
     free_port,
     fresh_database,
     peer,
@@ -84,11 +86,23 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_pct: float
+    """The server process's CPU over the run, % of one core."""
+
+    @property
+    def per_core(self) -> float:
+        """Requests per CPU-second of the server process: what one core would serve if it had one
+        to itself (other work on the machine changes this far less than it changes ``rps``)."""
+        return self.rps / (self.cpu_pct / 100) if self.cpu_pct else float("nan")
 
     @property
     def row(self) -> tuple[str, str]:
         mark = f", {self.errors} errors" if self.errors else ""
-        return (self.name, f"{self.rps:,.0f}/s p50 {self.p50_ms:.1f} p99 {self.p99_ms:.1f}{mark}")
+        return (
+            self.name,
+            f"{self.rps:,.0f}/s p50 {self.p50_ms:.1f} p99 {self.p99_ms:.1f}, "
+            f"CPU {self.cpu_pct:.0f}%, {self.per_core:,.0f}/CPU-s{mark}",
+        )
 
 
 async def wrk(
@@ -96,6 +110,7 @@ async def wrk(
     url: str,
     args: argparse.Namespace,
     *,
+    pid: int,
     token: str = "",
     method: str = "GET",
     body: dict[str, Any] | None = None,
@@ -121,10 +136,12 @@ async def wrk(
         url,
     ]
     try:
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
         proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
         out, _ = await proc.communicate()
+        cpu_pct = (cpu_seconds(pid) - cpu0) / (time.monotonic() - t0) * 100
     finally:
         os.unlink(script)
     text = out.decode()
@@ -139,6 +156,7 @@ async def wrk(
         p50_ms=r["p50_us"] / 1000,
         p99_ms=r["p99_us"] / 1000,
         errors=errors,
+        cpu_pct=cpu_pct,
     )
 
 
@@ -172,7 +190,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             s = await seed(settings, 200)
             port = free_port()
             env = service_env(db_url, nats_url, RPA_API_PORT=str(port))
-            await start_service(services, "api", "rpa_api", env, port)
+            pid = (await start_service(services, "api", "rpa_api", env, port)).pid
             api = f"http://127.0.0.1:{port}"
             job = {"process_id": str(s.process_id), "robot_group_id": str(s.group_id)}
             await seed_jobs(api, s.token, job, 200)
@@ -182,17 +200,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             # A short warm-up of each path (imports, caches, the pool's connections), not measured.
             warm = argparse.Namespace(**{**vars(args), "duration": 2})
             for path in ("/api/v1/auth/me", "/api/v1/jobs?limit=50", "/api/v1/robots?limit=50"):
-                await wrk("warm-up", api + path, warm, token=s.token)
+                await wrk("warm-up", api + path, warm, pid=pid, token=s.token)
             for name, path in (
                 ("GET /auth/me", "/api/v1/auth/me"),
                 ("GET /jobs?limit=50", "/api/v1/jobs?limit=50"),
                 ("GET /robots?limit=50", "/api/v1/robots?limit=50"),
             ):
-                loads[name] = await wrk(name, api + path, args, token=s.token)
+                loads[name] = await wrk(name, api + path, args, pid=pid, token=s.token)
             loads["POST /jobs"] = await wrk(
-                "POST /jobs", api + "/api/v1/jobs", args, token=s.token, method="POST", body=job
+                "POST /jobs", api + "/api/v1/jobs", args, pid=pid, token=s.token, method="POST", body=job
             )
-            loads["GET /healthz"] = await wrk("GET /healthz", api + "/healthz", args)
+            loads["GET /healthz"] = await wrk("GET /healthz", api + "/healthz", args, pid=pid)
             services.stop("api")
         floor_port = free_port()
         peer(services, "floor", "floor-asgi", str(floor_port))
@@ -215,7 +233,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     rows = [load.row for load in loads.values()]
     rows += [
-        (f"ratio floor / {name}", ratio(floor.rps, load.rps))
+        (
+            f"ratio floor / {name} (req/s; req/CPU-s)",
+            f"{ratio(floor.rps, load.rps)}; {ratio(floor.per_core, load.per_core)}",
+        )
         for name, load in loads.items()
         if load is not floor
     ]
@@ -225,7 +246,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         f"API benchmark: one API process, wrk -t{args.threads} -c{args.connections} "
         f"-d{args.duration:g}s per path (requests/s, latency in ms)",
         rows,
-        width=34,
     )
     print(
         "goal: >= 1,000 authenticated reads/s and >= 600 list pages/s per API process at p99 <= 50 ms;"

@@ -274,7 +274,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.trace:
                 trace_dir = Path(tempfile.mkdtemp(prefix="rpa-bench-trace-"))
                 gw = peer(services, "gateway", "traced-gateway", str(trace_dir), env=env)
-                await wait_ready(f"http://127.0.0.1:{port}/readyz", gw, "gateway")
+                await wait_ready(f"http://127.0.0.1:{port}/readyz", gw, "gateway", within_s=300)
             else:
                 gw = await start_service(services, "gateway", "rpa_gateway", env, port)
             url = f"ws://127.0.0.1:{port}/robot/v1"

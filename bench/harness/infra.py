@@ -72,13 +72,18 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def print_table(title: str, rows: Sequence[tuple[str, Any]], width: int = 44) -> None:
+def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
+    width = max(len(name) for name, _ in rows) + 2
+    vwidth = max(14, *(len(str(value)) for _, value in rows))
     print()
     print(title)
-    print(f"{'metric':<{width}}{'value':>14}")
-    print("-" * (width + 14))
+    print(f"{'metric':<{width}}{'value':>{vwidth}}")
+    print("-" * (width + vwidth))
     for name, value in rows:
-        print(f"{name:<{width}}{value!s:>14}")
+        print(f"{name:<{width}}{value!s:>{vwidth}}")
+    # Other work on the machine skews latency and throughput (not memory): say how busy it was.
+    one, five, _ = os.getloadavg()
+    print(f"machine: {os.cpu_count()} cores, load average {one:.1f} (1 min), {five:.1f} (5 min) at the end")
 
 
 def ratio(value: float, floor: float) -> str:

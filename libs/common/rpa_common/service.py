@@ -257,8 +257,11 @@ class RequestLog:
             )
 
 
-def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool)."""
+def run_service(app: FastAPI, host: str, port: int, log_level: str = "info", **uvicorn_options: Any) -> None:
+    """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool).
+
+    ``uvicorn_options`` are a service's own server options (the gateway's WebSocket settings).
+    """
     import uvicorn
 
     uvicorn.run(
@@ -271,4 +274,5 @@ def run_service(app: FastAPI, host: str, port: int, log_level: str = "info") -> 
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=20,
         access_log=False,
+        **uvicorn_options,
     )
