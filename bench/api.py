@@ -213,12 +213,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             loads["GET /healthz"] = await wrk("GET /healthz", api + "/healthz", args, pid=pid)
             services.stop("api")
         floor_port = free_port()
-        peer(services, "floor", "floor-asgi", str(floor_port))
+        floor_pid = peer(services, "floor", "floor-asgi", str(floor_port)).pid
         await wait_port(floor_port)
-        await wrk("warm-up", f"http://127.0.0.1:{floor_port}/", warm)
-        loads["floor: bare uvicorn"] = await wrk(
-            "floor: bare uvicorn", f"http://127.0.0.1:{floor_port}/", args
-        )
+        floor_url = f"http://127.0.0.1:{floor_port}/"
+        await wrk("warm-up", floor_url, warm, pid=floor_pid)
+        loads["floor: bare uvicorn"] = await wrk("floor: bare uvicorn", floor_url, args, pid=floor_pid)
     finally:
         services.stop()
 
