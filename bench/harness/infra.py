@@ -218,6 +218,8 @@ def service_env(db_url: str, nats_url: str, **settings: str) -> dict[str, str]:
         RPA_NATS_URL=nats_url,
         RPA_SECRET_KEY=SECRET,
         RPA_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+        # A service that has to be killed (it did not stop in time) keeps its last log lines.
+        PYTHONUNBUFFERED="1",
     )
     env.update(settings)
     return env
