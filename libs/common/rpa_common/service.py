@@ -359,13 +359,20 @@ class RequestLog:
 
 
 def run_service(
-    app: FastAPI | str, host: str, port: int, log_level: str = "info", *, workers: int = 1
+    app: FastAPI | str,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    *,
+    workers: int = 1,
+    **uvicorn_options: Any,
 ) -> None:
     """Run under uvicorn; SIGTERM/SIGINT shut the lifespan down (drain NATS, close the pool).
 
     ``workers`` > 1 runs that many processes on the same port (uvicorn's supervisor restarts one that
     dies); ``app`` is then an import string of an app factory (``"pkg.module:create_app"``), since
-    each process builds its own app, with its own pool and NATS connection.
+    each process builds its own app, with its own pool and NATS connection. ``uvicorn_options`` are a
+    service's own server options (the gateway's WebSocket settings).
     """
     import uvicorn
 
@@ -381,6 +388,7 @@ def run_service(
         forwarded_allow_ips="*",
         timeout_graceful_shutdown=20,
         access_log=False,
+        **uvicorn_options,
     )
 
 

@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     gateway_host: str = Field("127.0.0.1", description="Robot gateway bind address.")
     gateway_port: int = Field(8001, description="Robot gateway port.")
     gateway_public_url: str | None = Field(None, description="URL robots are given to reach the gateway.")
+    gateway_ws_compression: bool = Field(
+        False,
+        description="Accept permessage-deflate from robots. Off by default: zlib's state costs about "
+        "49 KiB per connection, and robot frames are small JSON.",
+    )
     heartbeat_interval_s: float = Field(15.0, description="Robots send a heartbeat this often.")
     heartbeat_misses: int = Field(3, description="Missed heartbeats before a robot is Disconnected.")
     job_lease_s: float = Field(60.0, description="A job whose robot is silent this long ends 'robot lost'.")
