@@ -21,13 +21,14 @@ from rpa_api.jobs import service
 from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
 from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.kit.schemas import QueryDatetime
+from rpa_common import jobflow
 from rpa_common.errors import Conflict, Unprocessable
 from rpa_common.models import RobotMessage
 from rpa_common.models.enums import JobSource, JobState, LogLevel
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import JobControl, JobCreated
+from rpa_common.nats.messages import JobControl
 from rpa_common.service import ServiceContext
 
 router = APIRouter(prefix="/jobs")
@@ -114,16 +115,7 @@ async def create_job(
         response.status_code = status.HTTP_200_OK
         response.headers["Idempotent-Replayed"] = "true"
     else:
-        await ctx.publish(
-            subjects.JOB_CREATED,
-            JobCreated(
-                account_id=job.account_id,
-                job_id=job.id,
-                robot_id=job.robot_id,
-                robot_group_id=job.robot_group_id,
-                created_at=job.created_at,
-            ).encode(),
-        )
+        await ctx.publish(subjects.JOB_CREATED, jobflow.created_message(job).encode())
     return JobOut.model_validate(job)
 
 
