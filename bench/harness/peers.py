@@ -79,19 +79,18 @@ async def idle_robots() -> None:
                         print(f"robot {index} failed: {exc!r}", file=sys.stderr, flush=True)
                     await asyncio.sleep(0.5 * (attempt + 1))
 
-    await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
-    print(f"ready {len(conns)} {failed}", flush=True)
-
     heartbeat = json.dumps({"type": "heartbeat", "seq": 0, "job_id": None})
     sent = 0
 
     async def heartbeats() -> None:
-        # Every robot once per interval, spread evenly (as many robots started at different times).
+        # Every robot once per interval, spread evenly (as many robots started at different times);
+        # a robot takes part from the pass after its welcome, as a real one heartbeats once welcomed.
         nonlocal sent
         while True:
             started = loop.time()
-            for i, ws in enumerate(list(conns)):
-                delay = started + interval * i / max(1, len(conns)) - loop.time()
+            now_held = list(conns)
+            for i, ws in enumerate(now_held):
+                delay = started + interval * i / len(now_held) - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 with contextlib.suppress(websockets.ConnectionClosed):
@@ -100,6 +99,8 @@ async def idle_robots() -> None:
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     beats = asyncio.create_task(heartbeats())
+    await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
+    print(f"ready {len(conns)} {failed}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
     beats.cancel()
     still_open = sum(1 for ws in conns if ws.state.name == "OPEN")
