@@ -10,7 +10,7 @@ inserted in the database in bulk, with keys made and hashed as the API makes the
 processes (``--clients``; the client side must not be the bottleneck) then connect them over the
 real protocol, as the reference robot connects (same ``websockets`` options: permessage-deflate
 offered, pings every 20 s): ``hello``, ``welcome``, then a ``heartbeat`` every
-``heartbeat_interval_s`` from ``welcome`` (15 s), spread evenly over the interval.
+``heartbeat_interval_s`` from ``welcome`` (15 s) on, as a robot does.
 
 Measured:
 

@@ -37,6 +37,18 @@ async def idle_robots() -> None:
     failed = 0
     limiter = asyncio.Semaphore(job["concurrency"])
     interval = 15.0
+    heartbeat = json.dumps({"type": "heartbeat", "seq": 0, "job_id": None})
+    beats: list[asyncio.Task[None]] = []
+    sent = 0
+
+    async def heartbeats(ws: ClientConnection) -> None:
+        # As a robot does: every heartbeat_interval_s from its welcome on.
+        nonlocal sent
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                await ws.send(heartbeat)
+                sent += 1
 
     async def one(index: int, key: str) -> None:
         nonlocal failed, interval
@@ -72,6 +84,7 @@ async def idle_robots() -> None:
                         raise RuntimeError(f"expected welcome, got {welcome}")
                     interval = float(welcome.get("heartbeat_interval_s") or interval)
                     conns.append(ws)
+                    beats.append(asyncio.create_task(heartbeats(ws)))
                     return
                 except (OSError, TimeoutError, websockets.WebSocketException, RuntimeError) as exc:
                     if attempt == 4:
@@ -81,27 +94,9 @@ async def idle_robots() -> None:
 
     await asyncio.gather(*(one(i, k) for i, k in enumerate(keys)))
     print(f"ready {len(conns)} {failed}", flush=True)
-
-    heartbeat = json.dumps({"type": "heartbeat", "seq": 0, "job_id": None})
-    sent = 0
-
-    async def heartbeats() -> None:
-        # Every robot once per interval, spread evenly (as many robots started at different times).
-        nonlocal sent
-        while True:
-            started = loop.time()
-            for i, ws in enumerate(list(conns)):
-                delay = started + interval * i / max(1, len(conns)) - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await ws.send(heartbeat)
-                    sent += 1
-            await asyncio.sleep(max(0.0, started + interval - loop.time()))
-
-    beats = asyncio.create_task(heartbeats())
     await loop.run_in_executor(None, sys.stdin.read)  # until the parent closes our stdin
-    beats.cancel()
+    for task in beats:
+        task.cancel()
     still_open = sum(1 for ws in conns if ws.state.name == "OPEN")
     print(f"done {still_open} {sent} {len(conns) - still_open}", flush=True)
     await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
