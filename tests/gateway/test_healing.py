@@ -239,7 +239,7 @@ async def test_publishes_made_while_nats_is_down_are_sent_when_it_is_back(
 
         await eventually(delivered, 15, "JOB_STATE published after NATS came back")
         log_text = gateway.log_path.read_text()
-        assert "nats.publish_deferred" in log_text and '"level": "warning"' in log_text
+        assert "nats.publish_failed" in log_text and '"level": "warning"' in log_text
         await ws.close()
     finally:
         if listener is not None:

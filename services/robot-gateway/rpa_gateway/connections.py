@@ -171,7 +171,7 @@ class ConnectionHandler:
             return False
         if attached.previous_gateway_id not in (None, hub.gateway_id):
             # The previous connection lives on another replica: tell it to let go.
-            await hub.publisher.publish(
+            await hub.publish(
                 subjects.gateway_inbox(attached.previous_gateway_id),
                 GatewayCommand(robot_id=robot.id, kind="disconnect"),
             )
@@ -187,7 +187,7 @@ class ConnectionHandler:
         # Reconciliation on reconnect: every job the database gives the robot, offered again.
         for offer in attached.offers:
             await conn.offer(offer)
-        await hub.publisher.publish(subjects.ROBOT_STATUS, store.status_message(robot, attached.status))
+        await hub.publish(subjects.ROBOT_STATUS, store.status_message(robot, attached.status))
         return True
 
     async def _detach(self, conn: Connection) -> None:
@@ -200,7 +200,7 @@ class ConnectionHandler:
             return
         log.info("robot.disconnected", robot_id=str(conn.robot.id), connection_id=str(conn.connection_id))
         if detached:
-            await self.hub.publisher.publish(
+            await self.hub.publish(
                 subjects.ROBOT_STATUS, store.status_message(conn.robot, RobotStatus.DISCONNECTED)
             )
 
@@ -256,7 +256,7 @@ class ConnectionHandler:
         await self._after_commit(conn, frame, applied)
 
     async def _after_commit(self, conn: Connection, frame: Reliable, applied: Applied) -> None:
-        publish = self.hub.publisher.publish
+        publish = self.hub.publish
         for t in applied.transitions:
             if t.to_state.is_final or t.to_state == JobState.PENDING:
                 conn.active_jobs.pop(t.job_id, None)

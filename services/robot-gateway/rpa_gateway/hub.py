@@ -5,7 +5,6 @@
 - ``heartbeats``: batched heartbeat writes, lease renewal of confirmed jobs, stale sockets closed;
 - ``reconcile``: the database's jobs for this replica's robots against what their connections hold;
 - ``commands``: NATS commands for the robots held here;
-- ``publisher``: NATS publishes that survive an outage.
 """
 
 from __future__ import annotations
@@ -22,14 +21,13 @@ from rpa_common.models import Robot
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import RobotStatus
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import RobotStatusChanged
+from rpa_common.nats.messages import Message, RobotStatusChanged
 from rpa_common.service import ServiceContext
 from rpa_gateway import store
 from rpa_gateway.commands import Commands
 from rpa_gateway.connection import Connection
 from rpa_gateway.connections import ConnectionHandler
 from rpa_gateway.heartbeats import Heartbeats
-from rpa_gateway.publisher import Publisher
 from rpa_gateway.reconcile import Reconciler
 from rpa_gateway.writer import FrameWriter
 from rpa_protocol.codes import CLOSE_RESTART
@@ -42,7 +40,6 @@ class Hub:
         self.ctx = ctx
         self.gateway_id = uuid.uuid4().hex
         self.connections: dict[uuid.UUID, Connection] = {}  # robot id -> its main connection
-        self.publisher = Publisher(ctx)
         self.writer = FrameWriter(ctx)
         self.heartbeats = Heartbeats(ctx, self.gateway_id, self.connections.get)
         self.reconciler = Reconciler(ctx, self.gateway_id, self.connections, self.refresh_status)
@@ -50,12 +47,16 @@ class Hub:
         self.handler = ConnectionHandler(self)
 
     async def start(self) -> None:
-        self.publisher.start()
         self.writer.start()
         await self.commands.start()
         self.heartbeats.start()
         self.reconciler.start()
         log.info("gateway.started", gateway_id=self.gateway_id)
+
+    async def publish(self, subject: str, msg: Message) -> None:
+        """After a commit: a message NATS cannot take now is logged and retried by the context's
+        ``Publisher`` (``rpa_common.nats.publisher``), never dropped silently."""
+        await self.ctx.publish(subject, msg.encode())
 
     async def serve(self, ws: WebSocket, robot: store.RobotIdentity) -> None:
         await self.handler.serve(ws, robot)
@@ -66,7 +67,7 @@ class Hub:
             self.ctx.sessions, lambda s: store.refresh_status(s, conn.robot.id, conn.connection_id)
         )
         if status is not None:
-            await self.publisher.publish(subjects.ROBOT_STATUS, store.status_message(conn.robot, status))
+            await self.publish(subjects.ROBOT_STATUS, store.status_message(conn.robot, status))
 
     async def stop(self) -> None:
         await self.commands.stop()
@@ -97,13 +98,12 @@ class Hub:
             log.warning("gateway.release_failed", error=str(exc))
             released = []
         for robot_id, account_id in released:
-            await self.publisher.publish(
+            await self.publish(
                 subjects.ROBOT_STATUS,
                 RobotStatusChanged(
                     account_id=account_id, robot_id=robot_id, status=RobotStatus.DISCONNECTED, at=utcnow()
                 ),
             )
-        await self.publisher.stop()
 
 
 __all__ = ["Connection", "Hub"]

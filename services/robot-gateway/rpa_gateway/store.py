@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rpa_common import jobflow
 from rpa_common.db.engine import dialect_of
-from rpa_common.jobflow import Actor, Transition, locked_row, record_creation, transition
+from rpa_common.jobflow import Actor, Transition, locked_row, transition
 from rpa_common.models import AuditRecord, Job, Process, ProcessVersion, Robot, RobotMessage
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import (
@@ -253,25 +254,6 @@ async def may_download(session: AsyncSession, robot_id: uuid.UUID, version_id: u
     return int(row.size) if row is not None else None
 
 
-# What a robot report leads to. A report the state machine does not allow directly passes through
-# the state a person would have asked for first (a script that stopped by itself while Running
-# went through Stopping), so the job always ends where the robot says it ended.
-_FINAL: dict[str, JobState] = {
-    "successful": JobState.SUCCESSFUL,
-    "failed": JobState.FAILED,
-    "stopped": JobState.STOPPED,
-    "interrupted": JobState.INTERRUPTED,
-}
-_VIA: dict[JobState, JobState] = {
-    JobState.STOPPED: JobState.STOPPING,
-    JobState.INTERRUPTED: JobState.INTERRUPTING,
-}
-_NEEDS_VIA: dict[JobState, frozenset[JobState]] = {
-    JobState.STOPPED: frozenset({JobState.RUNNING}),
-    JobState.INTERRUPTED: frozenset({JobState.RUNNING, JobState.STOPPING}),
-}
-
-
 async def apply_job_status(
     session: AsyncSession, robot: RobotIdentity, frame: JobStatus, lease_s: float, job: Any
 ) -> list[Transition]:
@@ -318,7 +300,6 @@ async def apply_job_status(
             .execution_options(synchronize_session=False)
         )
         return done
-    target = _FINAL[frame.status]
     final_values: dict[str, Any] = {}
     if output is not None:
         final_values["output_args"] = output
@@ -327,25 +308,21 @@ async def apply_job_status(
     elif frame.error:
         final_values["error"] = frame.error[:10_000]
     reason = f"robot reported {frame.status}"
-    via = _VIA.get(target)
-    if via is not None and job.state in _NEEDS_VIA[target]:
+    steps = jobflow.report_steps(frame.status, job.state)
+    for i, target in enumerate(steps):
         t = await transition(
-            session, frame.job_id, via, attempt=frame.attempt, actor=actor, reason=reason, locked=job
+            session,
+            frame.job_id,
+            target,
+            attempt=frame.attempt,
+            actor=actor,
+            reason=reason,
+            values=final_values if i == len(steps) - 1 else None,
+            # After a "via" step the row moved on: read it again (still under this transaction's lock).
+            locked=job if i == 0 else None,
         )
-        if t is not None:
-            done.append(t)
-    t = await transition(
-        session,
-        frame.job_id,
-        target,
-        attempt=frame.attempt,
-        actor=actor,
-        reason=reason,
-        values=final_values,
-        # After a "via" step the row moved on: read it again (still under this transaction's lock).
-        locked=None if done else job,
-    )
-    if t is not None:
+        if t is None:
+            break
         done.append(t)
     return done
 
@@ -381,7 +358,8 @@ async def create_requested_job(
     process = (
         await session.execute(
             sa.select(Process.id, Process.current_version_id).where(
-                Process.account_id == robot.account_id, Process.name == frame.process_name
+                Process.account_id == robot.account_id,
+                sa.func.lower(Process.name) == frame.process_name.lower(),
             )
         )
     ).one_or_none()
@@ -389,23 +367,18 @@ async def create_requested_job(
         return None, f"no process named {frame.process_name!r}", None
     if process.current_version_id is None:
         return None, f"process {frame.process_name!r} has no published version", None
-    now = utcnow()
-    job = Job(
-        id=uuid.uuid4(),
+    job = await jobflow.create_job(
+        session,
         account_id=robot.account_id,
         process_id=process.id,
         process_version_id=process.current_version_id,
         robot_id=robot.id,
-        state=JobState.PENDING,
         source=JobSource.ROBOT,
+        actor=Actor(ActorType.ROBOT, robot.id),
+        reason="requested by the robot",
         input_args=frame.input_args,
         idempotency_key=idem,
-        created_at=now,
-        updated_at=now,
     )
-    session.add(job)
-    await session.flush()
-    record_creation(session, job, Actor(ActorType.ROBOT, robot.id), reason="requested by the robot")
     session.add(
         AuditRecord(
             account_id=robot.account_id,
@@ -420,11 +393,7 @@ async def create_requested_job(
         )
     )
     await session.flush()
-    return (
-        job.id,
-        None,
-        JobCreated(account_id=robot.account_id, job_id=job.id, robot_id=robot.id, created_at=now),
-    )
+    return job.id, None, jobflow.created_message(job)
 
 
 # Logs -------------------------------------------------------------------------------------------
