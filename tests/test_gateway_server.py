@@ -13,51 +13,13 @@ import json
 import signal
 import subprocess
 import sys
-import uuid
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.conftest import ROOT, make_settings
+from tests.conftest import ROOT
 from tests.support import free_port
-from tests.test_services import service_env, wait_ready
-
-
-def robot_key(db_url: str) -> str:
-    """An unattended robot in a fresh account of the test database; its key."""
-    from rpa_common.db.engine import create_engine, session_factory
-    from rpa_common.db.uow import run_in_transaction
-    from rpa_common.models import Account, Robot
-    from rpa_common.models.enums import RobotRole
-    from rpa_common.security import make_key
-
-    key = make_key("rbk")
-
-    async def run() -> None:
-        engine = create_engine(make_settings(db_url), "tests", pool_size=1)
-        try:
-
-            async def work(session):  # type: ignore[no-untyped-def]
-                account = Account(id=uuid.uuid4(), name=f"ws-{uuid.uuid4().hex[:8]}")
-                session.add(account)
-                await session.flush()
-                session.add(
-                    Robot(
-                        id=uuid.uuid4(),
-                        account_id=account.id,
-                        name="ws-options",
-                        role=RobotRole.UNATTENDED,
-                        key_prefix=key.prefix,
-                        key_hash=key.hash,
-                    )
-                )
-
-            await run_in_transaction(session_factory(engine), work)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-    return key.full
+from tests.test_services import robot_key, service_env, wait_ready
 
 
 async def negotiated_extensions(url: str, key: str) -> str | None:
@@ -85,7 +47,7 @@ async def negotiated_extensions(url: str, key: str) -> str | None:
 def test_gateway_declines_permessage_deflate_unless_configured(
     compression: str | None, db_url: str, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
-    key = robot_key(db_url)
+    key = robot_key(db_url, "unattended")
     port = free_port()
     extra = {"RPA_GATEWAY_PORT": str(port)}
     if compression is not None:

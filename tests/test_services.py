@@ -32,8 +32,8 @@ def service_env(db_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def coordinator_key(db_url: str) -> str:
-    """A coordinator robot in a fresh account of the test database; its key."""
+def robot_key(db_url: str, role: str = "coordinator") -> str:
+    """A robot of ``role`` in a fresh account of the test database; its key."""
     import asyncio
     import uuid
 
@@ -51,15 +51,15 @@ def coordinator_key(db_url: str) -> str:
         try:
 
             async def work(session):  # type: ignore[no-untyped-def]
-                account = Account(id=uuid.uuid4(), name=f"coord-{uuid.uuid4().hex[:8]}")
+                account = Account(id=uuid.uuid4(), name=f"{role}-{uuid.uuid4().hex[:8]}")
                 session.add(account)
                 await session.flush()
                 session.add(
                     Robot(
                         id=uuid.uuid4(),
                         account_id=account.id,
-                        name="coordinator",
-                        role=RobotRole.COORDINATOR,
+                        name=role,
+                        role=RobotRole(role),
                         key_prefix=key.prefix,
                         key_hash=key.hash,
                     )
@@ -100,7 +100,7 @@ def test_service_starts_answers_and_stops_gracefully(
     port = free_port()
     extra = {port_var: str(port)}
     if module == "rpa_coordinator":
-        extra["RPA_COORDINATOR_KEY"] = coordinator_key(db_url)
+        extra["RPA_COORDINATOR_KEY"] = robot_key(db_url)
     ready_timeout = 30.0
     if module == "rpa_api":
         # The API runs one worker process per core: test that path whatever this machine has. Each

@@ -166,23 +166,23 @@ async def transition(
     )
 
 
+LOCKED_COLUMNS = (
+    Job.id,
+    Job.state,
+    Job.attempt,
+    Job.account_id,
+    Job.process_id,
+    Job.robot_id,
+    Job.stop_after_s,
+    Job.interrupt_after_s,
+)
+"""What transitions read of a locked job (state, attempt, owner, process, robot, deadlines)."""
+
+
 async def locked_row(session: AsyncSession, job_id: uuid.UUID) -> Any:
-    """Lock a job and read what transitions need (state, attempt, owner, process, robot, deadlines)."""
+    """Lock a job and read ``LOCKED_COLUMNS``."""
     return (
-        await session.execute(
-            sa.select(
-                Job.id,
-                Job.state,
-                Job.attempt,
-                Job.account_id,
-                Job.process_id,
-                Job.robot_id,
-                Job.stop_after_s,
-                Job.interrupt_after_s,
-            )
-            .where(Job.id == job_id)
-            .with_for_update()
-        )
+        await session.execute(sa.select(*LOCKED_COLUMNS).where(Job.id == job_id).with_for_update())
     ).one_or_none()
 
 

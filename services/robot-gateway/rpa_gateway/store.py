@@ -188,16 +188,7 @@ async def lock_jobs(session: AsyncSession, job_ids: list[uuid.UUID]) -> dict[uui
         return {}
     rows = (
         await session.execute(
-            sa.select(
-                Job.id,
-                Job.state,
-                Job.attempt,
-                Job.account_id,
-                Job.process_id,
-                Job.robot_id,
-                Job.stop_after_s,
-                Job.interrupt_after_s,
-            )
+            sa.select(*jobflow.LOCKED_COLUMNS)
             .where(Job.id.in_(sorted(job_ids)))
             .order_by(Job.id)
             .with_for_update()
