@@ -55,10 +55,15 @@ class NatsServer:
                 stderr=log,
             )
         deadline = time.monotonic() + timeout
-        while not _answers(self.port):
+        # Something else answering on the port (a process of an earlier test) is not our server:
+        # ours must be alive once the port answers, else it could not bind.
+        while not _answers(self.port) or self.proc.poll() is not None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"nats-server did not start on {self.port}: {self.log_path.read_text()}")
             time.sleep(0.02)
+        time.sleep(0.1)
+        if self.proc.poll() is not None:
+            raise AssertionError(f"nats-server exited on {self.port}: {self.log_path.read_text()}")
 
     def stop(self) -> None:
         """Gone at once (SIGKILL): clients learn it from their sockets, as after a crash."""
