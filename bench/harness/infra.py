@@ -133,12 +133,21 @@ class Services:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (0 when it is gone)."""
+    """User + system CPU seconds used so far by process ``pid`` and its live children (the API runs
+    one worker process per core under uvicorn's supervisor); 0 when it is gone."""
     try:
-        t = psutil.Process(pid).cpu_times()
+        parent = psutil.Process(pid)
+        procs = [parent, *parent.children(recursive=True)]
     except psutil.Error:
         return 0.0
-    return float(t.user + t.system)
+    total = 0.0
+    for proc in procs:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
 
 
 def rss_bytes(pid: int) -> int:
