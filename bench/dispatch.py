@@ -57,6 +57,7 @@ from harness.infra import (
 
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.settings import Settings
+from rpa_protocol import PROTOCOL_VERSION, Heartbeat, Hello, JobStatus, encode
 
 SERVICES = ("api", "scheduler", "gateway")
 
@@ -78,16 +79,13 @@ async def robot(url: str, key: str, index: int, results: Results, ready: asyncio
     headers = {"Authorization": f"Bearer {key}"}
     async with websockets.connect(url, additional_headers=headers, max_size=2**22, compression=None) as ws:
         await ws.send(
-            json.dumps(
-                {
-                    "type": "hello",
-                    "seq": 0,
-                    "protocol": 1,
-                    "robot_version": "bench-1.0",
-                    "machine": f"bench-{index}",
-                    "capabilities": ["jobs"],
-                    "attended": False,
-                }
+            encode(
+                Hello(
+                    protocol=PROTOCOL_VERSION,
+                    robot_version="bench-1.0",
+                    machine=f"bench-{index}",
+                    capabilities=["jobs"],
+                )
             )
         )
         welcome = json.loads(await ws.recv())
@@ -102,7 +100,7 @@ async def robot(url: str, key: str, index: int, results: Results, ready: asyncio
         async def heartbeats() -> None:
             while True:
                 await asyncio.sleep(interval)
-                await ws.send(json.dumps({"type": "heartbeat", "seq": 0}))
+                await ws.send(encode(Heartbeat()))
 
         beat = asyncio.create_task(heartbeats())
         try:
@@ -116,15 +114,14 @@ async def robot(url: str, key: str, index: int, results: Results, ready: asyncio
                     for status in ("running", "successful"):
                         seq += 1
                         await ws.send(
-                            json.dumps(
-                                {
-                                    "type": "job.status",
-                                    "seq": seq,
-                                    "job_id": job_id,
-                                    "attempt": frame["attempt"],
-                                    "status": status,
-                                    **({"output": {}} if status == "successful" else {}),
-                                }
+                            encode(
+                                JobStatus(
+                                    seq=seq,
+                                    job_id=job_id,
+                                    attempt=frame["attempt"],
+                                    status=status,
+                                    output={} if status == "successful" else None,
+                                )
                             )
                         )
                 elif kind == "error":

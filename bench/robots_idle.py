@@ -60,6 +60,8 @@ from harness.infra import (
     wait_ready,
 )
 
+from rpa_protocol import PROTOCOL_VERSION, Heartbeat, Hello, encode
+
 WARM_UP = 50
 """Robots connected and closed again before the baseline: the first connections import and
 compile code paths (and fill caches) that later ones only reuse."""
@@ -204,19 +206,17 @@ async def warm_up(url: str, keys: list[str]) -> None:
     async def one(key: str) -> None:
         async with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as ws:
             await ws.send(
-                json.dumps(
-                    {
-                        "type": "hello",
-                        "seq": 0,
-                        "protocol": 1,
-                        "robot_version": "bench-1.0",
-                        "machine": "bench-warm-up",
-                        "capabilities": ["jobs"],
-                    }
+                encode(
+                    Hello(
+                        protocol=PROTOCOL_VERSION,
+                        robot_version="bench-1.0",
+                        machine="bench-warm-up",
+                        capabilities=["jobs"],
+                    )
                 )
             )
             await ws.recv()
-            await ws.send(json.dumps({"type": "heartbeat", "seq": 0}))
+            await ws.send(encode(Heartbeat()))
 
     await asyncio.gather(*(one(k) for k in keys))
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import uvloop
 
+from rpa_protocol import PROTOCOL_VERSION, Heartbeat, Hello, encode
+
 # Client process ----------------------------------------------------------------------------------
 
 
@@ -37,7 +39,7 @@ async def idle_robots() -> None:
     failed = 0
     limiter = asyncio.Semaphore(job["concurrency"])
     interval = 15.0
-    heartbeat = json.dumps({"type": "heartbeat", "seq": 0, "job_id": None})
+    heartbeat = encode(Heartbeat())
     beats: list[asyncio.Task[None]] = []
     sent = 0
 
@@ -67,16 +69,13 @@ async def idle_robots() -> None:
                         local_addr=(source, 0),
                     )
                     await ws.send(
-                        json.dumps(
-                            {
-                                "type": "hello",
-                                "seq": 0,
-                                "protocol": 1,
-                                "robot_version": "bench-1.0",
-                                "machine": f"bench-{source}-{index}",
-                                "capabilities": ["jobs"],
-                                "attended": False,
-                            }
+                        encode(
+                            Hello(
+                                protocol=PROTOCOL_VERSION,
+                                robot_version="bench-1.0",
+                                machine=f"bench-{source}-{index}",
+                                capabilities=["jobs"],
+                            )
                         )
                     )
                     welcome = json.loads(await asyncio.wait_for(ws.recv(), 60))
