@@ -1,0 +1,21 @@
+"""queues and tasks: fencing tokens, task history, robot task frames
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-12-02 10:30:00
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0004"
+down_revision: str | None = "0003"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    """Filled by the change that needs it (reserved so parallel work keeps one chain)."""
+
+
+def downgrade() -> None:
+    """See upgrade()."""
