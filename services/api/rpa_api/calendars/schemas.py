@@ -8,7 +8,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, Field, StrictBool, StringConstraints
 
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 
@@ -30,10 +30,15 @@ def _weekdays(value: list[int]) -> list[int]:
     return sorted(value)
 
 
+# The document lists the zones this server knows (its IANA time zone database), so a client sees
+# what it may send; the validator says the same in its 422.
 TimeZone = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
     AfterValidator(_zone),
+    Field(
+        json_schema_extra={"enum": sorted(_zones())}, description="An IANA time zone, e.g. 'Europe/Paris'."
+    ),
 ]
 Weekday = Annotated[int, Field(ge=1, le=7, description="ISO weekday: 1 = Monday ... 7 = Sunday")]
 WeekendDays = Annotated[list[Weekday], Field(max_length=7), AfterValidator(_weekdays)]
@@ -41,7 +46,7 @@ WeekendDays = Annotated[list[Weekday], Field(max_length=7), AfterValidator(_week
 
 class CalendarDayIn(In):
     day: date
-    working: bool = Field(False, description="False: a holiday; true: a worked weekend day.")
+    working: StrictBool = Field(False, description="False: a holiday; true: a worked weekend day.")
     note: Annotated[str, StringConstraints(max_length=200)] = ""
 
 
