@@ -135,8 +135,8 @@ async def test_open_session_starts_the_robot_with_its_key_in_the_environment_onl
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             bot, job_id = await setup.unattended_job("no_such_os_user_here")
             await dispatch_pass(ctx)
-            ts = await setup.wait_state(job_id, SessionState.OPEN)
-            for state in ("opening", "open"):
+            ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+            for state in ("connecting", "logged_on"):
                 await reports.wait_for(lambda m, s=state: m["session_id"] == str(ts.id) and m["state"] == s)
             data = await wait_seen(work_dir, ts.id)
             robot = await setup.world.get(Robot, bot)
@@ -160,7 +160,7 @@ async def test_open_session_starts_the_robot_with_its_key_in_the_environment_onl
                 subjects.coordinator_inbox(setup.coordinator_id),
                 CloseSession(session_id=ts.id, reason="job over").encode(),
             )
-            closed = await setup.wait_state(job_id, SessionState.CLOSED)
+            closed = await setup.wait_state(job_id, SessionState.ENDED)
             assert closed.closed_at is not None
             assert (
                 not Path(f"/proc/{data['pid']}").exists()
@@ -183,13 +183,13 @@ async def test_as_root_the_robot_runs_as_the_accounts_os_user(
     try:
         _, job_id = await setup.unattended_job("nobody")
         await dispatch_pass(ctx)
-        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
         data = await wait_seen(work_dir, ts.id)
         assert data["uid"] == nobody.pw_uid and data["home"] == nobody.pw_dir
     finally:
         await coordinator.stop()
     # Shutdown closed the session.
-    await setup.wait_state(job_id, SessionState.CLOSED)
+    await setup.wait_state(job_id, SessionState.ENDED)
 
 
 async def test_robot_exiting_before_it_connects_fails_the_session_and_the_job(
@@ -231,13 +231,13 @@ async def test_sessions_over_the_limit_fail(ctx: ServiceContext, setup: Setup, w
         _, first = await setup.unattended_job("svc_one")
         _, second = await setup.unattended_job("svc_two")
         await dispatch_pass(ctx)  # the server allows 10: both sessions are asked for
-        await setup.wait_state(first, SessionState.OPEN)
+        await setup.wait_state(first, SessionState.LOGGED_ON)
         ts = await setup.wait_state(second, SessionState.FAILED)
         assert ts.reason == "session limit reached"
         assert len(coordinator.sessions) == 1
     finally:
         await coordinator.stop()
-    await setup.wait_state(first, SessionState.CLOSED)
+    await setup.wait_state(first, SessionState.ENDED)
 
 
 async def test_identity_comes_from_the_coordinator_key(ctx: ServiceContext, setup: Setup) -> None:
@@ -266,13 +266,13 @@ async def test_an_open_session_sent_again_is_answered_not_opened_twice(
             _, job_id = await setup.unattended_job("svc_twice")
             await dispatch_pass(ctx)
             command = await inbox.wait_for(lambda m: m["job_id"] == str(job_id))
-        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
         first = await wait_seen(work_dir, ts.id)
         payload = json.dumps(command).encode()
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             # The scheduler's sweep sends it again when the coordinator's answer was lost.
             await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
-            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "open")
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "logged_on")
         assert list(coordinator.sessions) == [ts.id]
         assert (await wait_seen(work_dir, ts.id))["pid"] == first["pid"], "one robot process"
 
@@ -280,11 +280,11 @@ async def test_an_open_session_sent_again_is_answered_not_opened_twice(
             subjects.coordinator_inbox(setup.coordinator_id),
             CloseSession(session_id=ts.id, reason="job over").encode(),
         )
-        await setup.wait_state(job_id, SessionState.CLOSED)
+        await setup.wait_state(job_id, SessionState.ENDED)
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             # A late copy after the session ended opens nothing: it is answered with the end.
             await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
-            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "closed")
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "ended")
         assert coordinator.sessions == {}
     finally:
         await coordinator.stop()
@@ -302,12 +302,12 @@ def test_coordinator_commands_are_told_apart_by_their_kind() -> None:
         robot_id=rid,
         job_id=None,
         login="svc",
-        password="pw",
+        sealed="box",
     )
     assert isinstance(decode_coordinator_command(opened.encode()), OpenSession)
     # No kind, or one nobody knows: refused, never guessed from the fields.
     for body in ({"session_id": str(sid)}, {"kind": "reboot", "session_id": str(sid)}):
         with pytest.raises(ValueError):
             decode_coordinator_command(json.dumps(body).encode())
-    with pytest.raises(ValueError):  # an OpenSession without its password is not a CloseSession
-        decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "password": None}).encode())
+    with pytest.raises(ValueError):  # an OpenSession without its sealed box is not a CloseSession
+        decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "sealed": None}).encode())

@@ -150,10 +150,10 @@ async def test_unattended_job_opens_a_session_runs_on_the_real_robot_and_closes_
                     ts = await session.scalar(
                         sa.select(TerminalSession).where(TerminalSession.job_id == job_id)
                     )
-                if ts is not None and ts.state in (SessionState.CLOSED, SessionState.FAILED):
+                if ts is not None and ts.state in (SessionState.ENDED, SessionState.FAILED):
                     break
                 await asyncio.sleep(0.1)
-        assert (ts.state, ts.reason) == (SessionState.CLOSED, None), robot_output
+        assert (ts.state, ts.reason) == (SessionState.ENDED, None), robot_output
         assert ts.opened_at is not None and ts.closed_at is not None
         async with ctx.sessions() as session:
             states = (

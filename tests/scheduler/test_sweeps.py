@@ -145,10 +145,10 @@ async def test_failed_session_report_fails_the_starting_job(ctx: ServiceContext)
             session_id=session_id, account_id=world.account_id, state=state, reason=reason, at=utcnow()
         )
 
-    assert await apply_session_report(ctx, report(SessionState.OPENING))
+    assert await apply_session_report(ctx, report(SessionState.CONNECTING))
     assert await apply_session_report(ctx, report(SessionState.FAILED, "spawn failed: no such user"))
     # A late report never moves a session backwards.
-    assert not await apply_session_report(ctx, report(SessionState.OPEN))
+    assert not await apply_session_report(ctx, report(SessionState.LOGGED_ON))
     ts = await world.get(TerminalSession, session_id)
     assert (ts.state, ts.reason) == (SessionState.FAILED, "spawn failed: no such user")
     job = await world.get(Job, job_id)
@@ -160,7 +160,7 @@ async def test_robot_that_does_not_connect_in_time_fails_its_job_and_closes_the_
 ) -> None:
     world = await new_world(ctx)
     coordinator, job_id, session_id = await session_job(world)
-    await world.set(TerminalSession, session_id, state=SessionState.OPEN)
+    await world.set(TerminalSession, session_id, state=SessionState.LOGGED_ON)
     await sweep_sessions(ctx)
     assert (await world.get(Job, job_id)).state == JobState.STARTING, "not timed out yet"
     await world.set(TerminalSession, session_id, created_at=ago(ctx.settings.session_connect_timeout_s + 1))

@@ -28,9 +28,10 @@ from rpa_common.settings import Settings
 
 _OPEN_SESSION_STATES = (
     SessionState.REQUESTED,
-    SessionState.OPENING,
-    SessionState.OPEN,
+    SessionState.CONNECTING,
+    SessionState.LOGGED_ON,
     SessionState.ROBOT_CONNECTED,
+    SessionState.LOGGING_OFF,
 )
 
 
