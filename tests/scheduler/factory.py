@@ -130,16 +130,19 @@ class World:
         """A terminal server; ``sealed``: with ``self.seal``'s public key registered (as its coordinator
         does at start), so the scheduler can seal credentials to it."""
         sid = uuid.uuid4()
+        fields: dict[str, Any] = {
+            "name": f"ts-{sid.hex[:8]}",
+            "hostname": "ts.example",
+            "public_key": self.seal.public if sealed else None,
+            **values,
+        }
         await self._add(
             TerminalServer(
                 id=sid,
                 account_id=self.account_id,
-                name=f"ts-{sid.hex[:8]}",
-                hostname="ts.example",
                 coordinator_id=coordinator_id,
                 max_sessions=max_sessions,
-                public_key=self.seal.public if sealed else None,
-                **values,
+                **fields,
             )
         )
         return sid
