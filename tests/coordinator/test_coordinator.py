@@ -25,7 +25,13 @@ from rpa_common.models import Job, Robot, TerminalSession
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import CloseSession, OpenSession, RobotStatusChanged, decode_coordinator_command
+from rpa_common.nats.messages import (
+    CloseSession,
+    JobStateChanged,
+    OpenSession,
+    RobotStatusChanged,
+    decode_coordinator_command,
+)
 from rpa_common.security import key_matches, make_key
 from rpa_common.service import ServiceContext
 from rpa_coordinator.coordinator import Coordinator, IdentityError, resolve_identity
@@ -311,3 +317,136 @@ def test_coordinator_commands_are_told_apart_by_their_kind() -> None:
             decode_coordinator_command(json.dumps(body).encode())
     with pytest.raises(ValueError):  # an OpenSession without its sealed box is not a CloseSession
         decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "sealed": None}).encode())
+
+
+async def _connected(ctx: ServiceContext, setup: Setup, bot: uuid.UUID) -> None:
+    await ctx.publish(
+        subjects.ROBOT_STATUS,
+        RobotStatusChanged(
+            account_id=setup.world.account_id, robot_id=bot, status=RobotStatus.READY, at=utcnow()
+        ).encode(),
+    )
+
+
+async def test_a_restarted_coordinator_adopts_its_running_session_and_logs_it_off_later(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    state_file = work_dir / "sessions.json"
+    first = Coordinator(
+        ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
+    )
+    await first.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_adopt")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        pid = (await wait_seen(work_dir, ts.id))["pid"]
+    finally:
+        await first.stop()  # keeps the session running: an upgrade, or a crash
+    saved = json.loads(state_file.read_text())
+    assert [s["session_id"] for s in saved["sessions"]] == [str(ts.id)]
+    assert "Pa55word!" not in state_file.read_text() and "rbk_" not in state_file.read_text()
+    assert Path(f"/proc/{pid}").exists()
+
+    second = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file)
+    await second.start()
+    try:
+        assert list(second.sessions) == [ts.id] and second.sessions[ts.id].handle.adopted  # type: ignore[union-attr]
+        await ctx.publish(
+            subjects.coordinator_inbox(setup.coordinator_id),
+            CloseSession(session_id=ts.id, reason="job over").encode(),
+        )
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "job over"
+        assert (
+            not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+        )
+        assert json.loads(state_file.read_text())["sessions"] == []
+    finally:
+        await second.stop()
+
+
+async def test_a_session_that_ended_while_the_coordinator_was_down_is_reported(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    state_file = work_dir / "sessions.json"
+    first = Coordinator(
+        ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
+    )
+    await first.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_gone")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        pid = (await wait_seen(work_dir, ts.id))["pid"]
+    finally:
+        await first.stop()
+    os.kill(pid, 15)  # the robot leaves while no coordinator watches
+    async with asyncio.timeout(5):
+        while (
+            Path(f"/proc/{pid}").exists()
+            and b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()
+        ):
+            await asyncio.sleep(0.05)
+    second = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file)
+    await second.start()
+    try:
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "ended while the coordinator was down"
+        assert second.sessions == {}
+    finally:
+        await second.stop()
+
+
+async def test_a_session_whose_job_ended_without_its_robot_leaving_is_logged_off(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), logoff_grace_s=0.3)
+    await coordinator.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_hard")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        job = await setup.world.get(Job, job_id)
+        async with listen(ctx, subjects.SESSION_STATE) as reports:
+            # A hard interrupt ended the job; the stand-in robot does not leave by itself.
+            await ctx.publish(
+                subjects.JOB_STATE,
+                JobStateChanged(
+                    account_id=setup.world.account_id,
+                    job_id=job_id,
+                    process_id=job.process_id,
+                    robot_id=bot,
+                    from_state=JobState.INTERRUPTING,
+                    to_state=JobState.INTERRUPTED,
+                    attempt=job.attempt,
+                    at=utcnow(),
+                ).encode(),
+            )
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "logging_off")
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "job interrupted"
+    finally:
+        await coordinator.stop()
+
+
+async def test_credentials_sealed_for_another_key_fail_the_session(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), register_key=False)
+    await coordinator.start()
+    try:
+        # The server's registered key is the world's, not this coordinator's.
+        _, job_id = await setup.unattended_job("svc_otherkey")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.FAILED)
+        assert ts.reason is not None and "do not open with this coordinator's key" in ts.reason
+        assert not (work_dir / "sessions" / str(ts.id)).exists()  # nothing was started
+    finally:
+        await coordinator.stop()
