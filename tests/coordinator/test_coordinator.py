@@ -450,3 +450,35 @@ async def test_credentials_sealed_for_another_key_fail_the_session(
         assert not (work_dir / "sessions" / str(ts.id)).exists()  # nothing was started
     finally:
         await coordinator.stop()
+
+
+async def test_no_message_on_nats_carries_the_password_or_the_robot_key(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    seen_messages: list[bytes] = []
+
+    async def spy(msg: Any) -> None:
+        seen_messages.append(msg.data)
+
+    sub = await ctx.nc.subscribe(f"{subjects.PREFIX}.>", cb=spy)
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir))
+    await coordinator.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_spied")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        key = (await wait_seen(work_dir, ts.id))["key"]
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        await ctx.publish(
+            subjects.coordinator_inbox(setup.coordinator_id),
+            CloseSession(session_id=ts.id, reason="job over").encode(),
+        )
+        await setup.wait_state(job_id, SessionState.ENDED)
+        await ctx.nc.flush()
+    finally:
+        await coordinator.stop()
+        await sub.unsubscribe()
+    kinds = {json.loads(m).get("kind") for m in seen_messages}
+    assert "open_session" in kinds and len(seen_messages) >= 5  # the command and the reports were seen
+    assert key and not any(key.encode() in m or b"Pa55word!" in m for m in seen_messages)
