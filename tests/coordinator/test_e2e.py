@@ -83,9 +83,9 @@ def gateway_url(db_url: str, tmp_path: Path) -> Iterator[str]:
             proc.kill()
 
 
-async def publish_hello(world: World) -> None:
-    """examples/hello as the current version of the world's process (replacing the placeholder)."""
-    folder = Path(ROOT) / "examples" / "hello"
+async def publish_hello(world: World, example: str = "hello") -> None:
+    """examples/<example> (hello by default) as the current version of the world's process."""
+    folder = Path(ROOT) / "examples" / example
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(folder.iterdir()):
@@ -101,7 +101,7 @@ async def publish_hello(world: World) -> None:
                 id=version_id,
                 account_id=world.account_id,
                 process_id=world.process_id,
-                version="2.0.0",
+                version=f"2.0.0-{example}",
                 entry_point=manifest["entry_point"],
                 sha256=hashlib.sha256(data).hexdigest(),
                 size=len(data),

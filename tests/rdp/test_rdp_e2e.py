@@ -26,14 +26,18 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from nats.aio.msg import Msg
 
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.jobflow import Actor, transition
 from rpa_common.models import Job, Robot, TerminalSession
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
+from rpa_common.nats.messages import JobControl
 from rpa_common.service import ServiceContext
 from rpa_coordinator.coordinator import Coordinator
 from rpa_coordinator.door import RobotDoor
@@ -121,6 +125,26 @@ class Stack:
     server_id: uuid.UUID
     spy: Spy
     work_dir: Path
+    xrdp: XrdpServer
+    gateway_url: str
+
+    def new_coordinator(self) -> Coordinator:
+        """A coordinator of the same robot, with the same state file (a restart)."""
+        driver = RdpDriver(
+            str(self.work_dir),
+            RobotDoor(self.xrdp.door_dir / f"robot-{uuid.uuid4().hex[:6]}.sock"),
+            display=self.xrdp.display,
+            logon_timeout_s=LOGON_TIMEOUT_S,
+        )
+        return Coordinator(
+            self.world.ctx,
+            self.coordinator.robot_id,
+            driver,
+            gateway_url=self.gateway_url,
+            state_file=self.work_dir / "sessions.json",
+            logon_timeout_s=LOGON_TIMEOUT_S,
+            seal_key=self.coordinator.seal_key,
+        )
 
 
 @pytest.fixture
@@ -162,10 +186,11 @@ async def stack(
     sub = await ctx.nc.subscribe(f"{subjects.PREFIX}.>", cb=spy.on_msg)
     await scheduler.start()
     await coordinator.start()
+    stack = Stack(world, coordinator, scheduler, server_id, spy, work_dir, xrdp, gateway_url)
     try:
-        yield Stack(world, coordinator, scheduler, server_id, spy, work_dir)
+        yield stack
     finally:
-        await coordinator.stop()
+        await stack.coordinator.stop()
         await scheduler.stop()
         await sub.unsubscribe()
 
@@ -294,3 +319,92 @@ async def test_a_wrong_password_fails_the_session_and_the_job_within_the_deadlin
     # The client was ended: no RDP client of this session is left.
     now = subprocess.run(["ps", "-eo", "args", "ww"], capture_output=True, text=True, check=True).stdout
     assert not any("xfreerdp" in line and f"/u:{login}" in line for line in now.splitlines())
+
+
+async def test_a_restarted_coordinator_adopts_a_running_rdp_session(
+    ctx: ServiceContext, stack: Stack, xrdp: XrdpServer
+) -> None:
+    world = stack.world
+    await publish_hello(world, "long")
+    login = _login("r")
+    password = xrdp.account(login)
+    bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
+    await world.unattended_account(stack.server_id, bot, login, password)
+    job_id = await world.job(robot_id=bot, input_args={"seconds": 8})
+    stack.scheduler.wake.set()
+    async with asyncio.timeout(60):
+        while (job := await world.get(Job, job_id)).state != JobState.RUNNING:
+            assert not job.state.is_final, job.error
+            await asyncio.sleep(0.2)
+    ts = await session_of(ctx, job_id)
+    assert ts is not None and ts.state == SessionState.ROBOT_CONNECTED
+    client_pid = stack.coordinator.sessions[ts.id].handle.pid  # type: ignore[union-attr]
+
+    # The coordinator goes away (an upgrade) and comes back: the session and its job go on.
+    stack.coordinator.keep_sessions_on_stop = True
+    await stack.coordinator.stop()
+    assert client_pid is not None and Path(f"/proc/{client_pid}").exists()
+    stack.coordinator = stack.new_coordinator()
+    await stack.coordinator.start()
+    assert list(stack.coordinator.sessions) == [ts.id]
+    assert stack.coordinator.sessions[ts.id].handle.adopted  # type: ignore[union-attr]
+
+    job = await wait_final(world, job_id, 60)
+    assert job.state == JobState.SUCCESSFUL, f"{job.error}\n{xrdp.logs()}"
+    ended = await wait_session_final(ctx, job_id, 30)
+    assert (ended.state, ended.reason) == (SessionState.ENDED, None)
+    async with asyncio.timeout(10):
+        while stack.coordinator.sessions:
+            await asyncio.sleep(0.1)
+
+
+async def test_a_hard_interrupt_ends_the_jobs_rdp_session(
+    ctx: ServiceContext, stack: Stack, xrdp: XrdpServer
+) -> None:
+    world = stack.world
+    await publish_hello(world, "long")
+    login = _login("i")
+    password = xrdp.account(login)
+    bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
+    await world.unattended_account(stack.server_id, bot, login, password)
+    job_id = await world.job(robot_id=bot, input_args={"seconds": 120})
+    stack.scheduler.wake.set()
+    async with asyncio.timeout(60):
+        while (job := await world.get(Job, job_id)).state != JobState.RUNNING:
+            assert not job.state.is_final, job.error
+            await asyncio.sleep(0.2)
+
+    # What POST /jobs/{id}/interrupt does: Running -> Interrupting, then JOB_CONTROL for the gateway.
+    async def interrupt(session: Any) -> None:
+        done = await transition(
+            session,
+            job_id,
+            JobState.INTERRUPTING,
+            expected=[JobState.RUNNING],
+            actor=Actor.system(),
+            reason="test",
+        )
+        assert done is not None
+
+    await run_in_transaction(ctx.sessions, interrupt)
+    await ctx.publish(
+        subjects.JOB_CONTROL,
+        JobControl(
+            account_id=world.account_id, job_id=job_id, robot_id=bot, attempt=job.attempt, command="interrupt"
+        ).encode(),
+    )
+    job = await wait_final_any(world, job_id, 60)
+    assert job.state == JobState.INTERRUPTED, f"{job.error}\n{xrdp.logs()}"
+    ended = await wait_session_final(ctx, job_id, 40)
+    assert ended.state == SessionState.ENDED, ended.reason
+    states = stack.spy.session_states(ended.id)
+    assert states[:3] == ["connecting", "logged_on", "robot_connected"] and states[-1] == "ended", states
+    now = subprocess.run(["ps", "-eo", "args", "ww"], capture_output=True, text=True, check=True).stdout
+    assert not any("xfreerdp" in line and f"/u:{login}" in line for line in now.splitlines())
+
+
+async def wait_final_any(world: World, job_id: uuid.UUID, timeout: float) -> Job:
+    async with asyncio.timeout(timeout):
+        while not (job := await world.get(Job, job_id)).state.is_final:
+            await asyncio.sleep(0.2)
+    return job
