@@ -31,9 +31,9 @@ test: venv ## Run the test suite on local servers (5432/3306/4222), else embedde
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 
-rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp freerdp2-x11 xvfb if missing), PostgreSQL
+rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp freerdp2-x11 xvfb if missing); both databases
 	@rc=0
-	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp -k postgresql $(PYTEST_ARGS) || rc=$$?
+	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp $(PYTEST_ARGS) || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 

@@ -1,17 +1,20 @@
-"""End to end over real RDP: the coordinator's ``rdp`` driver logs two OS accounts on to a real xrdp
-server on loopback at once; in each session the reference robot starts as the account's OS user,
-takes its key at the coordinator's door, connects to a real gateway process, runs its job and logs
-off. A wrong password gives a failed session and a failed job within the log-on deadline.
+"""End to end over real RDP: the coordinator's ``rdp`` driver logs OS accounts on to a real xrdp server
+on loopback; in each session the reference robot starts as the account's OS user, takes its key at
+the coordinator's door, connects to a real gateway process, runs its job and logs off.
+
+- two accounts at once, both jobs Successful, both sessions ended;
+- a wrong password: a failed session and a failed job with a clear reason within the log-on deadline;
+- a coordinator restart in the middle of a job: the new coordinator adopts the session;
+- a hard interrupt of a job ends its session.
 
 Throughout, the accounts' passwords and the sessions' robot keys are looked for (and must be
 absent) in every NATS message of the product (``rpa.>``), in ``ps`` output sampled all along, and
 in the logs (the test's captured output, the gateway's, xrdp's and sesman's).
 
 Needs root and Debian's ``xrdp xorgxrdp freerdp2-x11 xvfb`` (installed with apt-get when missing);
-without them the tests are skipped loudly (and fail under CI). Run with ``make rdp-test``. The
-suite runs on PostgreSQL only (``make rdp-test`` selects it): each run logs real sessions on, which
-is heavy on a shared 2-core machine; the session path's SQL is the same code the other suites run on
-both databases.
+without them the tests are skipped loudly (and fail under CI). They are marked ``rdp`` and left out
+of ``make test`` (about 75 s per database on 2 cores); ``make rdp-test`` runs them on both
+databases, and ``.ci/run`` runs ``make rdp-test``.
 """
 
 from __future__ import annotations
