@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     coordinator_state_file: str | None = Field(
         None,
         description="Where the coordinator keeps its sessions' process ids (no secret) to find them "
-        "after a restart; default: <work dir>/sessions.json.",
+        "after a restart; default: <work dir>/sessions-<coordinator robot id>.json.",
     )
     coordinator_keep_sessions_on_stop: bool = Field(
         False,

@@ -54,7 +54,8 @@ def seal_key(settings: Settings) -> SealKeyPair:
     if settings.coordinator_seal_key is not None:
         return SealKeyPair.from_text(settings.coordinator_seal_key.get_secret_value())
     path = Path(settings.coordinator_seal_key_file or work_dir(settings) / "seal.key")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The file is 0600; the directory keeps its mode (session directories of other users live there).
+    path.parent.mkdir(parents=True, exist_ok=True)
     return load_or_create_key_pair(path)
 
 
@@ -75,7 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     robot_id,
                     make_driver(settings),
                     seal_key=seal_key(settings),
-                    state_file=settings.coordinator_state_file or work_dir(settings) / "sessions.json",
+                    state_file=settings.coordinator_state_file
+                    or work_dir(settings) / f"sessions-{robot_id}.json",
                     register_key=settings.coordinator_register_key,
                 )
                 await coordinator.start()

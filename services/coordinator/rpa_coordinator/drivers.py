@@ -79,6 +79,8 @@ def proc_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
+    if not fields or fields[0] in ("Z", "X"):
+        return None  # a zombie has ended (an init that does not reap must not keep a session alive)
     try:
         return int(fields[19])
     except (IndexError, ValueError):
