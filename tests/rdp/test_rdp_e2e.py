@@ -316,7 +316,10 @@ async def test_a_wrong_password_fails_the_session_and_the_job_within_the_deadlin
     assert stack.spy.session_states(ts.id) == ["connecting", "failed"]
     assert stack.coordinator.sessions == {}
     logs = capfd.readouterr()
-    everything = logs.out + logs.err + xrdp.logs()
+    # The failed session's client log is kept for diagnosis: it must not hold the password either.
+    client_logs = [p.read_text(errors="replace") for p in (stack.work_dir / "rdp").glob("*/client.log")]
+    assert client_logs, "the failed session's client log was kept"
+    everything = logs.out + logs.err + xrdp.logs() + "".join(client_logs)
     for secret in (wrong, real_password):
         assert_secret_absent(secret, stack, ps, everything)
     # The client was ended: no RDP client of this session is left.
