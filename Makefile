@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help venv run test lint fmt migrate bench stop status clean
+.PHONY: help venv run test rdp-test lint fmt migrate bench stop status clean
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
@@ -29,6 +29,12 @@ test: venv ## Run the test suite on local servers (5432/3306/4222), else embedde
 	@rc=0
 	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
+	exit $$rc
+
+rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp freerdp2-x11 xvfb if missing); both databases
+	@rc=0
+	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp $(PYTEST_ARGS) || rc=$$?
+	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 
 lint: venv ## ruff check, ruff format --check, mypy (all three run; fails if any fails)

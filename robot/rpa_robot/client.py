@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -64,6 +63,9 @@ from rpa_protocol.codes import (
 from rpa_robot import __version__
 from rpa_robot.journal import Journal
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
+
+if TYPE_CHECKING:
+    import httpx
 
 CAPABILITIES = [CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST]
 LOG_BATCH_MAX = 500
@@ -243,10 +245,17 @@ class RobotClient:
                 self.sent_upto = seq
             await self.wake.wait()
 
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client for package downloads, made (and httpx imported) on first use."""
+        if self.http is None:
+            import httpx
+
+            self.http = httpx.AsyncClient(base_url=http_base(self.o.gateway), timeout=60)
+        return self.http
+
     # Main loop -----------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.http = httpx.AsyncClient(base_url=http_base(self.o.gateway), timeout=60)
         backoff = 0.5
         failures = 0
         try:
@@ -270,7 +279,8 @@ class RobotClient:
                 backoff = min(self.o.max_backoff_s, backoff * 2)
         finally:
             await self._abort_jobs()
-            await self.http.aclose()
+            if self.http is not None:
+                await self.http.aclose()
             self.journal.close()
 
     async def _session(self) -> bool:
@@ -418,9 +428,8 @@ class RobotClient:
         result: RunResult
         try:
             try:
-                assert self.http is not None
                 package = await self.cache.ensure(
-                    self.http, frame.package_url, self.o.key, frame.sha256, frame.size
+                    self._http, frame.package_url, self.o.key, frame.sha256, frame.size
                 )
                 await asyncio.to_thread(extract, package, workdir)
             except PackageError as exc:

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 import psutil
+
+if TYPE_CHECKING:
+    import httpx
 
 LogSink = Callable[[dict[str, Any]], None]
 """Receives each log entry: ``{id, level, message, fields, at}``."""
@@ -54,15 +56,22 @@ class PackageCache:
     def path_for(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.zip"
 
-    async def ensure(self, client: httpx.AsyncClient, url: str, key: str, sha256: str, size: int) -> Path:
+    async def ensure(
+        self, client: Callable[[], httpx.AsyncClient], url: str, key: str, sha256: str, size: int
+    ) -> Path:
+        """The package, from the cache or downloaded. ``client`` makes the HTTP client only when a
+        download is needed: importing httpx costs a robot's start-up a good part of a second on a
+        busy terminal server, and a cached package needs none."""
         target = self.path_for(sha256)
         if target.exists() and await asyncio.to_thread(_sha256_of, target) == sha256:
             return target
+        import httpx
+
         tmp = self.directory / f".{sha256}.{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         received = 0
         try:
-            async with client.stream("GET", url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            async with client().stream("GET", url, headers={"Authorization": f"Bearer {key}"}) as resp:
                 if resp.status_code != 200:
                     raise PackageError(f"package download refused: HTTP {resp.status_code}")
                 f = await asyncio.to_thread(open, tmp, "wb")
