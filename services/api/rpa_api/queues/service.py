@@ -295,7 +295,7 @@ async def get_task(
 def _has_tag(session: AsyncSession, tag: str) -> sa.ColumnElement[bool]:
     if dialect_of(session) == "postgresql":
         # The column is plain json; containment is a jsonb operator.
-        return sa.cast(Task.tags, JSONB).contains(sa.cast(json.dumps([tag]), JSONB))
+        return sa.cast(Task.tags, JSONB).contains([tag])
     return sa.func.json_contains(Task.tags, json.dumps(tag)) == 1
 
 
@@ -394,9 +394,6 @@ async def update_task(
         fields["delay_until"] = as_utc(fields["delay_until"])
     if "deadline" in fields:
         fields["deadline"] = as_utc(fields["deadline"])
-    for name in _DATA_FIELDS:
-        if name in fields and task.state not in taskflow.WAITING:
-            raise Conflict(f"{name} changes only while the task waits (Created or Postponed)", field=name)
     if target is None and "delay_until" in fields and task.state in taskflow.WAITING:
         delay = fields["delay_until"]
         target = S.POSTPONED if delay is not None and delay > now else S.CREATED
@@ -412,6 +409,9 @@ async def update_task(
                 field="state",
                 code="bad_state_change",
             )
+    for name in _DATA_FIELDS:
+        if name in fields and task.state not in taskflow.WAITING:
+            raise Conflict(f"{name} changes only while the task waits (Created or Postponed)", field=name)
     # The data fields, checked as a new task's are (text no database stores, sizes).
     if any(name in fields for name in ("name", "parameters", "tags")):
         probe = TaskInput(
