@@ -30,7 +30,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -202,13 +202,24 @@ async def queue_by_id(session: AsyncSession, account_id: uuid.UUID, queue_id: uu
 # Adding ------------------------------------------------------------------------------------------
 
 
-def _aware(value: Any, where: str) -> datetime | None:
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def check_time(value: Any, where: str) -> datetime | None:
+    """An aware date-time both databases store (MariaDB's DATETIME ends at year 9999), in UTC."""
     if value is None:
         return None
     if not isinstance(value, datetime):
         raise TaskError("invalid", "must be a date-time", field=where)
     if value.tzinfo is None:
         raise TaskError("invalid", "must carry a time zone (e.g. 2026-05-01T12:00:00Z)", field=where)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        value = EARLIEST - timedelta(days=1)
+    if not EARLIEST <= value <= LATEST:
+        raise TaskError("invalid", "must lie between the years 1900 and 9999", field=where)
     return value
 
 
@@ -262,8 +273,8 @@ def validate(item: TaskInput, where: str) -> dict[str, Any]:
         "parameters": parameters,
         "priority": priority,
         "tags": tags,
-        "deadline": _aware(item.deadline, f"{where}deadline"),
-        "delay_until": _aware(item.delay_until, f"{where}delay_until"),
+        "deadline": check_time(item.deadline, f"{where}deadline"),
+        "delay_until": check_time(item.delay_until, f"{where}delay_until"),
     }
 
 

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints
+from pydantic import BeforeValidator, Field, StrictBool, StringConstraints
 
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, TaskState
@@ -16,10 +16,24 @@ MAX_TIMEOUT_S = 366 * 24 * 3600
 
 TimeoutS = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds")]
 MaxRetries = Annotated[int, Field(ge=0, le=100, description="Retries of a task (0: none)")]
-TaskName = Annotated[
-    str, StringConstraints(min_length=1, max_length=255, pattern=r"\S"), Field(description="Not blank")
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=255), Field(description="Not blank")]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=100), Field(description="Not blank")]
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic reads a number as seconds since 1970; the schema promises an ISO 8601 date-time.
+    if isinstance(value, int | float) or (
+        isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    ):
+        raise ValueError("must be an ISO 8601 date-time, e.g. 2026-05-01T12:00:00Z")
+    return value
+
+
+Time = Annotated[
+    datetime,
+    BeforeValidator(_iso_only),
+    Field(description="ISO 8601 (UTC when no zone is given), between the years 1900 and 9999"),
 ]
-Tag = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"\S")]
 Tags = Annotated[list[Tag], Field(max_length=50, description="Labels to filter by (at most 50)")]
 Comment = Annotated[str, StringConstraints(max_length=1000)]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
@@ -39,15 +53,21 @@ class QueueCreate(_QueueSettings):
     description: Description = ""
     folder_id: uuid.UUID | None = None
     max_retries: MaxRetries = 0
-    fail_on_job_failed: bool = Field(True, description="Fail In Progress tasks when their job ends Failed")
-    fail_on_job_stopped: bool = Field(True, description="Fail In Progress tasks when their job ends Stopped")
-    fail_on_job_interrupted: bool = Field(
+    fail_on_job_failed: StrictBool = Field(
+        True, description="Fail In Progress tasks when their job ends Failed"
+    )
+    fail_on_job_stopped: StrictBool = Field(
+        True, description="Fail In Progress tasks when their job ends Stopped"
+    )
+    fail_on_job_interrupted: StrictBool = Field(
         True, description="Fail In Progress tasks when their job ends Interrupted"
     )
-    retry_failed_application: bool = Field(True, description="Retry tasks that end Failed (Application)")
-    retry_failed_business: bool = Field(False, description="Retry tasks that end Failed (Business)")
-    retry_abandoned: bool = Field(False, description="Retry tasks that are Abandoned")
-    unique_task_names: bool = Field(
+    retry_failed_application: StrictBool = Field(
+        True, description="Retry tasks that end Failed (Application)"
+    )
+    retry_failed_business: StrictBool = Field(False, description="Retry tasks that end Failed (Business)")
+    retry_abandoned: StrictBool = Field(False, description="Retry tasks that are Abandoned")
+    unique_task_names: StrictBool = Field(
         False, description="Refuse a task whose name another task of the queue holds (409)"
     )
 
@@ -70,13 +90,13 @@ class QueueUpdate(Patch, _QueueSettings):
     description: Description | None = None
     folder_id: uuid.UUID | None = None
     max_retries: MaxRetries | None = None
-    fail_on_job_failed: bool | None = None
-    fail_on_job_stopped: bool | None = None
-    fail_on_job_interrupted: bool | None = None
-    retry_failed_application: bool | None = None
-    retry_failed_business: bool | None = None
-    retry_abandoned: bool | None = None
-    unique_task_names: bool | None = Field(
+    fail_on_job_failed: StrictBool | None = None
+    fail_on_job_stopped: StrictBool | None = None
+    fail_on_job_interrupted: StrictBool | None = None
+    retry_failed_application: StrictBool | None = None
+    retry_failed_business: StrictBool | None = None
+    retry_abandoned: StrictBool | None = None
+    unique_task_names: StrictBool | None = Field(
         None, description="May be turned on only while the queue has no tasks (409 otherwise)"
     )
 
@@ -126,10 +146,8 @@ class TaskCreate(In):
     parameters: dict[str, Any] = Field(default_factory=dict, description="Named values for the robot")
     priority: TaskPriority = Field(TaskPriority.NORMAL, description="1 low, 2 normal, 3 high")
     tags: Tags = Field(default_factory=list)
-    deadline: datetime | None = Field(None, description="Overdue tasks are taken first (ISO 8601 with zone)")
-    delay_until: datetime | None = Field(
-        None, description="Postponed until then; robots take it afterwards (ISO 8601 with zone)"
-    )
+    deadline: Time | None = Field(None, description="Overdue tasks are taken first")
+    delay_until: Time | None = Field(None, description="Postponed until then; robots take it afterwards")
 
 
 class TasksCreate(In):
@@ -150,8 +168,8 @@ class TaskUpdate(Patch):
     parameters: dict[str, Any] | None = None
     priority: TaskPriority | None = None
     tags: Tags | None = None
-    deadline: datetime | None = None
-    delay_until: datetime | None = Field(
+    deadline: Time | None = None
+    delay_until: Time | None = Field(
         None,
         description="On a waiting task: a future time postpones it, null or a past time makes it Created",
     )

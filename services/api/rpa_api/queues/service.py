@@ -390,10 +390,10 @@ async def update_task(
     reason = fields.pop("reason", None)
     target: TaskState | None = fields.pop("state", None)
     now = utcnow()
-    if "delay_until" in fields:
-        fields["delay_until"] = as_utc(fields["delay_until"])
-    if "deadline" in fields:
-        fields["deadline"] = as_utc(fields["deadline"])
+    with task_errors(prefix=None):
+        for name in ("deadline", "delay_until"):
+            if name in fields:
+                fields[name] = taskflow.check_time(as_utc(fields[name]), f"tasks[0].{name}")
     if target is None and "delay_until" in fields and task.state in taskflow.WAITING:
         delay = fields["delay_until"]
         target = S.POSTPONED if delay is not None and delay > now else S.CREATED
