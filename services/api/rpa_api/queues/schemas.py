@@ -14,7 +14,7 @@ from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, Task
 
 def _json_integer(value: Any) -> Any:
     # A JSON integer: 5 or 5.0 (JSON Schema's integer), never true/false nor "5".
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, bool | str):
         raise ValueError("must be an integer")
     return value
 
