@@ -196,6 +196,10 @@ async def test_another_accounts_queue_is_404(
     ):
         r = await client.request(method, url, json=body, headers=tenant.headers)
         assert r.status_code == 404, (method, url, r.text)
+    r = await client.post(
+        f"{path}/tasks/csv", files={"file": ("t.csv", b"name\na\n", "text/csv")}, headers=tenant.headers
+    )
+    assert r.status_code == 404, r.text
     r = await client.get(QUEUES, headers=tenant.headers)
     assert r.json()["total"] == 0
     got = (await client.get(path, headers=other_tenant.headers)).json()
