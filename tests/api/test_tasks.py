@@ -294,6 +294,7 @@ async def test_get_with_history_and_edits(client: httpx.AsyncClient, tenant: Ten
         headers=tenant.headers,
     )
     assert r.status_code == 200 and r.json()["state"] == "Postponed"
+    assert [h["to_state"] for h in r.json()["history"]][-1] == "Postponed"  # the answer has the change
     r = await client.patch(url, json={"delay_until": None}, headers=tenant.headers)
     assert r.status_code == 200 and r.json()["state"] == "Created" and r.json()["delay_until"] is None
     detail = (await client.get(url, headers=tenant.headers)).json()
