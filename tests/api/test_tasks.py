@@ -133,7 +133,10 @@ async def test_bulk_and_csv_limits(ctx: ServiceContext, tenant: Tenant) -> None:
     from rpa_api.app import create_app
 
     small = dataclasses.replace(
-        ctx, settings=make_settings(ctx.settings.db_url or "", task_bulk_max=3, task_csv_max_rows=3, task_csv_max_bytes=1024)
+        ctx,
+        settings=make_settings(
+            ctx.settings.db_url or "", task_bulk_max=3, task_csv_max_rows=3, task_csv_max_bytes=1024
+        ),
     )
     transport = httpx.ASGITransport(app=create_app(ctx=small))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
