@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     gateway_reconcile_interval_s: float = Field(
         2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
     )
+    gateway_watch_recheck_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Gateway re-reads the resources its robots watch this often and pushes what changed "
+            "(a lost ResourceChanged message delays a push by this much at most)."
+        ),
+    )
 
     # Scheduler
     scheduler_host: str = Field("127.0.0.1", description="Scheduler bind address.")
