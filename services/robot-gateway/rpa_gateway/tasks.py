@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +71,8 @@ _OUTCOME = {
     "failed_business": TaskState.FAILED_BUSINESS,
 }
 
+_INDEX = re.compile(r"\[(\d+)\]")
+
 TaskFrame = TaskAdd | TaskTake | TaskRenew | TaskProgress | TaskFinish
 ResourceFrame = ResourceGet | ResourceSet | CredentialGet
 SharedFrame = TaskFrame | ResourceFrame
@@ -99,22 +102,14 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def reply_error(exc: Exception, frame: SharedFrame) -> ReplyError:
-    """The reply's ``error`` for a ``TaskError`` / ``ResourceError``, its field named as in the frame."""
+    """The reply's ``error`` for a ``TaskError`` / ``ResourceError``, its field dotted as in
+    ``bad_frame`` errors (the libs write ``tasks[3].name``; the frame's field is ``tasks.3.name``)."""
     code = str(getattr(exc, "code", "invalid"))
     detail = str(getattr(exc, "detail", "") or exc)
     where: str | None = getattr(exc, "field", None)
-    if where is not None and isinstance(frame, TaskAdd):
-        # The libs number the items of a bulk add; the frame calls them ``tasks``.
-        head, _, rest = where.partition(".")
-        if head in ("items", "tasks") and rest:
-            where = f"tasks.{rest}"
-        elif head.isdigit():
-            where = f"tasks.{where}"
-        elif where == "queue_id":
-            where = "queue"
-    elif where in ("task_id", "token") and not isinstance(frame, TaskAdd | TaskTake):
-        where = "lock_token" if where == "token" else where
-    return ReplyError(code=code, detail=detail, field=where)
+    if where:
+        where = _INDEX.sub(r".\1", where).strip(".")
+    return ReplyError(code=code, detail=detail, field=where or None)
 
 
 def refused(frame: SharedFrame, error: ReplyError) -> Reply:
@@ -167,7 +162,7 @@ def taken_task(queue: Queue, task: Task) -> TakenTask:
         name=task.name,
         description=task.description or "",
         parameters=dict(task.parameters or {}),
-        priority=_PRIORITY_NAME.get(TaskPriority(task.priority), "normal"),  # type: ignore[arg-type]
+        priority=_PRIORITY_NAME.get(TaskPriority(task.priority), "normal"),
         tags=[str(t) for t in (task.tags or [])],
         deadline=_aware(task.deadline),
         retry_number=int(task.retry_number or 0),

@@ -13,13 +13,14 @@ Task and resource frames (``rpa_gateway.tasks``) share the batch: reliable ones 
 never replayed. Each is answered by a reply frame built in the transaction and sent after the
 commit.
 
+What the robot caused (a stale token, an unknown queue: ``tasks.DomainError``) is answered in the
+frame's reply and changes nothing; the libs refuse before they write, so the batch goes on.
+
 A batch that fails on a transient error (deadlock, lost connection) is re-run whole, by
 ``run_in_transaction``. A batch that fails for any other reason holds a frame that is bad in
-itself, or a task/resource frame the libs refused (a stale token, an unknown queue: what the
-robot caused, ``tasks.DomainError``): it is re-run with each frame under a savepoint, so that frame
-alone is refused (an ``error`` frame, or its reply's ``error``) and the others are applied.
-Running without savepoints first keeps the common case at one round trip per statement; a
-refusal costs one re-run of its batch.
+itself: it is re-run with each frame under a savepoint, so that frame alone is refused (with an
+``error`` frame) and the others are applied. Running without savepoints first keeps the common
+case at one round trip per statement.
 """
 
 from __future__ import annotations
@@ -61,10 +62,6 @@ Batched = Reliable | Request
 _TASK_FRAMES = (TaskAdd, TaskTake, TaskRenew, TaskProgress, TaskFinish)
 _RESOURCE_FRAMES = (ResourceGet, ResourceSet, CredentialGet)
 _REQUESTS = (TaskTake, TaskRenew, ResourceGet, CredentialGet)
-
-
-class _Refused(Exception):
-    """A task/resource frame was refused in a batch run without savepoints: re-run isolated."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +153,7 @@ class FrameWriter:
             except Exception as exc:
                 if is_retryable(exc):
                     raise
-                if isinstance(exc, _Refused):
-                    log.info("frames.batch_isolating", frames=len(batch), reason="refused frame")
-                else:
-                    log.warning("frames.batch_isolating", frames=len(batch), error=type(exc).__name__)
+                log.warning("frames.batch_isolating", frames=len(batch), error=type(exc).__name__)
                 results = await run_in_transaction(
                     self.ctx.sessions, lambda s: self._work(s, batch, isolate=True), attempts=attempts
                 )
@@ -274,18 +268,19 @@ class FrameWriter:
         cache: tasks.BatchCache,
         isolate: bool,
     ) -> Applied:
-        """A task or resource frame (its seq already claimed). A refusal by the libs may have
-        flushed part of the frame's work: without a savepoint of its own the whole batch is re-run
-        isolated (``_Refused``); with one, only this frame's work is undone and the seq stays
-        claimed, so the refusal is answered (and acknowledged) once, like any applied frame."""
+        """A task or resource frame (its seq already claimed, so a refusal is answered and
+        acknowledged once, like any applied frame).
+
+        The libs raise what a robot caused before they write anything (their documented rule), so
+        a refusal leaves the batch's transaction usable and costs nothing. Should one ever leave
+        the transaction broken, the next statement fails, the batch is re-run isolated, and there
+        each task/resource frame has a savepoint of its own."""
         try:
             if not isolate:
                 return await self._shared(session, robot, frame, cache)
             async with session.begin_nested():
                 return await self._shared(session, robot, frame, cache)
         except tasks.DomainError as exc:
-            if not isolate:
-                raise _Refused(frame.type) from exc
             error = tasks.reply_error(exc, frame)
             watch = None
             if isinstance(frame, ResourceGet) and frame.watch:
