@@ -42,7 +42,9 @@ while not sdk.should_stop() and (not max_tasks or done + failed < max_tasks):
     except (TypeError, ValueError):
         amount = -1.0
     if amount < 0:
-        sdk.finish_task(task, "failed_business", reason=f"amount {task.parameters.get('amount')!r} is not payable")
+        sdk.finish_task(
+            task, "failed_business", reason=f"amount {task.parameters.get('amount')!r} is not payable"
+        )
         failed += 1
         continue
     sdk.finish_task(
