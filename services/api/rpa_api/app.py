@@ -12,11 +12,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
 from rpa_api.auth.router import router as auth_router
+from rpa_api.calendars.router import router as calendars_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
 from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
+from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
@@ -132,6 +134,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (terminal_servers_router, "terminal servers"),
         (processes_router, "processes"),
         (jobs_router, "jobs"),
+        (resources_router, "resources"),
+        (calendars_router, "calendars"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
