@@ -247,3 +247,34 @@ async def test_watches_are_limited_per_connection(
     assert last is not None and (last.code, last.field) == ("too_many", "watch")
     assert (await get(wire, names[0], watch=True)).error.code == "resource_not_found"  # type: ignore[union-attr]
     await wire.close()
+
+
+async def test_a_change_made_through_the_api_reaches_the_watching_robot(
+    gateway: GatewayProcess, ctx: Any, tenant: Any
+) -> None:
+    """The whole path: a person's PUT on the API, its ResourceChanged on NATS, the gateway's push."""
+    people = World(ctx, tenant.account_id)
+    robot_id, key = await people.robot()
+    wire = await Wire.open(gateway, key)
+    api, headers = tenant.client, tenant.headers
+    group = await api.post(
+        "/api/v1/resource-groups", json={"name": f"rg-{uuid.uuid4().hex[:6]}"}, headers=headers
+    )
+    assert group.status_code == 201, group.text
+    made = await api.post(
+        "/api/v1/resources",
+        json={"group_id": group.json()["id"], "name": "greeting", "kind": "text"},
+        headers=headers,
+    )
+    assert made.status_code == 201, made.text
+    url = f"/api/v1/resources/{made.json()['id']}/values"
+    put = await api.put(url, json={"scope": "all", "text": "hello"}, headers=headers)
+    assert put.status_code == 201, put.text
+    assert (await get(wire, "greeting", watch=True)).text == "hello"
+    put = await api.put(
+        url, json={"scope": "robot", "robot_id": str(robot_id), "text": "bonjour"}, headers=headers
+    )
+    assert put.status_code == 201, put.text
+    pushed = await wire.recv(ResourceChanged, timeout=5)
+    assert (pushed.name, pushed.text) == ("greeting", "bonjour")
+    await wire.close()
