@@ -28,7 +28,7 @@ from rpa_common.models.enums import TaskPriority, TaskState
 from rpa_common.resources import ResolvedResource, ResourceError
 from rpa_common.settings import Settings
 from rpa_common.taskflow import TaskError, TaskInput
-from rpa_gateway import store
+from rpa_gateway import hotpath, store
 from rpa_protocol import (
     CredentialGet,
     CredentialValue,
@@ -143,7 +143,7 @@ def duplicate(frame: SharedFrame) -> Reply:
     return ResourceValue(name=frame.name, **common)
 
 
-async def _queue(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str) -> Queue:
+async def queue_of(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str) -> Queue:
     key = (account_id, name)
     if key not in cache.queues:
         cache.queues[key] = await taskflow.queue_by_name(session, account_id, name)
@@ -151,6 +151,24 @@ async def _queue(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID
     if queue is None:
         raise Refusal("queue_not_found", f"no queue named {name!r}", field="queue")
     return queue
+
+
+def taken_reply(frame: TaskTake, queue: Queue, t: hotpath.Taken) -> TaskTaken:
+    """``task.taken`` for a task given by ``hotpath.take_many``."""
+    task = TakenTask(
+        id=t.id,
+        queue=queue.name,
+        name=t.name,
+        description=t.description,
+        parameters=t.parameters,
+        priority=_PRIORITY_NAME.get(TaskPriority(t.priority), "normal"),
+        tags=[str(x) for x in t.tags],
+        deadline=_aware(t.deadline),
+        retry_number=t.retry_number,
+        lock_token=t.lock_token,
+        lock_expires_at=t.lock_expires_at,
+    )
+    return TaskTaken(seq=frame.seq, request_id=frame.request_id, task=task)
 
 
 def taken_task(queue: Queue, task: Task) -> TakenTask:
@@ -181,7 +199,7 @@ async def apply_task_frame(
     account_id = robot.account_id
     common: dict[str, Any] = {"seq": frame.seq, "request_id": frame.request_id}
     if isinstance(frame, TaskTake):
-        queue = await _queue(session, cache, account_id, frame.queue)
+        queue = await queue_of(session, cache, account_id, frame.queue)
         task = await taskflow.take_next(
             session,
             account_id=account_id,
@@ -204,7 +222,7 @@ async def apply_task_frame(
         )
         return TaskFinished(**common, retry_task_id=retry.id if retry is not None else None)
     if isinstance(frame, TaskAdd):
-        queue = await _queue(session, cache, account_id, frame.queue)
+        queue = await queue_of(session, cache, account_id, frame.queue)
         items = [
             TaskInput(
                 name=t.name,

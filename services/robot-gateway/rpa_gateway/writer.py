@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ from rpa_common.jobflow import Transition
 from rpa_common.models.enums import RobotStatus
 from rpa_common.nats.messages import JobCreated
 from rpa_common.service import ServiceContext
-from rpa_gateway import store, tasks
+from rpa_gateway import hotpath, store, tasks
 from rpa_protocol import (
     CredentialGet,
     JobRequest,
@@ -49,6 +50,7 @@ from rpa_protocol import (
     ResourceSet,
     TaskAdd,
     TaskFinish,
+    TaskFinished,
     TaskProgress,
     TaskRenew,
     TaskTake,
@@ -178,17 +180,16 @@ class FrameWriter:
         cache = tasks.BatchCache()
         results: list[Applied | None] = [None] * len(batch)
         # Robots in id order (a stable sort: two frames of one robot keep their order).
-        for i in sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id):
+        order = sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id)
+        if not isolate:
+            await self._work_together(session, batch, order, locked, cache, results)
+            return [r if r is not None else Applied() for r in results]
+        for i in order:
             pending = batch[i]
-            if not isolate:
-                results[i] = await self._apply_one(
-                    session, pending.source, pending.frame, locked, cache, isolate
-                )
-                continue
             try:
                 async with session.begin_nested():
                     results[i] = await self._apply_one(
-                        session, pending.source, pending.frame, locked, cache, isolate
+                        session, pending.source, pending.frame, locked, cache, None
                     )
             except Exception as exc:
                 if is_retryable(exc):
@@ -204,6 +205,94 @@ class FrameWriter:
                 cache = tasks.BatchCache()
         return [r if r is not None else Applied() for r in results]
 
+    async def _work_together(
+        self,
+        session: AsyncSession,
+        batch: list[_Pending],
+        order: list[int],
+        locked: dict[uuid.UUID, Any],
+        cache: tasks.BatchCache,
+        results: list[Applied | None],
+    ) -> None:
+        """The batch without savepoints: the guards of all reliable frames in two statements, the
+        hot path (takes, Successful finishes) a few statements for all (``hotpath``), the rest one
+        frame at a time, the history in one insert."""
+        claims = [
+            (batch[i].source.robot.id, batch[i].frame.seq)
+            for i in order
+            if not isinstance(batch[i].frame, _REQUESTS) and not batch[i].source.control
+        ]
+        fresh = await hotpath.claim_seqs(session, claims)
+        events = hotpath.Events()
+        per_robot = Counter(p.source.robot.id for p in batch)
+        takes: dict[tuple[uuid.UUID, str], list[int]] = {}
+        finishes: list[int] = []
+        for i in order:
+            pending = batch[i]
+            robot = pending.source.robot
+            if per_robot[robot.id] != 1:
+                continue  # a robot with two frames here (a replaced connection): one by one, in order
+            frame = pending.frame
+            if isinstance(frame, TaskTake):
+                takes.setdefault((robot.account_id, frame.queue), []).append(i)
+            elif (
+                isinstance(frame, TaskFinish)
+                and frame.outcome == "successful"
+                and (robot.id, frame.seq) in fresh
+            ):
+                finishes.append(i)
+        done: set[int] = set()
+        for (account_id, name), idxs in takes.items():
+            try:
+                queue = await tasks.queue_of(session, cache, account_id, name)
+            except tasks.DomainError as exc:
+                for i in idxs:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.refused(frame, tasks.reply_error(exc, frame)))
+                    done.add(i)
+                continue
+            wanted = []
+            for i in idxs:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskTake)
+                wanted.append(hotpath.Take(batch[i].source.robot.id, frame.job_id, frame.lock_s))
+            for i, taken in zip(idxs, await hotpath.take_many(session, queue, wanted, events), strict=True):
+                if taken is not None:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.taken_reply(frame, queue, taken))
+                    done.add(i)
+        if finishes:
+            wanted_f = []
+            for i in finishes:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskFinish)
+                robot = batch[i].source.robot
+                wanted_f.append(
+                    hotpath.Finish(
+                        robot.account_id,
+                        robot.id,
+                        frame.task_id,
+                        frame.lock_token,
+                        frame.reason,
+                        frame.output,
+                    )
+                )
+            for i, good in zip(finishes, await hotpath.finish_many(session, wanted_f, events), strict=True):
+                if good:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskFinish)
+                    results[i] = Applied(reply=TaskFinished(seq=frame.seq, request_id=frame.request_id))
+                    done.add(i)
+        for i in order:
+            if i not in done:
+                pending = batch[i]
+                results[i] = await self._apply_one(
+                    session, pending.source, pending.frame, locked, cache, fresh
+                )
+        await events.flush(session)
+
     async def _apply_one(
         self,
         session: AsyncSession,
@@ -211,17 +300,25 @@ class FrameWriter:
         frame: Batched,
         locked: dict[uuid.UUID, Any],
         cache: tasks.BatchCache,
-        isolate: bool,
+        claimed: set[tuple[uuid.UUID, int]] | None,
     ) -> Applied:
         """One frame, once: ``seq`` above ``inbound_seq``, else a replay that changes nothing.
+
+        ``claimed``: the frames of the batch whose guard ``hotpath.claim_seqs`` passed already; None
+        in an isolated run, where each frame claims its own, under its savepoint.
 
         Control connections have no sequence of their own: their requests are deduplicated by
         ``request_id`` alone. Requests (``task.take``...) are never replayed: no guard."""
         robot = source.robot
+        isolate = claimed is None
+
+        async def is_fresh() -> bool:
+            if claimed is None:
+                return await store.claim_seq(session, robot.id, frame.seq)
+            return (robot.id, frame.seq) in claimed
+
         if isinstance(frame, _TASK_FRAMES + _RESOURCE_FRAMES):
-            fresh = (
-                True if isinstance(frame, _REQUESTS) else await store.claim_seq(session, robot.id, frame.seq)
-            )
+            fresh = True if isinstance(frame, _REQUESTS) else await is_fresh()
             if not fresh:
                 return Applied(reply=tasks.duplicate(frame))
             return await self._apply_shared(session, robot, frame, cache, isolate)
@@ -232,7 +329,7 @@ class FrameWriter:
                 if frame.job_id in locked
                 else await store.lock_job(session, frame.job_id)
             )
-        fresh = True if source.control else await store.claim_seq(session, robot.id, frame.seq)
+        fresh = True if source.control else await is_fresh()
         out = Applied()
         if isinstance(frame, JobRequest):
             if fresh:
