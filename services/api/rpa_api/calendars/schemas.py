@@ -8,7 +8,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import AfterValidator, Field, StringConstraints
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StringConstraints
 
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 
@@ -24,28 +24,43 @@ def _zone(value: str) -> str:
     return value
 
 
+def _iso_date(value: object) -> object:
+    # pydantic would read a number as days (or seconds) since 1970; the schema promises an ISO date.
+    if not isinstance(value, str | date):
+        raise ValueError("must be an ISO 8601 date, e.g. 2026-12-25")
+    return value
+
+
 def _weekdays(value: list[int]) -> list[int]:
     if len(set(value)) != len(value):
         raise ValueError("each ISO weekday at most once")
     return sorted(value)
 
 
+# Not an enum in the document: zone names such as "GMT+0" and "GMT-0" make generated clients' enums
+# clash. The pattern and the description say what is accepted; the 422 names the field.
 TimeZone = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=64),
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_+\-/]+$"),
     AfterValidator(_zone),
+    Field(
+        description="An IANA time zone known to the server's time zone database, e.g. 'Europe/Paris', 'UTC'."
+    ),
 ]
 Weekday = Annotated[int, Field(ge=1, le=7, description="ISO weekday: 1 = Monday ... 7 = Sunday")]
-WeekendDays = Annotated[list[Weekday], Field(max_length=7), AfterValidator(_weekdays)]
+WeekendDays = Annotated[
+    list[Weekday], Field(max_length=7, json_schema_extra={"uniqueItems": True}), AfterValidator(_weekdays)
+]
 
 
 class CalendarDayIn(In):
-    day: date
-    working: bool = Field(False, description="False: a holiday; true: a worked weekend day.")
+    day: Annotated[date, BeforeValidator(_iso_date)] = Field(description="An ISO 8601 date, e.g. 2026-12-25.")
+    working: StrictBool = Field(False, description="False: a holiday; true: a worked weekend day.")
     note: Annotated[str, StringConstraints(max_length=200)] = ""
 
 
 def _unique_days(value: list[CalendarDayIn]) -> list[CalendarDayIn]:
+    # A JSON Schema cannot say "unique by one property": the field's description says it.
     seen: set[date] = set()
     for d in value:
         if d.day in seen:
@@ -54,7 +69,11 @@ def _unique_days(value: list[CalendarDayIn]) -> list[CalendarDayIn]:
     return sorted(value, key=lambda d: d.day)
 
 
-Days = Annotated[list[CalendarDayIn], Field(max_length=3700), AfterValidator(_unique_days)]
+Days = Annotated[
+    list[CalendarDayIn],
+    Field(max_length=3700, description="Exception days, each day at most once."),
+    AfterValidator(_unique_days),
+]
 
 
 class CalendarCreate(In):

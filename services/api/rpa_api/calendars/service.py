@@ -98,7 +98,13 @@ async def update_calendar(
     fields = body.model_dump(exclude_unset=True)
     require_not_null(fields, "name", "description", "time_zone", "weekend_days", "days")
     cal = await get_calendar(session, principal, calendar_id, lock=True)
-    days = fields.pop("days", None)
+    fields.pop("days", None)
+    # Each day complete (``exclude_unset`` above leaves out a day's defaults).
+    days = (
+        None
+        if body.days is None or "days" not in body.model_fields_set
+        else [d.model_dump() for d in body.days]
+    )
     if (
         "name" in fields
         and fields["name"] != cal.name
