@@ -207,12 +207,23 @@ def _free(queue_id: uuid.UUID, limit: int, overdue: bool, now: datetime) -> sa.S
     )
 
 
+@dataclass(frozen=True)
+class QueueRef:
+    """What the hot path needs of a queue (a ``Queue`` row has the same attributes)."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+
+
 async def take_many(
-    session: AsyncSession, queue: Queue, takes: list[Take], events: Events
+    session: AsyncSession, queue: QueueRef | Queue, takes: list[Take], events: Events
 ) -> list[Taken | None]:
     """The best free tasks of ``queue``, one per take in order (None: not enough free ones here; the
     caller asks ``taskflow.take_next`` for those)."""
     now = utcnow()
+    if dialect_of(session) == "postgresql":
+        return await _take_many_pg(session, queue, takes, events, now)
     rows = list(await session.execute(_free(queue.id, len(takes), True, now)))
     if len(rows) < len(takes):
         rows += list(await session.execute(_free(queue.id, len(takes) - len(rows), False, now)))
@@ -221,20 +232,50 @@ async def take_many(
     given = list(zip(rows, takes, strict=False))
     expires = {row.id: now + timedelta(seconds=taskflow.lock_seconds(t.lock_s)) for row, t in given}
     ids = [row.id for row, _ in given]
-    if dialect_of(session) == "postgresql":
+    await _take_update(session, given, expires, ids, now)
+    return _taken(queue, given, expires, now, events, len(takes))
+
+
+async def _take_many_pg(
+    session: AsyncSession, queue: QueueRef | Queue, takes: list[Take], events: Events, now: datetime
+) -> list[Taken | None]:
+    """``take_many`` in one statement: the candidates (overdue ones first, each look ``SKIP
+    LOCKED``), numbered in the order ``take_next`` would give them, paired with the takers by that
+    number and updated, the given rows returned."""
+    expires = [now + timedelta(seconds=taskflow.lock_seconds(t.lock_s)) for t in takes]
+    rows = list(
         await session.execute(
-            _PG_TAKE,
+            _PG_TAKE_MANY,
             {
-                "ids": ids,
-                "robots": [t.robot_id for _, t in given],
-                "jobs": [t.job_id for _, t in given],
-                "exps": [expires[i] for i in ids],
+                "queue": queue.id,
+                "k": len(takes),
                 "now": now,
+                "robots": [t.robot_id for t in takes],
+                "jobs": [t.job_id for t in takes],
+                "exps": expires,
             },
         )
-    else:
-        await _take_update(session, given, expires, ids, now)
-    return _taken(queue, given, expires, now, events, len(takes))
+    )
+    out: list[Taken | None] = [None] * len(takes)
+    for row in rows:
+        i = int(row.rn) - 1
+        t = takes[i]
+        events.state(queue.account_id, row.id, t.robot_id, now, S.IN_PROGRESS, None)
+        if t.job_id is not None:
+            events.rows[-1]["note"] = f"taken by job {t.job_id}"
+        out[i] = Taken(
+            id=row.id,
+            name=row.name,
+            description=row.description or "",
+            parameters=dict(row.parameters or {}),
+            priority=int(row.priority),
+            tags=list(row.tags or []),
+            deadline=row.deadline,
+            retry_number=int(row.retry_number or 0),
+            lock_token=int(row.lock_token),
+            lock_expires_at=expires[i],
+        )
+    return out
 
 
 async def _take_update(
@@ -265,7 +306,7 @@ async def _take_update(
 
 
 def _taken(
-    queue: Queue,
+    queue: QueueRef | Queue,
     given: list[tuple[Any, Take]],
     expires: dict[uuid.UUID, datetime],
     now: datetime,
@@ -394,13 +435,46 @@ _PG_CLAIM = sa.text(
     WHERE robot.id = v.id AND robot.inbound_seq < v.seq
     RETURNING robot.id"""
 )
-_PG_TAKE = sa.text(
-    f"""UPDATE task SET state = '{S.IN_PROGRESS.value}', lock_robot_id = v.robot, lock_job_id = v.job,
-        lock_expires_at = v.exp, lock_token = task.lock_token + 1, started_at = :now, ended_at = NULL,
-        updated_at = :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:robots AS uuid[]), CAST(:jobs AS uuid[]),
-                CAST(:exps AS timestamptz[])) AS v(id, robot, job, exp)
-    WHERE task.id = v.id AND task.state = '{S.CREATED.value}'"""  # noqa: S608 - constants, not input
+_PG_TAKE_MANY = (
+    sa.text(
+        f"""WITH overdue AS (
+            SELECT id, 0 AS grp, priority, created_at FROM task
+            WHERE queue_id = :queue AND state = '{S.CREATED.value}' AND deadline < :now
+            ORDER BY priority DESC, created_at, id LIMIT :k FOR UPDATE SKIP LOCKED
+        ), normal AS (
+            SELECT id, 1 AS grp, priority, created_at FROM task
+            WHERE queue_id = :queue AND state = '{S.CREATED.value}' AND (deadline IS NULL OR deadline >= :now)
+            ORDER BY priority DESC, created_at, id LIMIT :k FOR UPDATE SKIP LOCKED
+        ), pick AS (
+            SELECT id, row_number() OVER (ORDER BY grp, priority DESC, created_at, id) AS rn
+            FROM (SELECT * FROM overdue UNION ALL SELECT * FROM normal) AS c
+        ), who AS (
+            SELECT * FROM unnest(CAST(:robots AS uuid[]), CAST(:jobs AS uuid[]), CAST(:exps AS timestamptz[]))
+                WITH ORDINALITY AS w(robot, job, exp, rn)
+        )
+        UPDATE task SET state = '{S.IN_PROGRESS.value}', lock_robot_id = who.robot, lock_job_id = who.job,
+            lock_expires_at = who.exp, lock_token = task.lock_token + 1, started_at = :now, ended_at = NULL,
+            updated_at = :now
+        FROM pick JOIN who ON who.rn = pick.rn
+        WHERE task.id = pick.id AND task.state = '{S.CREATED.value}'
+        RETURNING task.id, task.name, task.description, task.parameters, task.priority, task.tags,
+            task.deadline, task.retry_number, task.lock_token, who.rn"""  # noqa: S608 - constants, not input
+    )
+    .bindparams(
+        sa.bindparam("queue", type_=_task.c.queue_id.type), sa.bindparam("now", type_=_task.c.updated_at.type)
+    )
+    .columns(
+        _task.c.id,
+        _task.c.name,
+        _task.c.description,
+        _task.c.parameters,
+        _task.c.priority,
+        _task.c.tags,
+        _task.c.deadline,
+        _task.c.retry_number,
+        _task.c.lock_token,
+        sa.column("rn", sa.BigInteger),
+    )
 )
 _PG_FINISH = sa.text(
     f"""UPDATE task SET state = '{S.SUCCESSFUL.value}', ended_at = :now, lock_expires_at = NULL,
