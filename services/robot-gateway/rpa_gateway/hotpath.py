@@ -335,14 +335,35 @@ def _taken(
     return out + [None] * (count - len(out))
 
 
+def _fits(output: dict[str, Any] | None) -> bool:
+    """An output ``taskflow.finish`` would take (its size limit); a bigger one goes to it, to be
+    refused there with its reason."""
+    if output is None:
+        return True
+    size = len(json.dumps(output, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return size <= taskflow.OUTPUT_MAX_BYTES
+
+
 async def finish_many(session: AsyncSession, finishes: list[Finish], events: Events) -> list[bool]:
     """End these tasks Successful where the lock holder's guard passes; False where it does not
     (the caller asks ``taskflow.finish``, which says why, or recognises a replay)."""
     if not finishes:
         return []
     now = utcnow()
+    fits = [_fits(f.output) for f in finishes]
+    eligible = [f for f, ok in zip(finishes, fits, strict=True) if ok]
+    if not eligible:
+        return fits
     if dialect_of(session) == "postgresql":
-        return await _finish_many_pg(session, finishes, events, now)
+        done = iter(await _finish_many_pg(session, eligible, events, now))
+    else:
+        done = iter(await _finish_many_generic(session, eligible, events, now))
+    return [next(done) if ok else False for ok in fits]
+
+
+async def _finish_many_generic(
+    session: AsyncSession, finishes: list[Finish], events: Events, now: datetime
+) -> list[bool]:
     held = {
         row.id: row
         for row in await session.execute(
