@@ -11,11 +11,22 @@ from pydantic import BeforeValidator, Field, StrictBool, StringConstraints
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, TaskState
 
+
+def _json_integer(value: Any) -> Any:
+    # A JSON integer: 5 or 5.0 (JSON Schema's integer), never true/false nor "5".
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+NotBoolOrText = BeforeValidator(_json_integer)
+# The constraints come before the validator, so that they stay JSON Schema's minimum and maximum.
+
 # A timeout longer than a year is a typo; the columns are 32-bit integers on both databases.
 MAX_TIMEOUT_S = 366 * 24 * 3600
 
-TimeoutS = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds")]
-MaxRetries = Annotated[int, Field(ge=0, le=100, description="Retries of a task (0: none)")]
+TimeoutS = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds"), NotBoolOrText]
+MaxRetries = Annotated[int, Field(ge=0, le=100, description="Retries of a task (0: none)"), NotBoolOrText]
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=255), Field(description="Not blank")]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100), Field(description="Not blank")]
 
@@ -35,6 +46,7 @@ Time = Annotated[
     Field(description="ISO 8601 (UTC when no zone is given), between the years 1900 and 9999"),
 ]
 Tags = Annotated[list[Tag], Field(max_length=50, description="Labels to filter by (at most 50)")]
+Priority = Annotated[int, Field(ge=1, le=3, description="1 low, 2 normal, 3 high"), NotBoolOrText]
 Comment = Annotated[str, StringConstraints(max_length=1000)]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
 
@@ -144,7 +156,7 @@ class TaskCreate(In):
     name: TaskName
     description: Description = ""
     parameters: dict[str, Any] = Field(default_factory=dict, description="Named values for the robot")
-    priority: TaskPriority = Field(TaskPriority.NORMAL, description="1 low, 2 normal, 3 high")
+    priority: Priority = int(TaskPriority.NORMAL)
     tags: Tags = Field(default_factory=list)
     deadline: Time | None = Field(None, description="Overdue tasks are taken first")
     delay_until: Time | None = Field(None, description="Postponed until then; robots take it afterwards")
@@ -166,7 +178,7 @@ class TaskUpdate(Patch):
     description: Description | None = None
     comment: Comment | None = None
     parameters: dict[str, Any] | None = None
-    priority: TaskPriority | None = None
+    priority: Priority | None = None
     tags: Tags | None = None
     deadline: Time | None = None
     delay_until: Time | None = Field(
