@@ -88,7 +88,7 @@ async def test_the_example_process_works_a_queue_with_a_credential(
     await assign(world.ctx, job_id, robot_id)
     job = await wait_job(world.ctx, job_id, JobState.SUCCESSFUL, JobState.FAILED, timeout=40)
     assert job.state == JobState.SUCCESSFUL, f"{job.error}\n{robot.output()[-3000:]}"
-    assert job.output_args == {"done": 2, "failed": 1, "queue": queue.name}
+    assert job.output_args == {"done": 2, "failed": 1, "lost": 0, "queue": queue.name}
     rows = {t.name: t for t in await shared.tasks(queue)}
     assert rows["inv-1"].state == S.SUCCESSFUL and rows["inv-1"].output == {"paid": 10.0, "by": "svc-erp"}
     assert rows["inv-2"].state == S.FAILED_BUSINESS and "not payable" in (rows["inv-2"].error or "")
