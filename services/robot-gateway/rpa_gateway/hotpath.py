@@ -451,9 +451,13 @@ async def _finish_many_pg(
 # the batch size: compiled once, prepared once per connection. Enum columns hold their values; the
 # only text put into these statements is those enum values (constants of the code, not input).
 _PG_CLAIM = sa.text(
-    """UPDATE robot SET inbound_seq = v.seq
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:seqs AS bigint[])) AS v(id, seq)
-    WHERE robot.id = v.id AND robot.inbound_seq < v.seq
+    # The rows are locked by the sub-select, in id order (its ORDER BY comes before its lock): the
+    # order every writer of robot rows uses (heartbeats too), so two of them never deadlock.
+    """UPDATE robot SET inbound_seq = x.seq
+    FROM (SELECT r.id, v.seq FROM robot AS r
+          JOIN unnest(CAST(:ids AS uuid[]), CAST(:seqs AS bigint[])) AS v(id, seq) ON r.id = v.id
+          ORDER BY r.id FOR UPDATE OF r) AS x
+    WHERE robot.id = x.id AND robot.inbound_seq < x.seq
     RETURNING robot.id"""
 )
 _PG_TAKE_MANY = (
@@ -498,12 +502,16 @@ _PG_TAKE_MANY = (
     )
 )
 _PG_FINISH = sa.text(
+    # Rows locked in id order by the sub-select (see _PG_CLAIM), then ended where the guard passes.
     f"""UPDATE task SET state = '{S.SUCCESSFUL.value}', ended_at = :now, lock_expires_at = NULL,
-        output = CAST(v.output AS json), error = NULL, updated_at = :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:robots AS uuid[]),
-                CAST(:accounts AS uuid[]), CAST(:outputs AS text[])) AS v(id, token, robot, account, output)
-    WHERE task.id = v.id AND task.account_id = v.account AND task.state = '{S.IN_PROGRESS.value}'
-      AND task.lock_token = v.token AND task.lock_robot_id = v.robot AND task.lock_expires_at > :now
+        output = CAST(x.output AS json), error = NULL, updated_at = :now
+    FROM (SELECT t.id, v.token, v.robot, v.account, v.output FROM task AS t
+          JOIN unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:robots AS uuid[]),
+                      CAST(:accounts AS uuid[]), CAST(:outputs AS text[]))
+               AS v(id, token, robot, account, output) ON t.id = v.id
+          ORDER BY t.id FOR UPDATE OF t) AS x
+    WHERE task.id = x.id AND task.account_id = x.account AND task.state = '{S.IN_PROGRESS.value}'
+      AND task.lock_token = x.token AND task.lock_robot_id = x.robot AND task.lock_expires_at > :now
     RETURNING task.id"""  # noqa: S608 - constants, not input
 )
 _PG_EVENTS = sa.text(
