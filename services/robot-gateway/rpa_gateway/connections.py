@@ -23,7 +23,6 @@ from rpa_gateway import store
 from rpa_gateway.connection import Connection
 from rpa_gateway.writer import Applied, Reliable, Source, WriterUnavailable
 from rpa_protocol import (
-    KNOWN_CAPABILITIES,
     PROTOCOL_VERSION,
     SUPPORTED_PROTOCOLS,
     Ack,
@@ -42,6 +41,8 @@ from rpa_protocol.codes import (
     CAPABILITY_JOB_REQUEST,
     CAPABILITY_JOBS,
     CAPABILITY_LOGS,
+    CAPABILITY_RESOURCES,
+    CAPABILITY_TASKS,
     CLOSE_FORBIDDEN,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -62,7 +63,21 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # The capability each reliable frame needs on its connection.
-_NEEDS = {"job.status": CAPABILITY_JOBS, "log": CAPABILITY_LOGS, "job.request": CAPABILITY_JOB_REQUEST}
+_NEEDS = {
+    "job.status": CAPABILITY_JOBS,
+    "log": CAPABILITY_LOGS,
+    "job.request": CAPABILITY_JOB_REQUEST,
+    "task.add": CAPABILITY_TASKS,
+    "task.take": CAPABILITY_TASKS,
+    "task.renew": CAPABILITY_TASKS,
+    "task.progress": CAPABILITY_TASKS,
+    "task.finish": CAPABILITY_TASKS,
+    "resource.get": CAPABILITY_RESOURCES,
+    "resource.set": CAPABILITY_RESOURCES,
+    "credential.get": CAPABILITY_RESOURCES,
+}
+# The capabilities this gateway grants (a robot learns from ``welcome`` what is missing).
+_GRANTED = frozenset({CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST})
 
 
 class ConnectionHandler:
@@ -76,7 +91,7 @@ class ConnectionHandler:
         hello = await self._receive_hello(conn)
         if hello is None:
             return
-        conn.capabilities = frozenset(c for c in hello.capabilities if c in KNOWN_CAPABILITIES)
+        conn.capabilities = frozenset(c for c in hello.capabilities if c in _GRANTED)
         if CAPABILITY_JOBS not in conn.capabilities:
             conn.control = True
             await conn.send(self._welcome(conn, resume=None))
@@ -239,7 +254,8 @@ class ConnectionHandler:
                 if not conn.control and not conn.logged_off:
                     self.hub.heartbeats.heard(conn.robot.id)
                 continue
-            await self._apply(conn, frame)
+            if isinstance(frame, JobStatus | LogBatch | JobRequest):  # the capabilities granted
+                await self._apply(conn, frame)
 
     async def _apply(self, conn: Connection, frame: Reliable) -> None:
         source = Source(conn.robot, conn.connection_id, conn.control, conn.single_job)
