@@ -84,7 +84,7 @@ from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import Queue
 from rpa_common.settings import Settings
-from rpa_protocol import PROTOCOL_VERSION, Hello, encode
+from rpa_protocol import PROTOCOL_VERSION, Hello, TaskAdd, TaskFinish, TaskItem, TaskTake, encode
 
 QUEUE = "bench-tasks"
 
@@ -230,11 +230,13 @@ class TaskRobot:
             await self.ws.close()
 
     async def work(self, plan: Plan, batch: int, side: Side, done: list[float]) -> None:
-        from rpa_protocol import TaskAdd, TaskFinish, TaskTake  # type: ignore[attr-defined]
-
         while n := plan.claim(batch):
-            items = [{"name": f"r{self.index}-{uuid.uuid4().hex[:12]}", "parameters": {"n": i}} for i in range(n)]
-            added = await self.request(lambda seq, rid: TaskAdd(seq=seq, request_id=rid, queue=QUEUE, tasks=items))
+            items = [
+                TaskItem(name=f"r{self.index}-{uuid.uuid4().hex[:12]}", parameters={"n": i}) for i in range(n)
+            ]
+            added = await self.request(
+                lambda seq, rid, items=items: TaskAdd(seq=seq, request_id=rid, queue=QUEUE, tasks=items)
+            )
             if added.get("error"):
                 side.errors.append(f"task.add: {added['error']}")
                 return
@@ -243,10 +245,11 @@ class TaskRobot:
                 taken = await self.request(lambda seq, rid: TaskTake(seq=seq, request_id=rid, queue=QUEUE))
                 side.takes_ms.append((time.perf_counter() - t0) * 1000)
                 task = taken.get("task")
-                if taken.get("error") or task is None:
-                    side.empty_takes += task is None
-                    if taken.get("error"):
-                        side.errors.append(f"task.take: {taken['error']}")
+                if taken.get("error"):
+                    side.errors.append(f"task.take: {taken['error']}")
+                    continue
+                if task is None:
+                    side.empty_takes += 1
                     continue
                 finished = await self.request(
                     lambda seq, rid, task=task: TaskFinish(
