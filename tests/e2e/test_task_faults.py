@@ -1,0 +1,257 @@
+"""Faults on the robot task path, with a real gateway process (and scheduler) on both databases.
+
+- A lock that expires gives the task back: another robot takes it with a newer fencing token, and
+  the first robot's late renew and finish, carrying the old token, are refused (``stale_token``) and
+  change nothing.
+- A robot process killed while its script holds a task (its robot renewed the lock meanwhile): no
+  one else gets the task while the lock holds; once it expires, the task is taken again.
+- The gateway killed (SIGKILL) in the middle of adds and finishes, and started again: every add a
+  robot saw acknowledged is stored once, no add is stored twice after the replays, and no finish is
+  applied twice (one Successful transition per task, each replayed finish answered ``duplicate``).
+
+The robots here are protocol-level clients (``tests.e2e.task_client``) where the test needs to see
+the frames themselves (tokens, lost replies, replays); the killed robot is a real ``rpa_robot``
+process running a script that holds a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from rpa_common.models import Task
+from rpa_common.models.enums import TaskState
+from tests.e2e.conftest import Api, Stack
+from tests.e2e.task_client import ConnectionLost, TaskClient
+from tests.e2e.tasks_support import create_queue, publish_dir, task_events, tasks_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+LOCK_S = 5  # the shortest lock the protocol allows (MIN_LOCK_S)
+
+
+async def _take_until(
+    client: TaskClient, queue: str, timeout: float, lock_s: int | None = None
+) -> dict[str, Any]:
+    """Ask for the next task every 0.25 s until one comes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = await client.take(queue, lock_s=lock_s)
+        assert reply["error"] is None, reply
+        if reply["task"] is not None:
+            return dict(reply["task"])
+        assert time.monotonic() < deadline, f"no task given to {client.name} within {timeout} s"
+        await asyncio.sleep(0.25)
+
+
+async def test_an_expired_lock_gives_the_task_back_and_the_stale_token_is_refused(
+    api: Api, stack: Stack
+) -> None:
+    gateway = stack.service("gateway")
+    await stack.start(stack.service("scheduler"), gateway)
+    queue = await create_queue(api, max_retries=0)
+    (_, key_a), (robot_b, key_b) = await api.robot(), await api.robot()
+    a, b = TaskClient(gateway.ws_url, key_a, "a"), TaskClient(gateway.ws_url, key_b, "b")
+    await a.connect()
+    await b.connect()
+    try:
+        added = await a.add(queue, ["only-one"], parameters={"n": 1})
+        assert added["error"] is None and len(added["task_ids"]) == 1, added
+        task_id = added["task_ids"][0]
+
+        first = (await a.take(queue, lock_s=LOCK_S))["task"]
+        assert first is not None and first["id"] == task_id
+        old_token = int(first["lock_token"])
+        # While A's lock holds, nobody else gets the task.
+        assert (await b.take(queue))["task"] is None
+
+        taken_at = time.monotonic()
+        second = await _take_until(b, queue, timeout=LOCK_S + 20, lock_s=60)
+        assert time.monotonic() - taken_at >= LOCK_S - 1.5, "the task came back before its lock expired"
+        assert second["id"] == task_id
+        new_token = int(second["lock_token"])
+        assert new_token > old_token
+
+        # A is late: its renew and its finish carry the old token and are refused, changing nothing.
+        renewed = await a.renew(task_id, old_token, lock_s=60)
+        assert renewed["error"] is not None and renewed["error"]["code"] == "stale_token", renewed
+        late = await a.finish(task_id, old_token, output={"by": "a"})
+        assert late["error"] is not None and late["error"]["code"] == "stale_token", late
+        rows = await tasks_of(api, [task_id])
+        assert rows[0].state == TaskState.IN_PROGRESS and str(rows[0].lock_robot_id) == robot_b
+        assert rows[0].lock_token == new_token and rows[0].output is None
+
+        done = await b.finish(task_id, new_token, output={"by": "b"})
+        assert done["error"] is None, done
+        rows = await tasks_of(api, [task_id])
+        assert rows[0].state == TaskState.SUCCESSFUL and rows[0].output == {"by": "b"}
+        events = (await task_events(api, [task_id]))[task_id]
+        ended = [e for e in events if e.to_state == TaskState.SUCCESSFUL]
+        assert len(ended) == 1 and str(ended[0].actor_id) == robot_b
+        assert sum(1 for e in events if e.to_state == TaskState.IN_PROGRESS) == 2
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_robot_killed_mid_task_gives_its_task_back_after_the_lock_expires(
+    api: Api, stack: Stack
+) -> None:
+    gateway = stack.service("gateway")
+    await stack.start(stack.service("scheduler"), gateway)
+    queue = await create_queue(api, max_retries=0)
+    robot_id, key = await api.robot()
+    robot = stack.robot(gateway.ws_url, key)
+    await api.wait_robot(robot_id, "Ready", stack=stack)
+    other_id, other_key = await api.robot()
+    other = TaskClient(gateway.ws_url, other_key, "other")
+    await other.connect()
+    try:
+        task_id = (await other.add(queue, ["held"]))["task_ids"][0]
+        marker = stack.dir / "holding.txt"
+        process_id = await publish_dir(api, "task_holder")
+        await api.call(
+            "POST",
+            "/jobs",
+            201,
+            json={
+                "process_id": process_id,
+                "robot_id": robot_id,
+                "input_args": {"queue": queue, "lock_s": LOCK_S, "marker": str(marker), "hold_s": 600},
+            },
+        )
+
+        async def holding() -> None:
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                assert time.monotonic() < deadline, f"the script never took the task\n{stack.report()}"
+                await asyncio.sleep(0.1)
+
+        await holding()
+        # The robot renews the lock while its script works: past one lock time it is still held.
+        await asyncio.sleep(LOCK_S + 2)
+        assert (await other.take(queue))["task"] is None, "the task left a live robot"
+        [row] = await tasks_of(api, [task_id])
+        assert row.state == TaskState.IN_PROGRESS and str(row.lock_robot_id) == robot_id
+        held_token = row.lock_token
+
+        robot.kill()  # no goodbye; its script loses its robot
+        killed_at = time.monotonic()
+        again = await _take_until(other, queue, timeout=LOCK_S + 30, lock_s=60)
+        assert again["id"] == task_id and int(again["lock_token"]) > held_token
+        assert time.monotonic() - killed_at <= LOCK_S + 30
+        done = await other.finish(task_id, int(again["lock_token"]))
+        assert done["error"] is None, done
+        [row] = await tasks_of(api, [task_id])
+        assert row.state == TaskState.SUCCESSFUL
+        events = (await task_events(api, [task_id]))[task_id]
+        assert [str(e.actor_id) for e in events if e.to_state == TaskState.SUCCESSFUL] == [other_id]
+    finally:
+        await other.close()
+
+
+async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish_twice(
+    api: Api, stack: Stack
+) -> None:
+    gateway = stack.service("gateway")
+    await stack.start(stack.service("scheduler"), gateway)
+    queue = await create_queue(api, max_retries=0)
+    robots = [await api.robot() for _ in range(4)]
+    clients = [TaskClient(gateway.ws_url, key, f"c{i}") for i, (_, key) in enumerate(robots)]
+    for c in clients:
+        await c.connect()
+
+    acknowledged: set[str] = set()  # names of tasks whose add was answered (or acked on resume)
+    finished: dict[str, int] = {}  # task id -> finishes answered without error (duplicates included)
+    replayed_finishes = 0
+    stop = asyncio.Event()
+    restarted = asyncio.Event()
+
+    async def worker(c: TaskClient, index: int) -> None:
+        nonlocal replayed_finishes
+        n = 0
+        while not stop.is_set():
+            names = [f"{c.name}-{n}-{i}" for i in range(5)]
+            n += 1
+            added = await c.add(queue, names)  # reliable: waits through the restart
+            assert added["error"] is None, added
+            acknowledged.update(names)
+            for _ in range(5):
+                try:
+                    if not c.connected.is_set():
+                        await asyncio.wait_for(c.connected.wait(), 60)
+                    reply = await c.take(queue, lock_s=LOCK_S)
+                except ConnectionLost:
+                    continue  # a take lost with the gateway: that task waits for its lock to expire
+                task = reply["task"]
+                if task is None:
+                    break
+                done = await c.finish(task["id"], int(task["lock_token"]), output={"by": c.name})
+                if done.get("duplicate") or done.get("resumed"):
+                    replayed_finishes += 1
+                if done["error"] is None:
+                    finished[task["id"]] = finished.get(task["id"], 0) + 1
+
+    async def reconnector(c: TaskClient) -> None:
+        await restarted.wait()
+        while not stop.is_set():
+            if not c.connected.is_set():
+                await c.connect(timeout=60)
+            await asyncio.sleep(0.05)
+
+    workers = [asyncio.create_task(worker(c, i)) for i, c in enumerate(clients)]
+    helpers = [asyncio.create_task(reconnector(c)) for c in clients]
+    try:
+        await asyncio.sleep(2.0)
+        gateway.kill()  # mid-flow: commits whose acks and replies never left
+        again = await stack.restart(gateway)
+        for c in clients:
+            c.url = again.ws_url
+        restarted.set()
+        await asyncio.sleep(3.0)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*workers), 90)
+    finally:
+        stop.set()
+        for t in helpers:
+            t.cancel()
+        for t in workers:
+            t.cancel()
+        await asyncio.gather(*workers, *helpers, return_exceptions=True)
+        for c in clients:
+            await c.close()
+
+    # Every acknowledged add is stored, once; nothing else was added.
+    async with api.ctx.sessions() as session:
+        rows = (
+            (await session.execute(sa.select(Task).where(Task.account_id == api.tenant.account_id)))
+            .scalars()
+            .all()
+        )
+    names = Counter(r.name for r in rows)
+    assert acknowledged and acknowledged <= set(names), sorted(acknowledged - set(names))[:5]
+    assert max(names.values()) == 1, [n for n, k in names.items() if k > 1][:5]
+    # Every add was answered in the end (a reliable frame waits through the restart): nothing
+    # stored that its robot did not hear about.
+    assert set(names) == acknowledged
+
+    # No finish applied twice: one Successful transition per finished task; only tasks whose take
+    # was lost with the gateway may still be In Progress (until their lock expires) or Created.
+    events = await task_events(api, [str(r.id) for r in rows])
+    for r in rows:
+        ends = [e for e in events[str(r.id)] if e.to_state == TaskState.SUCCESSFUL]
+        if r.state == TaskState.SUCCESSFUL:
+            assert len(ends) == 1, f"task {r.name}: {len(ends)} Successful transitions"
+        else:
+            assert not ends and r.state in (TaskState.CREATED, TaskState.IN_PROGRESS), (r.name, r.state)
+    assert {str(r.id) for r in rows if r.state == TaskState.SUCCESSFUL} == set(finished)
+    assert all(r.output and r.output["by"].startswith("c") for r in rows if r.state == TaskState.SUCCESSFUL)
+    print(
+        f"{len(rows)} tasks added, {len(finished)} finished, {replayed_finishes} finishes answered after"
+        " a replay"
+    )
