@@ -53,6 +53,18 @@ class Settings(BaseSettings):
             "all decrypt (rotation). Empty in development: derived from RPA_SECRET_KEY."
         ),
     )
+    credentials_master_keys: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Comma-separated 'id:base64-32-byte-key' master keys of credential resources; the first "
+            "wraps new data keys, all unwrap (rotation). Empty outside production: one key 'dev' "
+            "derived from RPA_SECRET_KEY; production refuses to start without a key."
+        ),
+    )
+    credentials_master_keys_file: str | None = Field(
+        None,
+        description="A file holding the master keys instead (same list, comma- or line-separated).",
+    )
     access_token_ttl_s: int = Field(900, description="Access token lifetime.")
     refresh_token_ttl_s: int = Field(14 * 24 * 3600, description="Refresh token lifetime.")
     login_max_failures: int = Field(5, description="Failures per user+address before slowing down.")
@@ -93,6 +105,14 @@ class Settings(BaseSettings):
     )
     gateway_reconcile_interval_s: float = Field(
         2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
+    )
+    gateway_watch_recheck_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Gateway re-reads the resources its robots watch this often and pushes what changed "
+            "(a lost ResourceChanged message delays a push by this much at most)."
+        ),
     )
 
     # Scheduler

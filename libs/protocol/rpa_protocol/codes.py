@@ -87,6 +87,8 @@ MIN_LOCK_S = 5
 MAX_LOCK_S = 86_400
 """Bounds of ``lock_s`` in ``task.take`` / ``task.renew`` (absent: the orchestrator's ``RPA_TASK_LOCK_S``)."""
 MAX_RESOURCE_NAME_CHARS = 100
+MAX_WATCHES = 100
+"""Resource names one connection may watch (``resource.get`` with ``watch``)."""
 MAX_TEXT_VALUE_BYTES = 65_535
 """A Text resource value set by a robot, counted in UTF-8 bytes (what a MariaDB ``TEXT`` holds)."""
 

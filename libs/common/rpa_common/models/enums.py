@@ -134,6 +134,8 @@ class PermissionObject(enum.StrEnum):
     QUEUES = "queues"
     TASKS = "tasks"
     RESOURCES = "resources"
+    CREDENTIALS = "credentials"
+    CALENDARS = "calendars"
     LOGS = "logs"
     AUDIT = "audit"
     LICENSES = "licenses"
@@ -146,3 +148,4 @@ class PermissionAction(enum.StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     RUN = "run"
+    REVEAL = "reveal"

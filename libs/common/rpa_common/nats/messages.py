@@ -69,6 +69,19 @@ class AuthChanged(Message):
     account_id: uuid.UUID
 
 
+class ResourceChanged(Message):
+    """A resource or one of its values changed. No value and no secret travels here: a gateway
+    re-resolves the resource from the database for each robot watching it."""
+
+    account_id: uuid.UUID
+    resource_id: uuid.UUID
+    name: str
+    """The resource's name now (robots watch by name)."""
+    old_name: str | None = None
+    """The name before a rename, so watchers of the old name learn it is gone."""
+    change: Literal["created", "updated", "deleted"] = "updated"
+
+
 class TriggerChanged(Message):
     account_id: uuid.UUID
     trigger_id: uuid.UUID
