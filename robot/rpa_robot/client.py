@@ -54,6 +54,8 @@ from rpa_protocol.codes import (
     CAPABILITY_JOB_REQUEST,
     CAPABILITY_JOBS,
     CAPABILITY_LOGS,
+    CAPABILITY_RESOURCES,
+    CAPABILITY_TASKS,
     CLOSE_FORBIDDEN,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
@@ -63,9 +65,16 @@ from rpa_protocol.codes import (
 )
 from rpa_robot import __version__
 from rpa_robot.journal import Journal
+from rpa_robot.requests import Requests
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
 
-CAPABILITIES = [CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST]
+CAPABILITIES = [
+    CAPABILITY_JOBS,
+    CAPABILITY_LOGS,
+    CAPABILITY_JOB_REQUEST,
+    CAPABILITY_TASKS,
+    CAPABILITY_RESOURCES,
+]
 LOG_BATCH_MAX = 500
 LOG_BATCH_DELAY_S = 0.05
 
@@ -187,14 +196,16 @@ class RobotClient:
         self.done = asyncio.Event()
         self.heartbeat_s = 15.0
         self.http: httpx.AsyncClient | None = None
+        self.requests = Requests(self)
 
     # Outbox --------------------------------------------------------------------------------------
 
-    def emit(self, make: Callable[[int], ReliableFrame]) -> None:
-        """Journal a reliable frame (``make`` gets its seq) and wake the sender."""
+    def emit(self, make: Callable[[int], ReliableFrame]) -> int:
+        """Journal a reliable frame (``make`` gets its seq) and wake the sender; its seq."""
         self.flush_logs()  # keep a job's logs before its status
-        self.journal.append(make)
+        seq = self.journal.append(make)
         self.wake.set()
+        return seq
 
     def report(
         self,
@@ -330,15 +341,19 @@ class RobotClient:
         self.sent_upto = last_seq
         self.ws = ws
         say(f"connected as {welcome.robot_name} (replaying {len(self.journal.pending)} frames)")
+        self.requests.on_connected(welcome.server_time)
         tasks = {
             asyncio.create_task(self._sender(ws)),
             asyncio.create_task(self._heartbeats(ws)),
             asyncio.create_task(self._receive(ws)),
+            asyncio.create_task(self.requests.renew_loop()),
             asyncio.create_task(self.done.wait()),
         }
+        await self.requests.after_welcome()
         try:
             finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.requests.on_disconnected()
             for task in tasks:
                 task.cancel()
         for task in finished:
@@ -355,6 +370,8 @@ class RobotClient:
     async def _receive(self, ws: ClientConnection) -> None:
         async for raw in ws:
             frame = _gateway_frame(raw)
+            if self.requests.on_frame(frame):
+                continue
             if isinstance(frame, Ack):
                 self.journal.ack(frame.seq)
                 self._maybe_done()
@@ -436,6 +453,7 @@ class RobotClient:
                         input_args=dict(frame.input_args),
                         sink=self.on_log(job_id),
                         job_id=job_id,
+                        on_request=self.requests.handle,
                     )
                     try:
                         await run.start()
@@ -449,7 +467,10 @@ class RobotClient:
                             run.request_stop()
                         elif late == "interrupt":
                             await run.kill()
-                        result = await run.wait()
+                        try:
+                            result = await run.wait()
+                        finally:
+                            self.requests.run_ended(run)
             self.report(job_id, attempt, result.status, result.output, result.error)
         finally:
             self.runs.pop(job_id, None)

@@ -115,6 +115,23 @@ class Settings(BaseSettings):
         ),
     )
 
+    # Queues and tasks
+    task_lock_s: int = Field(
+        300,
+        ge=1,
+        le=86400,
+        description="How long a robot holds a task it took, unless it asks for another time; robots renew it.",
+    )
+    task_bulk_max: int = Field(
+        1000, ge=1, description="Most tasks one call may add (API or robot); more is refused (413)."
+    )
+    task_csv_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest CSV file of tasks accepted in one upload (413)."
+    )
+    task_csv_max_rows: int = Field(
+        100_000, ge=1, description="Most tasks one CSV upload may add; more is refused (413)."
+    )
+
     # Scheduler
     scheduler_host: str = Field("127.0.0.1", description="Scheduler bind address.")
     scheduler_port: int = Field(8002, description="Scheduler port.")

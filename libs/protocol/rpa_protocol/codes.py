@@ -105,5 +105,5 @@ REPLY_ERROR_CODES = (
     "resource_not_found",
     "wrong_kind",
     "not_allowed",
-    "unavailable",
+    "unreadable",
 )

@@ -407,7 +407,8 @@ class ReplyError(_GatewayFrame):
     code: str = Field(
         description=(
             "queue_not_found, task_not_found, duplicate_name, too_many, invalid, stale_token, "
-            "not_in_progress, resource_not_found, wrong_kind, not_allowed, unavailable"
+            "not_in_progress, resource_not_found, wrong_kind, not_allowed (no value for this robot's "
+            "scope), unreadable (a stored password does not decrypt: an administrator's problem)"
         )
     )
     detail: str

@@ -300,11 +300,14 @@ class ConnectionHandler:
     async def _after_commit(self, conn: Connection, frame: Batched, applied: Applied) -> None:
         publish = self.hub.publish
         if applied.reply is not None:
-            if not isinstance(frame, Request):
-                await conn.send(Ack(seq=conn.next_ack(frame.seq)))
+            # The reply before the ack: a connection lost between the two leaves the frame
+            # journaled, and its replay is answered (``duplicate``); the other way round the robot
+            # would forget the frame without ever hearing its answer.
             if applied.watch is not None:
                 conn.watch(applied.watch)
             await conn.send(applied.reply)
+            if not isinstance(frame, Request):
+                await conn.send(Ack(seq=conn.next_ack(frame.seq)))
             return
         for t in applied.transitions:
             if t.to_state.is_final or t.to_state == JobState.PENDING:

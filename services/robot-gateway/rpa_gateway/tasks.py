@@ -1,7 +1,7 @@
 """Task and resource frames, applied inside the writer's batch transaction (docs/robot-protocol.md 2.12).
 
 Each function takes the batch's session, applies one frame through the shared libs
-(``rpa_common.taskflow``, ``rpa_common.resources``, ``rpa_common.credentials``) and returns the
+(``rpa_common.taskflow``, ``rpa_common.resources``) and returns the
 reply frame to send after the commit. What the robot caused (an unknown queue, a stale token, a
 resource outside its scope) is raised by the libs as ``TaskError`` / ``ResourceError``: the writer
 turns it into the reply's ``error`` and keeps the rest of the batch (``reply_error``).
@@ -21,7 +21,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_common import credentials, resources, taskflow
+from rpa_common import resources, taskflow
 from rpa_common.models import Queue, Task
 from rpa_common.models.enums import TaskPriority, TaskState
 from rpa_common.resources import ResolvedResource, ResourceError
@@ -276,7 +276,7 @@ async def apply_resource_frame(
     """One resource frame: its reply, and the watch it asks for (``resource.get`` with ``watch``)."""
     common: dict[str, Any] = {"seq": frame.seq, "request_id": frame.request_id}
     if isinstance(frame, CredentialGet):
-        resolved, password = await credentials.credential_for_robot(
+        resolved, password = await resources.credential_for_robot(
             session, settings, account_id=robot.account_id, robot_id=robot.id, name=frame.name
         )
         return CredentialValue(

@@ -77,6 +77,21 @@ class TaskState(enum.StrEnum):
     ABANDONED = "Abandoned"
 
 
+FINAL_TASK_STATES = frozenset(
+    {TaskState.SUCCESSFUL, TaskState.FAILED_APPLICATION, TaskState.FAILED_BUSINESS, TaskState.ABANDONED}
+)
+
+
+class TaskEventKind(enum.StrEnum):
+    """What an entry of a task's history records."""
+
+    CREATED = "created"
+    STATE = "state"
+    PROGRESS = "progress"
+    RETRIED = "retried"
+    EDITED = "edited"
+
+
 class TaskPriority(enum.IntEnum):
     LOW = 1
     NORMAL = 2
