@@ -131,6 +131,11 @@ def _actor(robot_id: uuid.UUID | None, user_id: uuid.UUID | None) -> Actor:
     return Actor.system()
 
 
+def after(at: datetime) -> datetime:
+    """A moment later than ``at``: the next history entry of a change sorts after the one at ``at``."""
+    return max(utcnow(), at + timedelta(microseconds=1))
+
+
 def _clip(text: str | None, size: int = TEXT_MAX) -> str | None:
     return None if text is None else text[:size]
 
@@ -467,7 +472,7 @@ async def take_next(
     }
     task = await _take_once(session, queue.id, values, now)
     if task is None and await release_postponed(session, now=now, queue_id=queue.id, limit=100):
-        now = utcnow()  # after the release, so the history keeps its order
+        now = after(now)  # so the history keeps its order
         values.update(lock_expires_at=now + timedelta(seconds=seconds), started_at=now, updated_at=now)
         task = await _take_once(session, queue.id, values, now)
     if task is None:
@@ -678,7 +683,7 @@ async def finish(
     )
     if outcome == S.SUCCESSFUL:
         return None
-    return await maybe_retry(session, task_id, outcome, actor, now)
+    return await maybe_retry(session, task_id, outcome, actor, after(now))
 
 
 # Retries -----------------------------------------------------------------------------------------
@@ -837,7 +842,7 @@ async def change_state(
         note=reason,
     )
     if retry and to_state in FINAL_TASK_STATES and to_state != S.SUCCESSFUL:
-        return True, await maybe_retry(session, task.id, to_state, actor, at)
+        return True, await maybe_retry(session, task.id, to_state, actor, after(at))
     return True, None
 
 

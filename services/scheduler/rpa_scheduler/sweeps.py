@@ -11,7 +11,8 @@ caller repeats it while a full batch came back.
 - ``stop_at`` passed on Running -> Stopping (+ ``JOB_CONTROL`` stop); ``interrupt_at`` passed ->
   Interrupting (+ ``JOB_CONTROL`` interrupt);
 - Starting jobs whose terminal session failed, or whose robot did not connect within
-  ``session_connect_timeout_s`` -> Failed with that reason (+ ``CloseSession``).
+  ``session_connect_timeout_s`` -> Failed with that reason (+ ``CloseSession``);
+- tasks: expired locks, postponed tasks due, abandon timeouts (``task_sweeps``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from rpa_scheduler.dispatch import (
     decrypt_session_key,
     open_session_command,
 )
+from rpa_scheduler.task_sweeps import TASK_SWEEP_BATCH, TASK_SWEEPS
 
 log = structlog.get_logger(__name__)
 
@@ -596,6 +598,14 @@ async def sweep_all(ctx: ServiceContext) -> dict[str, int]:
             n = await fn(ctx)
             total += n
             if n < SWEEP_BATCH:
+                break
+        counts[name] = total
+    for name, task_fn in TASK_SWEEPS:
+        total = 0
+        for _ in range(20):
+            n = await task_fn(ctx)
+            total += n
+            if n < TASK_SWEEP_BATCH:
                 break
         counts[name] = total
     return counts
