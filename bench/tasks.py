@@ -304,20 +304,24 @@ async def run_gateway_side(
             stop_profiler(profiler)
         await asyncio.gather(*(r.close() for r in robots), return_exceptions=True)
         services.stop("gateway")
+    profile = services.log_dir / "gateway-profile.txt"
+    if profiler is not None and profile.exists():
+        print_table(f"Gateway CPU profile (py-spy, {profile})", profile_summary(profile))
     return side
 
 
 def start_profiler(services: Services, pid: int) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(spy).exists():
-        print("--profile: py-spy is not installed (pip install py-spy); profiling skipped", file=sys.stderr)
+    """``py-spy record`` on the gateway, collapsed stacks (``--format raw``) into the log folder."""
+    spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
+    if not spy or not Path(spy).exists():
+        print("--profile: py-spy not found (PATH or PY_SPY); profiling skipped", file=sys.stderr)
         return None
-    out = services.log_dir / "gateway-profile.svg"
+    out = services.log_dir / "gateway-profile.txt"
     print(f"profiling the gateway into {out}", file=sys.stderr)
     return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--output", str(out), "--rate", "97", "--nonblocking"],
+        [spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--rate", "200"],
         stdout=subprocess.DEVNULL,
-        stderr=open(services.log_dir / "py-spy.log", "wb"),
+        stderr=open(services.log_dir / "py-spy.log", "wb"),  # noqa: SIM115 - lives with the process
     )
 
 
@@ -329,6 +333,37 @@ def stop_profiler(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def profile_summary(path: Path, top: int = 25) -> list[tuple[str, Any]]:
+    """Where the gateway's CPU went: functions by share of py-spy's samples (which leave out idle
+    time, the event loop waiting), inclusive (``incl``: in the function or below) and ``self``."""
+    inclusive: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+    if not total:
+        return []
+    rows: list[tuple[str, Any]] = [("profile samples", total)]
+    interesting = sorted(
+        ((f, n) for f, n in inclusive.items() if "rpa_" in f or "sqlalchemy" in f or "asyncpg" in f),
+        key=lambda x: -x[1],
+    )
+    rows += [(f"incl {f[:90]}", f"{100 * n / total:.1f}%") for f, n in interesting[:top]]
+    rows += [
+        (f"self {f[:90]}", f"{100 * n / total:.1f}%")
+        for f, n in sorted(leaf.items(), key=lambda x: -x[1])[:top]
+    ]
+    return rows
 
 
 # The anchor: PgQueuer ----------------------------------------------------------------------------
