@@ -1,4 +1,8 @@
-"""Helpers of the task e2e tests: queues through the API, test processes, reading tasks back."""
+"""Helpers of the task e2e tests: queues and tasks, test processes, reading tasks back.
+
+Queues and the tasks people add are made with ``rpa_common.taskflow`` (the functions the API's
+queue endpoints call) in the test's own transactions: these tests are about the robots' side.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from rpa_common.models import Task, TaskEvent
+from rpa_common import taskflow
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.models import Queue, Task, TaskEvent
+from rpa_common.taskflow import TaskInput
 from tests.e2e.conftest import API, Api
 
 PROCESSES = Path(__file__).parent / "processes"
@@ -19,10 +26,32 @@ PROCESSES = Path(__file__).parent / "processes"
 
 
 async def create_queue(api: Api, name: str | None = None, **settings: Any) -> str:
-    """A queue of the tenant, made through the API; its name."""
+    """A queue of the tenant (``settings``: columns of ``Queue``); its name."""
     name = name or f"q-{uuid.uuid4().hex[:10]}"
-    await api.call("POST", "/queues", 201, json={"name": name, **settings})
+
+    async def work(session: Any) -> None:
+        session.add(Queue(id=uuid.uuid4(), account_id=api.tenant.account_id, name=name, **settings))
+
+    await run_in_transaction(api.ctx.sessions, work)
     return name
+
+
+async def add_tasks(api: Api, queue: str, items: list[TaskInput], chunk: int = 1000) -> list[str]:
+    """Add ``items`` to ``queue`` as the tenant's admin, ``chunk`` per transaction; their ids."""
+    ids: list[str] = []
+    for start in range(0, len(items), chunk):
+        part = items[start : start + chunk]
+
+        async def work(session: Any, part: list[TaskInput] = part) -> list[str]:
+            q = await taskflow.queue_by_name(session, api.tenant.account_id, queue)
+            assert q is not None, queue
+            made = await taskflow.add_tasks(
+                session, account_id=api.tenant.account_id, queue=q, items=part, user_id=api.tenant.admin_id
+            )
+            return [str(t.id) for t in made]
+
+        ids += await run_in_transaction(api.ctx.sessions, work)
+    return ids
 
 
 def _zip_dir(path: Path) -> bytes:

@@ -99,12 +99,21 @@ async def test_an_expired_lock_gives_the_task_back_and_the_stale_token_is_refuse
         await b.close()
 
 
-async def test_a_robot_killed_mid_task_gives_its_task_back_after_the_lock_expires(
-    api: Api, stack: Stack
-) -> None:
+@pytest.mark.parametrize("path", ["lock_expiry", "job_end"])
+async def test_a_robot_killed_mid_task_gives_its_task_back(api: Api, stack: Stack, path: str) -> None:
+    """``lock_expiry``: the queue does not fail tasks with their job, so the task comes back when the
+    lock the robot no longer renews runs out (the scheduler's sweep makes it Created again).
+    ``job_end``: the queue fails a job's tasks when the job fails; the lost robot's job ends Failed
+    ("robot lost") first (the lock is long), the task ends Failed (Application) and its retry is
+    what the next robot takes."""
     gateway = stack.service("gateway")
     await stack.start(stack.service("scheduler"), gateway)
-    queue = await create_queue(api, max_retries=0)
+    if path == "lock_expiry":
+        queue = await create_queue(api, max_retries=0, fail_on_job_failed=False)
+        lock_s = LOCK_S
+    else:
+        queue = await create_queue(api, max_retries=1, fail_on_job_failed=True, retry_failed_application=True)
+        lock_s = 120
     robot_id, key = await api.robot()
     robot = stack.robot(gateway.ws_url, key)
     await api.wait_robot(robot_id, "Ready", stack=stack)
@@ -112,44 +121,51 @@ async def test_a_robot_killed_mid_task_gives_its_task_back_after_the_lock_expire
     other = TaskClient(gateway.ws_url, other_key, "other")
     await other.connect()
     try:
-        task_id = (await other.add(queue, ["held"]))["task_ids"][0]
+        task_id = (await other.add(queue, ["held"], parameters={"n": 7}))["task_ids"][0]
         marker = stack.dir / "holding.txt"
         process_id = await publish_dir(api, "task_holder")
-        await api.call(
+        job = await api.call(
             "POST",
             "/jobs",
             201,
             json={
                 "process_id": process_id,
                 "robot_id": robot_id,
-                "input_args": {"queue": queue, "lock_s": LOCK_S, "marker": str(marker), "hold_s": 600},
+                "input_args": {"queue": queue, "lock_s": lock_s, "marker": str(marker), "hold_s": 600},
             },
         )
-
-        async def holding() -> None:
-            deadline = time.monotonic() + 60
-            while not marker.exists():
-                assert time.monotonic() < deadline, f"the script never took the task\n{stack.report()}"
-                await asyncio.sleep(0.1)
-
-        await holding()
-        # The robot renews the lock while its script works: past one lock time it is still held.
-        await asyncio.sleep(LOCK_S + 2)
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert time.monotonic() < deadline, f"the script never took the task\n{stack.report()}"
+            await asyncio.sleep(0.1)
+        assert marker.read_text() == task_id
+        if path == "lock_expiry":
+            # The robot renews the lock while its script works: past one lock time it is still held.
+            await asyncio.sleep(LOCK_S + 2)
         assert (await other.take(queue))["task"] is None, "the task left a live robot"
         [row] = await tasks_of(api, [task_id])
         assert row.state == TaskState.IN_PROGRESS and str(row.lock_robot_id) == robot_id
+        assert str(row.lock_job_id) == job["id"]
         held_token = row.lock_token
 
-        robot.kill()  # no goodbye; its script loses its robot
-        killed_at = time.monotonic()
-        again = await _take_until(other, queue, timeout=LOCK_S + 30, lock_s=60)
-        assert again["id"] == task_id and int(again["lock_token"]) > held_token
-        assert time.monotonic() - killed_at <= LOCK_S + 30
-        done = await other.finish(task_id, int(again["lock_token"]))
-        assert done["error"] is None, done
+        robot.kill()  # no goodbye: its lock is no longer renewed, its job's lease runs out
+        robot.stop()  # and the script it left behind goes too (as the robot's crash would leave it)
+        again = await _take_until(other, queue, timeout=lock_s + 30 if path == "lock_expiry" else 40)
         [row] = await tasks_of(api, [task_id])
-        assert row.state == TaskState.SUCCESSFUL
-        events = (await task_events(api, [task_id]))[task_id]
+        if path == "lock_expiry":
+            assert again["id"] == task_id and int(again["lock_token"]) > held_token
+            assert again["retry_number"] == 0
+        else:
+            assert row.state == TaskState.FAILED_APPLICATION and "Failed" in (row.error or ""), row.error
+            [retry] = await tasks_of(api, [again["id"]])
+            assert retry.retry_of_id == row.id and retry.retry_number == 1 == again["retry_number"]
+            assert retry.parameters == {"n": 7}
+            assert (await api.get_job(job["id"]))["state"] == "Failed"
+        done = await other.finish(again["id"], int(again["lock_token"]))
+        assert done["error"] is None, done
+        [finished] = await tasks_of(api, [again["id"]])
+        assert finished.state == TaskState.SUCCESSFUL
+        events = (await task_events(api, [again["id"]]))[again["id"]]
         assert [str(e.actor_id) for e in events if e.to_state == TaskState.SUCCESSFUL] == [other_id]
     finally:
         await other.close()
