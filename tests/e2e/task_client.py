@@ -47,6 +47,7 @@ class TaskClient:
         self.reliable_ids: set[uuid.UUID] = set()
         self.errors: list[Reply] = []
         self.replies: list[Reply] = []  # every reply received, in order (duplicates included)
+        self.replayed = 0  # reliable frames sent again after a reconnect
 
     # Connection ---------------------------------------------------------------------------------
 
@@ -88,6 +89,7 @@ class TaskClient:
         self.reader = asyncio.create_task(self._read(ws))
         for seq in sorted(self.journal):
             await ws.send(encode(self.journal[seq]))
+            self.replayed += 1
         self.connected.set()
 
     def _acked(self, seq: int) -> None:

@@ -29,6 +29,7 @@ from rpa_common.models.enums import TaskState
 from tests.e2e.conftest import Api, Stack
 from tests.e2e.task_client import ConnectionLost, TaskClient
 from tests.e2e.tasks_support import create_queue, publish_dir, task_events, tasks_of
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -174,28 +175,37 @@ async def test_a_robot_killed_mid_task_gives_its_task_back(api: Api, stack: Stac
 async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish_twice(
     api: Api, stack: Stack
 ) -> None:
+    """Four protocol-level robots add, take and finish without pause, through a TCP proxy. The proxy
+    first holds the gateway's answers for a moment (the frames of that moment are committed but
+    neither acknowledged nor answered), then the gateway is killed and a new one started on the same
+    port. The robots reconnect and resume from their journals: what the new gateway reports applied
+    is dropped from the journal (answer lost, work kept), the rest is sent again."""
     gateway = stack.service("gateway")
     await stack.start(stack.service("scheduler"), gateway)
+    proxy = TcpProxy("127.0.0.1", gateway.port)
+    await proxy.up()
+    url = f"ws://127.0.0.1:{proxy.port}/robot/v1"
     queue = await create_queue(api, max_retries=0)
     robots = [await api.robot() for _ in range(4)]
-    clients = [TaskClient(gateway.ws_url, key, f"c{i}") for i, (_, key) in enumerate(robots)]
+    clients = [TaskClient(url, key, f"c{i}") for i, (_, key) in enumerate(robots)]
     for c in clients:
         await c.connect()
 
-    acknowledged: set[str] = set()  # names of tasks whose add was answered (or acked on resume)
-    finished: dict[str, int] = {}  # task id -> finishes answered without error (duplicates included)
-    replayed_finishes = 0
+    acknowledged: set[str] = set()  # names of tasks whose add was answered (or reported applied)
+    finished: dict[str, int] = {}  # task id -> finishes answered without error
+    answers_lost = 0  # reliable frames applied whose answer was lost with the gateway
     stop = asyncio.Event()
     restarted = asyncio.Event()
 
-    async def worker(c: TaskClient, index: int) -> None:
-        nonlocal replayed_finishes
+    async def worker(c: TaskClient) -> None:
+        nonlocal answers_lost
         n = 0
         while not stop.is_set():
             names = [f"{c.name}-{n}-{i}" for i in range(5)]
             n += 1
             added = await c.add(queue, names)  # reliable: waits through the restart
             assert added["error"] is None, added
+            answers_lost += bool(added.get("resumed"))
             acknowledged.update(names)
             for _ in range(5):
                 try:
@@ -208,8 +218,7 @@ async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish
                 if task is None:
                     break
                 done = await c.finish(task["id"], int(task["lock_token"]), output={"by": c.name})
-                if done.get("duplicate") or done.get("resumed"):
-                    replayed_finishes += 1
+                answers_lost += bool(done.get("resumed"))
                 if done["error"] is None:
                     finished[task["id"]] = finished.get(task["id"], 0) + 1
 
@@ -220,14 +229,17 @@ async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish
                 await c.connect(timeout=60)
             await asyncio.sleep(0.05)
 
-    workers = [asyncio.create_task(worker(c, i)) for i, c in enumerate(clients)]
+    workers = [asyncio.create_task(worker(c)) for c in clients]
     helpers = [asyncio.create_task(reconnector(c)) for c in clients]
     try:
         await asyncio.sleep(2.0)
-        gateway.kill()  # mid-flow: commits whose acks and replies never left
+        proxy.hold_answers()  # frames still reach the gateway and commit; nothing comes back
+        await asyncio.sleep(1.0)
+        gateway.kill()
+        await proxy.down()  # the held answers are lost with the connections
         again = await stack.restart(gateway)
-        for c in clients:
-            c.url = again.ws_url
+        assert again.port == gateway.port
+        await proxy.up()
         restarted.set()
         await asyncio.sleep(3.0)
         stop.set()
@@ -241,6 +253,7 @@ async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish
         await asyncio.gather(*workers, *helpers, return_exceptions=True)
         for c in clients:
             await c.close()
+        await proxy.close()
 
     # Every acknowledged add is stored, once; nothing else was added.
     async with api.ctx.sessions() as session:
@@ -266,8 +279,13 @@ async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish
         else:
             assert not ends and r.state in (TaskState.CREATED, TaskState.IN_PROGRESS), (r.name, r.state)
     assert {str(r.id) for r in rows if r.state == TaskState.SUCCESSFUL} == set(finished)
+    assert set(finished.values()) == {1}
     assert all(r.output and r.output["by"].startswith("c") for r in rows if r.state == TaskState.SUCCESSFUL)
+    replayed = sum(c.replayed for c in clients)
+    duplicates = sum(1 for c in clients for r in c.replies if r.get("duplicate"))
+    # The point of the hold: work committed whose answer never left (each robot had a frame then).
+    assert answers_lost >= 1, "no reliable frame was committed unanswered: the test missed its point"
     print(
-        f"{len(rows)} tasks added, {len(finished)} finished, {replayed_finishes} finishes answered after"
-        " a replay"
+        f"{len(rows)} tasks added, {len(finished)} finished; {answers_lost} reliable frames applied with"
+        f" their answers lost, {replayed} sent again after the restart, {duplicates} answered duplicate"
     )
