@@ -82,7 +82,7 @@ class Held:
 @dataclass
 class Watch:
     name: str
-    runs: set[ScriptRun] = field(default_factory=set)
+    runs: dict[int, ScriptRun] = field(default_factory=dict)  # by id(): a ScriptRun is not hashable
     last: dict[str, Any] | None = None
 
 
@@ -157,16 +157,16 @@ class Requests:
         if doc == watch.last:
             return
         watch.last = doc
-        for run in list(watch.runs):
+        for key, run in list(watch.runs.items()):
             if not run.send_to_script({"kind": "changed", "resource": doc}):
-                watch.runs.discard(run)
+                watch.runs.pop(key, None)
 
     def run_ended(self, run: ScriptRun) -> None:
         """The script is gone: its tasks are no longer renewed (their locks run out), its watches end."""
         for task_id in [t for t, h in self.held.items() if h.run is run]:
             del self.held[task_id]
         for watch in self.watches.values():
-            watch.runs.discard(run)
+            watch.runs.pop(id(run), None)
 
     # Gateway frames --------------------------------------------------------------------------------
 
@@ -329,7 +329,7 @@ class Requests:
             )
             if watch and isinstance(name, str) and ("result" in answer or _code(answer) != "invalid"):
                 w = self.watches.setdefault(name.casefold(), Watch(name))
-                w.runs.add(run)
+                w.runs[id(run)] = run
                 if "result" in answer:
                     w.last = {**answer["result"], "name": w.name}
             return answer

@@ -30,7 +30,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -202,13 +202,24 @@ async def queue_by_id(session: AsyncSession, account_id: uuid.UUID, queue_id: uu
 # Adding ------------------------------------------------------------------------------------------
 
 
-def _aware(value: Any, where: str) -> datetime | None:
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def check_time(value: Any, where: str) -> datetime | None:
+    """An aware date-time both databases store (MariaDB's DATETIME ends at year 9999), in UTC."""
     if value is None:
         return None
     if not isinstance(value, datetime):
         raise TaskError("invalid", "must be a date-time", field=where)
     if value.tzinfo is None:
         raise TaskError("invalid", "must carry a time zone (e.g. 2026-05-01T12:00:00Z)", field=where)
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        value = EARLIEST - timedelta(days=1)
+    if not EARLIEST <= value <= LATEST:
+        raise TaskError("invalid", "must lie between the years 1900 and 9999", field=where)
     return value
 
 
@@ -262,8 +273,8 @@ def validate(item: TaskInput, where: str) -> dict[str, Any]:
         "parameters": parameters,
         "priority": priority,
         "tags": tags,
-        "deadline": _aware(item.deadline, f"{where}deadline"),
-        "delay_until": _aware(item.delay_until, f"{where}delay_until"),
+        "deadline": check_time(item.deadline, f"{where}deadline"),
+        "delay_until": check_time(item.delay_until, f"{where}delay_until"),
     }
 
 
@@ -293,13 +304,15 @@ async def add_tasks(
     actor: Actor | None = None,
     bulk_max: int | None = None,
     field_prefix: str = "tasks",
+    ids: Sequence[uuid.UUID] | None = None,
 ) -> list[Task]:
     """Add ``items`` to ``queue``: all of them or, on any bad item, none (``TaskError`` naming it).
 
     A task with a ``delay_until`` still to come is Postponed, otherwise Created. When the queue
     forbids duplicate names, a name already used in the queue (or twice in ``items``) is a
     ``duplicate_name`` (409). ``bulk_max`` defaults to ``RPA_TASK_BULK_MAX``. The tasks are inserted
-    here (the returned objects are not attached to the session).
+    here (the returned objects are not attached to the session). ``ids``: the new tasks' ids, made by
+    the caller outside its transaction so that a re-run after a lost commit inserts the same rows.
     """
     if queue.account_id != account_id:
         raise TaskError("queue_not_found", "no such queue", field="queue")
@@ -332,12 +345,14 @@ async def add_tasks(
     who = actor or _actor(robot_id, user_id)
     tasks: list[Task] = []
     values: list[dict[str, Any]] = []
-    for row in rows:
+    if ids is not None and len(ids) != len(rows):
+        raise ValueError("one id per task")
+    for index, row in enumerate(rows):
         delay = row["delay_until"]
         state = S.POSTPONED if delay is not None and delay > now else S.CREATED
         value = {
             **row,
-            "id": uuid.uuid4(),
+            "id": ids[index] if ids is not None else uuid.uuid4(),
             "account_id": account_id,
             "queue_id": queue.id,
             "unique_name": row["name"] if queue.unique_task_names else None,
@@ -346,7 +361,8 @@ async def add_tasks(
             "retry_number": 0,
             "retry_of_id": None,
             "lock_token": 0,
-            "created_at": now,
+            # One microsecond apart: tasks of equal priority added together are taken in the order given.
+            "created_at": now + timedelta(microseconds=index),
             "updated_at": now,
         }
         values.append(value)
@@ -730,7 +746,12 @@ async def maybe_retry(
 
 
 async def make_retry(
-    session: AsyncSession, task: Task, actor: Actor, now: datetime, note: str | None = None
+    session: AsyncSession,
+    task: Task,
+    actor: Actor,
+    now: datetime,
+    note: str | None = None,
+    retry_id: uuid.UUID | None = None,
 ) -> Task:
     """A new Created task that retries ``task`` (same name, parameters, priority, tags, deadline),
     ``retry_number + 1``. A name held unique in the queue moves to the retry."""
@@ -746,7 +767,7 @@ async def make_retry(
     else:
         unique_name = None
     value = {
-        "id": uuid.uuid4(),
+        "id": retry_id or uuid.uuid4(),
         "account_id": task.account_id,
         "queue_id": task.queue_id,
         "name": task.name,
@@ -792,6 +813,25 @@ async def make_retry(
 
 
 # State changes by the orchestrator and by people ---------------------------------------------------
+
+_ENDS = (S.SUCCESSFUL, S.FAILED_APPLICATION, S.FAILED_BUSINESS, S.ABANDONED)
+
+PERSON_CHANGES: dict[TaskState, frozenset[TaskState]] = {
+    S.CREATED: frozenset({S.POSTPONED, *_ENDS}),
+    S.POSTPONED: frozenset({S.CREATED, S.POSTPONED, *_ENDS}),
+    S.IN_PROGRESS: frozenset(_ENDS),
+    S.FAILED_APPLICATION: frozenset({S.SUCCESSFUL, S.FAILED_BUSINESS, S.ABANDONED}),
+    S.FAILED_BUSINESS: frozenset({S.SUCCESSFUL, S.FAILED_APPLICATION, S.ABANDONED}),
+    S.ABANDONED: frozenset({S.SUCCESSFUL, S.FAILED_APPLICATION, S.FAILED_BUSINESS}),
+    S.SUCCESSFUL: frozenset(),
+}
+"""The state changes a person may make (the API's ``PATCH`` of a task), as Sherpa's web app allows:
+postpone or resume a waiting task; end a waiting or running task by hand (its robot's lock is then
+void); settle a failed or abandoned one. Successful is final. A retry of an ended task is a new task
+(``make_retry``), not a change of state. Nothing else is allowed (409)."""
+
+RETRYABLE = frozenset({S.FAILED_APPLICATION, S.FAILED_BUSINESS, S.ABANDONED})
+"""States from which a person may ask for a retry."""
 
 
 async def change_state(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +28,7 @@ from rpa_common.models.enums import TaskPriority, TaskState
 from rpa_common.resources import ResolvedResource, ResourceError
 from rpa_common.settings import Settings
 from rpa_common.taskflow import TaskError, TaskInput
-from rpa_gateway import store
+from rpa_gateway import hotpath, store
 from rpa_protocol import (
     CredentialGet,
     CredentialValue,
@@ -70,6 +71,8 @@ _OUTCOME = {
     "failed_business": TaskState.FAILED_BUSINESS,
 }
 
+_INDEX = re.compile(r"\[(\d+)\]")
+
 TaskFrame = TaskAdd | TaskTake | TaskRenew | TaskProgress | TaskFinish
 ResourceFrame = ResourceGet | ResourceSet | CredentialGet
 SharedFrame = TaskFrame | ResourceFrame
@@ -99,22 +102,14 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 def reply_error(exc: Exception, frame: SharedFrame) -> ReplyError:
-    """The reply's ``error`` for a ``TaskError`` / ``ResourceError``, its field named as in the frame."""
+    """The reply's ``error`` for a ``TaskError`` / ``ResourceError``, its field dotted as in
+    ``bad_frame`` errors (the libs write ``tasks[3].name``; the frame's field is ``tasks.3.name``)."""
     code = str(getattr(exc, "code", "invalid"))
     detail = str(getattr(exc, "detail", "") or exc)
     where: str | None = getattr(exc, "field", None)
-    if where is not None and isinstance(frame, TaskAdd):
-        # The libs number the items of a bulk add; the frame calls them ``tasks``.
-        head, _, rest = where.partition(".")
-        if head in ("items", "tasks") and rest:
-            where = f"tasks.{rest}"
-        elif head.isdigit():
-            where = f"tasks.{where}"
-        elif where == "queue_id":
-            where = "queue"
-    elif where in ("task_id", "token") and not isinstance(frame, TaskAdd | TaskTake):
-        where = "lock_token" if where == "token" else where
-    return ReplyError(code=code, detail=detail, field=where)
+    if where:
+        where = _INDEX.sub(r".\1", where).strip(".")
+    return ReplyError(code=code, detail=detail, field=where or None)
 
 
 def refused(frame: SharedFrame, error: ReplyError) -> Reply:
@@ -148,7 +143,7 @@ def duplicate(frame: SharedFrame) -> Reply:
     return ResourceValue(name=frame.name, **common)
 
 
-async def _queue(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str) -> Queue:
+async def queue_of(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str) -> Queue:
     key = (account_id, name)
     if key not in cache.queues:
         cache.queues[key] = await taskflow.queue_by_name(session, account_id, name)
@@ -156,6 +151,24 @@ async def _queue(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID
     if queue is None:
         raise Refusal("queue_not_found", f"no queue named {name!r}", field="queue")
     return queue
+
+
+def taken_reply(frame: TaskTake, queue: Queue, t: hotpath.Taken) -> TaskTaken:
+    """``task.taken`` for a task given by ``hotpath.take_many``."""
+    task = TakenTask(
+        id=t.id,
+        queue=queue.name,
+        name=t.name,
+        description=t.description,
+        parameters=t.parameters,
+        priority=_PRIORITY_NAME.get(TaskPriority(t.priority), "normal"),
+        tags=[str(x) for x in t.tags],
+        deadline=_aware(t.deadline),
+        retry_number=t.retry_number,
+        lock_token=t.lock_token,
+        lock_expires_at=t.lock_expires_at,
+    )
+    return TaskTaken(seq=frame.seq, request_id=frame.request_id, task=task)
 
 
 def taken_task(queue: Queue, task: Task) -> TakenTask:
@@ -167,7 +180,7 @@ def taken_task(queue: Queue, task: Task) -> TakenTask:
         name=task.name,
         description=task.description or "",
         parameters=dict(task.parameters or {}),
-        priority=_PRIORITY_NAME.get(TaskPriority(task.priority), "normal"),  # type: ignore[arg-type]
+        priority=_PRIORITY_NAME.get(TaskPriority(task.priority), "normal"),
         tags=[str(t) for t in (task.tags or [])],
         deadline=_aware(task.deadline),
         retry_number=int(task.retry_number or 0),
@@ -186,7 +199,7 @@ async def apply_task_frame(
     account_id = robot.account_id
     common: dict[str, Any] = {"seq": frame.seq, "request_id": frame.request_id}
     if isinstance(frame, TaskTake):
-        queue = await _queue(session, cache, account_id, frame.queue)
+        queue = await queue_of(session, cache, account_id, frame.queue)
         task = await taskflow.take_next(
             session,
             account_id=account_id,
@@ -209,7 +222,7 @@ async def apply_task_frame(
         )
         return TaskFinished(**common, retry_task_id=retry.id if retry is not None else None)
     if isinstance(frame, TaskAdd):
-        queue = await _queue(session, cache, account_id, frame.queue)
+        queue = await queue_of(session, cache, account_id, frame.queue)
         items = [
             TaskInput(
                 name=t.name,

@@ -13,13 +13,14 @@ Task and resource frames (``rpa_gateway.tasks``) share the batch: reliable ones 
 never replayed. Each is answered by a reply frame built in the transaction and sent after the
 commit.
 
+What the robot caused (a stale token, an unknown queue: ``tasks.DomainError``) is answered in the
+frame's reply and changes nothing; the libs refuse before they write, so the batch goes on.
+
 A batch that fails on a transient error (deadlock, lost connection) is re-run whole, by
 ``run_in_transaction``. A batch that fails for any other reason holds a frame that is bad in
-itself, or a task/resource frame the libs refused (a stale token, an unknown queue: what the
-robot caused, ``tasks.DomainError``): it is re-run with each frame under a savepoint, so that frame
-alone is refused (an ``error`` frame, or its reply's ``error``) and the others are applied.
-Running without savepoints first keeps the common case at one round trip per statement; a
-refusal costs one re-run of its batch.
+itself: it is re-run with each frame under a savepoint, so that frame alone is refused (with an
+``error`` frame) and the others are applied. Running without savepoints first keeps the common
+case at one round trip per statement.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +40,7 @@ from rpa_common.jobflow import Transition
 from rpa_common.models.enums import RobotStatus
 from rpa_common.nats.messages import JobCreated
 from rpa_common.service import ServiceContext
-from rpa_gateway import store, tasks
+from rpa_gateway import hotpath, store, tasks
 from rpa_protocol import (
     CredentialGet,
     JobRequest,
@@ -48,6 +50,7 @@ from rpa_protocol import (
     ResourceSet,
     TaskAdd,
     TaskFinish,
+    TaskFinished,
     TaskProgress,
     TaskRenew,
     TaskTake,
@@ -61,10 +64,6 @@ Batched = Reliable | Request
 _TASK_FRAMES = (TaskAdd, TaskTake, TaskRenew, TaskProgress, TaskFinish)
 _RESOURCE_FRAMES = (ResourceGet, ResourceSet, CredentialGet)
 _REQUESTS = (TaskTake, TaskRenew, ResourceGet, CredentialGet)
-
-
-class _Refused(Exception):
-    """A task/resource frame was refused in a batch run without savepoints: re-run isolated."""
 
 
 @dataclass(frozen=True)
@@ -156,10 +155,7 @@ class FrameWriter:
             except Exception as exc:
                 if is_retryable(exc):
                     raise
-                if isinstance(exc, _Refused):
-                    log.info("frames.batch_isolating", frames=len(batch), reason="refused frame")
-                else:
-                    log.warning("frames.batch_isolating", frames=len(batch), error=type(exc).__name__)
+                log.warning("frames.batch_isolating", frames=len(batch), error=type(exc).__name__)
                 results = await run_in_transaction(
                     self.ctx.sessions, lambda s: self._work(s, batch, isolate=True), attempts=attempts
                 )
@@ -184,17 +180,16 @@ class FrameWriter:
         cache = tasks.BatchCache()
         results: list[Applied | None] = [None] * len(batch)
         # Robots in id order (a stable sort: two frames of one robot keep their order).
-        for i in sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id):
+        order = sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id)
+        if not isolate:
+            await self._work_together(session, batch, order, locked, cache, results)
+            return [r if r is not None else Applied() for r in results]
+        for i in order:
             pending = batch[i]
-            if not isolate:
-                results[i] = await self._apply_one(
-                    session, pending.source, pending.frame, locked, cache, isolate
-                )
-                continue
             try:
                 async with session.begin_nested():
                     results[i] = await self._apply_one(
-                        session, pending.source, pending.frame, locked, cache, isolate
+                        session, pending.source, pending.frame, locked, cache, None
                     )
             except Exception as exc:
                 if is_retryable(exc):
@@ -210,6 +205,94 @@ class FrameWriter:
                 cache = tasks.BatchCache()
         return [r if r is not None else Applied() for r in results]
 
+    async def _work_together(
+        self,
+        session: AsyncSession,
+        batch: list[_Pending],
+        order: list[int],
+        locked: dict[uuid.UUID, Any],
+        cache: tasks.BatchCache,
+        results: list[Applied | None],
+    ) -> None:
+        """The batch without savepoints: the guards of all reliable frames in two statements, the
+        hot path (takes, Successful finishes) a few statements for all (``hotpath``), the rest one
+        frame at a time, the history in one insert."""
+        claims = [
+            (batch[i].source.robot.id, batch[i].frame.seq)
+            for i in order
+            if not isinstance(batch[i].frame, _REQUESTS) and not batch[i].source.control
+        ]
+        fresh = await hotpath.claim_seqs(session, claims)
+        events = hotpath.Events()
+        per_robot = Counter(p.source.robot.id for p in batch)
+        takes: dict[tuple[uuid.UUID, str], list[int]] = {}
+        finishes: list[int] = []
+        for i in order:
+            pending = batch[i]
+            robot = pending.source.robot
+            if per_robot[robot.id] != 1:
+                continue  # a robot with two frames here (a replaced connection): one by one, in order
+            frame = pending.frame
+            if isinstance(frame, TaskTake):
+                takes.setdefault((robot.account_id, frame.queue), []).append(i)
+            elif (
+                isinstance(frame, TaskFinish)
+                and frame.outcome == "successful"
+                and (robot.id, frame.seq) in fresh
+            ):
+                finishes.append(i)
+        done: set[int] = set()
+        for (account_id, name), idxs in takes.items():
+            try:
+                queue = await tasks.queue_of(session, cache, account_id, name)
+            except tasks.DomainError as exc:
+                for i in idxs:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.refused(frame, tasks.reply_error(exc, frame)))
+                    done.add(i)
+                continue
+            wanted = []
+            for i in idxs:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskTake)
+                wanted.append(hotpath.Take(batch[i].source.robot.id, frame.job_id, frame.lock_s))
+            for i, taken in zip(idxs, await hotpath.take_many(session, queue, wanted, events), strict=True):
+                if taken is not None:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.taken_reply(frame, queue, taken))
+                    done.add(i)
+        if finishes:
+            wanted_f = []
+            for i in finishes:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskFinish)
+                robot = batch[i].source.robot
+                wanted_f.append(
+                    hotpath.Finish(
+                        robot.account_id,
+                        robot.id,
+                        frame.task_id,
+                        frame.lock_token,
+                        frame.reason,
+                        frame.output,
+                    )
+                )
+            for i, good in zip(finishes, await hotpath.finish_many(session, wanted_f, events), strict=True):
+                if good:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskFinish)
+                    results[i] = Applied(reply=TaskFinished(seq=frame.seq, request_id=frame.request_id))
+                    done.add(i)
+        for i in order:
+            if i not in done:
+                pending = batch[i]
+                results[i] = await self._apply_one(
+                    session, pending.source, pending.frame, locked, cache, fresh
+                )
+        await events.flush(session)
+
     async def _apply_one(
         self,
         session: AsyncSession,
@@ -217,17 +300,25 @@ class FrameWriter:
         frame: Batched,
         locked: dict[uuid.UUID, Any],
         cache: tasks.BatchCache,
-        isolate: bool,
+        claimed: set[tuple[uuid.UUID, int]] | None,
     ) -> Applied:
         """One frame, once: ``seq`` above ``inbound_seq``, else a replay that changes nothing.
+
+        ``claimed``: the frames of the batch whose guard ``hotpath.claim_seqs`` passed already; None
+        in an isolated run, where each frame claims its own, under its savepoint.
 
         Control connections have no sequence of their own: their requests are deduplicated by
         ``request_id`` alone. Requests (``task.take``...) are never replayed: no guard."""
         robot = source.robot
+        isolate = claimed is None
+
+        async def is_fresh() -> bool:
+            if claimed is None:
+                return await store.claim_seq(session, robot.id, frame.seq)
+            return (robot.id, frame.seq) in claimed
+
         if isinstance(frame, _TASK_FRAMES + _RESOURCE_FRAMES):
-            fresh = (
-                True if isinstance(frame, _REQUESTS) else await store.claim_seq(session, robot.id, frame.seq)
-            )
+            fresh = True if isinstance(frame, _REQUESTS) else await is_fresh()
             if not fresh:
                 return Applied(reply=tasks.duplicate(frame))
             return await self._apply_shared(session, robot, frame, cache, isolate)
@@ -238,7 +329,7 @@ class FrameWriter:
                 if frame.job_id in locked
                 else await store.lock_job(session, frame.job_id)
             )
-        fresh = True if source.control else await store.claim_seq(session, robot.id, frame.seq)
+        fresh = True if source.control else await is_fresh()
         out = Applied()
         if isinstance(frame, JobRequest):
             if fresh:
@@ -274,18 +365,19 @@ class FrameWriter:
         cache: tasks.BatchCache,
         isolate: bool,
     ) -> Applied:
-        """A task or resource frame (its seq already claimed). A refusal by the libs may have
-        flushed part of the frame's work: without a savepoint of its own the whole batch is re-run
-        isolated (``_Refused``); with one, only this frame's work is undone and the seq stays
-        claimed, so the refusal is answered (and acknowledged) once, like any applied frame."""
+        """A task or resource frame (its seq already claimed, so a refusal is answered and
+        acknowledged once, like any applied frame).
+
+        The libs raise what a robot caused before they write anything (their documented rule), so
+        a refusal leaves the batch's transaction usable and costs nothing. Should one ever leave
+        the transaction broken, the next statement fails, the batch is re-run isolated, and there
+        each task/resource frame has a savepoint of its own."""
         try:
             if not isolate:
                 return await self._shared(session, robot, frame, cache)
             async with session.begin_nested():
                 return await self._shared(session, robot, frame, cache)
         except tasks.DomainError as exc:
-            if not isolate:
-                raise _Refused(frame.type) from exc
             error = tasks.reply_error(exc, frame)
             watch = None
             if isinstance(frame, ResourceGet) and frame.watch:
