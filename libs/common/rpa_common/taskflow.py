@@ -414,11 +414,23 @@ def lock_seconds(lock_s: int | None) -> int:
 
 def _candidates(queue_id: uuid.UUID, now: datetime) -> tuple[sa.Select[Any], sa.Select[Any]]:
     """The two looks of "take next", best first: overdue Created tasks, then every Created task;
-    each by priority (highest first), then age."""
-    order = (Task.priority.desc(), Task.created_at, Task.id)
+    each by priority (highest first), then age.
+
+    The second look reads ``ix_task_take`` in its order and stops at the first free row (so its order
+    has exactly that index's columns: a tie-break column more would sort the whole queue). The first
+    reads only the overdue rows through ``ix_task_queue_id_state_deadline`` and sorts those: its
+    priority is an expression (``priority + 0``) on purpose, so that no planner is tempted to walk
+    the take index in order and filter on the deadline, i.e. to read every Created task of the queue
+    when none is overdue.
+    """
     base = sa.select(Task).where(Task.queue_id == queue_id, Task.state == S.CREATED)
-    overdue = base.where(Task.deadline < now).order_by(*order).limit(1).with_for_update(skip_locked=True)
-    normal = base.order_by(*order).limit(1).with_for_update(skip_locked=True)
+    overdue = (
+        base.where(Task.deadline < now)
+        .order_by((sa.type_coerce(Task.priority, sa.Integer) + 0).desc(), Task.created_at)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    normal = base.order_by(Task.priority.desc(), Task.created_at).limit(1).with_for_update(skip_locked=True)
     return overdue, normal
 
 

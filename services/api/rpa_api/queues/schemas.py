@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, StringConstraints
+from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StringConstraints
 
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, TaskState
@@ -14,8 +14,8 @@ from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, Task
 # A timeout longer than a year is a typo; the columns are 32-bit integers on both databases.
 MAX_TIMEOUT_S = 366 * 24 * 3600
 
-TimeoutS = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds")]
-MaxRetries = Annotated[int, Field(ge=0, le=100, description="Retries of a task (0: none)")]
+TimeoutS = Annotated[StrictInt, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds")]
+MaxRetries = Annotated[StrictInt, Field(ge=0, le=100, description="Retries of a task (0: none)")]
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=255), Field(description="Not blank")]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100), Field(description="Not blank")]
 
@@ -35,6 +35,7 @@ Time = Annotated[
     Field(description="ISO 8601 (UTC when no zone is given), between the years 1900 and 9999"),
 ]
 Tags = Annotated[list[Tag], Field(max_length=50, description="Labels to filter by (at most 50)")]
+Priority = Annotated[StrictInt, Field(ge=1, le=3, description="1 low, 2 normal, 3 high")]
 Comment = Annotated[str, StringConstraints(max_length=1000)]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
 
@@ -144,7 +145,7 @@ class TaskCreate(In):
     name: TaskName
     description: Description = ""
     parameters: dict[str, Any] = Field(default_factory=dict, description="Named values for the robot")
-    priority: TaskPriority = Field(TaskPriority.NORMAL, description="1 low, 2 normal, 3 high")
+    priority: Priority = int(TaskPriority.NORMAL)
     tags: Tags = Field(default_factory=list)
     deadline: Time | None = Field(None, description="Overdue tasks are taken first")
     delay_until: Time | None = Field(None, description="Postponed until then; robots take it afterwards")
@@ -166,7 +167,7 @@ class TaskUpdate(Patch):
     description: Description | None = None
     comment: Comment | None = None
     parameters: dict[str, Any] | None = None
-    priority: TaskPriority | None = None
+    priority: Priority | None = None
     tags: Tags | None = None
     deadline: Time | None = None
     delay_until: Time | None = Field(

@@ -228,7 +228,7 @@ def task_input(body: schemas.TaskCreate) -> TaskInput:
         name=body.name,
         description=body.description,
         parameters=body.parameters,
-        priority=body.priority,
+        priority=TaskPriority(body.priority),
         tags=list(body.tags),
         deadline=as_utc(body.deadline),
         delay_until=as_utc(body.delay_until),
@@ -389,6 +389,8 @@ async def update_task(
     queue, task = await get_task(session, principal, queue_id, task_id, lock=True)
     reason = fields.pop("reason", None)
     target: TaskState | None = fields.pop("state", None)
+    if fields.get("priority") is not None:
+        fields["priority"] = TaskPriority(fields["priority"])
     now = utcnow()
     with task_errors(prefix=None):
         for name in ("deadline", "delay_until"):
