@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from rpa_common.models import Task
+from rpa_common.models import Robot, Task
 from rpa_common.models.enums import TaskState
 from tests.e2e.conftest import Api, Stack
 from tests.e2e.task_client import ConnectionLost, TaskClient
@@ -172,6 +173,38 @@ async def test_a_robot_killed_mid_task_gives_its_task_back(api: Api, stack: Stac
         await other.close()
 
 
+async def _commit_one_unanswered(
+    api: Api, proxy: TcpProxy, clients: list[TaskClient], robot_ids: list[str]
+) -> None:
+    """Hold the gateway's answers (frames still reach it) until a reliable frame a client sent is
+    committed: the robot's ``inbound_seq`` covers it while the client still waits for its answer."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sent = [(c, rid, max(c.journal)) for c, rid in zip(clients, robot_ids, strict=True) if c.journal]
+        if not sent:
+            await asyncio.sleep(0.001)
+            continue
+        proxy.hold_answers()  # nothing comes back from now on
+        waiting = [(c, rid, seq) for c, rid, seq in sent if seq in c.journal]  # not answered meanwhile
+        until = time.monotonic() + 10
+        while waiting and time.monotonic() < until:
+            async with api.ctx.sessions() as session:
+                applied = dict(
+                    (
+                        await session.execute(
+                            sa.select(Robot.id, Robot.inbound_seq).where(
+                                Robot.id.in_([uuid.UUID(rid) for _, rid, _ in waiting])
+                            )
+                        )
+                    ).all()
+                )
+            if any(applied[uuid.UUID(rid)] >= seq for _, rid, seq in waiting):
+                return
+            await asyncio.sleep(0.05)
+        await proxy.up()  # the frame was answered before the hold: let things flow, try again
+    raise AssertionError("no reliable frame was ever committed while its answer was held")
+
+
 async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish_twice(
     api: Api, stack: Stack
 ) -> None:
@@ -233,8 +266,8 @@ async def test_a_gateway_restart_loses_no_acknowledged_add_and_applies_no_finish
     helpers = [asyncio.create_task(reconnector(c)) for c in clients]
     try:
         await asyncio.sleep(2.0)
-        proxy.hold_answers()  # frames still reach the gateway and commit; nothing comes back
-        await asyncio.sleep(1.0)
+        await _commit_one_unanswered(api, proxy, clients, [robot_id for robot_id, _ in robots])
+        await asyncio.sleep(0.3)  # and whatever else comes meanwhile
         gateway.kill()
         await proxy.down()  # the held answers are lost with the connections
         again = await stack.restart(gateway)
