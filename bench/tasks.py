@@ -23,8 +23,9 @@ empty take is counted as an error). It stops when ``--tasks`` lifecycles are cla
   add to the last finish;
 - take latency: from sending ``task.take`` to receiving its ``task.taken`` (p50/p95/p99/max);
 - the gateway's CPU over the run (user + system, ``harness.infra.cpu_seconds``), per lifecycle and
-  as % of one core; ``--profile`` runs the gateway under ``py-spy record`` (if installed: ``pip``
-  package ``py-spy``) and writes a flame graph next to the service logs.
+  as % of one core; ``--profile`` attaches ``py-spy record`` to the gateway for the measured run
+  (py-spy is not a dependency: any install of it, found on ``PATH`` or named by ``PY_SPY``), writes
+  its collapsed stacks next to the service logs and prints where the gateway's CPU went.
 
 The anchor, in the same run, with the gateway stopped (it gets the machine to itself as well):
 the same lifecycle through PgQueuer on the same PostgreSQL, in the same database. N producers (this
