@@ -322,7 +322,7 @@ def start_profiler(services: Services, pid: int) -> subprocess.Popen[bytes] | No
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--format", "raw", "--output", str(out), "--rate", "200"],
         stdout=subprocess.DEVNULL,
-        stderr=open(services.log_dir / "py-spy.log", "wb"),  # noqa: SIM115 - lives with the process
+        stderr=open(services.log_dir / "py-spy.log", "wb"),
     )
 
 
