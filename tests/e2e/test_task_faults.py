@@ -4,7 +4,9 @@
   the first robot's late renew and finish, carrying the old token, are refused (``stale_token``) and
   change nothing.
 - A robot process killed while its script holds a task (its robot renewed the lock meanwhile): no
-  one else gets the task while the lock holds; once it expires, the task is taken again.
+  one else gets the task while the lock holds; once it expires, the task is taken again. When the
+  queue fails the tasks of a failed job instead, the lost robot's job ends Failed, the task Failed
+  (Application), and its retry is what the next robot takes.
 - The gateway killed (SIGKILL) in the middle of adds and finishes, and started again: every add a
   robot saw acknowledged is stored once, no add is stored twice after the replays, and no finish is
   applied twice (one Successful transition per task, each replayed finish answered ``duplicate``).
