@@ -276,7 +276,13 @@ async def run_gateway_side(
     settings = bench_settings(db_url, nats_url)
     keys, _ = await seed_queue(settings, args.robots)
     port = free_port()
-    env = service_env(db_url, nats_url, RPA_GATEWAY_PORT=str(port), RPA_HEARTBEAT_INTERVAL_S="15")
+    env = service_env(
+        db_url,
+        nats_url,
+        RPA_GATEWAY_PORT=str(port),
+        RPA_HEARTBEAT_INTERVAL_S="15",
+        **({"RPA_GATEWAY_WRITERS": str(args.writers)} if args.writers else {}),
+    )
     await start_service(services, "gateway", "rpa_gateway", env, port)
     pid = services.pid("gateway")
     url = f"ws://127.0.0.1:{port}/robot/v1"
@@ -487,7 +493,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if not args.anchor_only
                 else Side()
             )
-            anchor = await run_anchor(services, db_url, args, args.tasks)
+            anchor = await run_anchor(services, db_url, args, args.tasks) if not args.gateway_only else Side()
     finally:
         services.stop()
     return report(args, gateway, anchor, services)
@@ -506,6 +512,7 @@ def report(args: argparse.Namespace, gateway: Side, anchor: Side, services: Serv
         "anchor_cpu_ms_per_lifecycle": anchor.cpu_ms_per_lifecycle,
         "robots": args.robots,
         "add_batch": args.add_batch,
+        "gateway_writers": args.writers,
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     rows: list[tuple[str, Any]] = [
@@ -547,8 +554,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="stop starting lifecycles after this")
     parser.add_argument("--add-batch", type=int, default=10, help="tasks per task.add (and per enqueue)")
     parser.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer worker's dequeue batch size")
+    parser.add_argument(
+        "--writers", type=int, default=None, help="the gateway's RPA_GATEWAY_WRITERS (default: its own)"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy record the gateway during the run")
     parser.add_argument("--anchor-only", action="store_true", help="run only the PgQueuer anchor")
+    parser.add_argument("--gateway-only", action="store_true", help="run only the gateway side")
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     args = parser.parse_args()
     ensure_pgqueuer()
