@@ -135,6 +135,7 @@ class Side:
     errors: list[str] = field(default_factory=list)
     takes_ms: list[float] = field(default_factory=list)
     empty_takes: int = 0
+    client_cpu_s: float = float("nan")  # the simulated robots (this process)
 
     @property
     def per_s(self) -> float:
@@ -299,10 +300,11 @@ async def run_gateway_side(
             profiler = start_profiler(services, pid)
         plan = Plan(tasks, time.perf_counter() + args.seconds)
         done: list[float] = []
-        cpu0 = cpu_seconds(pid)
+        cpu0, own0 = cpu_seconds(pid), cpu_seconds(os.getpid())
         start = time.perf_counter()
         await asyncio.gather(*(r.work(plan, args.add_batch, side, done) for r in robots))
         side.cpu_s = cpu_seconds(pid) - cpu0
+        side.client_cpu_s = cpu_seconds(os.getpid()) - own0
         side.elapsed_s = (max(done) if done else time.perf_counter()) - start
         for r in robots:
             side.errors += r.errors
@@ -527,6 +529,10 @@ def report(args: argparse.Namespace, gateway: Side, anchor: Side, services: Serv
         ("gateway: errors", len(gateway.errors)),
         ("gateway: CPU per lifecycle (ms)", gateway.cpu_ms_per_lifecycle),
         ("gateway: CPU (% of one core)", gateway.cpu_pct),
+        (
+            "simulated robots: CPU (% of one core)",
+            round(gateway.client_cpu_s * 100 / gateway.elapsed_s, 1) if gateway.finished else float("nan"),
+        ),
         ("anchor (PgQueuer): lifecycles finished", anchor.finished),
         ("anchor (PgQueuer): elapsed (s)", round(anchor.elapsed_s, 2)),
         ("anchor (PgQueuer): lifecycles/s", anchor.per_s),
