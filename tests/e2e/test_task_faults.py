@@ -7,9 +7,11 @@
   one else gets the task while the lock holds; once it expires, the task is taken again. When the
   queue fails the tasks of a failed job instead, the lost robot's job ends Failed, the task Failed
   (Application), and its retry is what the next robot takes.
-- The gateway killed (SIGKILL) in the middle of adds and finishes, and started again: every add a
-  robot saw acknowledged is stored once, no add is stored twice after the replays, and no finish is
-  applied twice (one Successful transition per task, each replayed finish answered ``duplicate``).
+- The gateway killed (SIGKILL) in the middle of adds and finishes, right after it committed frames
+  whose answers it never sent, and started again: every add a robot saw acknowledged is stored
+  once, nothing is stored that no robot heard of, and no finish is applied twice (one Successful
+  transition per task); the robots learn from the new gateway's ``welcome`` which of their
+  journaled frames were applied and send only the others again.
 
 The robots here are protocol-level clients (``tests.e2e.task_client``) where the test needs to see
 the frames themselves (tokens, lost replies, replays); the killed robot is a real ``rpa_robot``
