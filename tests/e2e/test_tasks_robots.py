@@ -11,8 +11,10 @@ Successful (one take, one finish); its output names the job that held its lock; 
 were held one after the other (their lock intervals, taken -> finished, never overlap); the jobs'
 counts add up to the number of tasks.
 
-Size: ``E2E_TASKS`` (default 10,000) tasks on each backend. The run time is printed; see the
-module's note in the report of issue 7 for the figures on the 2-core machine.
+Size: 10,000 tasks on MariaDB (the production default) and 2,000 on PostgreSQL in the default
+suite; ``E2E_TASKS=10000`` (any number) runs that many on both, for a slower job. On the shared
+2-core machine, 10,000 tasks took 113 s of work (164 s with start-up) on PostgreSQL and 118 s
+(162 s) on MariaDB: both in full would take about 5.5 minutes of a 15-minute suite.
 """
 
 from __future__ import annotations
@@ -36,24 +38,27 @@ from tests.e2e.tasks_support import add_tasks, create_queue, publish_dir
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 ROBOTS = 20
-TASKS = int(os.environ.get("E2E_TASKS", "10000"))
+TASKS = {"mariadb": 10_000, "postgresql": 2_000}
+if os.environ.get("E2E_TASKS"):
+    TASKS = dict.fromkeys(TASKS, int(os.environ["E2E_TASKS"]))
 # Leases and heartbeat silences longer than the stalls of a shared 2-core machine under this load.
-LOAD_SETTINGS = {"RPA_JOB_LEASE_S": "60", "RPA_HEARTBEAT_INTERVAL_S": "2", "RPA_SWEEP_INTERVAL_S": "1"}
+LOAD_SETTINGS = {"RPA_JOB_LEASE_S": "60", "RPA_HEARTBEAT_INTERVAL_S": "5", "RPA_SWEEP_INTERVAL_S": "1"}
 
 
 async def test_twenty_robots_take_every_task_once_and_finish_all(
     api: Api, stack: Stack, backend: str
 ) -> None:
+    n_tasks = TASKS[backend]
     scheduler = stack.service("scheduler", settings=LOAD_SETTINGS)
     gateway = stack.service("gateway", settings=LOAD_SETTINGS)
     await stack.start(scheduler, gateway)
     queue = await create_queue(api, max_retries=0)
     started = time.monotonic()
     task_ids = await add_tasks(
-        api, queue, [TaskInput(name=f"t-{n:05d}", parameters={"n": n}) for n in range(TASKS)]
+        api, queue, [TaskInput(name=f"t-{n:05d}", parameters={"n": n}) for n in range(n_tasks)]
     )
     added_s = time.monotonic() - started
-    assert len(set(task_ids)) == TASKS
+    assert len(set(task_ids)) == n_tasks
 
     robots = [await api.robot(name=f"tasks-{i:02d}") for i in range(ROBOTS)]
     robot_ids = {r for r, _ in robots}
@@ -78,20 +83,20 @@ async def test_twenty_robots_take_every_task_once_and_finish_all(
     ended = [await api.wait_job(j, timeout=900, stack=stack) for j in jobs]
     elapsed = time.monotonic() - started
     print(
-        f"{TASKS} tasks on {backend}: added in {added_s:.1f} s, all done by {ROBOTS} robots in"
-        f" {elapsed:.1f} s ({TASKS / elapsed:.0f} tasks/s)"
+        f"{n_tasks} tasks on {backend}: added in {added_s:.1f} s, all done by {ROBOTS} robots in"
+        f" {elapsed:.1f} s ({n_tasks / elapsed:.0f} tasks/s)"
     )
     assert [j["state"] for j in ended] == ["Successful"] * ROBOTS, [(j["state"], j["error"]) for j in ended]
     # Every job took part, and their counts add up: no task finished twice, none skipped.
     done_by_job = {j["id"]: int(j["output_args"]["done"]) for j in ended}
-    assert sum(done_by_job.values()) == TASKS, done_by_job
+    assert sum(done_by_job.values()) == n_tasks, done_by_job
     assert sum(1 for n in done_by_job.values() if n > 0) >= ROBOTS // 2, done_by_job
 
     ids = [uuid.UUID(t) for t in task_ids]
     async with api.ctx.sessions() as session:
         rows = []
         events: dict[uuid.UUID, list[TaskEvent]] = defaultdict(list)
-        for start in range(0, TASKS, 1000):
+        for start in range(0, n_tasks, 1000):
             part = ids[start : start + 1000]
             rows += (await session.execute(sa.select(Task).where(Task.id.in_(part)))).scalars().all()
             for e in (
@@ -102,9 +107,9 @@ async def test_twenty_robots_take_every_task_once_and_finish_all(
                 )
             ).scalars():
                 events[e.task_id].append(e)
-    assert len(rows) == TASKS
+    assert len(rows) == n_tasks
     # None lost, all finished.
-    assert Counter(r.state for r in rows) == {TaskState.SUCCESSFUL: TASKS}
+    assert Counter(r.state for r in rows) == {TaskState.SUCCESSFUL: n_tasks}
     intervals: dict[str, list[tuple[datetime, datetime, str]]] = defaultdict(list)
     for r in rows:
         # Taken once and finished once: its whole history, nothing else in it.
