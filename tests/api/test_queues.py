@@ -279,3 +279,32 @@ async def test_stats(client: httpx.AsyncClient, tenant: Tenant) -> None:
     empty = await create_queue(client, tenant)
     stats = (await client.get(f"{QUEUES}/{empty['id']}/stats", headers=tenant.headers)).json()
     assert stats["ended"] == 0 and stats["mean_processing_s"] is None and stats["oldest_waiting_at"] is None
+
+
+async def test_delete_a_queue_with_retry_chains_and_history(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    queue = await create_queue(client, tenant, max_retries=2, retry_failed_application=True)
+    robot = await add_robot(tenant)
+    await client.post(f"{QUEUES}/{queue['id']}/tasks", json={"name": "chain"}, headers=tenant.headers)
+    for _ in range(3):
+        task = await robot_takes(tenant, queue["id"], robot)
+        assert task is not None
+        await robot_finishes(tenant, task, robot, TaskState.FAILED_APPLICATION)
+    async with tenant.ctx.sessions() as session:
+        chain = (
+            (
+                await session.execute(
+                    sa.select(Task.retry_number).where(Task.queue_id == uuid.UUID(queue["id"]))
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert sorted(chain) == [0, 1, 2]
+    assert (await client.delete(f"{QUEUES}/{queue['id']}", headers=tenant.headers)).status_code == 204
+    async with tenant.ctx.sessions() as session:
+        left = await session.scalar(
+            sa.select(sa.func.count()).select_from(Task).where(Task.queue_id == uuid.UUID(queue["id"]))
+        )
+    assert left == 0

@@ -206,6 +206,8 @@ async def test_calendars(client: httpx.AsyncClient, tenant: Tenant, other_tenant
         ({"weekend_days": [6, 6]}, "weekend_days"),
         ({"days": [{"day": "2026-01-01"}, {"day": "2026-01-01"}]}, "days"),
         ({"days": [{"day": "2026-02-30"}]}, "days.0.day"),
+        ({"days": [{"day": 0}]}, "days.0.day"),
+        ({"days": [{"day": "2026-01-01", "working": 0}]}, "days.0.working"),
     ):
         r = await client.post(
             f"{API}/calendars", json={"name": f"c-{uuid.uuid4().hex[:6]}", **bad}, headers=tenant.headers

@@ -56,7 +56,9 @@ async def test_two_robots_work_an_uploaded_queue_with_a_credential(
     done = [await api.wait_job(job_id, timeout=180, stack=stack) for job_id in jobs]
     assert [j["state"] for j in done] == ["Successful", "Successful"], [j.get("error") for j in done]
     worked = [j["output_args"]["done"] for j in done]
-    assert sum(worked) == TASKS and all(j["output_args"]["failed"] == 0 for j in done)
+    assert sum(worked) == TASKS and all(
+        j["output_args"]["failed"] == j["output_args"]["lost"] == 0 for j in done
+    )
 
     stats = await api.call("GET", f"/queues/{queue['id']}/stats", 200)
     assert stats["counts"][TaskState.SUCCESSFUL.value] == TASKS, stats["counts"]

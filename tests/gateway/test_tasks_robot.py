@@ -88,7 +88,7 @@ async def test_the_example_process_works_a_queue_with_a_credential(
     await assign(world.ctx, job_id, robot_id)
     job = await wait_job(world.ctx, job_id, JobState.SUCCESSFUL, JobState.FAILED, timeout=40)
     assert job.state == JobState.SUCCESSFUL, f"{job.error}\n{robot.output()[-3000:]}"
-    assert job.output_args == {"done": 2, "failed": 1, "queue": queue.name}
+    assert job.output_args == {"done": 2, "failed": 1, "lost": 0, "queue": queue.name}
     rows = {t.name: t for t in await shared.tasks(queue)}
     assert rows["inv-1"].state == S.SUCCESSFUL and rows["inv-1"].output == {"paid": 10.0, "by": "svc-erp"}
     assert rows["inv-2"].state == S.FAILED_BUSINESS and "not payable" in (rows["inv-2"].error or "")
@@ -235,11 +235,12 @@ async def test_scripts_read_set_and_watch_resources(
         {"op": "credential", "name": "no-such-credential"},
         {"op": "add", "queue": queue.name, "names": ["a", "b"]},
         {"op": "add", "queue": "no-such-queue", "names": ["c"]},
+        {"op": "threads", "name": counter.name, "count": 8},
         {"op": "wait_change", "name": mode.name, "text": "busy"},
     ]
     job_id = await world.job("sdk_probe", robot_id, {"steps": steps, "results": str(out)})
     await assign(world.ctx, job_id, robot_id)
-    got = await wait_results(out, 6)
+    got = await wait_results(out, 7)
     assert got[0] == {"op": "get", "text": "normal", "kind": "text"}
     assert got[1] == {"op": "set", "text": "2"} and await shared.text_of(mine) == "2"
     assert got[2] == {
@@ -250,9 +251,10 @@ async def test_scripts_read_set_and_watch_resources(
     assert (got[3]["error"], got[3]["class"]) == ("resource_not_found", "ResourceError")
     assert len(got[4]["ids"]) == 2 and [t.name for t in await shared.tasks(queue)] == ["a", "b"]
     assert (got[5]["error"], got[5]["field"], got[5]["class"]) == ("queue_not_found", "queue", "TaskError")
+    assert got[6] == {"op": "threads", "texts": ["2"] * 8}
     await shared.set_text(everyone, "busy")
     await shared.announce(mode)
-    await wait_results(out, 7)
+    await wait_results(out, 8)
     job = await wait_job(world.ctx, job_id, JobState.SUCCESSFUL, JobState.FAILED)
     assert job.state == JobState.SUCCESSFUL, job.error
     logs = await job_log_text(world, robot_id)

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     gateway_batch_delay_ms: float = Field(
         2.0, ge=0, description="How long the gateway waits for more frames when a batch is not full."
     )
+    gateway_writers: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Batches of robot frames the gateway has in flight at once (each its own transaction).",
+    )
     gateway_reconcile_interval_s: float = Field(
         2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
     )

@@ -207,12 +207,23 @@ def _free(queue_id: uuid.UUID, limit: int, overdue: bool, now: datetime) -> sa.S
     )
 
 
+@dataclass(frozen=True)
+class QueueRef:
+    """What the hot path needs of a queue (a ``Queue`` row has the same attributes)."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    name: str
+
+
 async def take_many(
-    session: AsyncSession, queue: Queue, takes: list[Take], events: Events
+    session: AsyncSession, queue: QueueRef | Queue, takes: list[Take], events: Events
 ) -> list[Taken | None]:
     """The best free tasks of ``queue``, one per take in order (None: not enough free ones here; the
     caller asks ``taskflow.take_next`` for those)."""
     now = utcnow()
+    if dialect_of(session) == "postgresql":
+        return await _take_many_pg(session, queue, takes, events, now)
     rows = list(await session.execute(_free(queue.id, len(takes), True, now)))
     if len(rows) < len(takes):
         rows += list(await session.execute(_free(queue.id, len(takes) - len(rows), False, now)))
@@ -221,20 +232,50 @@ async def take_many(
     given = list(zip(rows, takes, strict=False))
     expires = {row.id: now + timedelta(seconds=taskflow.lock_seconds(t.lock_s)) for row, t in given}
     ids = [row.id for row, _ in given]
-    if dialect_of(session) == "postgresql":
+    await _take_update(session, given, expires, ids, now)
+    return _taken(queue, given, expires, now, events, len(takes))
+
+
+async def _take_many_pg(
+    session: AsyncSession, queue: QueueRef | Queue, takes: list[Take], events: Events, now: datetime
+) -> list[Taken | None]:
+    """``take_many`` in one statement: the candidates (overdue ones first, each look ``SKIP
+    LOCKED``), numbered in the order ``take_next`` would give them, paired with the takers by that
+    number and updated, the given rows returned."""
+    expires = [now + timedelta(seconds=taskflow.lock_seconds(t.lock_s)) for t in takes]
+    rows = list(
         await session.execute(
-            _PG_TAKE,
+            _PG_TAKE_MANY,
             {
-                "ids": ids,
-                "robots": [t.robot_id for _, t in given],
-                "jobs": [t.job_id for _, t in given],
-                "exps": [expires[i] for i in ids],
+                "queue": queue.id,
+                "k": len(takes),
                 "now": now,
+                "robots": [t.robot_id for t in takes],
+                "jobs": [t.job_id for t in takes],
+                "exps": expires,
             },
         )
-    else:
-        await _take_update(session, given, expires, ids, now)
-    return _taken(queue, given, expires, now, events, len(takes))
+    )
+    out: list[Taken | None] = [None] * len(takes)
+    for row in rows:
+        i = int(row.rn) - 1
+        t = takes[i]
+        events.state(queue.account_id, row.id, t.robot_id, now, S.IN_PROGRESS, None)
+        if t.job_id is not None:
+            events.rows[-1]["note"] = f"taken by job {t.job_id}"
+        out[i] = Taken(
+            id=row.id,
+            name=row.name,
+            description=row.description or "",
+            parameters=dict(row.parameters or {}),
+            priority=int(row.priority),
+            tags=list(row.tags or []),
+            deadline=row.deadline,
+            retry_number=int(row.retry_number or 0),
+            lock_token=int(row.lock_token),
+            lock_expires_at=expires[i],
+        )
+    return out
 
 
 async def _take_update(
@@ -265,7 +306,7 @@ async def _take_update(
 
 
 def _taken(
-    queue: Queue,
+    queue: QueueRef | Queue,
     given: list[tuple[Any, Take]],
     expires: dict[uuid.UUID, datetime],
     now: datetime,
@@ -294,14 +335,35 @@ def _taken(
     return out + [None] * (count - len(out))
 
 
+def _fits(output: dict[str, Any] | None) -> bool:
+    """An output ``taskflow.finish`` would take (its size limit); a bigger one goes to it, to be
+    refused there with its reason."""
+    if output is None:
+        return True
+    size = len(json.dumps(output, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return size <= taskflow.OUTPUT_MAX_BYTES
+
+
 async def finish_many(session: AsyncSession, finishes: list[Finish], events: Events) -> list[bool]:
     """End these tasks Successful where the lock holder's guard passes; False where it does not
     (the caller asks ``taskflow.finish``, which says why, or recognises a replay)."""
     if not finishes:
         return []
     now = utcnow()
+    fits = [_fits(f.output) for f in finishes]
+    eligible = [f for f, ok in zip(finishes, fits, strict=True) if ok]
+    if not eligible:
+        return fits
     if dialect_of(session) == "postgresql":
-        return await _finish_many_pg(session, finishes, events, now)
+        done = iter(await _finish_many_pg(session, eligible, events, now))
+    else:
+        done = iter(await _finish_many_generic(session, eligible, events, now))
+    return [next(done) if ok else False for ok in fits]
+
+
+async def _finish_many_generic(
+    session: AsyncSession, finishes: list[Finish], events: Events, now: datetime
+) -> list[bool]:
     held = {
         row.id: row
         for row in await session.execute(
@@ -389,26 +451,67 @@ async def _finish_many_pg(
 # the batch size: compiled once, prepared once per connection. Enum columns hold their values; the
 # only text put into these statements is those enum values (constants of the code, not input).
 _PG_CLAIM = sa.text(
-    """UPDATE robot SET inbound_seq = v.seq
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:seqs AS bigint[])) AS v(id, seq)
-    WHERE robot.id = v.id AND robot.inbound_seq < v.seq
+    # The rows are locked by the sub-select, in id order (its ORDER BY comes before its lock): the
+    # order every writer of robot rows uses (heartbeats too), so two of them never deadlock.
+    """UPDATE robot SET inbound_seq = x.seq
+    FROM (SELECT r.id, v.seq FROM robot AS r
+          JOIN unnest(CAST(:ids AS uuid[]), CAST(:seqs AS bigint[])) AS v(id, seq) ON r.id = v.id
+          ORDER BY r.id FOR UPDATE OF r) AS x
+    WHERE robot.id = x.id AND robot.inbound_seq < x.seq
     RETURNING robot.id"""
 )
-_PG_TAKE = sa.text(
-    f"""UPDATE task SET state = '{S.IN_PROGRESS.value}', lock_robot_id = v.robot, lock_job_id = v.job,
-        lock_expires_at = v.exp, lock_token = task.lock_token + 1, started_at = :now, ended_at = NULL,
-        updated_at = :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:robots AS uuid[]), CAST(:jobs AS uuid[]),
-                CAST(:exps AS timestamptz[])) AS v(id, robot, job, exp)
-    WHERE task.id = v.id AND task.state = '{S.CREATED.value}'"""  # noqa: S608 - constants, not input
+_PG_TAKE_MANY = (
+    sa.text(
+        f"""WITH overdue AS (
+            SELECT id, 0 AS grp, priority, created_at FROM task
+            WHERE queue_id = :queue AND state = '{S.CREATED.value}' AND deadline < :now
+            ORDER BY priority DESC, created_at, id LIMIT :k FOR UPDATE SKIP LOCKED
+        ), normal AS (
+            SELECT id, 1 AS grp, priority, created_at FROM task
+            WHERE queue_id = :queue AND state = '{S.CREATED.value}' AND (deadline IS NULL OR deadline >= :now)
+            ORDER BY priority DESC, created_at, id LIMIT :k FOR UPDATE SKIP LOCKED
+        ), pick AS (
+            SELECT id, row_number() OVER (ORDER BY grp, priority DESC, created_at, id) AS rn
+            FROM (SELECT * FROM overdue UNION ALL SELECT * FROM normal) AS c
+        ), who AS (
+            SELECT * FROM unnest(CAST(:robots AS uuid[]), CAST(:jobs AS uuid[]), CAST(:exps AS timestamptz[]))
+                WITH ORDINALITY AS w(robot, job, exp, rn)
+        )
+        UPDATE task SET state = '{S.IN_PROGRESS.value}', lock_robot_id = who.robot, lock_job_id = who.job,
+            lock_expires_at = who.exp, lock_token = task.lock_token + 1, started_at = :now, ended_at = NULL,
+            updated_at = :now
+        FROM pick JOIN who ON who.rn = pick.rn
+        WHERE task.id = pick.id AND task.state = '{S.CREATED.value}'
+        RETURNING task.id, task.name, task.description, task.parameters, task.priority, task.tags,
+            task.deadline, task.retry_number, task.lock_token, who.rn"""  # noqa: S608 - constants, not input
+    )
+    .bindparams(
+        sa.bindparam("queue", type_=_task.c.queue_id.type), sa.bindparam("now", type_=_task.c.updated_at.type)
+    )
+    .columns(
+        _task.c.id,
+        _task.c.name,
+        _task.c.description,
+        _task.c.parameters,
+        _task.c.priority,
+        _task.c.tags,
+        _task.c.deadline,
+        _task.c.retry_number,
+        _task.c.lock_token,
+        sa.column("rn", sa.BigInteger),
+    )
 )
 _PG_FINISH = sa.text(
+    # Rows locked in id order by the sub-select (see _PG_CLAIM), then ended where the guard passes.
     f"""UPDATE task SET state = '{S.SUCCESSFUL.value}', ended_at = :now, lock_expires_at = NULL,
-        output = CAST(v.output AS json), error = NULL, updated_at = :now
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:robots AS uuid[]),
-                CAST(:accounts AS uuid[]), CAST(:outputs AS text[])) AS v(id, token, robot, account, output)
-    WHERE task.id = v.id AND task.account_id = v.account AND task.state = '{S.IN_PROGRESS.value}'
-      AND task.lock_token = v.token AND task.lock_robot_id = v.robot AND task.lock_expires_at > :now
+        output = CAST(x.output AS json), error = NULL, updated_at = :now
+    FROM (SELECT t.id, v.token, v.robot, v.account, v.output FROM task AS t
+          JOIN unnest(CAST(:ids AS uuid[]), CAST(:tokens AS bigint[]), CAST(:robots AS uuid[]),
+                      CAST(:accounts AS uuid[]), CAST(:outputs AS text[]))
+               AS v(id, token, robot, account, output) ON t.id = v.id
+          ORDER BY t.id FOR UPDATE OF t) AS x
+    WHERE task.id = x.id AND task.account_id = x.account AND task.state = '{S.IN_PROGRESS.value}'
+      AND task.lock_token = x.token AND task.lock_robot_id = x.robot AND task.lock_expires_at > :now
     RETURNING task.id"""  # noqa: S608 - constants, not input
 )
 _PG_EVENTS = sa.text(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -143,6 +144,35 @@ def duplicate(frame: SharedFrame) -> Reply:
     return ResourceValue(name=frame.name, **common)
 
 
+class QueueNames:
+    """Queue names the hot path resolved lately, across batches, for ``QUEUE_NAME_TTL_S``: a take
+    skips the lookup of its queue. Only found queues are kept (an unknown name is looked up each
+    time, so a queue created a moment ago is found at once). A queue renamed or deleted within the
+    TTL: its old name still takes for that long, from a queue that then has no tasks left (deleted)
+    or the same tasks (renamed) - what a robot that asked a moment earlier would have got."""
+
+    def __init__(self) -> None:
+        self._names: dict[tuple[uuid.UUID, str], tuple[hotpath.QueueRef, float]] = {}
+
+    async def get(
+        self, session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str
+    ) -> hotpath.QueueRef:
+        key = (account_id, name)
+        hit = self._names.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        queue = await queue_of(session, cache, account_id, name)
+        ref = hotpath.QueueRef(queue.id, queue.account_id, queue.name)
+        if len(self._names) > 10_000:
+            self._names.clear()
+        self._names[key] = (ref, now + QUEUE_NAME_TTL_S)
+        return ref
+
+
+QUEUE_NAME_TTL_S = 2.0
+
+
 async def queue_of(session: AsyncSession, cache: BatchCache, account_id: uuid.UUID, name: str) -> Queue:
     key = (account_id, name)
     if key not in cache.queues:
@@ -153,7 +183,7 @@ async def queue_of(session: AsyncSession, cache: BatchCache, account_id: uuid.UU
     return queue
 
 
-def taken_reply(frame: TaskTake, queue: Queue, t: hotpath.Taken) -> TaskTaken:
+def taken_reply(frame: TaskTake, queue: hotpath.QueueRef | Queue, t: hotpath.Taken) -> TaskTaken:
     """``task.taken`` for a task given by ``hotpath.take_many``."""
     task = TakenTask(
         id=t.id,

@@ -1,8 +1,8 @@
 """Group commit: reliable robot frames from every connection of this process, applied in batches.
 
 A connection hands its frame to ``FrameWriter.apply`` and waits; it has at most one frame in flight,
-so its frames stay in order. The writer takes what is waiting (up to ``gateway_batch_max``; when the
-batch is not full it waits ``gateway_batch_delay_ms`` for more), applies each frame under its own
+so its frames stay in order. Each of ``gateway_writers`` loops takes what is waiting (up to
+``gateway_batch_max``; when the batch is not full it waits ``gateway_batch_delay_ms`` for more), applies each frame under its own
 ``inbound_seq`` guard in ONE transaction, commits, and only then wakes the connections, which
 acknowledge. Row locks are taken as every writer of the project takes them: the batch's jobs
 first, in id order, then robots in id order.
@@ -105,18 +105,26 @@ class FrameWriter:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.frames = 0
+        self.queue_names = tasks.QueueNames()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gateway-writer")
+        # Several batches in flight: while one waits for the database, the next one gathers and
+        # runs. A connection still has one frame in flight, so its frames stay in order; two
+        # batches never hold frames of the same connection.
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"gateway-writer-{n}")
+            for n in range(self.ctx.settings.gateway_writers)
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
@@ -244,7 +252,7 @@ class FrameWriter:
         done: set[int] = set()
         for (account_id, name), idxs in takes.items():
             try:
-                queue = await tasks.queue_of(session, cache, account_id, name)
+                queue = await self.queue_names.get(session, cache, account_id, name)
             except tasks.DomainError as exc:
                 for i in idxs:
                     frame = batch[i].frame

@@ -6,16 +6,27 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import BeforeValidator, Field, StrictBool, StringConstraints
 
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, TaskState
 
+
+def _json_integer(value: Any) -> Any:
+    # A JSON integer: 5 or 5.0 (JSON Schema's integer), never true/false nor "5".
+    if isinstance(value, bool | str):
+        raise ValueError("must be an integer")
+    return value
+
+
+NotBoolOrText = BeforeValidator(_json_integer)
+# The constraints come before the validator, so that they stay JSON Schema's minimum and maximum.
+
 # A timeout longer than a year is a typo; the columns are 32-bit integers on both databases.
 MAX_TIMEOUT_S = 366 * 24 * 3600
 
-TimeoutS = Annotated[StrictInt, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds")]
-MaxRetries = Annotated[StrictInt, Field(ge=0, le=100, description="Retries of a task (0: none)")]
+TimeoutS = Annotated[int, Field(ge=1, le=MAX_TIMEOUT_S, description="Seconds"), NotBoolOrText]
+MaxRetries = Annotated[int, Field(ge=0, le=100, description="Retries of a task (0: none)"), NotBoolOrText]
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=255), Field(description="Not blank")]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=100), Field(description="Not blank")]
 
@@ -35,7 +46,7 @@ Time = Annotated[
     Field(description="ISO 8601 (UTC when no zone is given), between the years 1900 and 9999"),
 ]
 Tags = Annotated[list[Tag], Field(max_length=50, description="Labels to filter by (at most 50)")]
-Priority = Annotated[StrictInt, Field(ge=1, le=3, description="1 low, 2 normal, 3 high")]
+Priority = Annotated[int, Field(ge=1, le=3, description="1 low, 2 normal, 3 high"), NotBoolOrText]
 Comment = Annotated[str, StringConstraints(max_length=1000)]
 Reason = Annotated[str, StringConstraints(max_length=1000)]
 

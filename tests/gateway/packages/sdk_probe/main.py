@@ -3,12 +3,14 @@
 A step is ``{"op": ..., ...}``: ``take`` (queue, lock_s, timeout), ``finish`` (outcome, timeout; the
 task of the last take), ``progress`` (note), ``add`` (queue, names), ``credential`` (name; only a
 digest of the password is written), ``get`` (name, watch), ``set`` (name, value), ``wait_file``
-(path: until it exists), ``wait_change`` (name, text: until the watched value is ``text``).
+(path: until it exists), ``wait_change`` (name, text: until the watched value is ``text``),
+``threads`` (name, count: ``get_resource`` from that many threads at once).
 """
 
 import hashlib
 import json
 import os
+import threading
 import time
 
 from rpa_robot import sdk
@@ -50,6 +52,19 @@ for step in args["steps"]:
         elif op == "set":
             res = sdk.set_resource(step["name"], step["value"])
             record({"op": op, "text": res.text})
+        elif op == "threads":
+            # The same request from many threads at once: each gets its own answer.
+            texts = [None] * step["count"]
+
+            def read(n, name=step["name"], into=texts):
+                into[n] = sdk.get_resource(name).text
+
+            workers = [threading.Thread(target=read, args=(n,)) for n in range(step["count"])]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            record({"op": op, "texts": texts})
         elif op == "wait_file":
             while not os.path.exists(step["path"]):
                 time.sleep(0.05)
