@@ -323,3 +323,76 @@ async def test_other_account_queue_refused(world: World, ctx: ServiceContext) ->
     assert await tx(ctx, lambda s: taskflow.queue_by_name(s, world.account_id, queue.name)) is None
     found = await tx(ctx, lambda s: taskflow.queue_by_name(s, other.account_id, queue.name.upper()))
     assert found is not None and found.id == queue.id
+
+
+async def test_robot_input_refused_naming_the_field(world: World) -> None:
+    queue = await make_queue(world)
+    robot = await world.robot()
+    await add(world, queue, TaskInput(name="t"))
+    with pytest.raises(TaskError) as err:
+        await take(world, queue, robot, lock_s=0)
+    assert (err.value.code, err.value.field) == ("invalid", "lock_s")
+    task = await take(world, queue, robot)
+    assert task is not None
+    calls: list[tuple[Any, str]] = [
+        (
+            lambda s: taskflow.renew_lock(
+                s, account_id=world.account_id, task_id=task.id, token=1, robot_id=robot, lock_s=10**9
+            ),
+            "lock_s",
+        ),
+        (
+            lambda s: taskflow.progress(
+                s, account_id=world.account_id, task_id=task.id, token=1, robot_id=robot, note="  "
+            ),
+            "note",
+        ),
+        (
+            lambda s: taskflow.finish(
+                s, account_id=world.account_id, task_id=task.id, token=1, robot_id=robot, outcome=S.CREATED
+            ),
+            "outcome",
+        ),
+        (
+            lambda s: taskflow.finish(
+                s,
+                account_id=world.account_id,
+                task_id=task.id,
+                token=1,
+                robot_id=robot,
+                outcome=S.SUCCESSFUL,
+                output={"x": "\x00"},
+            ),
+            "output.x",
+        ),
+        (
+            lambda s: taskflow.finish(
+                s,
+                account_id=world.account_id,
+                task_id=task.id,
+                token=-1,
+                robot_id=robot,
+                outcome=S.SUCCESSFUL,
+            ),
+            "lock_token",
+        ),
+    ]
+    for call, field in calls:
+        with pytest.raises(TaskError) as err:
+            await tx(world.ctx, call)
+        assert (err.value.code, err.value.field, err.value.status) == ("invalid", field, 422)
+    with pytest.raises(TaskError) as err:
+        await tx(
+            world.ctx,
+            lambda s: taskflow.finish(
+                s,
+                account_id=world.account_id,
+                task_id=uuid.uuid4(),
+                token=1,
+                robot_id=robot,
+                outcome=S.SUCCESSFUL,
+            ),
+        )
+    assert (err.value.code, err.value.status) == ("task_not_found", 404)
+    stored = await state_of(world, task.id)
+    assert stored.state == S.IN_PROGRESS and stored.progress is None  # nothing changed

@@ -196,6 +196,10 @@ async def test_another_accounts_queue_is_404(
     ):
         r = await client.request(method, url, json=body, headers=tenant.headers)
         assert r.status_code == 404, (method, url, r.text)
+    r = await client.post(
+        f"{path}/tasks/csv", files={"file": ("t.csv", b"name\na\n", "text/csv")}, headers=tenant.headers
+    )
+    assert r.status_code == 404, r.text
     r = await client.get(QUEUES, headers=tenant.headers)
     assert r.json()["total"] == 0
     got = (await client.get(path, headers=other_tenant.headers)).json()
@@ -308,3 +312,51 @@ async def test_delete_a_queue_with_retry_chains_and_history(
             sa.select(sa.func.count()).select_from(Task).where(Task.queue_id == uuid.UUID(queue["id"]))
         )
     assert left == 0
+
+
+async def test_folder_limited_role_sees_only_its_queues(client: httpx.AsyncClient, tenant: Tenant) -> None:
+    mine = (await client.post("/api/v1/folders", json={"name": "Mine"}, headers=tenant.headers)).json()
+    hidden = (await client.post("/api/v1/folders", json={"name": "Hidden"}, headers=tenant.headers)).json()
+    role = await client.post(
+        "/api/v1/roles",
+        json={
+            "name": "Queue workers",
+            "permissions": [
+                {"object": o, "action": a}
+                for o in ("queues", "tasks")
+                for a in ("read", "create", "update", "delete")
+            ],
+            "all_folders": False,
+            "folder_ids": [mine["id"]],
+        },
+        headers=tenant.headers,
+    )
+    assert role.status_code == 201, role.text
+    user_id, _, headers = await tenant.user("Viewer")
+    r = await client.put(
+        f"/api/v1/users/{user_id}/roles", json={"role_ids": [role.json()["id"]]}, headers=tenant.headers
+    )
+    assert r.status_code == 200
+    visible = await create_queue(client, tenant, folder_id=mine["id"])
+    secret = await create_queue(client, tenant, folder_id=hidden["id"])
+    listing = (await client.get(QUEUES, headers=headers)).json()
+    assert [q["id"] for q in listing["items"]] == [visible["id"]]
+    assert (
+        await client.post(f"{QUEUES}/{visible['id']}/tasks", json={"name": "a"}, headers=headers)
+    ).status_code == 201
+    for method, url, body in (
+        ("GET", f"{QUEUES}/{secret['id']}", None),
+        ("GET", f"{QUEUES}/{secret['id']}/tasks", None),
+        ("POST", f"{QUEUES}/{secret['id']}/tasks", {"name": "a"}),
+    ):
+        r = await client.request(method, url, json=body, headers=headers)
+        assert r.status_code == 404, (method, url)
+    # A queue may be made, or moved, only into a folder of the caller's roles.
+    r = await client.post(QUEUES, json={"name": "elsewhere", "folder_id": hidden["id"]}, headers=headers)
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "folder_id"
+    r = await client.patch(f"{QUEUES}/{visible['id']}", json={"folder_id": hidden["id"]}, headers=headers)
+    assert r.status_code == 403
+    r = await client.post(
+        QUEUES, json={"name": "nowhere", "folder_id": str(uuid.uuid4())}, headers=tenant.headers
+    )
+    assert r.status_code == 404 and r.json()["errors"][0]["field"] == "folder_id"

@@ -133,7 +133,10 @@ async def test_bulk_and_csv_limits(ctx: ServiceContext, tenant: Tenant) -> None:
     from rpa_api.app import create_app
 
     small = dataclasses.replace(
-        ctx, settings=make_settings(ctx.settings.db_url or "", task_bulk_max=3, task_csv_max_rows=3)
+        ctx,
+        settings=make_settings(
+            ctx.settings.db_url or "", task_bulk_max=3, task_csv_max_rows=3, task_csv_max_bytes=1024
+        ),
     )
     transport = httpx.ASGITransport(app=create_app(ctx=small))
     async with httpx.AsyncClient(transport=transport, base_url="http://api.test") as client:
@@ -147,6 +150,8 @@ async def test_bulk_and_csv_limits(ctx: ServiceContext, tenant: Tenant) -> None:
         assert "at most 3" in r.json()["detail"]
         r = await upload(client, tenant, queue, "name\na\nb\nc\nd\n")
         assert r.status_code == 413 and r.json()["errors"][0]["field"] == "file", r.text
+        r = await upload(client, tenant, queue, "name\n" + "x" * 70_000 + "\n")
+        assert r.status_code == 413 and r.headers["content-type"].startswith("application/problem+json")
         r = await upload(client, tenant, queue, "name\na\nb\nc\n")
         assert r.status_code == 201 and r.json()["added"] == 3
     assert await count(tenant, queue) == 3
@@ -294,6 +299,7 @@ async def test_get_with_history_and_edits(client: httpx.AsyncClient, tenant: Ten
         headers=tenant.headers,
     )
     assert r.status_code == 200 and r.json()["state"] == "Postponed"
+    assert [h["to_state"] for h in r.json()["history"]][-1] == "Postponed"  # the answer has the change
     r = await client.patch(url, json={"delay_until": None}, headers=tenant.headers)
     assert r.status_code == 200 and r.json()["state"] == "Created" and r.json()["delay_until"] is None
     detail = (await client.get(url, headers=tenant.headers)).json()

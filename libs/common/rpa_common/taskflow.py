@@ -452,9 +452,10 @@ async def _take_once(
         return (await session.execute(stmt)).scalars().first()
     # MariaDB can neither UPDATE a table it reads in a sub-select nor return updated rows: read the
     # best free row under lock, then update it (the lock is ours until the commit).
-    task = (await session.execute(overdue)).scalars().first()
+    fresh = {"populate_existing": True}  # the row as locked now, not as this session saw it before
+    task = (await session.execute(overdue, execution_options=fresh)).scalars().first()
     if task is None:
-        task = (await session.execute(normal)).scalars().first()
+        task = (await session.execute(normal, execution_options=fresh)).scalars().first()
     if task is None:
         return None
     token = task.lock_token + 1

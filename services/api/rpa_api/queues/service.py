@@ -357,6 +357,7 @@ SORTABLE = {
 
 
 async def task_detail(session: AsyncSession, task: Task) -> schemas.TaskDetail:
+    await session.flush()  # history entries of a change made in this transaction (no autoflush)
     events = (
         await session.execute(
             sa.select(TaskEvent).where(TaskEvent.task_id == task.id).order_by(TaskEvent.at, TaskEvent.id)
