@@ -3,7 +3,8 @@
 Runs on its own::
 
     .venv/bin/python bench/tasks.py [--robots 20] [--tasks 20000] [--seconds 30] [--add-batch 10]
-                                    [--json PATH] [--profile]
+                                    [--json PATH] [--profile] [--gateway-only | --anchor-only]
+                                    [--writers N] [--gateway-env RPA_X=VALUE ...]
 
 It starts everything it needs: a private NATS server, a fresh database on the local PostgreSQL (or
 ``RPA_DB_URL``'s server, which must be PostgreSQL: the anchor is PostgreSQL-only) built from the
@@ -284,6 +285,7 @@ async def run_gateway_side(
         RPA_GATEWAY_PORT=str(port),
         RPA_HEARTBEAT_INTERVAL_S="15",
         **({"RPA_GATEWAY_WRITERS": str(args.writers)} if args.writers else {}),
+        **dict(kv.split("=", 1) for kv in args.gateway_env),
     )
     await start_service(services, "gateway", "rpa_gateway", env, port)
     pid = services.pid("gateway")
@@ -563,6 +565,13 @@ def main() -> None:
     parser.add_argument("--pgq-batch", type=int, default=10, help="PgQueuer worker's dequeue batch size")
     parser.add_argument(
         "--writers", type=int, default=None, help="the gateway's RPA_GATEWAY_WRITERS (default: its own)"
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="RPA_X=VALUE",
+        help="a setting of the gateway process (repeatable), e.g. RPA_GATEWAY_BATCH_DELAY_MS=0",
     )
     parser.add_argument("--profile", action="store_true", help="py-spy record the gateway during the run")
     parser.add_argument("--anchor-only", action="store_true", help="run only the PgQueuer anchor")
