@@ -87,7 +87,7 @@ from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import Queue
 from rpa_common.settings import Settings
-from rpa_protocol import PROTOCOL_VERSION, Hello, TaskAdd, TaskFinish, TaskItem, TaskTake, encode
+from rpa_protocol import PROTOCOL_VERSION, Heartbeat, Hello, TaskAdd, TaskFinish, TaskItem, TaskTake, encode
 
 QUEUE = "bench-tasks"
 
@@ -182,6 +182,7 @@ class TaskRobot:
         self.replies: dict[uuid.UUID, asyncio.Future[dict[str, Any]]] = {}
         self.ws: Any = None
         self.reader: asyncio.Task[None] | None = None
+        self.beats: asyncio.Task[None] | None = None
         self.errors: list[str] = []
 
     async def connect(self) -> None:
@@ -206,6 +207,15 @@ class TaskRobot:
             raise RuntimeError(f"robot {self.index}: expected welcome, got {welcome}")
         self.seq = int((welcome.get("resume") or {}).get("last_seq") or 0)
         self.reader = asyncio.create_task(self._read())
+        self.beats = asyncio.create_task(self._heartbeats(float(welcome.get("heartbeat_interval_s") or 15)))
+
+    async def _heartbeats(self, interval: float) -> None:
+        """As a robot does: a heartbeat every ``heartbeat_interval_s`` from its welcome on."""
+        beat = encode(Heartbeat())
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                await asyncio.sleep(interval)
+                await self.ws.send(beat)
 
     async def _read(self) -> None:
         async for raw in self.ws:
@@ -228,8 +238,9 @@ class TaskRobot:
         return await asyncio.wait_for(fut, 60)
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
+        for task in (self.reader, self.beats):
+            if task is not None:
+                task.cancel()
         if self.ws is not None:
             await self.ws.close()
 
@@ -283,9 +294,11 @@ async def run_gateway_side(
         db_url,
         nats_url,
         RPA_GATEWAY_PORT=str(port),
-        RPA_HEARTBEAT_INTERVAL_S="15",
-        **({"RPA_GATEWAY_WRITERS": str(args.writers)} if args.writers else {}),
-        **dict(kv.split("=", 1) for kv in args.gateway_env),
+        **{
+            "RPA_HEARTBEAT_INTERVAL_S": "15",
+            **({"RPA_GATEWAY_WRITERS": str(args.writers)} if args.writers else {}),
+            **dict(kv.split("=", 1) for kv in args.gateway_env),
+        },
     )
     await start_service(services, "gateway", "rpa_gateway", env, port)
     pid = services.pid("gateway")
