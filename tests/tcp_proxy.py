@@ -2,7 +2,9 @@
 
 ``down()`` closes every open connection and the listening port (clients see "connection refused",
 as when the database stops); ``hang()`` keeps accepting but forwards nothing and answers nothing
-(a network partition, or a server that stopped answering); ``up()`` forwards again.
+(a network partition, or a server that stopped answering); ``hold_answers()`` still forwards what
+clients send but holds what the server answers (work done whose answers are not out yet); ``up()``
+forwards again.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ class TcpProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._hanging = False
+        self._holding_answers = False
 
     async def up(self) -> None:
         self._hanging = False
+        self._holding_answers = False
         if self._server is None:
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
 
@@ -40,6 +44,10 @@ class TcpProxy:
         self._hanging = True
         await self.up()
         self._hanging = True
+
+    def hold_answers(self) -> None:
+        """Forward client -> server, hold server -> client (until ``up()``, or lost with ``down()``)."""
+        self._holding_answers = True
 
     async def close(self) -> None:
         await self.down()
@@ -64,15 +72,18 @@ class TcpProxy:
             writer.transport.abort()
             return
         self._writers.add(up_writer)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        for src, dst, answers in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.create_task(self._pipe(src, dst, answers))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, answers: bool = False
+    ) -> None:
         try:
             while data := await src.read(65536):
-                while self._hanging:  # a silent network: hold the bytes until up() or down()
+                # A silent network (or held answers): hold the bytes until up() or down().
+                while self._hanging or (answers and self._holding_answers):
                     if dst.transport.is_closing():
                         return
                     await asyncio.sleep(0.02)

@@ -254,6 +254,40 @@ def traced_gateway(out_dir: str) -> None:
     gateway_main(["serve"])
 
 
+# PgQueuer anchor ---------------------------------------------------------------------------------
+
+
+async def pgq_worker() -> None:
+    """One PgQueuer worker process, as PgQueuer's own docs set one up: a ``QueueManager`` on one
+    asyncpg connection, one entrypoint (``lifecycle``) that does no work, so that what is measured
+    is PgQueuer's take and finish (its dequeue, then its status log, which deletes the job row).
+
+    The database URL comes in ``BENCH_PGQ_DSN``, the dequeue batch size in ``BENCH_PGQ_BATCH``.
+    Prints ``ready``; stops on SIGTERM. Needs the ``bench`` dependency group (``pgqueuer``).
+    """
+    import os
+    import signal
+    from datetime import timedelta
+
+    import asyncpg
+    from pgqueuer import AsyncpgDriver, Queries, QueueManager
+
+    conn = await asyncpg.connect(os.environ["BENCH_PGQ_DSN"])
+    qm = QueueManager(Queries(AsyncpgDriver(conn)))
+
+    @qm.entrypoint("lifecycle")
+    async def lifecycle(job: Any) -> None:
+        return None
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, qm.shutdown.set)
+    print("ready", flush=True)
+    await qm.run(
+        batch_size=int(os.environ.get("BENCH_PGQ_BATCH", "10")),
+        dequeue_timeout=timedelta(seconds=1),
+    )
+    await conn.close()
+
+
 def main() -> None:
     role = sys.argv[1]
     if role == "idle-robots":
@@ -266,6 +300,8 @@ def main() -> None:
         traced_gateway(sys.argv[2])
     elif role == "floor-ws":
         uvloop.run(floor_ws(int(sys.argv[2])))
+    elif role == "pgq-worker":
+        uvloop.run(pgq_worker())
     else:
         raise SystemExit(f"unknown role {role!r}")
 
