@@ -97,10 +97,10 @@ def judge(status: dict[str, str]) -> Verdict:
 
 def make_server(node: Node, host: str, port: int) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             self._answer(body=True)
 
-        def do_HEAD(self) -> None:  # noqa: N802
+        def do_HEAD(self) -> None:
             self._answer(body=False)
 
         def _answer(self, *, body: bool) -> None:
@@ -114,7 +114,7 @@ def make_server(node: Node, host: str, port: int) -> ThreadingHTTPServer:
             if body:
                 self.wfile.write(payload)
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass  # HAProxy checks every second or two: logging each would drown the log
 
     server = ThreadingHTTPServer((host, port), Handler)
@@ -132,7 +132,7 @@ def _host_port(value: str, default_port: int) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rpa-dbcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("--node", default="127.0.0.1:3306", help="the database node to check, host:port")
-    parser.add_argument("--listen", default="0.0.0.0:9200", help="where HAProxy asks, host:port")  # noqa: S104
+    parser.add_argument("--listen", default="0.0.0.0:9200", help="where HAProxy asks, host:port")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds per connection and query")
     parser.add_argument(
         "--allow-standalone", action="store_true", help="a node without Galera (wsrep off) counts as healthy"
