@@ -233,3 +233,162 @@ def test_failover_layout_keeps_its_two_rules() -> None:
     assert len(nats) == 3
     for n in nats:
         assert "--routes" in services[n]["command"]
+
+
+# --- Kubernetes manifests ----------------------------------------------------------------------
+# No cluster runs here: the manifests are checked against the Kubernetes API schemas
+# (kubernetes-validate, strict: unknown fields are errors) and against the project's own names.
+# kustomize is not installed either: the overlay's patches are applied here as strategic merges of
+# the kinds used (maps merge, lists of named items merge by name, null deletes).
+
+K8S = Path(ROOT, "deploy", "kubernetes")
+K8S_VERSIONS = ("1.30.0", "1.37.0")  # the oldest still supported upstream, and the newest known
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _kustomize(folder: Path) -> list[dict[str, Any]]:
+    kust = _load(str(folder / "kustomization.yaml"))
+    docs: list[dict[str, Any]] = []
+    for res in kust.get("resources", []):
+        target = (folder / res).resolve()
+        assert target.exists(), f"{folder}: resource {res} does not exist"
+        docs += _kustomize(target) if target.is_dir() else _docs(target)
+    for patch in kust.get("patches", []):
+        patch_path = folder / patch["path"]
+        assert patch_path.exists(), f"{folder}: patch {patch['path']} does not exist"
+        for change in _docs(patch_path):
+            key = (change["kind"], change["metadata"]["name"])
+            matches = [d for d in docs if (d["kind"], d["metadata"]["name"]) == key]
+            assert matches, f"{patch_path.name}: patches {key}, which the base does not have"
+            _merge(matches[0], change)
+    for doc in docs:
+        labels = {k: v for item in kust.get("labels", []) for k, v in item["pairs"].items()}
+        doc["metadata"].setdefault("labels", {}).update(labels)
+    return docs
+
+
+def _merge(into: dict[str, Any], change: dict[str, Any]) -> None:
+    for key, value in change.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        elif (
+            isinstance(value, list)
+            and isinstance(into.get(key), list)
+            and all(isinstance(v, dict) and "name" in v for v in value + into[key])
+        ):
+            by_name = {item["name"]: item for item in into[key]}
+            for item in value:
+                if item["name"] in by_name:
+                    _merge(by_name[item["name"]], item)
+                else:
+                    into[key].append(item)
+        else:
+            into[key] = value
+
+
+@pytest.mark.parametrize("layout", ["base", "overlays/failover"])
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_kubernetes_manifests_follow_the_api_schemas(layout: str, version: str) -> None:
+    import kubernetes_validate
+
+    problems = []
+    for doc in _kustomize(K8S / layout):
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("layout", ["base", "overlays/failover"])
+def test_kubernetes_manifests_name_only_what_exists(layout: str) -> None:
+    from rpa_common.settings import Settings
+
+    docs = _kustomize(K8S / layout)
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    settings_vars = {f"RPA_{name.upper()}" for name in Settings.model_fields}
+    kust = _load(str(K8S / "base" / "kustomization.yaml"))
+    images = {i["name"] for i in kust.get("images", [])}
+    readme = Path(ROOT, "README.md").read_text()
+    problems: list[str] = []
+    for key in by_kind["ConfigMap"]["rpa-config"]["data"]:
+        if key not in settings_vars:
+            problems.append(f"ConfigMap rpa-config: {key} is not a setting")
+    workloads = {**by_kind.get("Deployment", {}), **by_kind.get("Job", {})}
+    template_labels = {}
+    for name, work in workloads.items():
+        spec = work["spec"]
+        pod = spec["template"]
+        template_labels[name] = pod["metadata"]["labels"]
+        selector = spec.get("selector", {}).get("matchLabels")
+        if selector and not selector.items() <= pod["metadata"]["labels"].items():
+            problems.append(f"{name}: its selector does not match its pods")
+        for container in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+            where = f"{name}/{container['name']}"
+            if container["image"] not in images:
+                problems.append(f"{where}: image {container['image']} is not the kustomization's image")
+            command = container.get("command", [])
+            if command[:2] == ["python", "-m"] and importlib.util.find_spec(command[2]) is None:
+                problems.append(f"{where}: python -m {command[2]}: no such module")
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            for var in env:
+                if var not in settings_vars:
+                    problems.append(f"{where}: {var} is not a setting")
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source and source["configMapRef"]["name"] not in by_kind["ConfigMap"]:
+                    problems.append(f"{where}: ConfigMap {source['configMapRef']['name']} is not defined")
+                if "secretRef" in source and f"`{source['secretRef']['name']}`" not in readme:
+                    problems.append(
+                        f"{where}: Secret {source['secretRef']['name']} is not explained in README"
+                    )
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            module = command[2] if command[:2] == ["python", "-m"] else ""
+            if module in SERVICE_PORTS:
+                if str(next(iter(ports.values()), "")) != env.get(SERVICE_PORTS[module]):
+                    problems.append(f"{where}: containerPort differs from {SERVICE_PORTS[module]}")
+                probe = container.get("readinessProbe", {}).get("httpGet", {})
+                if probe.get("path") != "/readyz" or probe.get("port") not in ports:
+                    problems.append(f"{where}: readiness must ask /readyz on its own port")
+    for name, svc in by_kind.get("Service", {}).items():
+        if svc["spec"].get("type") == "ExternalName":
+            continue
+        owners = [
+            w for w, labels in template_labels.items() if svc["spec"]["selector"].items() <= labels.items()
+        ]
+        if not owners:
+            problems.append(f"Service {name}: selects no pods")
+    for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        selected = pdb["spec"]["selector"]["matchLabels"].items()
+        if not any(selected <= labels.items() for labels in template_labels.values()):
+            problems.append(f"PodDisruptionBudget {name}: selects no pods")
+    for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        if hpa["spec"]["scaleTargetRef"]["name"] not in by_kind.get("Deployment", {}):
+            problems.append(f"HorizontalPodAutoscaler {name}: scales no Deployment")
+    for service in ("rpa-db", "rpa-nats"):
+        if by_kind["Service"].get(service, {}).get("spec", {}).get("type") != "ExternalName":
+            problems.append(f"{service} must be an external service addressed by name")
+    if by_kind["ConfigMap"]["rpa-config"]["data"]["RPA_DB_HOST"] != "rpa-db":
+        problems.append("RPA_DB_HOST must be the rpa-db service (the database balancer)")
+    assert not problems, "\n".join(problems)
+
+
+def test_failover_overlay_runs_replicas_that_survive_a_disruption() -> None:
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in _kustomize(K8S / "overlays" / "failover")}
+    for name in ("rpa-api", "rpa-gateway", "rpa-scheduler"):
+        assert docs[("Deployment", name)]["spec"]["replicas"] >= 2, name
+        assert docs[("PodDisruptionBudget", name)]["spec"] == {
+            "minAvailable": 1,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+        }
+    for name in ("rpa-api", "rpa-gateway"):
+        assert docs[("HorizontalPodAutoscaler", name)]["spec"]["minReplicas"] >= 2
+    gateway = docs[("Deployment", "rpa-gateway")]["spec"]["template"]["spec"]
+    assert gateway["terminationGracePeriodSeconds"] >= 30  # time for robots to move
+    assert len(docs[("ConfigMap", "rpa-config")]["data"]["RPA_NATS_URL"].split(",")) == 3
