@@ -43,6 +43,7 @@ if [ -f "$DATADIR/grastate.dat" ]; then
             # shellcheck disable=SC2086
             exec $START "$@" --wsrep-start-position="$position"
         fi
+        echo "start-node: no position recovered (the log of --wsrep-recover says none): joining as is" >&2
     else
         echo "start-node: --wsrep-recover failed; joining with a state transfer" >&2
         rm -f "$log"
