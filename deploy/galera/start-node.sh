@@ -11,6 +11,9 @@
 # A node never bootstraps a second cluster on its own: restarting the whole cluster after all
 # nodes stopped needs an operator's decision (see README, "Deploy").
 #
+# Run it as the database's user (mysql), as the image and Debian's systemd unit do: the crash
+# recovery's log is written by mariadbd as that user.
+#
 # Arguments are passed to mariadbd (cluster address, node name...).
 set -eu
 

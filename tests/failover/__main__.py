@@ -181,10 +181,9 @@ class Load:
 
 
 def outage(t0: float, t1: float, done: list[float]) -> float:
-    """The longest time within [t0, t1] without a completed write (counted from t0)."""
-    points = [t0, *sorted(c for c in done if t0 < c <= t1)]
-    if len(points) == 1:
-        return t1 - t0
+    """The longest time within [t0, t1] without a completed write, counted from t0 and up to t1
+    (a write that never came back before the window's end counts as an outage to its end)."""
+    points = [t0, *sorted(c for c in done if t0 < c < t1), t1]
     return max(b - a for a, b in itertools.pairwise(points))
 
 
