@@ -50,6 +50,13 @@ class Settings(BaseSettings):
 
     # NATS
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+    ready_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="A database or NATS that answered before and stops answering keeps /readyz at 200 "
+        "('degraded') this long: a fail-over of what every replica shares must not take them all out of "
+        "their balancer. 0: not ready at once.",
+    )
 
     # Security
     secret_key: SecretStr = Field(SecretStr(DEV_SECRET), description="Signs access tokens (HS256).")
