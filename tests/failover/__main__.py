@@ -502,7 +502,7 @@ class Run:
     # -- the whole run ------------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
-        self.build()
+        await asyncio.to_thread(self.build)
         assert self.edge is not None
         monitor = Monitor(
             self.galera.stats_port if self.galera else self.patroni.stats_port, self.edge.stats_port
@@ -513,10 +513,14 @@ class Run:
             ids_dir = self.work / "ids"
             ids_dir.mkdir()
             load = Load(self.edge.api_url, self.token, process_id, group_id, ids_dir, self.args.rate)
-            probe_port = self.galera.proxy_port if self.galera else self.patroni.proxy_port
-            probe = threading.Thread(
-                target=load.run_db_probe, args=(probe_port, self.secrets.admin_password), daemon=True
-            )
+            if self.galera is not None:
+                probe = threading.Thread(
+                    target=load.run_db_probe,
+                    args=(self.galera.proxy_port, self.secrets.admin_password),
+                    daemon=True,
+                )
+            else:
+                probe = threading.Thread(target=self.patroni.run_db_probe, args=(load,), daemon=True)
             probe.start()
             jobs = asyncio.create_task(load.run_jobs())
             t_load = time.time()
