@@ -541,7 +541,14 @@ class Run:
             say(f"load stopped after {time.time() - t_load:.0f} s; waiting for every job to end")
             await self.drain(load)
             monitor.stop.set()
-            result = await self.verify(load, client)
+            result = await self.verify(load, client, monitor)
+            # What the balancers saw, each change once (seconds since the load started).
+            changes, previous = [], None
+            for t, row in monitor.samples:
+                if row != previous:
+                    changes.append([round(t - t_load, 1), row])
+                    previous = row
+            result["balancer_changes"] = changes
         return result
 
     async def drain(self, load: Load) -> None:
@@ -589,7 +596,7 @@ class Run:
             db_name="rpa",
         )
 
-    async def verify(self, load: Load, client: httpx.AsyncClient) -> dict[str, Any]:
+    async def verify(self, load: Load, client: httpx.AsyncClient, monitor: Monitor) -> dict[str, Any]:
         import sqlalchemy as sa
 
         from rpa_common.db.engine import create_engine, session_factory
@@ -687,8 +694,15 @@ class Run:
             for a in j.attempts
             if a.status and a.status >= 500 and not (a.status == 503 and a.retry_after)
         )
+
+        def tunnels(row: dict[str, str]) -> int:
+            return sum(int(v.rsplit("/", 1)[1]) for k, v in row.items() if k in ("gw1", "gw2") and "/" in v)
+
+        # Every robot connected (HAProxy's robot tunnels, sampled every 0.2 s).
+        all_connected = [t for t, row in monitor.samples if tunnels(row) >= len(self.robots)]
         for f in self.faults:
             f.db_s = outage(f.t0, f.t1, db_done)
+            f.signals["every robot connected"] = outage(f.t0, f.t1, all_connected)
             f.signals.update(
                 {
                     "API writes": outage(f.t0, f.t1, api_done),

@@ -4,8 +4,10 @@ one-node etcd for its leader lock, and HAProxy running ``deploy/haproxy/haproxy-
 
 Patroni does not fail back: after the primary's node dies, the replica is promoted when the
 leader key expires (``ttl``), and the old primary rejoins as a replica (``pg_rewind``). The "two
-writers" check samples both nodes every 0.1 s: a node takes writes when it is not in recovery and
-its WAL insert position moves; two such nodes in the same interval would be two writers.
+writers" check samples both nodes every 0.1 s: a node takes the application's writes when it is
+not in recovery and the transactions committed in the application's database (``rpa``) grow; two
+such nodes in the same interval would be two writers. (The WAL position is no proof: a crashed
+primary that restarts writes its end-of-recovery checkpoint before Patroni makes it a replica.)
 """
 
 from __future__ import annotations
@@ -230,10 +232,10 @@ class Patroni:
                 return None
             try:
                 row = await conn.fetchrow(
-                    "SELECT pg_is_in_recovery() AS r, CASE WHEN pg_is_in_recovery() THEN NULL"
-                    " ELSE pg_current_wal_insert_lsn() - '0/0'::pg_lsn END AS lsn"
+                    "SELECT pg_is_in_recovery() AS r,"
+                    " (SELECT xact_commit FROM pg_stat_database WHERE datname = 'rpa') AS commits"
                 )
-                return bool(row["r"]), (int(row["lsn"]) if row["lsn"] is not None else None)
+                return bool(row["r"]), (int(row["commits"]) if row["commits"] is not None else None)
             except Exception:
                 return None
             finally:
@@ -254,16 +256,17 @@ class Patroni:
 
     def writer_check(self) -> dict[str, Any]:
         self._stop.set()
-        # Per node: the intervals between consecutive samples in which it was primary and its WAL moved.
+        # Per node: the intervals between consecutive samples in which it was primary and committed
+        # transactions in the application's database (a drop is a restart's reset: not counted).
         last: dict[str, tuple[float, int]] = {}
         writing: dict[str, list[tuple[float, float]]] = {n.name: [] for n in self.nodes}
-        for t, name, in_recovery, lsn in self.samples:
-            if in_recovery or lsn is None:
+        for t, name, in_recovery, commits in self.samples:
+            if in_recovery or commits is None:
                 last.pop(name, None)
                 continue
-            if name in last and lsn > last[name][1]:
+            if name in last and commits > last[name][1]:
                 writing[name].append((last[name][0], t))
-            last[name] = (t, lsn)
+            last[name] = (t, commits)
         a, b = writing["pg1"], writing["pg2"]
         overlaps = [(x, y) for x in a for y in b if x[0] < y[1] and y[0] < x[1]]
         sequence = []
@@ -272,7 +275,7 @@ class Patroni:
                 sequence.append([name, 0])
             sequence[-1][1] += 1
         return {
-            "method": "both nodes sampled every 0.1 s: not in recovery and WAL insert position moving = taking writes",
+            "method": "both nodes sampled every 0.1 s: not in recovery and commits in the rpa database growing = taking writes",
             "samples": len(self.samples),
             "sequence": [f"{n} x{c} intervals" for n, c in sequence],
             "verdict": "one writer at a time"
