@@ -421,10 +421,10 @@ class Run:
         assert g is not None
         db1 = g.nodes[0]
 
-        fault = self.begin("SIGKILL database writer (db1)")
-        await asyncio.to_thread(g.kill, db1)
-        await self.until(lambda: g.writers().get("db1") != "UP", 30, "the balancer marks db1 down")
-        await self.until(lambda: self.db_written_since(load, fault.t0), 60, "the database is written again")
+        self.begin("SIGKILL database writer (db1)")
+        g.kill(db1)  # here, not in a thread: no write may slip in between the fault's start and the kill
+        down_at = await self.until(lambda: g.writers().get("db1") != "UP", 30, "the balancer marks db1 down")
+        await self.until(lambda: self.db_written_since(load, down_at), 60, "the database is written again")
         await asyncio.sleep(settle)
 
         fault = self.begin("restart db1 (IST, failback)")
@@ -460,7 +460,7 @@ class Run:
         victim = next(s for s in edge.of("gateway") if s.index == int(victim_sv[-1]))
         other_sv = "gw2" if victim_sv == "gw1" else "gw1"
         fault = self.begin(f"SIGKILL gateway replica ({victim.name}, {counts[victim_sv]} robots)")
-        await asyncio.to_thread(victim.proc.kill)
+        victim.proc.kill()
 
         def moved() -> bool:
             st = layout.stats(edge.stats_port)
@@ -482,7 +482,7 @@ class Run:
         await asyncio.sleep(3)
         busy = max(schedulers, key=lambda s: s.proc.cpu_s() - before[s.name])
         self.begin(f"SIGKILL busiest scheduler replica ({busy.name})")
-        await asyncio.to_thread(busy.proc.kill)
+        busy.proc.kill()
         await asyncio.sleep(settle + 3)
         await asyncio.to_thread(edge.restart, busy)
 
@@ -549,6 +549,11 @@ class Run:
                     changes.append([round(t - t_load, 1), row])
                     previous = row
             result["balancer_changes"] = changes
+            # Where the bare database writer stalled (seconds since the load started, length).
+            beats = [end for _, end, ok in load.db_beats if ok]
+            result["db_stalls"] = [
+                [round(a - t_load, 1), round(b - a, 2)] for a, b in itertools.pairwise(beats) if b - a > 0.5
+            ]
         return result
 
     async def drain(self, load: Load) -> None:

@@ -71,10 +71,31 @@ def say(msg: str) -> None:
     print(f"[failover] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing listens on, outside the kernel's ephemeral range: the layout binds
+    its ports a while after choosing them, and an outgoing connection of any process on the machine
+    could take an ephemeral one meanwhile."""
+    import random
+
+    low, high = 20000, 32000
+    with contextlib.suppress(OSError, ValueError):
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        high = min(high, first - 1)
+    for _ in range(1000):
+        port = random.randint(low, high)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port in 20000-32000")
 
 
 def answers(port: int, timeout: float = 0.3) -> bool:

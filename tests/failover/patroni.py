@@ -289,11 +289,11 @@ class Patroni:
     async def faults(self, run: Run, load: Load, settle: float) -> None:
         old = await asyncio.to_thread(self.primary)
         other = next(n for n in self.nodes if n is not old)
-        fault = run.begin(f"SIGKILL database primary ({old.name}: Patroni and PostgreSQL)")
         assert old.proc is not None
-        await asyncio.to_thread(old.proc.kill)
-        await run.until(other.primary, 60, f"{other.name} promoted")
-        await run.until(lambda: run.db_written_since(load, fault.t0), 60, "the database is written again")
+        run.begin(f"SIGKILL database primary ({old.name}: Patroni and PostgreSQL)")
+        old.proc.kill()  # here, not in a thread: no write may slip in between the fault's start and the kill
+        promoted_at = await run.until(other.primary, 60, f"{other.name} promoted")
+        await run.until(lambda: run.db_written_since(load, promoted_at), 60, "the database is written again")
         await asyncio.sleep(settle)
         fault = run.begin(f"restart {old.name} (rejoins as a replica)")
         await asyncio.to_thread(old.proc.start)
