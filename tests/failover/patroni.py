@@ -1,4 +1,4 @@
-"""The PostgreSQL variant of the failover layout: two PostgreSQL 15 nodes managed by Patroni, a
+"""The PostgreSQL variant of the failover layout: two PostgreSQL nodes (the machine's server, 15 here) managed by Patroni, a
 one-node etcd for its leader lock, and HAProxy running ``deploy/haproxy/haproxy-patroni.cfg``
 (addresses rewritten only), for ``make failover-test-pg``.
 
@@ -29,7 +29,16 @@ from tests.failover.layout import HAPROXY, Proc, Secrets, free_port, say, wait_f
 if TYPE_CHECKING:
     from tests.failover.__main__ import Load, Run
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+def pg_bin() -> Path:
+    """The machine's PostgreSQL server binaries (the newest installed major version)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parent.parent.name)
+    )
+    if not found:
+        raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql (apt-get install postgresql)")
+    return found[-1].parent
+
 
 # Leader key TTL and loop: the fail-over takes about ttl seconds after the primary's node dies.
 # Patroni needs loop_wait + 2 * retry_timeout <= ttl.
@@ -101,7 +110,7 @@ class Patroni:
                 "listen": f"127.0.0.1:{node.port}",
                 "connect_address": f"127.0.0.1:{node.port}",
                 "data_dir": str(node.dir / "data"),
-                "bin_dir": str(PG_BIN),
+                "bin_dir": str(pg_bin()),
                 "pgpass": str(node.dir / "pgpass"),
                 "authentication": {
                     "superuser": {"username": "postgres", "password": s.admin_password},
