@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import io
 import itertools
@@ -49,6 +50,15 @@ from tests.failover import layout
 from tests.failover.layout import ROOT, Proc, say, wait_for
 
 API = "/api/v1"
+
+
+def tasks_available() -> bool:
+    """Queues and tasks (issue 7) are in this build: the task load runs."""
+    import importlib.util
+
+    return importlib.util.find_spec("rpa_common.taskflow") is not None
+
+
 FINAL = ("Successful", "Failed", "Stopped", "Interrupted")
 LOG_LINES = 3
 MAX_OVER_DB_S = 2.0
@@ -68,19 +78,48 @@ class Attempt:
 @dataclass
 class Created:
     key: str
-    ids_file: Path
+    ids_file: Path  # hello: the ids of its log lines; task worker: its records
+    kind: str = "hello"  # or "worker" (takes queue tasks)
     job_id: str | None = None
     acked_at: float | None = None
     attempts: list[Attempt] = field(default_factory=list)
     replies: set[str] = field(default_factory=set)  # job ids answered for this key (must be one)
 
 
+@dataclass
+class AddedTask:
+    name: str
+    task_id: str | None = None
+    acked_at: float | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    found: bool = False
+
+
+@dataclass
+class Queue:
+    """The queue of the task load and the process that works it."""
+
+    queue_id: str
+    name: str
+    worker_process_id: str
+
+
 class Load:
     """Jobs created through the API at ``rate`` per second, each retried with its own
-    ``Idempotency-Key`` until acknowledged; a bare database writer against the balancer."""
+    ``Idempotency-Key`` until acknowledged; every other one a queue worker when there is a queue,
+    and tasks added to that queue at half the rate (names unique in the queue: a retry of an add
+    whose answer was lost is refused 409, which acknowledges it); a bare database writer against
+    the balancer."""
 
     def __init__(
-        self, api_url: str, token: str, process_id: str, group_id: str, ids_dir: Path, rate: float
+        self,
+        api_url: str,
+        token: str,
+        process_id: str,
+        group_id: str,
+        ids_dir: Path,
+        rate: float,
+        queue: Queue | None = None,
     ) -> None:
         self.client = httpx.AsyncClient(
             base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
@@ -89,6 +128,8 @@ class Load:
         self.group_id = group_id
         self.ids_dir = ids_dir
         self.rate = rate
+        self.queue = queue
+        self.added: list[AddedTask] = []
         self.jobs: list[Created] = []
         self.unexpected: list[str] = []
         self._stop = asyncio.Event()
@@ -97,11 +138,19 @@ class Load:
         self._db_stop = threading.Event()
 
     async def _create(self, job: Created) -> None:
-        body = {
-            "process_id": self.process_id,
-            "robot_group_id": self.group_id,
-            "input_args": {"count": LOG_LINES, "delay_s": 0.05, "ids_file": str(job.ids_file)},
-        }
+        if job.kind == "worker":
+            assert self.queue is not None
+            body: dict[str, Any] = {
+                "process_id": self.queue.worker_process_id,
+                "robot_group_id": self.group_id,
+                "input_args": {"queue": self.queue.name, "records": str(job.ids_file), "max_tasks": 3},
+            }
+        else:
+            body = {
+                "process_id": self.process_id,
+                "robot_group_id": self.group_id,
+                "input_args": {"count": LOG_LINES, "delay_s": 0.05, "ids_file": str(job.ids_file)},
+            }
         deadline = time.monotonic() + 90
         delay = 0.2
         while time.monotonic() < deadline:
@@ -123,19 +172,57 @@ class Load:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 1.0)
 
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def job(self, kind: str) -> None:
+        key = uuid.uuid4().hex
+        job = Created(key, self.ids_dir / f"{key}.txt", kind)
+        self.jobs.append(job)
+        self.spawn(self._create(job))
+
     async def run_jobs(self) -> None:
         period = 1 / self.rate
         next_at = time.monotonic()
+        n = 0
         while not self._stop.is_set():
-            key = uuid.uuid4().hex
-            job = Created(key, self.ids_dir / f"{key}.txt")
-            self.jobs.append(job)
-            task = asyncio.create_task(self._create(job))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.job("worker" if self.queue is not None and n % 2 else "hello")
+            if self.queue is not None and n % 2 == 0:
+                self.spawn(self._add_task(AddedTask(f"task-{uuid.uuid4().hex}")))
+            n += 1
             next_at += period
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - time.monotonic()))
+
+    async def _add_task(self, task: AddedTask) -> None:
+        assert self.queue is not None
+        self.added.append(task)
+        body = {"name": task.name, "parameters": {"amount": 1}}
+        deadline = time.monotonic() + 90
+        delay = 0.2
+        while time.monotonic() < deadline:
+            t = time.time()
+            try:
+                r = await self.client.post(f"{API}/queues/{self.queue.queue_id}/tasks", json=body)
+            except httpx.HTTPError:
+                task.attempts.append(Attempt(t, time.time(), None))
+            else:
+                task.attempts.append(Attempt(t, time.time(), r.status_code, "retry-after" in r.headers))
+                if r.status_code == 201 or (r.status_code == 409 and len(task.attempts) > 1):
+                    # 409 on a retry: the name is taken, by this very task (an add whose answer was lost).
+                    task.task_id = r.json()["id"] if r.status_code == 201 else None
+                    task.acked_at = time.time()
+                    return
+                if r.status_code < 500:
+                    self.unexpected.append(f"POST tasks {r.status_code}: {r.text[:300]}")
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    def acked_tasks(self) -> list[AddedTask]:
+        return [t for t in self.added if t.acked_at is not None]
 
     def run_db_probe(self, port: int, password: str) -> None:
         """The database layer's own recovery: a tiny writer straight through the balancer."""
@@ -170,10 +257,16 @@ class Load:
             conn.close()
 
     async def stop(self) -> None:
+        """No new jobs or tasks; the bare writer stops; what is being created is waited for."""
         self._stop.set()
         self._db_stop.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.settle()
+
+    async def settle(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
         await self.client.aclose()
 
     def acked(self) -> list[Created]:
@@ -235,10 +328,11 @@ class Monitor(threading.Thread):
 # The run -----------------------------------------------------------------------------------------
 
 
-def example_zip(example: str) -> bytes:
+def example_zip(folder: Path) -> bytes:
+    """A process package: the folder's files at the zip's root."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((ROOT / "examples" / example).iterdir()):
+        for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix in (".py", ".json"):
                 zf.write(path, path.name)
     return buf.getvalue()
@@ -259,6 +353,7 @@ class Run:
         self.faults: list[Fault] = []
         self.failures: list[str] = []
         self.token = ""
+        self.queue: Queue | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -277,7 +372,7 @@ class Run:
 
     def service_env(self) -> dict[str, str]:
         assert self.nats is not None
-        key = __import__("base64").b64encode(os.urandom(32)).decode()
+        key = base64.b64encode(os.urandom(32)).decode()
         return {
             **layout._base_env(),
             **self.db_env(),
@@ -289,6 +384,7 @@ class Run:
             "RPA_ENVIRONMENT": "production",
             "RPA_SECRET_KEY": self.secrets.secret_key,
             "RPA_ENCRYPTION_KEYS": f"k1:{key}",
+            "RPA_CREDENTIALS_MASTER_KEYS": f"m1:{base64.b64encode(os.urandom(32)).decode()}",
             "RPA_LOG_JSON": "true",
             "RPA_API_WORKERS": "1",
             "RPA_ACCESS_TOKEN_TTL_S": "3600",
@@ -361,10 +457,26 @@ class Run:
         client.headers["Authorization"] = f"Bearer {self.token}"
         r = await client.post(
             f"{API}/processes/publish",
-            files={"package": ("hello.zip", example_zip("hello"), "application/zip")},
+            files={"package": ("hello.zip", example_zip(ROOT / "examples" / "hello"), "application/zip")},
         )
         assert r.status_code == 201, r.text
         process_id = r.json()["process"]["id"]
+        if tasks_available():
+            r = await client.post(
+                f"{API}/processes/publish",
+                files={
+                    "package": (
+                        "worker.zip",
+                        example_zip(Path(__file__).parent / "task_worker"),
+                        "application/zip",
+                    )
+                },
+            )
+            assert r.status_code == 201, r.text
+            worker_id = r.json()["process"]["id"]
+            r = await client.post(f"{API}/queues", json={"name": "failover", "unique_task_names": True})
+            assert r.status_code == 201, r.text
+            self.queue = Queue(r.json()["id"], "failover", worker_id)
         assert self.edge is not None
         keys = []
         for i in range(self.args.robots):
@@ -512,7 +624,9 @@ class Run:
             process_id, group_id = await self.people(client)
             ids_dir = self.work / "ids"
             ids_dir.mkdir()
-            load = Load(self.edge.api_url, self.token, process_id, group_id, ids_dir, self.args.rate)
+            load = Load(
+                self.edge.api_url, self.token, process_id, group_id, ids_dir, self.args.rate, self.queue
+            )
             if self.galera is not None:
                 probe = threading.Thread(
                     target=load.run_db_probe,
@@ -557,36 +671,64 @@ class Run:
         return result
 
     async def drain(self, load: Load) -> None:
+        """Until every acknowledged job has ended (and, with the task load, every acknowledged task:
+        a queue worker job is started every 3 s while tasks wait), at most 120 s."""
         settings = self.settings()
+        import sqlalchemy as sa
+
         from rpa_common.db.engine import create_engine, session_factory
+        from rpa_common.models import Job
 
         engine = create_engine(settings, "cli", pool_size=1)
-        ids = [uuid.UUID(j.job_id) for j in load.acked() if j.job_id]
+
+        async def open_jobs() -> int:
+            ids = [uuid.UUID(j.job_id) for j in load.acked() if j.job_id]
+            async with session_factory(engine)() as s:
+                n = 0
+                for i in range(0, len(ids), 500):
+                    query = sa.select(sa.func.count()).where(
+                        Job.id.in_(ids[i : i + 500]), Job.state.not_in(FINAL)
+                    )
+                    n += (await s.execute(query)).scalar_one()
+                return int(n)
+
+        async def open_tasks() -> int:
+            if load.queue is None:
+                return 0
+            from rpa_common.models import Task
+
+            async with session_factory(engine)() as s:
+                query = sa.select(sa.func.count()).where(
+                    Task.queue_id == uuid.UUID(load.queue.queue_id),
+                    Task.state.in_(("Created", "In Progress")),
+                )
+                return int((await s.execute(query)).scalar_one())
+
         try:
-            import sqlalchemy as sa
-
-            from rpa_common.models import Job
-
-            async def open_jobs() -> int:
-                async with session_factory(engine)() as s:
-                    n = 0
-                    for i in range(0, len(ids), 500):
-                        n += (
-                            await s.execute(
-                                sa.select(sa.func.count()).where(
-                                    Job.id.in_(ids[i : i + 500]), Job.state.not_in(FINAL)
-                                )
-                            )
-                        ).scalar_one()
-                    return int(n)
-
             deadline = time.monotonic() + 120
-            while (left := await open_jobs()) and time.monotonic() < deadline:
+            last_worker = 0.0
+            while time.monotonic() < deadline:
+                jobs_left, tasks_left = await open_jobs(), await open_tasks()
+                if not jobs_left and not tasks_left:
+                    break
+                if tasks_left and time.monotonic() - last_worker > 3:
+                    load.job("worker")
+                    last_worker = time.monotonic()
                 await asyncio.sleep(1)
-            if left:
-                self.failures.append(f"{left} acknowledged jobs did not end within 120 s of the load's end")
+            await load.settle()
+            while (jobs_left := await open_jobs()) and time.monotonic() < deadline:
+                await asyncio.sleep(1)
+            if jobs_left:
+                self.failures.append(
+                    f"{jobs_left} acknowledged jobs did not end within 120 s of the load's end"
+                )
+            if tasks_left := await open_tasks():
+                self.failures.append(
+                    f"{tasks_left} tasks still waiting or in progress 120 s after the load's end"
+                )
         finally:
             await engine.dispose()
+            await load.close()
 
     def settings(self) -> Any:
         from rpa_common.settings import Settings
@@ -648,7 +790,8 @@ class Run:
         def problem(job: Created, what: str) -> None:
             problems.setdefault(job.key, []).append(what)
 
-        lost_jobs = lost_lines = replanned = 0
+        lost_jobs = lost_lines = replanned = logged_total = 0
+        holds: dict[str, list[tuple[str, int, float, str]]] = {}  # task id -> (event, lock token, time, job)
         for job in acked:
             assert job.job_id is not None
             row = jobs.get(job.job_id)
@@ -667,9 +810,23 @@ class Run:
                 problem(job, f"ran {len(running)} times (attempt {row.attempt})")
             if row.attempt != 1:
                 replanned += 1
-            logged = job.ids_file.read_text().split() if job.ids_file.exists() else []
-            if len(logged) != LOG_LINES:
-                problem(job, f"the script logged {len(logged)} lines (ran {len(logged) / LOG_LINES:g} times)")
+            lines = job.ids_file.read_text().splitlines() if job.ids_file.exists() else []
+            if job.kind == "worker":
+                records = [line.split() for line in lines]
+                starts = sum(1 for r in records if r[0] == "start")
+                if starts != 1:
+                    problem(job, f"the worker script ran {starts} times")
+                logged = [r[1] for r in records if r[0] == "log"]
+                for r in records:
+                    if r[0] not in ("start", "log"):
+                        holds.setdefault(r[1], []).append((r[0], int(r[2]), float(r[3]), job.key))
+            else:
+                logged = [line.strip() for line in lines if line.strip()]
+                if len(logged) != LOG_LINES:
+                    problem(
+                        job, f"the script logged {len(logged)} lines (ran {len(logged) / LOG_LINES:g} times)"
+                    )
+            logged_total += len(logged)
             stored = set(messages.get(job.job_id, []))
             missing = [m for m in logged if m not in stored]
             lost_lines += len(missing)
@@ -677,6 +834,7 @@ class Run:
                 problem(job, f"{len(missing)} acknowledged log lines missing")
         # Jobs answered for no key at all (a 2xx never seen) may exist: they are not acknowledged.
         doubled = sum(1 for p in problems.values() if any("ran" in w or "key answered" in w for w in p))
+        tasks = await self.verify_tasks(load, holds) if load.queue is not None else None
 
         # Per fault: recovery of the database and of the services, what was acknowledged then.
         db_done = [end for _, end, ok in load.db_beats if ok]
@@ -689,13 +847,13 @@ class Run:
             if str(e.to_state) in ("Running", "Successful")
         ]
         statuses_seen: dict[str, int] = {}
-        for j in load.jobs:
+        for j in [*load.jobs, *load.added]:
             for a in j.attempts:
                 k = str(a.status or "no answer") + (" Retry-After" if a.retry_after else "")
                 statuses_seen[k] = statuses_seen.get(k, 0) + 1
         http_5xx = sum(
             1
-            for j in load.jobs
+            for j in [*load.jobs, *load.added]
             for a in j.attempts
             if a.status and a.status >= 500 and not (a.status == 503 and a.retry_after)
         )
@@ -717,14 +875,17 @@ class Run:
             )
             f.service_s = max(f.signals.values())
             in_window = [j for j in acked if j.acked_at and f.t0 <= j.acked_at < f.t1]
-            f.acknowledged = len(in_window)
-            f.found = sum(1 for j in in_window if j.job_id in jobs)
+            tasks_in_window = [t for t in load.acked_tasks() if t.acked_at and f.t0 <= t.acked_at < f.t1]
+            f.acknowledged = len(in_window) + len(tasks_in_window)
+            f.found = sum(1 for j in in_window if j.job_id in jobs) + sum(
+                1 for t in tasks_in_window if t.found
+            )
             f.doubled = sum(
                 1
                 for j in in_window
                 if any("ran" in w or "key answered" in w for w in problems.get(j.key, []))
             )
-            window = [a for j in load.jobs for a in j.attempts if f.t0 <= a.start < f.t1]
+            window = [a for j in [*load.jobs, *load.added] for a in j.attempts if f.t0 <= a.start < f.t1]
             f.http_5xx = sum(
                 1 for a in window if a.status and a.status >= 500 and not (a.status == 503 and a.retry_after)
             )
@@ -756,13 +917,18 @@ class Run:
             ],
             "jobs_acknowledged": len(acked),
             "jobs_not_acknowledged": len(load.jobs) - len(acked),
-            "log_lines_acknowledged": sum(
-                len(j.ids_file.read_text().split()) for j in acked if j.ids_file.exists()
-            ),
-            "lost": lost_jobs + lost_lines,
+            "log_lines_acknowledged": logged_total,
+            "tasks": tasks
+            or "missing: the queue/task feature (issue 7) is not in this build, so no task load ran",
+            "lost": lost_jobs + lost_lines + (tasks["lost"] if tasks else 0),
             "lost_jobs": lost_jobs,
             "lost_log_lines": lost_lines,
-            "duplicates": doubled,
+            "duplicates": doubled
+            + (
+                tasks["doubled_names"] + tasks["finished_twice"] + tasks["held_by_two_robots_at_once"]
+                if tasks
+                else 0
+            ),
             "jobs_planned_again": replanned,
             "http_statuses": statuses_seen,
             "http_5xx": http_5xx,
@@ -795,6 +961,80 @@ class Run:
             self.failures.append(f"{len(left_disconnected)} robots left Disconnected")
         if writers.get("verdict") != "one writer at a time":
             self.failures.append(f"database writers: {writers}")
+        return result
+
+    async def verify_tasks(
+        self, load: Load, holds: dict[str, list[tuple[str, int, float, str]]]
+    ) -> dict[str, Any]:
+        """Every acknowledged task exists and ended Successful once; no two robots held one at once
+        (two holds of one task that overlap in time and were both finished without refusal)."""
+        import sqlalchemy as sa
+
+        from rpa_common.db.engine import create_engine, session_factory
+        from rpa_common.models import Task, TaskEvent
+
+        assert load.queue is not None
+        engine = create_engine(self.settings(), "cli", pool_size=1)
+        try:
+            async with session_factory(engine)() as s:
+                rows = list(
+                    (
+                        await s.execute(
+                            sa.select(Task).where(Task.queue_id == uuid.UUID(load.queue.queue_id))
+                        )
+                    ).scalars()
+                )
+                ids = [r.id for r in rows]
+                finishes: dict[str, int] = {}
+                for i in range(0, len(ids), 300):
+                    query = sa.select(TaskEvent.task_id, sa.func.count()).where(
+                        TaskEvent.task_id.in_(ids[i : i + 300]), TaskEvent.to_state == "Successful"
+                    )
+                    for task_id, n in await s.execute(query.group_by(TaskEvent.task_id)):
+                        finishes[str(task_id)] = int(n)
+        finally:
+            await engine.dispose()
+        by_name: dict[str, list[Any]] = {}
+        for r in rows:
+            by_name.setdefault(r.name, []).append(r)
+        acked = load.acked_tasks()
+        lost = [t.name for t in acked if t.name not in by_name]
+        doubled = [name for name, found in by_name.items() if len(found) > 1]
+        unfinished = [
+            t.name for t in acked if t.name in by_name and str(by_name[t.name][0].state) != "Successful"
+        ]
+        finished_twice = [task_id for task_id, n in finishes.items() if n > 1]
+        two_at_once = []
+        retaken = 0
+        for task_id, events in holds.items():
+            spans: dict[int, list[Any]] = {}
+            for kind, token, t, job in events:
+                span = spans.setdefault(token, [None, None, None, job])
+                if kind == "take":
+                    span[0] = t
+                else:
+                    span[1], span[2] = t, kind
+            retaken += max(0, len(spans) - 1)
+            done = [v for v in spans.values() if v[2] in ("done", "journaled") and v[0] is not None]
+            for a, b in itertools.combinations(done, 2):
+                if a[0] < (b[1] or float("inf")) and b[0] < (a[1] or float("inf")):
+                    two_at_once.append(task_id)
+        for t in acked:
+            t.found = t.name in by_name
+        result = {
+            "acknowledged": len(acked),
+            "not_acknowledged": len(load.added) - len(acked),
+            "found": len(acked) - len(lost),
+            "lost": len(lost),
+            "doubled_names": len(doubled),
+            "not_successful": len(unfinished),
+            "finished_twice": len(finished_twice),
+            "held_by_two_robots_at_once": len(two_at_once),
+            "taken_again_after_a_lost_lock": retaken,
+            "holds_recorded": sum(len(v) for v in holds.values()),
+        }
+        if lost or doubled or finished_twice or two_at_once or unfinished:
+            self.failures.append(f"tasks: {result}")
         return result
 
     def writer_runs(self) -> dict[str, Any]:
@@ -854,6 +1094,7 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"client answers: {result['http_statuses']}; jobs planned again (not run twice): {result['jobs_planned_again']}"
     )
+    print(f"tasks: {result['tasks']}")
     w = result["writer_runs"]
     print(f"writers: {w.get('verdict')} ({w.get('method')}: {' -> '.join(w.get('sequence', []))})")
     m = result["machine"]
