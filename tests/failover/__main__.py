@@ -1061,6 +1061,9 @@ class Run:
         }
 
     def close(self) -> None:
+        if self.patroni is not None:
+            with contextlib.suppress(Exception):
+                self.patroni.close()
         for proc in reversed(self.procs):
             with contextlib.suppress(Exception):
                 if proc.name.startswith(("robot", "api", "gateway", "scheduler")):

@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from tests.failover import layout
 from tests.failover.layout import HAPROXY, Proc, Secrets, free_port, say, wait_for
 
@@ -63,6 +65,27 @@ class PgNode:
 
     def primary(self) -> bool:
         return rest(self.rest_port, "/primary") == 200
+
+    def postmaster(self) -> psutil.Process | None:
+        """The node's PostgreSQL server: Patroni starts it detached (not its child), so the node's
+        crash must kill it too. Its pid is the first line of ``postmaster.pid``."""
+        try:
+            pid = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+            proc = psutil.Process(pid)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            return None
+        return proc if str(self.dir) in " ".join(proc.cmdline()) else None
+
+    def kill(self) -> None:
+        """The node crashes: Patroni and PostgreSQL with all its processes, SIGKILL."""
+        server = self.postmaster()
+        family = [server, *server.children(recursive=True)] if server is not None else []
+        if self.proc is not None:
+            self.proc.kill()
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(family, timeout=10)
 
     def replica(self) -> bool:
         return rest(self.rest_port, "/replica") == 200
@@ -300,7 +323,7 @@ class Patroni:
         other = next(n for n in self.nodes if n is not old)
         assert old.proc is not None
         run.begin(f"SIGKILL database primary ({old.name}: Patroni and PostgreSQL)")
-        old.proc.kill()  # here, not in a thread: no write may slip in between the fault's start and the kill
+        old.kill()  # here, not in a thread: no write may slip in between the fault's start and the kill
         promoted_at = await run.until(other.primary, 60, f"{other.name} promoted")
         await run.until(lambda: run.db_written_since(load, promoted_at), 60, "the database is written again")
         await asyncio.sleep(settle)
@@ -312,6 +335,10 @@ class Patroni:
 
     def processes(self) -> list[Proc]:
         return [p for p in (self.proxy, *(n.proc for n in self.nodes), self.etcd) if p is not None]
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
     def run_db_probe(self, load: Load) -> None:
         """The bare database's recovery through the balancer: one insert every 0.05 s."""
