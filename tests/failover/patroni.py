@@ -310,9 +310,13 @@ class Patroni:
             "method": "both nodes sampled every 0.1 s: not in recovery and commits in the rpa database growing = taking writes",
             "samples": len(self.samples),
             "sequence": [f"{n} x{c} intervals" for n, c in sequence],
-            "verdict": "one writer at a time"
-            if not overlaps
-            else f"{len(overlaps)} intervals with two writers",
+            # pg1 (bootstrapped) writes, then pg2 once promoted: anything else, even no sample at all,
+            # fails the run rather than passing it.
+            "verdict": f"{len(overlaps)} intervals with two writers"
+            if overlaps
+            else "one writer at a time"
+            if [n for n, _ in sequence] == ["pg1", "pg2"]
+            else f"expected writers pg1 then pg2, found {[n for n, _ in sequence]}",
         }
 
     def primary(self) -> PgNode:
