@@ -940,6 +940,15 @@ class Run:
             "problems": dict(list(problems.items())[:20]),
             "machine": {"cores": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 1)},
         }
+        # A run that did not work cannot pass: every creation acknowledged in the end, and work done.
+        if result["jobs_not_acknowledged"] or len(acked) < 20:
+            self.failures.append(
+                f"{len(acked)} jobs acknowledged, {result['jobs_not_acknowledged']} never (the clients gave up)"
+            )
+        if tasks is not None and (
+            tasks["not_acknowledged"] or tasks["acknowledged"] < 10 or not tasks["holds_recorded"]
+        ):
+            self.failures.append(f"task load too thin or not acknowledged: {tasks}")
         if result["lost"]:
             self.failures.append(
                 f"{lost_jobs} acknowledged jobs and {lost_lines} acknowledged log lines missing"
