@@ -15,7 +15,7 @@ RUN_ARGS ?=
 
 FAILOVER_ARGS ?=
 
-.PHONY: help venv run test lint fmt migrate bench stop status clean failover-test failover-test-pg
+.PHONY: help venv run test rdp-test lint fmt migrate bench stop status clean failover-test failover-test-pg
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
@@ -31,6 +31,12 @@ test: venv ## Run the test suite on local servers (5432/3306/4222), else embedde
 	@rc=0
 	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest $(PYTEST_ARGS) || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
+	exit $$rc
+
+rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp freerdp2-x11 xvfb if missing); both databases
+	@rc=0
+	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp $(PYTEST_ARGS) || rc=$$?
+	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 
 failover-test: venv ## Failover layout on loopback (Galera, balancer, 3 NATS, 2 replicas each, robots), faults under load; root; FAILOVER_ARGS='--json PATH'

@@ -16,15 +16,32 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from rpa_common.models.base import NAME_COLLATION_MARIADB, NAME_COLLATION_MARIADB_OLD, UNIQUE_NAMES
+from rpa_common.models.base import NAME_COLLATION_MARIADB, NAME_COLLATION_MARIADB_OLD
 
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen here: a later change of UNIQUE_NAMES gets a migration of its own.
-NAMES = tuple(UNIQUE_NAMES)
+# Frozen here (a copy of UNIQUE_NAMES as it was): a later change of UNIQUE_NAMES gets a migration of
+# its own (0005 makes resource names unique per account).
+NAMES: tuple[tuple[str, tuple[str, ...], str, int, bool], ...] = (
+    ("account", (), "name", 100, False),
+    ("access_folder", ("account_id",), "name", 100, False),
+    ("role", ("account_id",), "name", 100, False),
+    ("user_account", (), "username", 150, False),
+    ("calendar", ("account_id",), "name", 100, False),
+    ("process", ("account_id",), "name", 100, False),
+    ("queue", ("account_id",), "name", 100, False),
+    ("task", ("queue_id",), "unique_name", 255, True),
+    ("resource_group", ("account_id",), "name", 100, False),
+    ("resource", ("group_id",), "name", 100, False),
+    ("robot", ("account_id",), "name", 100, False),
+    ("robot_group", ("account_id",), "name", 100, False),
+    ("terminal_server", ("account_id",), "name", 100, False),
+    ("unattended_account", ("terminal_server_id",), "login", 255, False),
+    ("trigger", ("account_id",), "name", 100, False),
+)
 
 
 def _constraint(table: str, scope: tuple[str, ...], column: str) -> str:

@@ -1,12 +1,14 @@
 """``rpa-robot``: the reference robot.
 
     rpa-robot run --gateway ws://127.0.0.1:8001/robot/v1 [--unattended] [--exit-after-job]
-                  [--cache-dir DIR] [--state-dir DIR]
+                  [--cache-dir DIR] [--state-dir DIR] [--door SOCKET]
     rpa-robot run-local PATH_OR_ZIP [--input JSON]
     rpa-robot start-process NAME [--input JSON] [--gateway URL]
 
-The robot key comes from the environment (``RPA_ROBOT_KEY``) or from stdin (``--key-stdin``),
-never from the command line, where any user of the machine could read it.
+The robot key comes from the environment (``RPA_ROBOT_KEY``), from stdin (``--key-stdin``), or,
+for a robot started inside a terminal session, from its coordinator's door (``--door SOCKET``: a
+Unix socket that answers the session's OS user once with its key and gateway URL); never from the
+command line, where any user of the machine could read it.
 """
 
 from __future__ import annotations
@@ -52,11 +54,38 @@ def _input(raw: str | None) -> dict[str, Any]:
     return value
 
 
+async def _from_door(path: str) -> tuple[str, str]:
+    """(robot key, gateway URL) from the coordinator's door; exits when it has none for us."""
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_unix_connection(path)
+            writer.write(b'{"want": "session"}\n')
+            await writer.drain()
+            line = await reader.readline()
+            writer.close()
+    except (OSError, TimeoutError) as exc:
+        say(f"the coordinator's door {path} did not answer: {exc}")
+        sys.exit(2)
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not answer.get("robot_key") or not answer.get("gateway"):
+        error = answer.get("error") if isinstance(answer, dict) else "unreadable answer"
+        say(f"the coordinator's door gave no key: {error}")
+        sys.exit(2)
+    return str(answer["robot_key"]), str(answer["gateway"])
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.door:
+        key, gateway = await _from_door(args.door)
+    else:
+        key, gateway = _read_key(args.key_stdin), args.gateway
     client = RobotClient(
         Options(
-            gateway=args.gateway,
-            key=_read_key(args.key_stdin),
+            gateway=gateway,
+            key=key,
             state_dir=Path(args.state_dir),
             cache_dir=Path(args.cache_dir),
             unattended=args.unattended,
@@ -158,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--cache-dir", default=str(HOME / "cache"))
     run.add_argument("--state-dir", default=str(HOME / "state"))
     run.add_argument("--max-backoff-s", type=float, default=30.0, help="longest wait between reconnects")
+    run.add_argument(
+        "--door", help="take the key and gateway URL from the coordinator's Unix socket (terminal sessions)"
+    )
 
     local = sub.add_parser("run-local", help="run a package folder or zip here, offline")
     local.add_argument("package")

@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -54,6 +53,8 @@ from rpa_protocol.codes import (
     CAPABILITY_JOB_REQUEST,
     CAPABILITY_JOBS,
     CAPABILITY_LOGS,
+    CAPABILITY_RESOURCES,
+    CAPABILITY_TASKS,
     CLOSE_FORBIDDEN,
     CLOSE_REPLACED,
     CLOSE_UNAUTHORIZED,
@@ -63,9 +64,19 @@ from rpa_protocol.codes import (
 )
 from rpa_robot import __version__
 from rpa_robot.journal import Journal
+from rpa_robot.requests import Requests
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
 
-CAPABILITIES = [CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST]
+if TYPE_CHECKING:
+    import httpx
+
+CAPABILITIES = [
+    CAPABILITY_JOBS,
+    CAPABILITY_LOGS,
+    CAPABILITY_JOB_REQUEST,
+    CAPABILITY_TASKS,
+    CAPABILITY_RESOURCES,
+]
 LOG_BATCH_MAX = 500
 LOG_BATCH_DELAY_S = 0.05
 
@@ -212,14 +223,16 @@ class RobotClient:
         self.done = asyncio.Event()
         self.heartbeat_s = 15.0
         self.http: httpx.AsyncClient | None = None
+        self.requests = Requests(self)
 
     # Outbox --------------------------------------------------------------------------------------
 
-    def emit(self, make: Callable[[int], ReliableFrame]) -> None:
-        """Journal a reliable frame (``make`` gets its seq) and wake the sender."""
+    def emit(self, make: Callable[[int], ReliableFrame]) -> int:
+        """Journal a reliable frame (``make`` gets its seq) and wake the sender; its seq."""
         self.flush_logs()  # keep a job's logs before its status
-        self.journal.append(make)
+        seq = self.journal.append(make)
         self.wake.set()
+        return seq
 
     def report(
         self,
@@ -268,10 +281,17 @@ class RobotClient:
                 self.sent_upto = seq
             await self.wake.wait()
 
+    def _http(self) -> httpx.AsyncClient:
+        """The HTTP client for package downloads, made (and httpx imported) on first use."""
+        if self.http is None:
+            import httpx
+
+            self.http = httpx.AsyncClient(base_url=http_base(self.o.gateway), timeout=60)
+        return self.http
+
     # Main loop -----------------------------------------------------------------------------------
 
     async def run(self) -> int:
-        self.http = httpx.AsyncClient(base_url=http_base(self.o.gateway), timeout=60)
         backoff = 0.5
         failures = 0
         try:
@@ -296,7 +316,8 @@ class RobotClient:
                 await asyncio.sleep(wait)
         finally:
             await self._abort_jobs()
-            await self.http.aclose()
+            if self.http is not None:
+                await self.http.aclose()
             self.journal.close()
 
     async def _session(self) -> bool:
@@ -356,15 +377,19 @@ class RobotClient:
         self.sent_upto = last_seq
         self.ws = ws
         say(f"connected as {welcome.robot_name} (replaying {len(self.journal.pending)} frames)")
+        self.requests.on_connected(welcome.server_time)
         tasks = {
             asyncio.create_task(self._sender(ws)),
             asyncio.create_task(self._heartbeats(ws)),
             asyncio.create_task(self._receive(ws)),
+            asyncio.create_task(self.requests.renew_loop()),
             asyncio.create_task(self.done.wait()),
         }
+        await self.requests.after_welcome()
         try:
             finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.requests.on_disconnected()
             for task in tasks:
                 task.cancel()
         for task in finished:
@@ -381,6 +406,8 @@ class RobotClient:
     async def _receive(self, ws: ClientConnection) -> None:
         async for raw in ws:
             frame = _gateway_frame(raw)
+            if self.requests.on_frame(frame):
+                continue
             if isinstance(frame, Ack):
                 self.journal.ack(frame.seq)
                 self._maybe_done()
@@ -444,9 +471,8 @@ class RobotClient:
         result: RunResult
         try:
             try:
-                assert self.http is not None
                 package = await self.cache.ensure(
-                    self.http, frame.package_url, self.o.key, frame.sha256, frame.size
+                    self._http, frame.package_url, self.o.key, frame.sha256, frame.size
                 )
                 await asyncio.to_thread(extract, package, workdir)
             except PackageError as exc:
@@ -462,6 +488,7 @@ class RobotClient:
                         input_args=dict(frame.input_args),
                         sink=self.on_log(job_id),
                         job_id=job_id,
+                        on_request=self.requests.handle,
                     )
                     try:
                         await run.start()
@@ -475,7 +502,10 @@ class RobotClient:
                             run.request_stop()
                         elif late == "interrupt":
                             await run.kill()
-                        result = await run.wait()
+                        try:
+                            result = await run.wait()
+                        finally:
+                            self.requests.run_ended(run)
             self.report(job_id, attempt, result.status, result.output, result.error)
         finally:
             self.runs.pop(job_id, None)

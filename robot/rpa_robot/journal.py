@@ -67,6 +67,15 @@ class Journal:
         self.pending.append((seq, line))
         return seq
 
+    def reserve(self) -> int:
+        """A ``seq`` for a request frame (``task.take``...), which is sent but never journaled.
+
+        Not saved at once: a number reused after a crash is harmless, since the gateway does not
+        compare request numbers with ``inbound_seq`` (docs/robot-protocol.md 2.12)."""
+        seq = self.next_seq
+        self.next_seq += 1
+        return seq
+
     def after(self, seq: int) -> list[tuple[int, str]]:
         return [(s, line) for s, line in self.pending if s > seq]
 

@@ -2,7 +2,10 @@
 
 The script runs as ``sys.executable <entry point>`` in a new session (its own process group), so a
 hard stop can kill its whole tree. It gets its input through a file and its channel to the robot
-through a pipe (see ``sdk``), never through its command line.
+through two pipes (see ``sdk``), never through its command line: ``RPA_SDK_FD`` carries the script's
+log lines, output and requests to the robot; ``RPA_SDK_REPLY_FD`` carries the answers to its
+requests (a task, a resource, a password) and pushes (a watched resource changed) back. Anonymous
+pipes are seen by the script alone: what travels on them is never in a file or an argument.
 """
 
 from __future__ import annotations
@@ -18,17 +21,21 @@ import sys
 import uuid
 import zipfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 import psutil
+
+if TYPE_CHECKING:
+    import httpx
 
 LogSink = Callable[[dict[str, Any]], None]
 """Receives each log entry: ``{id, level, message, fields, at}``."""
+RequestHandler = Callable[["ScriptRun", dict[str, Any]], Awaitable[dict[str, Any]]]
+"""Answers one SDK request ``{id, op, args, timeout}``: ``{"result": ...}`` or ``{"error": {...}}``."""
 
 MANIFEST = "rpa.json"
 
@@ -54,15 +61,22 @@ class PackageCache:
     def path_for(self, sha256: str) -> Path:
         return self.directory / f"{sha256}.zip"
 
-    async def ensure(self, client: httpx.AsyncClient, url: str, key: str, sha256: str, size: int) -> Path:
+    async def ensure(
+        self, client: Callable[[], httpx.AsyncClient], url: str, key: str, sha256: str, size: int
+    ) -> Path:
+        """The package, from the cache or downloaded. ``client`` makes the HTTP client only when a
+        download is needed: importing httpx costs a robot's start-up a good part of a second on a
+        busy terminal server, and a cached package needs none."""
         target = self.path_for(sha256)
         if target.exists() and await asyncio.to_thread(_sha256_of, target) == sha256:
             return target
+        import httpx
+
         tmp = self.directory / f".{sha256}.{uuid.uuid4().hex}.part"
         digest = hashlib.sha256()
         received = 0
         try:
-            async with client.stream("GET", url, headers={"Authorization": f"Bearer {key}"}) as resp:
+            async with client().stream("GET", url, headers={"Authorization": f"Bearer {key}"}) as resp:
                 if resp.status_code != 200:
                     raise PackageError(f"package download refused: HTTP {resp.status_code}")
                 f = await asyncio.to_thread(open, tmp, "wb")
@@ -145,6 +159,7 @@ class ScriptRun:
     input_args: dict[str, Any]
     sink: LogSink
     job_id: str | None = None
+    on_request: RequestHandler | None = None
     output: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
     interrupted: bool = False
@@ -152,6 +167,8 @@ class ScriptRun:
     _readers: list[asyncio.Task[None]] = field(default_factory=list)
     _stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=40))
     _control_dir: Path | None = None
+    _replies: asyncio.WriteTransport | None = None
+    _requests: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def stop_file(self) -> Path:
@@ -168,6 +185,7 @@ class ScriptRun:
         input_file = self._control_dir / "input.json"
         input_file.write_text(json.dumps(self.input_args), encoding="utf-8")
         read_fd, write_fd = os.pipe()
+        reply_read_fd, reply_write_fd = os.pipe()
         env = dict(os.environ)
         # The robot's own secrets never reach the script.
         env.pop("RPA_ROBOT_KEY", None)
@@ -175,6 +193,7 @@ class ScriptRun:
             {
                 "RPA_INPUT_FILE": str(input_file),
                 "RPA_SDK_FD": str(write_fd),
+                "RPA_SDK_REPLY_FD": str(reply_read_fd),
                 "RPA_STOP_FILE": str(self.stop_file),
                 "PYTHONUNBUFFERED": "1",
                 "PYTHONIOENCODING": "utf-8",
@@ -191,12 +210,19 @@ class ScriptRun:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
+                pass_fds=(write_fd, reply_read_fd),
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(reply_write_fd)
+            raise
         finally:
             os.close(write_fd)
+            os.close(reply_read_fd)
         loop = asyncio.get_running_loop()
+        self._replies, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(reply_write_fd, "wb", buffering=0)
+        )
         sdk_reader = asyncio.StreamReader(limit=1024 * 1024)
         await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(sdk_reader), os.fdopen(read_fd, "rb", buffering=0)
@@ -228,6 +254,34 @@ class ScriptRun:
                 )
             elif doc.get("kind") == "output" and isinstance(doc.get("values"), dict):
                 self.output.update(doc["values"])
+            elif doc.get("kind") == "request" and isinstance(doc.get("id"), str):
+                # Each request is answered on its own: a slow take does not hold up a log line.
+                task = asyncio.create_task(self._answer(doc))
+                self._requests.add(task)
+                task.add_done_callback(self._requests.discard)
+
+    async def _answer(self, doc: dict[str, Any]) -> None:
+        if self.on_request is None:
+            answer: dict[str, Any] = {
+                "error": {
+                    "code": "offline",
+                    "detail": "this script does not run under a connected robot (run-local)",
+                    "field": None,
+                }
+            }
+        else:
+            try:
+                answer = await self.on_request(self, doc)
+            except Exception as exc:  # the robot's bug must not leave the script waiting
+                answer = {"error": {"code": "robot_error", "detail": type(exc).__name__, "field": None}}
+        self.send_to_script({"kind": "reply", "id": doc["id"], **answer})
+
+    def send_to_script(self, doc: dict[str, Any]) -> bool:
+        """One JSON line to the script's reply pipe; False when the script is gone."""
+        if self._replies is None or self._replies.is_closing():
+            return False
+        self._replies.write(json.dumps(doc, separators=(",", ":"), default=str).encode() + b"\n")
+        return True
 
     async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
         while line := await _readline(reader):
@@ -267,6 +321,10 @@ class ScriptRun:
         _, pending = await asyncio.wait(self._readers, timeout=2)
         for task in pending:
             task.cancel()
+        for task in list(self._requests):
+            task.cancel()
+        if self._replies is not None:
+            self._replies.close()
         if self._control_dir is not None:
             shutil.rmtree(self._control_dir, ignore_errors=True)
         if self.interrupted:

@@ -37,7 +37,11 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # a package's content (a zip with a valid rpa.json: the two publish operations), an API key's expiry
 # in the future (relative to now), and one field against another (a job's interrupt_after_s not
 # shorter than its stop_after_s, and exactly one of robot_id and robot_group_id; a job list's
-# created_from not after its created_to; a role's folder_ids only with all_folders false). The last
+# created_from not after its created_to; a role's folder_ids only with all_folders false; a resource
+# value's fields per the resource's kind and its scope's id per its scope; a calendar's days each at
+# most once; a task's name and tags not blank by Unicode's white space, its times between the years
+# 1900 and 9999 (what MariaDB stores), a postponed task's delay_until in the future, a task list's
+# *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
@@ -47,7 +51,8 @@ headers = { Authorization = "Bearer ${RPA_ST_TOKEN}" }
 [[operations]]
 include-operation-id = [
     "processes_publish", "processes_publish_version", "api_keys_create", "jobs_create", "jobs_list",
-    "roles_create", "roles_update",
+    "roles_create", "roles_update", "resources_set_value", "calendars_create", "calendars_update",
+    "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """

@@ -203,3 +203,44 @@ async def test_permissions(client: httpx.AsyncClient, tenant: Tenant) -> None:
     assert (await client.post(SERVERS, json={"name": "v"}, headers=developer)).status_code == 403
     r = await client.post(f"{SERVERS}/{server['id']}/accounts", json={"login": "v"}, headers=viewer)
     assert r.status_code == 403
+
+
+async def test_rdp_settings_of_a_server_are_checked_and_patched(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    from rpa_common.sealing import SealKeyPair
+
+    public = SealKeyPair.generate().public
+    fingerprint = "SHA256:" + ":".join(["AB"] * 32)
+    server = await create_server(
+        client, tenant, hostname="ts02.corp", rdp_port=3390, cert_fingerprint=fingerprint, public_key=public
+    )
+    assert (server["rdp_port"], server["cert_fingerprint"], server["cert_ignore"]) == (
+        3390,
+        fingerprint.lower(),
+        False,
+    )
+    assert (server["shell_mode"], server["shell_command"], server["public_key"]) == ("command", None, public)
+    for field, value in (
+        ("cert_fingerprint", "ab:cd"),  # no hash name
+        ("cert_fingerprint", "sha256:zz:11"),
+        ("public_key", "not-a-key"),
+        ("rdp_port", 0),
+        ("shell_mode", "desktop"),
+        ("shell_command", "robot\n--evil"),
+    ):
+        r = await client.post(SERVERS, json={"name": f"x-{field}", field: value}, headers=tenant.headers)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == field, (field, r.text)
+    r = await client.patch(
+        f"{SERVERS}/{server['id']}",
+        json={"shell_mode": "startup", "cert_fingerprint": None, "cert_ignore": True},
+        headers=tenant.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert (r.json()["shell_mode"], r.json()["cert_fingerprint"], r.json()["cert_ignore"]) == (
+        "startup",
+        None,
+        True,
+    )
+    r = await client.patch(f"{SERVERS}/{server['id']}", json={"cert_ignore": None}, headers=tenant.headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cert_ignore"

@@ -20,7 +20,7 @@ def test_commands_are_told_apart_by_kind() -> None:
         robot_id=uuid.uuid4(),
         job_id=None,
         login="svc",
-        password="pw",
+        sealed="box",
     )
     close_cmd = CloseSession(session_id=uuid.uuid4(), reason="job over")
     assert json.loads(open_cmd.encode())["kind"] == "open_session"

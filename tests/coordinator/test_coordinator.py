@@ -25,7 +25,13 @@ from rpa_common.models import Job, Robot, TerminalSession
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import CloseSession, OpenSession, RobotStatusChanged, decode_coordinator_command
+from rpa_common.nats.messages import (
+    CloseSession,
+    JobStateChanged,
+    OpenSession,
+    RobotStatusChanged,
+    decode_coordinator_command,
+)
 from rpa_common.security import key_matches, make_key
 from rpa_common.service import ServiceContext
 from rpa_coordinator.coordinator import Coordinator, IdentityError, resolve_identity
@@ -135,8 +141,8 @@ async def test_open_session_starts_the_robot_with_its_key_in_the_environment_onl
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             bot, job_id = await setup.unattended_job("no_such_os_user_here")
             await dispatch_pass(ctx)
-            ts = await setup.wait_state(job_id, SessionState.OPEN)
-            for state in ("opening", "open"):
+            ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+            for state in ("connecting", "logged_on"):
                 await reports.wait_for(lambda m, s=state: m["session_id"] == str(ts.id) and m["state"] == s)
             data = await wait_seen(work_dir, ts.id)
             robot = await setup.world.get(Robot, bot)
@@ -160,7 +166,7 @@ async def test_open_session_starts_the_robot_with_its_key_in_the_environment_onl
                 subjects.coordinator_inbox(setup.coordinator_id),
                 CloseSession(session_id=ts.id, reason="job over").encode(),
             )
-            closed = await setup.wait_state(job_id, SessionState.CLOSED)
+            closed = await setup.wait_state(job_id, SessionState.ENDED)
             assert closed.closed_at is not None
             assert (
                 not Path(f"/proc/{data['pid']}").exists()
@@ -183,13 +189,13 @@ async def test_as_root_the_robot_runs_as_the_accounts_os_user(
     try:
         _, job_id = await setup.unattended_job("nobody")
         await dispatch_pass(ctx)
-        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
         data = await wait_seen(work_dir, ts.id)
         assert data["uid"] == nobody.pw_uid and data["home"] == nobody.pw_dir
     finally:
         await coordinator.stop()
     # Shutdown closed the session.
-    await setup.wait_state(job_id, SessionState.CLOSED)
+    await setup.wait_state(job_id, SessionState.ENDED)
 
 
 async def test_robot_exiting_before_it_connects_fails_the_session_and_the_job(
@@ -231,13 +237,13 @@ async def test_sessions_over_the_limit_fail(ctx: ServiceContext, setup: Setup, w
         _, first = await setup.unattended_job("svc_one")
         _, second = await setup.unattended_job("svc_two")
         await dispatch_pass(ctx)  # the server allows 10: both sessions are asked for
-        await setup.wait_state(first, SessionState.OPEN)
+        await setup.wait_state(first, SessionState.LOGGED_ON)
         ts = await setup.wait_state(second, SessionState.FAILED)
         assert ts.reason == "session limit reached"
         assert len(coordinator.sessions) == 1
     finally:
         await coordinator.stop()
-    await setup.wait_state(first, SessionState.CLOSED)
+    await setup.wait_state(first, SessionState.ENDED)
 
 
 async def test_identity_comes_from_the_coordinator_key(ctx: ServiceContext, setup: Setup) -> None:
@@ -266,13 +272,13 @@ async def test_an_open_session_sent_again_is_answered_not_opened_twice(
             _, job_id = await setup.unattended_job("svc_twice")
             await dispatch_pass(ctx)
             command = await inbox.wait_for(lambda m: m["job_id"] == str(job_id))
-        ts = await setup.wait_state(job_id, SessionState.OPEN)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
         first = await wait_seen(work_dir, ts.id)
         payload = json.dumps(command).encode()
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             # The scheduler's sweep sends it again when the coordinator's answer was lost.
             await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
-            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "open")
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "logged_on")
         assert list(coordinator.sessions) == [ts.id]
         assert (await wait_seen(work_dir, ts.id))["pid"] == first["pid"], "one robot process"
 
@@ -280,11 +286,11 @@ async def test_an_open_session_sent_again_is_answered_not_opened_twice(
             subjects.coordinator_inbox(setup.coordinator_id),
             CloseSession(session_id=ts.id, reason="job over").encode(),
         )
-        await setup.wait_state(job_id, SessionState.CLOSED)
+        await setup.wait_state(job_id, SessionState.ENDED)
         async with listen(ctx, subjects.SESSION_STATE) as reports:
             # A late copy after the session ended opens nothing: it is answered with the end.
             await ctx.publish(subjects.coordinator_inbox(setup.coordinator_id), payload)
-            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "closed")
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "ended")
         assert coordinator.sessions == {}
     finally:
         await coordinator.stop()
@@ -302,12 +308,177 @@ def test_coordinator_commands_are_told_apart_by_their_kind() -> None:
         robot_id=rid,
         job_id=None,
         login="svc",
-        password="pw",
+        sealed="box",
     )
     assert isinstance(decode_coordinator_command(opened.encode()), OpenSession)
     # No kind, or one nobody knows: refused, never guessed from the fields.
     for body in ({"session_id": str(sid)}, {"kind": "reboot", "session_id": str(sid)}):
         with pytest.raises(ValueError):
             decode_coordinator_command(json.dumps(body).encode())
-    with pytest.raises(ValueError):  # an OpenSession without its password is not a CloseSession
-        decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "password": None}).encode())
+    with pytest.raises(ValueError):  # an OpenSession without its sealed box is not a CloseSession
+        decode_coordinator_command(json.dumps({**json.loads(opened.encode()), "sealed": None}).encode())
+
+
+async def _connected(ctx: ServiceContext, setup: Setup, bot: uuid.UUID) -> None:
+    await ctx.publish(
+        subjects.ROBOT_STATUS,
+        RobotStatusChanged(
+            account_id=setup.world.account_id, robot_id=bot, status=RobotStatus.READY, at=utcnow()
+        ).encode(),
+    )
+
+
+async def test_a_restarted_coordinator_adopts_its_running_session_and_logs_it_off_later(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    state_file = work_dir / "sessions.json"
+    first = Coordinator(
+        ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
+    )
+    await first.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_adopt")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        pid = (await wait_seen(work_dir, ts.id))["pid"]
+    finally:
+        await first.stop()  # keeps the session running: an upgrade, or a crash
+    saved = json.loads(state_file.read_text())
+    assert [s["session_id"] for s in saved["sessions"]] == [str(ts.id)]
+    assert "Pa55word!" not in state_file.read_text() and "rbk_" not in state_file.read_text()
+    assert Path(f"/proc/{pid}").exists()
+
+    second = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file)
+    await second.start()
+    try:
+        assert list(second.sessions) == [ts.id] and second.sessions[ts.id].handle.adopted  # type: ignore[union-attr]
+        await ctx.publish(
+            subjects.coordinator_inbox(setup.coordinator_id),
+            CloseSession(session_id=ts.id, reason="job over").encode(),
+        )
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "job over"
+        assert (
+            not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+        )
+        assert json.loads(state_file.read_text())["sessions"] == []
+    finally:
+        await second.stop()
+
+
+async def test_a_session_that_ended_while_the_coordinator_was_down_is_reported(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    state_file = work_dir / "sessions.json"
+    first = Coordinator(
+        ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
+    )
+    await first.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_gone")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        pid = (await wait_seen(work_dir, ts.id))["pid"]
+    finally:
+        await first.stop()
+    os.kill(pid, 15)  # the robot leaves while no coordinator watches
+    async with asyncio.timeout(5):
+        while (
+            Path(f"/proc/{pid}").exists()
+            and b"zombie" not in Path(f"/proc/{pid}/status").read_bytes().lower()
+        ):
+            await asyncio.sleep(0.05)
+    second = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file)
+    await second.start()
+    try:
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "ended while the coordinator was down"
+        assert second.sessions == {}
+    finally:
+        await second.stop()
+
+
+async def test_a_session_whose_job_ended_without_its_robot_leaving_is_logged_off(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), logoff_grace_s=0.3)
+    await coordinator.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_hard")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        job = await setup.world.get(Job, job_id)
+        async with listen(ctx, subjects.SESSION_STATE) as reports:
+            # A hard interrupt ended the job; the stand-in robot does not leave by itself.
+            await ctx.publish(
+                subjects.JOB_STATE,
+                JobStateChanged(
+                    account_id=setup.world.account_id,
+                    job_id=job_id,
+                    process_id=job.process_id,
+                    robot_id=bot,
+                    from_state=JobState.INTERRUPTING,
+                    to_state=JobState.INTERRUPTED,
+                    attempt=job.attempt,
+                    at=utcnow(),
+                ).encode(),
+            )
+            await reports.wait_for(lambda m: m["session_id"] == str(ts.id) and m["state"] == "logging_off")
+        ended = await setup.wait_state(job_id, SessionState.ENDED)
+        assert ended.reason == "job interrupted"
+    finally:
+        await coordinator.stop()
+
+
+async def test_credentials_sealed_for_another_key_fail_the_session(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir), register_key=False)
+    await coordinator.start()
+    try:
+        # The server's registered key is the world's, not this coordinator's.
+        _, job_id = await setup.unattended_job("svc_otherkey")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.FAILED)
+        assert ts.reason is not None and "do not open with this coordinator's key" in ts.reason
+        assert not (work_dir / "sessions" / str(ts.id)).exists()  # nothing was started
+    finally:
+        await coordinator.stop()
+
+
+async def test_no_message_on_nats_carries_the_password_or_the_robot_key(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    seen_messages: list[bytes] = []
+
+    async def spy(msg: Any) -> None:
+        seen_messages.append(msg.data)
+
+    sub = await ctx.nc.subscribe(f"{subjects.PREFIX}.>", cb=spy)
+    coordinator = Coordinator(ctx, setup.coordinator_id, driver_for(work_dir))
+    await coordinator.start()
+    try:
+        bot, job_id = await setup.unattended_job("svc_spied")
+        await dispatch_pass(ctx)
+        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
+        key = (await wait_seen(work_dir, ts.id))["key"]
+        await _connected(ctx, setup, bot)
+        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
+        await ctx.publish(
+            subjects.coordinator_inbox(setup.coordinator_id),
+            CloseSession(session_id=ts.id, reason="job over").encode(),
+        )
+        await setup.wait_state(job_id, SessionState.ENDED)
+        await ctx.nc.flush()
+    finally:
+        await coordinator.stop()
+        await sub.unsubscribe()
+    kinds = {json.loads(m).get("kind") for m in seen_messages}
+    assert "open_session" in kinds and len(seen_messages) >= 5  # the command and the reports were seen
+    assert key and not any(key.encode() in m or b"Pa55word!" in m for m in seen_messages)

@@ -83,9 +83,9 @@ def gateway_url(db_url: str, tmp_path: Path) -> Iterator[str]:
             proc.kill()
 
 
-async def publish_hello(world: World) -> None:
-    """examples/hello as the current version of the world's process (replacing the placeholder)."""
-    folder = Path(ROOT) / "examples" / "hello"
+async def publish_hello(world: World, example: str = "hello") -> None:
+    """examples/<example> (hello by default) as the current version of the world's process."""
+    folder = Path(ROOT) / "examples" / example
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(folder.iterdir()):
@@ -101,7 +101,7 @@ async def publish_hello(world: World) -> None:
                 id=version_id,
                 account_id=world.account_id,
                 process_id=world.process_id,
-                version="2.0.0",
+                version=f"2.0.0-{example}",
                 entry_point=manifest["entry_point"],
                 sha256=hashlib.sha256(data).hexdigest(),
                 size=len(data),
@@ -150,10 +150,10 @@ async def test_unattended_job_opens_a_session_runs_on_the_real_robot_and_closes_
                     ts = await session.scalar(
                         sa.select(TerminalSession).where(TerminalSession.job_id == job_id)
                     )
-                if ts is not None and ts.state in (SessionState.CLOSED, SessionState.FAILED):
+                if ts is not None and ts.state in (SessionState.ENDED, SessionState.FAILED):
                     break
                 await asyncio.sleep(0.1)
-        assert (ts.state, ts.reason) == (SessionState.CLOSED, None), robot_output
+        assert (ts.state, ts.reason) == (SessionState.ENDED, None), robot_output
         assert ts.opened_at is not None and ts.closed_at is not None
         async with ctx.sessions() as session:
             states = (

@@ -157,14 +157,14 @@ async def test_job_for_a_disconnected_unattended_robot_opens_a_session_and_runs_
 
         async def closed() -> TerminalSession | None:
             row = await session_row(api, job_id)
-            return row if row is not None and row.state in ("closed", "failed") else None
+            return row if row is not None and row.state in ("ended", "failed") else None
 
         ts = await eventually(closed, 20, "the session to end")
-        assert (str(ts.state), ts.reason) == ("closed", None), stack.report()
+        assert (str(ts.state), ts.reason) == ("ended", None), stack.report()
         assert ts.robot_id == uuid.UUID(robot_id)
         assert ts.opened_at is not None and ts.closed_at is not None and ts.opened_at <= ts.closed_at
         states = [str(r.state) for r in reports if r.session_id == ts.id]
-        assert states == ["opening", "open", "robot_connected", "closed"], states
+        assert states == ["connecting", "logged_on", "robot_connected", "ended"], states
         robot = await api.wait_robot(robot_id, "Disconnected", stack=stack)
         assert robot["current_job_id"] is None
     finally:

@@ -57,8 +57,14 @@ class GatewayProcess:
     """``python -m rpa_gateway serve`` on a port of its own."""
 
     def __init__(
-        self, db_url: str, log_path: Path, port: int | None = None, nats_url: str = NATS_URL
+        self,
+        db_url: str,
+        log_path: Path,
+        port: int | None = None,
+        nats_url: str = NATS_URL,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.extra_env = extra_env or {}
         self.db_url = db_url
         self.nats_url = nats_url
         self.port = port or free_port()
@@ -87,6 +93,7 @@ class GatewayProcess:
                 RPA_JOB_LEASE_S="30",
                 RPA_DB_POOL_SIZE="5",
                 RPA_LOG_JSON="true",
+                **self.extra_env,
             ),
             stdout=log,
             stderr=log,
@@ -129,12 +136,12 @@ def gateway(db_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 
 
 @pytest.fixture
-def gateway_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[[], GatewayProcess]]:
-    """Gateways of a test's own (to kill and restart them)."""
+def gateway_factory(db_url: str, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """Gateways of a test's own (to kill and restart them), with settings of its own if asked."""
     made: list[GatewayProcess] = []
 
-    def make() -> GatewayProcess:
-        gw = GatewayProcess(db_url, tmp_path / f"gateway-{len(made)}.log")
+    def make(**env: str) -> GatewayProcess:
+        gw = GatewayProcess(db_url, tmp_path / f"gateway-{len(made)}.log", extra_env=env)
         made.append(gw)
         return gw
 
@@ -220,10 +227,13 @@ class World:
         return robot_id, key.full
 
     async def publish(self, example: str) -> tuple[uuid.UUID, uuid.UUID]:
-        """Publish ``examples/<example>`` (zipped) as the current version of a process."""
+        """Publish ``examples/<example>`` (zipped) as the current version of a process (a name
+        not found there: ``tests/gateway/packages/<example>``, packages made for tests)."""
         if example in self.versions:
             return self.versions[example]
         folder = EXAMPLES / example
+        if not folder.is_dir():
+            folder = Path(__file__).parent / "packages" / example
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path in sorted(folder.iterdir()):

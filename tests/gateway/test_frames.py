@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from rpa_protocol import (
     Ack,
     BadFrame,
+    CredentialGet,
+    CredentialValue,
     Error,
     Heartbeat,
     Hello,
@@ -27,14 +29,31 @@ from rpa_protocol import (
     JobStop,
     LogBatch,
     LogEntry,
+    ReplyError,
+    ResourceChanged,
+    ResourceGet,
+    ResourceSet,
+    ResourceValue,
     Resume,
+    TakenTask,
+    TaskAdd,
+    TaskAdded,
+    TaskFinish,
+    TaskFinished,
+    TaskItem,
+    TaskProgress,
+    TaskProgressed,
+    TaskRenew,
+    TaskRenewed,
+    TaskTake,
+    TaskTaken,
     Welcome,
     command_id,
     encode,
     parse_gateway_frame,
     parse_robot_frame,
 )
-from rpa_protocol.codes import MAX_MESSAGE_BYTES
+from rpa_protocol.codes import MAX_MESSAGE_BYTES, MAX_TASKS_PER_ADD, MAX_TEXT_VALUE_BYTES
 from rpa_protocol.schema import SCHEMA_PATH, render
 
 NOW = datetime.now(UTC)
@@ -52,6 +71,40 @@ def robot_frames() -> list[BaseModel]:
             entries=[LogEntry(id=uuid.uuid4(), level="Warning", message="é" * 10, fields={"k": 1}, at=NOW)],
         ),
         JobRequest(seq=3, request_id=uuid.uuid4(), process_name="invoices", input_args={"m": 1}),
+        TaskAdd(
+            seq=4,
+            request_id=uuid.uuid4(),
+            queue="invoices",
+            tasks=[
+                TaskItem(name="inv-1"),
+                TaskItem(
+                    name="inv-2",
+                    parameters={"amount": 12.5, "lines": [1, 2]},
+                    priority="high",
+                    tags=["eu"],
+                    deadline=NOW,
+                    delay_until=NOW,
+                    description="second",
+                ),
+            ],
+            job_id=JOB,
+        ),
+        TaskTake(seq=5, request_id=uuid.uuid4(), queue="invoices", job_id=JOB, lock_s=60),
+        TaskTake(seq=6, request_id=uuid.uuid4(), queue="invoices"),
+        TaskRenew(seq=7, request_id=uuid.uuid4(), task_id=uuid.uuid4(), lock_token=3, lock_s=120),
+        TaskProgress(seq=8, request_id=uuid.uuid4(), task_id=uuid.uuid4(), lock_token=3, note="page 2"),
+        TaskFinish(
+            seq=9,
+            request_id=uuid.uuid4(),
+            task_id=uuid.uuid4(),
+            lock_token=3,
+            outcome="failed_business",
+            reason="no such customer",
+            output={"checked": 3},
+        ),
+        ResourceGet(seq=10, request_id=uuid.uuid4(), name="tax-rate", watch=True),
+        ResourceSet(seq=11, request_id=uuid.uuid4(), name="last-run", value="2026-01-31"),
+        CredentialGet(seq=12, request_id=uuid.uuid4(), name="erp-login"),
     ]
 
 
@@ -96,6 +149,56 @@ def gateway_frames() -> list[BaseModel]:
         JobStop(id=command_id(JOB, 1, "stop"), job_id=JOB, attempt=1, reason="robot deactivated"),
         JobInterrupt(id=command_id(JOB, 1, "interrupt"), job_id=JOB, attempt=1),
         JobRequested(seq=3, request_id=uuid.uuid4(), job_id=None, error="no process named 'x'"),
+        TaskAdded(seq=4, request_id=uuid.uuid4(), task_ids=[uuid.uuid4(), uuid.uuid4()]),
+        TaskAdded(
+            seq=4,
+            request_id=uuid.uuid4(),
+            error=ReplyError(code="duplicate_name", detail="a task named 'a' exists", field="tasks.0.name"),
+        ),
+        TaskAdded(seq=4, request_id=uuid.uuid4(), duplicate=True),
+        TaskTaken(
+            seq=5,
+            request_id=uuid.uuid4(),
+            task=TakenTask(
+                id=uuid.uuid4(),
+                queue="invoices",
+                name="inv-1",
+                parameters={"a": 1},
+                priority="normal",
+                tags=["eu"],
+                deadline=None,
+                retry_number=1,
+                lock_token=7,
+                lock_expires_at=NOW,
+            ),
+        ),
+        TaskTaken(seq=6, request_id=uuid.uuid4(), task=None),
+        TaskRenewed(seq=7, request_id=uuid.uuid4(), lock_expires_at=NOW),
+        TaskRenewed(
+            seq=7,
+            request_id=uuid.uuid4(),
+            error=ReplyError(code="stale_token", detail="x", field="lock_token"),
+        ),
+        TaskProgressed(seq=8, request_id=uuid.uuid4()),
+        TaskFinished(seq=9, request_id=uuid.uuid4(), retry_task_id=uuid.uuid4()),
+        ResourceValue(seq=10, request_id=uuid.uuid4(), name="tax-rate", kind="text", text="0.2"),
+        ResourceValue(
+            seq=10,
+            request_id=uuid.uuid4(),
+            name="holidays",
+            kind="calendar",
+            calendar={"time_zone": "Europe/Paris", "weekend_days": [5, 6], "days": []},
+        ),
+        ResourceValue(
+            seq=10,
+            request_id=uuid.uuid4(),
+            name="x",
+            error=ReplyError(code="resource_not_found", detail="no resource named 'x'", field="name"),
+        ),
+        CredentialValue(
+            seq=12, request_id=uuid.uuid4(), name="erp-login", login="bot", password="s3cret", expired=False
+        ),
+        ResourceChanged(name="tax-rate", kind="text", text="0.21"),
     ]
 
 
@@ -177,11 +280,60 @@ def test_gateway_frames_are_read_leniently_and_robot_frames_strictly() -> None:
     assert parse_gateway_frame(json.dumps({"type": "task.offer", "seq": 0})) is None
     # The gateway refuses robot fields and types it does not know.
     assert _bad({"type": "heartbeat", "seq": 0, "new_field": 1}).field == "new_field"
-    assert _bad({"type": "task.finish", "seq": 3}).field == "type"
-    assert _bad({"type": "task.finish", "seq": 3}).ref_seq == 3
+    assert _bad({"type": "task.cancel", "seq": 3}).field == "type"
+    assert _bad({"type": "task.cancel", "seq": 3}).ref_seq == 3
     # Numbers are numbers.
     assert _bad({"type": "log", "seq": "1", "entries": []}).field == "seq"
     with pytest.raises(BadFrame):
         parse_robot_frame(b"{}")
     with pytest.raises(BadFrame):
         parse_robot_frame("[1]")
+
+
+def test_a_password_is_not_in_the_repr_of_its_frame() -> None:
+    frame = CredentialValue(seq=1, request_id=uuid.uuid4(), name="erp", login="bot", password="pa55-word")
+    assert "pa55-word" not in repr(frame) and "pa55-word" not in str(frame)
+    assert "pa55-word" in encode(frame)  # on the wire it is there, to the robot only
+
+
+@pytest.mark.parametrize(
+    ("doc", "field"),
+    [
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": []}, "tasks"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "", "tasks": [{"name": "a"}]}, "queue"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": [{"name": "a"}, {"name": ""}]}, "tasks.1.name"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": [{"name": "a", "priority": "urgent"}]}, "tasks.0.priority"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": [{"name": "a", "parameters": {"k": "\x00"}}]}, "tasks.0.parameters"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": [{"name": "a", "deadline": "2026-01-01T00:00:00"}]}, "tasks.0.deadline"),
+        ({"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": [{"name": "a", "extra": 1}]}, "tasks.0.extra"),
+        ({"type": "task.add", "seq": 1, "queue": "q", "tasks": [{"name": "a"}]}, "request_id"),
+        ({"type": "task.take", "seq": 0, "request_id": str(JOB), "queue": "q"}, "seq"),
+        ({"type": "task.take", "seq": 1, "request_id": str(JOB), "queue": "q", "lock_s": 1}, "lock_s"),
+        ({"type": "task.renew", "seq": 1, "request_id": str(JOB), "task_id": str(JOB), "lock_token": 0}, "lock_token"),
+        ({"type": "task.renew", "seq": 1, "request_id": str(JOB), "task_id": str(JOB), "lock_token": "1"}, "lock_token"),
+        ({"type": "task.finish", "seq": 1, "request_id": str(JOB), "task_id": str(JOB), "lock_token": 1, "outcome": "done"}, "outcome"),
+        ({"type": "task.finish", "seq": 1, "request_id": str(JOB), "task_id": "nope", "lock_token": 1, "outcome": "successful"}, "task_id"),
+        ({"type": "task.progress", "seq": 1, "request_id": str(JOB), "task_id": str(JOB), "lock_token": 1, "note": ""}, "note"),
+        ({"type": "resource.get", "seq": 1, "request_id": str(JOB), "name": "x", "watch": "yes"}, "watch"),
+        ({"type": "resource.set", "seq": 1, "request_id": str(JOB), "name": "x", "value": 3}, "value"),
+        ({"type": "resource.set", "seq": 1, "request_id": str(JOB), "name": "x", "value": "\ud800"}, "value"),
+        ({"type": "credential.get", "seq": 1, "request_id": str(JOB), "name": "x" * 101}, "name"),
+    ],
+)  # fmt: skip
+def test_bad_task_and_resource_frames_name_the_field(doc: dict[str, Any], field: str) -> None:
+    err = _bad(doc)
+    assert err.field == field and err.code == "bad_frame", err.detail
+
+
+def test_task_and_resource_limits() -> None:
+    many = [{"name": f"t{i}"} for i in range(MAX_TASKS_PER_ADD)]
+    frame = {"type": "task.add", "seq": 1, "request_id": str(JOB), "queue": "q", "tasks": many}
+    assert len(parse_robot_frame(json.dumps(frame)).tasks) == MAX_TASKS_PER_ADD  # type: ignore[union-attr]
+    frame["tasks"] = [*many, {"name": "one too many"}]
+    assert _bad(frame).field == "tasks"
+    value = {"type": "resource.set", "seq": 1, "request_id": str(JOB), "name": "x"}
+    assert isinstance(
+        parse_robot_frame(json.dumps({**value, "value": "a" * MAX_TEXT_VALUE_BYTES})), ResourceSet
+    )
+    err = _bad({**value, "value": "é" * (MAX_TEXT_VALUE_BYTES // 2 + 1)})
+    assert err.field == "value" and "bytes" in err.detail

@@ -71,3 +71,22 @@ def test_run_local_refuses_a_folder_without_manifest(tmp_path: Path) -> None:
     (tmp_path / "main.py").write_text("print('x')\n")
     proc = run_local(str(tmp_path))
     assert proc.returncode == 2 and "rpa.json" in proc.stderr
+
+
+def test_run_local_requests_raise_offline_at_once(tmp_path: Path) -> None:
+    """Without an orchestrator a task or credential request raises ``sdk.Offline``, never hangs."""
+    results = tmp_path / "results.jsonl"
+    steps = [{"op": "take", "queue": "q", "timeout": 30}, {"op": "credential", "name": "erp"}]
+    started = time.monotonic()
+    proc = run_local(
+        str(Path(__file__).parent / "packages" / "sdk_probe"),
+        "--input",
+        json.dumps({"steps": steps, "results": str(results)}),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 20
+    got = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(g["op"], g["error"], g["class"]) for g in got] == [
+        ("take", "offline", "Offline"),
+        ("credential", "offline", "Offline"),
+    ]

@@ -30,6 +30,7 @@ from rpa_common.models import (
 )
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobPriority, JobState, RobotRole, RobotStatus
+from rpa_common.sealing import SealKeyPair
 from rpa_common.security import Encryptor, make_key
 from rpa_common.service import ServiceContext
 
@@ -43,6 +44,8 @@ class World:
     process_id: uuid.UUID
     version_id: uuid.UUID
     gateway_id: str = field(default_factory=lambda: f"gw-{uuid.uuid4().hex[:12]}")
+    seal: SealKeyPair = field(default_factory=SealKeyPair.generate)
+    """The key pair of the world's coordinators (a Coordinator under test gets ``seal_key=world.seal``)."""
 
     async def robot(
         self,
@@ -121,19 +124,32 @@ class World:
         await run_in_transaction(self.ctx.sessions, work)
         return jid
 
-    async def terminal_server(self, coordinator_id: uuid.UUID | None, max_sessions: int = 10) -> uuid.UUID:
+    async def terminal_server(
+        self, coordinator_id: uuid.UUID | None, max_sessions: int = 10, *, sealed: bool = True, **values: Any
+    ) -> uuid.UUID:
+        """A terminal server; ``sealed``: with ``self.seal``'s public key registered (as its coordinator
+        does at start), so the scheduler can seal credentials to it."""
         sid = uuid.uuid4()
+        fields: dict[str, Any] = {
+            "name": f"ts-{sid.hex[:8]}",
+            "hostname": "ts.example",
+            "public_key": self.seal.public if sealed else None,
+            **values,
+        }
         await self._add(
             TerminalServer(
                 id=sid,
                 account_id=self.account_id,
-                name=f"ts-{sid.hex[:8]}",
-                hostname="ts.example",
                 coordinator_id=coordinator_id,
                 max_sessions=max_sessions,
+                **fields,
             )
         )
         return sid
+
+    def opened(self, msg: dict[str, Any]) -> dict[str, str]:
+        """The sealed credentials of an ``OpenSession`` message, opened with ``self.seal``."""
+        return self.seal.open_json(msg["sealed"], f"open_session:{msg['session_id']}")
 
     async def unattended_account(
         self, server_id: uuid.UUID, robot_id: uuid.UUID, login: str, password: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 
@@ -181,10 +182,14 @@ async def test_unattended_robot_gets_a_session_from_its_coordinator(ctx: Service
         msg = await inbox.wait_for(lambda m: m["job_id"] == str(first))
     job = await world.get(Job, first)
     assert job.state == JobState.STARTING and job.robot_id == bots[0]
-    assert (msg["login"], msg["domain"], msg["password"]) == ("svc_bot0", "CORP", "s3cret-0")
+    # The password and the robot key travel sealed to the coordinator's public key only.
+    secrets = world.opened(msg)
+    assert "password" not in msg and "robot_key" not in msg and "s3cret-0" not in json.dumps(msg)
+    assert (msg["login"], msg["domain"], secrets["password"]) == ("svc_bot0", "CORP", "s3cret-0")
     robot = await world.get(Robot, bots[0])
-    assert robot.key_hash != old_hash and key_matches(msg["robot_key"], robot.key_hash)
-    assert msg["robot_key"].startswith(f"rbk_{robot.key_prefix}_")
+    assert robot.key_hash != old_hash and key_matches(secrets["robot_key"], robot.key_hash)
+    assert secrets["robot_key"].startswith(f"rbk_{robot.key_prefix}_")
+    assert robot.key_prefix not in json.dumps(msg)
     async with ctx.sessions() as session:
         sessions = (
             (
@@ -200,4 +205,4 @@ async def test_unattended_robot_gets_a_session_from_its_coordinator(ctx: Service
     ]
     # max_sessions = 1: the second robot waits for the seat.
     assert (await world.get(Job, second)).state == JobState.PENDING
-    assert hash_key(msg["robot_key"]) == robot.key_hash
+    assert hash_key(world.opened(msg)["robot_key"]) == robot.key_hash

@@ -63,7 +63,7 @@ async def test_session_reports_are_stored_and_a_failure_fails_the_job(ctx: Servi
             scheduler.wake.set()
             opened = await inbox.wait_for(lambda m: m["job_id"] == str(job_id))
         session_id = uuid.UUID(opened["session_id"])
-        for state, reason in ((SessionState.OPENING, None), (SessionState.FAILED, "logon refused")):
+        for state, reason in ((SessionState.CONNECTING, None), (SessionState.FAILED, "logon refused")):
             await ctx.publish(
                 subjects.SESSION_STATE,
                 SessionStateReport(

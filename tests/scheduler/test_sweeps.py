@@ -121,12 +121,12 @@ async def test_interrupt_deadline_alone_interrupts(ctx: ServiceContext) -> None:
     assert (await world.get(Job, job.id)).state == JobState.INTERRUPTING
 
 
-async def session_job(world: World) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+async def session_job(world: World, max_retries: int = 0) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     coordinator = await world.robot(role=RobotRole.COORDINATOR)
     server = await world.terminal_server(coordinator)
     bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
     await world.unattended_account(server, bot, f"svc_{bot.hex[:6]}", "pw")
-    job_id = await world.job(robot_id=bot)
+    job_id = await world.job(robot_id=bot, max_retries=max_retries)
     await dispatch_pass(world.ctx)
     async with world.ctx.sessions() as session:
         session_id = await session.scalar(
@@ -145,14 +145,61 @@ async def test_failed_session_report_fails_the_starting_job(ctx: ServiceContext)
             session_id=session_id, account_id=world.account_id, state=state, reason=reason, at=utcnow()
         )
 
-    assert await apply_session_report(ctx, report(SessionState.OPENING))
+    assert await apply_session_report(ctx, report(SessionState.CONNECTING))
     assert await apply_session_report(ctx, report(SessionState.FAILED, "spawn failed: no such user"))
     # A late report never moves a session backwards.
-    assert not await apply_session_report(ctx, report(SessionState.OPEN))
+    assert not await apply_session_report(ctx, report(SessionState.LOGGED_ON))
     ts = await world.get(TerminalSession, session_id)
     assert (ts.state, ts.reason) == (SessionState.FAILED, "spawn failed: no such user")
     job = await world.get(Job, job_id)
     assert job.state == JobState.FAILED and job.error == "session failed: spawn failed: no such user"
+
+
+async def test_a_failed_session_retries_the_job_when_its_policy_allows(ctx: ServiceContext) -> None:
+    world = await new_world(ctx)
+    _, job_id, session_id = await session_job(world, max_retries=1)
+    reason = "not logged on within 30 s: wrong password, or the server did not start the robot"
+    failed = SessionStateReport(
+        session_id=session_id,
+        account_id=world.account_id,
+        state=SessionState.FAILED,
+        reason=reason,
+        at=utcnow(),
+    )
+    assert await apply_session_report(ctx, failed)
+    job = await world.get(Job, job_id)
+    # Attempt 1 of 2 failed with the session: the same job is planned again, its robot released.
+    assert (job.state, job.attempt, job.error) == (JobState.PENDING, 1, None)
+    assert (await world.events(job_id))[-1].reason == f"session failed: {reason}, retrying"
+    assert (await world.get(Robot, job.robot_id)).current_job_id is None
+    # The second attempt opens a new session; when that one fails too, the job fails.
+    await dispatch_pass(ctx)
+    async with ctx.sessions() as session:
+        second = await session.scalar(
+            sa.select(TerminalSession.id).where(
+                TerminalSession.job_id == job_id, TerminalSession.id != session_id
+            )
+        )
+    assert second is not None and (await world.get(Job, job_id)).attempt == 2
+    assert await apply_session_report(ctx, failed.model_copy(update={"session_id": second}))
+    job = await world.get(Job, job_id)
+    assert (job.state, job.error) == (JobState.FAILED, f"session failed: {reason}")
+
+
+async def test_a_server_without_a_coordinator_public_key_fails_the_job_at_once(ctx: ServiceContext) -> None:
+    world = await new_world(ctx)
+    coordinator = await world.robot(role=RobotRole.COORDINATOR)
+    server = await world.terminal_server(coordinator, sealed=False)
+    bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
+    await world.unattended_account(server, bot, "svc_nokey", "s3cret")
+    job_id = await world.job(robot_id=bot)
+    async with listen(ctx, subjects.coordinator_inbox(coordinator)) as inbox:
+        await dispatch_pass(ctx)
+        # Never a password in clear: no OpenSession at all.
+        assert await inbox.quiet(0.3, lambda m: True)
+    job = await world.get(Job, job_id)
+    assert job.state == JobState.FAILED and job.error is not None and "no coordinator public key" in job.error
+    assert (await world.get(Robot, bot)).current_job_id is None
 
 
 async def test_robot_that_does_not_connect_in_time_fails_its_job_and_closes_the_session(
@@ -160,7 +207,7 @@ async def test_robot_that_does_not_connect_in_time_fails_its_job_and_closes_the_
 ) -> None:
     world = await new_world(ctx)
     coordinator, job_id, session_id = await session_job(world)
-    await world.set(TerminalSession, session_id, state=SessionState.OPEN)
+    await world.set(TerminalSession, session_id, state=SessionState.LOGGED_ON)
     await sweep_sessions(ctx)
     assert (await world.get(Job, job_id)).state == JobState.STARTING, "not timed out yet"
     await world.set(TerminalSession, session_id, created_at=ago(ctx.settings.session_connect_timeout_s + 1))

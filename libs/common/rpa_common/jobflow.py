@@ -20,6 +20,7 @@ from rpa_common.models import Job, JobEvent, Robot
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, JobPriority, JobSource, JobState
 from rpa_common.nats.messages import JobCreated, JobStateChanged
+from rpa_common.taskflow import JOB_END_FLAGS, fail_tasks_of_job
 
 S = JobState
 
@@ -103,7 +104,8 @@ async def transition(
     """Move a job to ``to_state`` if it is in one of ``expected`` (default: every allowed source).
 
     Returns the transition, or None when the guard did not match (the job moved on already).
-    Final states also free the robot (``robot.current_job_id``) in the same transaction.
+    Final states also free the robot (``robot.current_job_id``) in the same transaction; Failed,
+    Stopped and Interrupted also fail the job's In Progress tasks per their queues' flags.
     ``locked``: the job's row (``locked_row``'s columns) when the caller holds its lock already.
     ``flush=False`` leaves the history entry to the session's next flush: a caller moving many
     jobs in one transaction gets one multi-row insert instead of one per job.
@@ -150,6 +152,9 @@ async def transition(
             .values(current_job_id=None)
             .execution_options(synchronize_session=False)
         )
+    if to_state in JOB_END_FLAGS:
+        # The job's In Progress tasks fail (and retry) as their queues' flags for this end say.
+        await fail_tasks_of_job(session, job_id, to_state, now=now)
     if flush:
         await session.flush()
     deadlines = [update_values[k] for k in ("stop_at", "interrupt_at") if update_values.get(k) is not None]

@@ -66,11 +66,20 @@ class ServiceContext:
         await self.publisher.publish(subject, payload)
 
 
+CREDENTIAL_SERVICES: frozenset[str] = frozenset({"api", "gateway"})
+"""Services that encrypt or decrypt credential passwords: they prove their master keys at start."""
+
+
 @asynccontextmanager
 async def service_context(settings: Settings, name: ProcessName) -> AsyncIterator[ServiceContext]:
     async with AsyncExitStack() as stack:
         engine = create_engine(settings, name)
         stack.push_async_callback(engine.dispose)
+        if name in CREDENTIAL_SERVICES:
+            # A wrong or missing credentials master key stops the service here, loudly (MasterKeyError).
+            from rpa_common.credentials import check_at_start
+
+            await check_at_start(settings, session_factory(engine))
         nc = await connect(settings.nats_url, f"rpa-{name}")
 
         async def _drain() -> None:

@@ -67,6 +67,18 @@ class Settings(BaseSettings):
             "all decrypt (rotation). Empty in development: derived from RPA_SECRET_KEY."
         ),
     )
+    credentials_master_keys: SecretStr = Field(
+        SecretStr(""),
+        description=(
+            "Comma-separated 'id:base64-32-byte-key' master keys of credential resources; the first "
+            "wraps new data keys, all unwrap (rotation). Empty outside production: one key 'dev' "
+            "derived from RPA_SECRET_KEY; production refuses to start without a key."
+        ),
+    )
+    credentials_master_keys_file: str | None = Field(
+        None,
+        description="A file holding the master keys instead (same list, comma- or line-separated).",
+    )
     access_token_ttl_s: int = Field(900, description="Access token lifetime.")
     refresh_token_ttl_s: int = Field(14 * 24 * 3600, description="Refresh token lifetime.")
     login_max_failures: int = Field(5, description="Failures per user+address before slowing down.")
@@ -105,8 +117,39 @@ class Settings(BaseSettings):
     gateway_batch_delay_ms: float = Field(
         2.0, ge=0, description="How long the gateway waits for more frames when a batch is not full."
     )
+    gateway_writers: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Batches of robot frames the gateway has in flight at once (each its own transaction).",
+    )
     gateway_reconcile_interval_s: float = Field(
         2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
+    )
+    gateway_watch_recheck_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Gateway re-reads the resources its robots watch this often and pushes what changed "
+            "(a lost ResourceChanged message delays a push by this much at most)."
+        ),
+    )
+
+    # Queues and tasks
+    task_lock_s: int = Field(
+        300,
+        ge=1,
+        le=86400,
+        description="How long a robot holds a task it took, unless it asks for another time; robots renew it.",
+    )
+    task_bulk_max: int = Field(
+        1000, ge=1, description="Most tasks one call may add (API or robot); more is refused (413)."
+    )
+    task_csv_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest CSV file of tasks accepted in one upload (413)."
+    )
+    task_csv_max_rows: int = Field(
+        100_000, ge=1, description="Most tasks one CSV upload may add; more is refused (413)."
     )
 
     # Scheduler
@@ -132,7 +175,11 @@ class Settings(BaseSettings):
     coordinator_host: str = Field("127.0.0.1", description="Coordinator bind address.")
     coordinator_port: int = Field(8003, description="Coordinator port.")
     coordinator_key: SecretStr | None = Field(None, description="Key of the coordinator robot.")
-    coordinator_driver: Literal["process"] = Field("process", description="Session driver.")
+    coordinator_driver: Literal["process", "rdp"] = Field(
+        "process",
+        description="Session driver: `rdp` opens real RDP sessions with xfreerdp; `process` starts the "
+        "robot as a local process of the account's OS user (no log-on).",
+    )
     coordinator_max_sessions: int = Field(10, description="Concurrent sessions on this server.")
     session_connect_timeout_s: float = Field(60.0, description="A robot must connect this soon.")
     coordinator_require_key: bool = Field(
@@ -144,6 +191,52 @@ class Settings(BaseSettings):
     )
     coordinator_work_dir: str | None = Field(
         None, description="Where session directories (robot state, cache, output) go; default: the temp dir."
+    )
+    coordinator_seal_key: SecretStr | None = Field(
+        None,
+        description="The coordinator's X25519 private key (URL-safe base64, 32 bytes) for sealed "
+        "session credentials; default: read from (or made in) RPA_COORDINATOR_SEAL_KEY_FILE.",
+    )
+    coordinator_seal_key_file: str | None = Field(
+        None, description="File (mode 0600) holding the private key; default: <work dir>/seal.key."
+    )
+    coordinator_register_key: bool = Field(
+        True, description="At start, register the public key on the terminal servers this coordinator serves."
+    )
+    coordinator_state_file: str | None = Field(
+        None,
+        description="Where the coordinator keeps its sessions' process ids (no secret) to find them "
+        "after a restart; default: <work dir>/sessions-<coordinator robot id>.json.",
+    )
+    coordinator_keep_sessions_on_stop: bool = Field(
+        False,
+        description="On shutdown, leave open sessions running for the next start to adopt (an upgrade "
+        "that must not end running jobs) instead of logging them off.",
+    )
+    coordinator_door: str | None = Field(
+        None,
+        description="Unix socket where robots started in RDP sessions take their key (rdp driver); "
+        "default: /run/rpa-coordinator/robot.sock (as root), else <work dir>/robot.sock.",
+    )
+    coordinator_display: str | None = Field(
+        None, description="X display for the RDP client (rdp driver); default: $DISPLAY."
+    )
+    coordinator_rdp_client: str = Field("xfreerdp", description="FreeRDP client program (rdp driver).")
+    coordinator_robot_shell: str = Field(
+        "rpa-robot run --unattended --exit-after-job",
+        description="The robot's command in an RDP session when the terminal server names none "
+        "(`--door <socket>` is appended; never a secret).",
+    )
+    session_logon_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An RDP session whose robot has not taken its key this soon fails (wrong password, "
+        "or the server did not start the robot).",
+    )
+    session_logoff_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="After its job ended, a session whose robot did not log off by itself is logged off.",
     )
 
     @model_validator(mode="after")

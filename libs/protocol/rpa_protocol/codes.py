@@ -56,9 +56,54 @@ CAPABILITY_LOGS = "logs"
 """The connection sends ``log`` frames."""
 CAPABILITY_JOB_REQUEST = "job.request"
 """The connection sends ``job.request`` frames."""
-KNOWN_CAPABILITIES = (CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST)
+CAPABILITY_TASKS = "tasks"
+"""The connection sends ``task.*`` frames (add, take, renew, progress, finish); main connections only."""
+CAPABILITY_RESOURCES = "resources"
+"""The connection sends ``resource.get``, ``resource.set`` and ``credential.get``; main connections only."""
+KNOWN_CAPABILITIES = (
+    CAPABILITY_JOBS,
+    CAPABILITY_LOGS,
+    CAPABILITY_JOB_REQUEST,
+    CAPABILITY_TASKS,
+    CAPABILITY_RESOURCES,
+)
 
 MAX_LOG_ENTRIES = 1000
 MAX_MESSAGE_BYTES = 64 * 1024
 """A log line's ``message``, counted in UTF-8 bytes."""
 MAX_ERROR_CHARS = 10_000
+
+# Tasks and resources (docs/robot-protocol.md sections 2.12 to 2.14).
+MAX_TASKS_PER_ADD = 1000
+"""Tasks in one ``task.add`` frame (the orchestrator's ``RPA_TASK_BULK_MAX`` may allow fewer)."""
+MAX_QUEUE_NAME_CHARS = 100
+MAX_TASK_NAME_CHARS = 255
+MAX_DESCRIPTION_CHARS = 1000
+MAX_TAGS = 50
+MAX_TAG_CHARS = 100
+MAX_NOTE_CHARS = 1000
+"""A ``task.progress`` note."""
+MIN_LOCK_S = 5
+MAX_LOCK_S = 86_400
+"""Bounds of ``lock_s`` in ``task.take`` / ``task.renew`` (absent: the orchestrator's ``RPA_TASK_LOCK_S``)."""
+MAX_RESOURCE_NAME_CHARS = 100
+MAX_WATCHES = 100
+"""Resource names one connection may watch (``resource.get`` with ``watch``)."""
+MAX_TEXT_VALUE_BYTES = 65_535
+"""A Text resource value set by a robot, counted in UTF-8 bytes (what a MariaDB ``TEXT`` holds)."""
+
+# ``error.code`` in a reply frame (``task.added``, ``task.taken``, ``resource.value``...): the
+# request was well-formed but refused; nothing was changed.
+REPLY_ERROR_CODES = (
+    "queue_not_found",
+    "task_not_found",
+    "duplicate_name",
+    "too_many",
+    "invalid",
+    "stale_token",
+    "not_in_progress",
+    "resource_not_found",
+    "wrong_kind",
+    "not_allowed",
+    "unreadable",
+)

@@ -22,7 +22,22 @@ from pydantic import (
     StrictInt,
 )
 
-from rpa_protocol.codes import MAX_ERROR_CHARS, MAX_LOG_ENTRIES, MAX_MESSAGE_BYTES
+from rpa_protocol.codes import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_ERROR_CHARS,
+    MAX_LOCK_S,
+    MAX_LOG_ENTRIES,
+    MAX_MESSAGE_BYTES,
+    MAX_NOTE_CHARS,
+    MAX_QUEUE_NAME_CHARS,
+    MAX_RESOURCE_NAME_CHARS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TASK_NAME_CHARS,
+    MAX_TASKS_PER_ADD,
+    MAX_TEXT_VALUE_BYTES,
+    MIN_LOCK_S,
+)
 
 _NO_NUL = "^[^\\u0000]*$"
 
@@ -59,6 +74,12 @@ def _check_message(value: str) -> str:
     return value
 
 
+def _check_value(value: str) -> str:
+    if len(value) > MAX_TEXT_VALUE_BYTES // 4 and len(value.encode("utf-8")) > MAX_TEXT_VALUE_BYTES:
+        raise ValueError(f"must be at most {MAX_TEXT_VALUE_BYTES} bytes in UTF-8")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_check_text), Field(json_schema_extra={"pattern": _NO_NUL})]
 """A string without NUL characters, valid UTF-8."""
 JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
@@ -66,6 +87,19 @@ JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
 
 LogLevelName = Literal["Debug", "Info", "Warning", "Error", "Critical"]
 JobReport = Literal["running", "progress", "successful", "failed", "stopped", "interrupted"]
+TaskPriorityName = Literal["low", "normal", "high"]
+TaskOutcome = Literal["successful", "failed_application", "failed_business"]
+ResourceKindName = Literal["text", "credentials", "calendar"]
+QueueName = Annotated[Text, Field(min_length=1, max_length=MAX_QUEUE_NAME_CHARS)]
+ResourceName = Annotated[Text, Field(min_length=1, max_length=MAX_RESOURCE_NAME_CHARS)]
+LockSeconds = Annotated[
+    StrictInt,
+    Field(
+        ge=MIN_LOCK_S,
+        le=MAX_LOCK_S,
+        description="how long the lock lasts from now; absent: the orchestrator's default (RPA_TASK_LOCK_S)",
+    ),
+]
 OfferedState = Literal["Starting", "Running", "Stopping", "Interrupting"]
 
 
@@ -143,9 +177,137 @@ class JobRequest(_RobotFrame):
     input_args: JsonObject = Field(default_factory=dict)
 
 
-RobotFrame = Annotated[Hello | Heartbeat | JobStatus | LogBatch | JobRequest, Field(discriminator="type")]
-ReliableFrame = JobStatus | LogBatch | JobRequest
+# Tasks and resources (robot -> gateway). All carry ``request_id`` and are answered by a reply
+# frame with the same ``request_id`` and ``seq``. Reliable ones (journaled, acknowledged, applied
+# once under the ``inbound_seq`` guard): task.add, task.progress, task.finish, resource.set.
+# Requests (numbered from the same counter, not journaled, not acknowledged, not compared with
+# ``inbound_seq``): task.take, task.renew, resource.get, credential.get.
+
+
+class TaskItem(_RobotFrame):
+    """One task of a ``task.add``."""
+
+    name: Text = Field(min_length=1, max_length=MAX_TASK_NAME_CHARS)
+    parameters: JsonObject = Field(default_factory=dict)
+    priority: TaskPriorityName = "normal"
+    tags: list[Annotated[Text, Field(min_length=1, max_length=MAX_TAG_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
+    deadline: AwareDatetime | None = None
+    delay_until: AwareDatetime | None = Field(None, description="Postponed until then")
+    description: Text = Field("", max_length=MAX_DESCRIPTION_CHARS)
+
+
+class TaskAdd(_RobotFrame):
+    """Add tasks to a queue (reliable: journaled, acked); answered by ``task.added``."""
+
+    type: Literal["task.add"] = "task.add"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    queue: QueueName
+    tasks: list[TaskItem] = Field(min_length=1, max_length=MAX_TASKS_PER_ADD)
+    job_id: uuid.UUID | None = Field(None, description="the job of the script that adds them, if any")
+
+
+class TaskTake(_RobotFrame):
+    """Take the next task of a queue (a request); answered by ``task.taken``."""
+
+    type: Literal["task.take"] = "task.take"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    queue: QueueName
+    job_id: uuid.UUID | None = Field(None, description="the job of the script that takes it, if any")
+    lock_s: LockSeconds | None = None
+
+
+class TaskRenew(_RobotFrame):
+    """Extend the lock of a task this robot holds (a request); answered by ``task.renewed``."""
+
+    type: Literal["task.renew"] = "task.renew"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    task_id: uuid.UUID
+    lock_token: StrictInt = Field(ge=1, description="the fencing token from task.taken")
+    lock_s: LockSeconds | None = None
+
+
+class TaskProgress(_RobotFrame):
+    """A progress note on a task this robot holds (reliable); answered by ``task.progressed``."""
+
+    type: Literal["task.progress"] = "task.progress"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    task_id: uuid.UUID
+    lock_token: StrictInt = Field(ge=1)
+    note: Text = Field(min_length=1, max_length=MAX_NOTE_CHARS)
+
+
+class TaskFinish(_RobotFrame):
+    """Finish a task this robot holds (reliable: journaled, acked); answered by ``task.finished``."""
+
+    type: Literal["task.finish"] = "task.finish"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    task_id: uuid.UUID
+    lock_token: StrictInt = Field(ge=1)
+    outcome: TaskOutcome
+    reason: Annotated[Text, Field(max_length=MAX_ERROR_CHARS)] | None = None
+    output: JsonObject | None = None
+
+
+class ResourceGet(_RobotFrame):
+    """Read a resource as this robot sees it (robot > group > all); answered by ``resource.value``."""
+
+    type: Literal["resource.get"] = "resource.get"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    name: ResourceName
+    watch: StrictBool = Field(False, description="push resource.changed on this connection when it changes")
+
+
+class ResourceSet(_RobotFrame):
+    """Set a Text resource's value in this robot's scope (reliable); answered by ``resource.value``."""
+
+    type: Literal["resource.set"] = "resource.set"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    name: ResourceName
+    value: Annotated[
+        Text,
+        AfterValidator(_check_value),
+        Field(description=f"at most {MAX_TEXT_VALUE_BYTES} bytes in UTF-8"),
+    ]
+
+
+class CredentialGet(_RobotFrame):
+    """Read a Credentials resource with its password (audited); answered by ``credential.value``."""
+
+    type: Literal["credential.get"] = "credential.get"
+    seq: StrictInt = Field(ge=1)
+    request_id: uuid.UUID
+    name: ResourceName
+
+
+RobotFrame = Annotated[
+    Hello
+    | Heartbeat
+    | JobStatus
+    | LogBatch
+    | JobRequest
+    | TaskAdd
+    | TaskTake
+    | TaskRenew
+    | TaskProgress
+    | TaskFinish
+    | ResourceGet
+    | ResourceSet
+    | CredentialGet,
+    Field(discriminator="type"),
+]
+ReliableFrame = JobStatus | LogBatch | JobRequest | TaskAdd | TaskProgress | TaskFinish | ResourceSet
 """Robot frames numbered from 1, journaled by the robot, applied once and acknowledged."""
+RequestFrame = TaskTake | TaskRenew | ResourceGet | CredentialGet
+"""Robot frames answered by a reply but neither journaled nor acknowledged (docs 2.12)."""
 
 
 # Gateway -> robot ---------------------------------------------------------------------------------
@@ -239,12 +401,160 @@ class JobRequested(_GatewayFrame):
     error: str | None = None
 
 
+class ReplyError(_GatewayFrame):
+    """Why a well-formed request was refused; nothing was changed."""
+
+    code: str = Field(
+        description=(
+            "queue_not_found, task_not_found, duplicate_name, too_many, invalid, stale_token, "
+            "not_in_progress, resource_not_found, wrong_kind, not_allowed (no value for this robot's "
+            "scope), unreadable (a stored password does not decrypt: an administrator's problem)"
+        )
+    )
+    detail: str
+    field: str | None = Field(None, description="the offending field of the request, dotted (tasks.3.name)")
+
+
+class _Reply(_GatewayFrame):
+    seq: StrictInt = Field(ge=1, description="the request's seq")
+    request_id: uuid.UUID
+    error: ReplyError | None = None
+    duplicate: bool = Field(
+        False,
+        description=(
+            "a reliable frame applied before (a replay after a lost ack): its effect was kept, its "
+            "first answer is not repeated"
+        ),
+    )
+
+
+class TaskAdded(_Reply):
+    type: Literal["task.added"] = "task.added"
+    task_ids: list[uuid.UUID] = Field(default_factory=list, description="in the order of the request's tasks")
+
+
+class TakenTask(_GatewayFrame):
+    id: uuid.UUID
+    queue: str
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    priority: TaskPriorityName
+    tags: list[str] = Field(default_factory=list)
+    deadline: AwareDatetime | None = None
+    retry_number: StrictInt = 0
+    lock_token: StrictInt = Field(ge=1, description="the fencing token: renew, progress and finish send it")
+    lock_expires_at: AwareDatetime
+
+
+class TaskTaken(_Reply):
+    type: Literal["task.taken"] = "task.taken"
+    task: TakenTask | None = Field(None, description="null: no task is waiting (or an error)")
+
+
+class TaskRenewed(_Reply):
+    type: Literal["task.renewed"] = "task.renewed"
+    lock_expires_at: AwareDatetime | None = None
+
+
+class TaskProgressed(_Reply):
+    type: Literal["task.progressed"] = "task.progressed"
+
+
+class TaskFinished(_Reply):
+    type: Literal["task.finished"] = "task.finished"
+    retry_task_id: uuid.UUID | None = Field(None, description="the retry the queue's settings created")
+
+
+class _ResourceFields(_GatewayFrame):
+    name: str
+    kind: ResourceKindName | None = Field(None, description="null with an error")
+    text: str | None = Field(None, description="Text resources")
+    login: str | None = Field(None, description="Credentials resources (never the password here)")
+    expires_at: AwareDatetime | None = None
+    expired: bool = False
+    calendar: dict[str, Any] | None = Field(
+        None,
+        description='Calendar resources: {"time_zone", "weekend_days", "days": [{"day", "working", "note"}]}',
+    )
+
+
+class ResourceValue(_ResourceFields, _Reply):
+    """The answer to ``resource.get`` and ``resource.set``."""
+
+    type: Literal["resource.value"] = "resource.value"
+
+
+class CredentialValue(_Reply):
+    """The answer to ``credential.get``: the only frame that carries a password."""
+
+    type: Literal["credential.value"] = "credential.value"
+    name: str
+    login: str | None = None
+    password: str | None = Field(None, repr=False, description="never logged, never stored by the robot")
+    expires_at: AwareDatetime | None = None
+    expired: bool = False
+
+
+class ResourceChanged(_ResourceFields):
+    """Push: a watched resource changed (or is no longer visible to this robot: ``error``)."""
+
+    type: Literal["resource.changed"] = "resource.changed"
+    seq: StrictInt = 0
+    error: ReplyError | None = None
+
+
 GatewayFrame = Annotated[
-    Welcome | Ack | Error | JobStart | JobStop | JobInterrupt | JobRequested, Field(discriminator="type")
+    Welcome
+    | Ack
+    | Error
+    | JobStart
+    | JobStop
+    | JobInterrupt
+    | JobRequested
+    | TaskAdded
+    | TaskTaken
+    | TaskRenewed
+    | TaskProgressed
+    | TaskFinished
+    | ResourceValue
+    | CredentialValue
+    | ResourceChanged,
+    Field(discriminator="type"),
 ]
 
-ROBOT_FRAME_TYPES = ("hello", "heartbeat", "job.status", "log", "job.request")
-GATEWAY_FRAME_TYPES = ("welcome", "ack", "error", "job.start", "job.stop", "job.interrupt", "job.requested")
+ROBOT_FRAME_TYPES = (
+    "hello",
+    "heartbeat",
+    "job.status",
+    "log",
+    "job.request",
+    "task.add",
+    "task.take",
+    "task.renew",
+    "task.progress",
+    "task.finish",
+    "resource.get",
+    "resource.set",
+    "credential.get",
+)
+GATEWAY_FRAME_TYPES = (
+    "welcome",
+    "ack",
+    "error",
+    "job.start",
+    "job.stop",
+    "job.interrupt",
+    "job.requested",
+    "task.added",
+    "task.taken",
+    "task.renewed",
+    "task.progressed",
+    "task.finished",
+    "resource.value",
+    "credential.value",
+    "resource.changed",
+)
 
 
 def command_id(job_id: uuid.UUID, attempt: int, kind: str) -> uuid.UUID:

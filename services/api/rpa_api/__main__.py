@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from rpa_common.credentials import preflight
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.logging import configure_logging
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     if args.command == "serve":
         configure_logging(settings.log_level, settings.log_json)
+        # A wrong or missing credentials master key stops here (exit 2, the reason on stderr).
+        preflight(settings)
         # One worker process per core: a Python process uses one core, and the API's work per
         # request is CPU (the database does the rest). RPA_API_WORKERS overrides.
         workers = settings.api_workers or cpu_cores()

@@ -12,11 +12,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
 from rpa_api.auth.router import router as auth_router
+from rpa_api.calendars.router import router as calendars_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
 from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
+from rpa_api.queues.router import router as queues_router
+from rpa_api.queues.router import tasks_router
+from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
@@ -39,8 +43,10 @@ API_PREFIX = "/api/v1"
 
 # Endpoints that take a form or a multipart upload instead of JSON.
 _FORM_PATHS = re.compile(
-    r"^/api/v1/(auth/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish)$"
+    r"^/api/v1/(auth/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish"
+    r"|queues/[^/]+/tasks/csv)$"
 )
+_CSV_PATHS = re.compile(r"^/api/v1/queues/[^/]+/tasks/csv$")
 _UPLOAD_PATHS = re.compile(r"^/api/v1/processes(/[^/]+)?/(versions|publish)$|^/api/v1/processes/publish$")
 
 
@@ -110,6 +116,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     def limit_for(path: str, content_type: str) -> int:
         if _UPLOAD_PATHS.match(path):
             return settings.max_package_bytes + 64 * 1024  # room for the multipart envelope
+        if _CSV_PATHS.match(path):
+            return settings.task_csv_max_bytes + 64 * 1024
         return settings.max_json_bytes
 
     app.add_middleware(RequireJSON)
@@ -132,6 +140,10 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (terminal_servers_router, "terminal servers"),
         (processes_router, "processes"),
         (jobs_router, "jobs"),
+        (queues_router, "queues"),
+        (tasks_router, "tasks"),
+        (resources_router, "resources"),
+        (calendars_router, "calendars"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from rpa_common.credentials import preflight
 from rpa_common.logging import configure_logging
 from rpa_common.service import run_service
 from rpa_common.settings import get_settings
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
         from rpa_gateway.app import create_app
 
         configure_logging(settings.log_level, settings.log_json)
+        # The gateway decrypts credentials for robots: a wrong or missing master key stops it here.
+        preflight(settings)
         run_service(
             create_app(settings),
             settings.gateway_host,

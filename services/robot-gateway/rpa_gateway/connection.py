@@ -13,8 +13,9 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from rpa_common.nats.messages import JobOffer
 from rpa_gateway import store
+from rpa_gateway.tasks import Watched
 from rpa_protocol import BadFrame, Error, JobInterrupt, JobStart, JobStop, command_id, encode
-from rpa_protocol.codes import BAD_FRAME_LIMIT, BAD_FRAME_WINDOW_S
+from rpa_protocol.codes import BAD_FRAME_LIMIT, BAD_FRAME_WINDOW_S, MAX_WATCHES
 
 
 class Connection:
@@ -33,6 +34,7 @@ class Connection:
         "logged_off",
         "robot",
         "single_job",
+        "watches",
         "ws",
     )
 
@@ -56,6 +58,9 @@ class Connection:
         # so no other job is dispatched to it while it is leaving.
         self.single_job = False
         self.logged_off = False
+        # Resources this connection watches (``resource.get`` with ``watch``), by folded name; None
+        # until the first one, so that the thousands of connections that watch nothing stay small.
+        self.watches: dict[str, Watched] | None = None
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame: BaseModel) -> bool:
@@ -86,6 +91,14 @@ class Connection:
         while self.bad and self.bad[0] < now - BAD_FRAME_WINDOW_S:
             self.bad.popleft()
         return len(self.bad) > BAD_FRAME_LIMIT
+
+    def may_watch(self, name: str) -> bool:
+        return self.watches is None or len(self.watches) < MAX_WATCHES or name.casefold() in self.watches
+
+    def watch(self, watched: Watched) -> None:
+        if self.watches is None:
+            self.watches = {}
+        self.watches[watched.name.casefold()] = watched
 
     def next_ack(self, seq: int) -> int:
         self.acked = max(self.acked, seq)

@@ -21,9 +21,9 @@ from rpa_common.nats import subjects
 from rpa_common.nats.messages import GatewayCommand
 from rpa_gateway import store
 from rpa_gateway.connection import Connection
-from rpa_gateway.writer import Applied, Reliable, Source, WriterUnavailable
+from rpa_gateway.tasks import refused
+from rpa_gateway.writer import Applied, Batched, Request, Source, WriterUnavailable
 from rpa_protocol import (
-    KNOWN_CAPABILITIES,
     PROTOCOL_VERSION,
     SUPPORTED_PROTOCOLS,
     Ack,
@@ -34,7 +34,11 @@ from rpa_protocol import (
     JobRequested,
     JobStatus,
     LogBatch,
+    ReplyError,
+    ResourceGet,
     Resume,
+    TaskAdd,
+    TaskTake,
     Welcome,
     parse_robot_frame,
 )
@@ -42,6 +46,8 @@ from rpa_protocol.codes import (
     CAPABILITY_JOB_REQUEST,
     CAPABILITY_JOBS,
     CAPABILITY_LOGS,
+    CAPABILITY_RESOURCES,
+    CAPABILITY_TASKS,
     CLOSE_FORBIDDEN,
     CLOSE_NORMAL,
     CLOSE_POLICY,
@@ -54,6 +60,7 @@ from rpa_protocol.codes import (
     ERROR_REJECTED,
     ERROR_UNSUPPORTED_PROTOCOL,
     HELLO_TIMEOUT_S,
+    MAX_WATCHES,
 )
 
 if TYPE_CHECKING:
@@ -62,7 +69,25 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 # The capability each reliable frame needs on its connection.
-_NEEDS = {"job.status": CAPABILITY_JOBS, "log": CAPABILITY_LOGS, "job.request": CAPABILITY_JOB_REQUEST}
+_NEEDS = {
+    "job.status": CAPABILITY_JOBS,
+    "log": CAPABILITY_LOGS,
+    "job.request": CAPABILITY_JOB_REQUEST,
+    "task.add": CAPABILITY_TASKS,
+    "task.take": CAPABILITY_TASKS,
+    "task.renew": CAPABILITY_TASKS,
+    "task.progress": CAPABILITY_TASKS,
+    "task.finish": CAPABILITY_TASKS,
+    "resource.get": CAPABILITY_RESOURCES,
+    "resource.set": CAPABILITY_RESOURCES,
+    "credential.get": CAPABILITY_RESOURCES,
+}
+# The capabilities this gateway grants (a robot learns from ``welcome`` what is missing).
+_GRANTED = frozenset(
+    {CAPABILITY_JOBS, CAPABILITY_LOGS, CAPABILITY_JOB_REQUEST, CAPABILITY_TASKS, CAPABILITY_RESOURCES}
+)
+# Tasks and resources are the business of a robot's main connection (its journal, its jobs).
+_MAIN_ONLY = frozenset({CAPABILITY_TASKS, CAPABILITY_RESOURCES})
 
 
 class ConnectionHandler:
@@ -76,9 +101,10 @@ class ConnectionHandler:
         hello = await self._receive_hello(conn)
         if hello is None:
             return
-        conn.capabilities = frozenset(c for c in hello.capabilities if c in KNOWN_CAPABILITIES)
+        conn.capabilities = frozenset(c for c in hello.capabilities if c in _GRANTED)
         if CAPABILITY_JOBS not in conn.capabilities:
             conn.control = True
+            conn.capabilities -= _MAIN_ONLY
             await conn.send(self._welcome(conn, resume=None))
             await self._receive_loop(conn)
             return
@@ -239,9 +265,25 @@ class ConnectionHandler:
                 if not conn.control and not conn.logged_off:
                     self.hub.heartbeats.heard(conn.robot.id)
                 continue
+            if isinstance(frame, TaskAdd | TaskTake) and frame.job_id not in (None, *conn.active_jobs):
+                if isinstance(frame, TaskTake):
+                    await self._refuse(conn, frame, "invalid", "not a job this robot runs now", "job_id")
+                    continue
+                # A journaled add may be replayed after its job ended: its tasks are kept, unlinked
+                # (as log lines of a job that is not the robot's are).
+                frame = frame.model_copy(update={"job_id": None})
+            if isinstance(frame, ResourceGet) and frame.watch and not conn.may_watch(frame.name):
+                await self._refuse(
+                    conn, frame, "too_many", f"a connection watches at most {MAX_WATCHES} resources", "watch"
+                )
+                continue
             await self._apply(conn, frame)
 
-    async def _apply(self, conn: Connection, frame: Reliable) -> None:
+    async def _refuse(self, conn: Connection, frame: Request, code: str, detail: str, field: str) -> None:
+        """A request refused before the database: its reply's ``error``."""
+        await conn.send(refused(frame, ReplyError(code=code, detail=detail, field=field)))
+
+    async def _apply(self, conn: Connection, frame: Batched) -> None:
         source = Source(conn.robot, conn.connection_id, conn.control, conn.single_job)
         try:
             applied = await self.hub.writer.apply(source, frame)
@@ -255,8 +297,18 @@ class ConnectionHandler:
             return
         await self._after_commit(conn, frame, applied)
 
-    async def _after_commit(self, conn: Connection, frame: Reliable, applied: Applied) -> None:
+    async def _after_commit(self, conn: Connection, frame: Batched, applied: Applied) -> None:
         publish = self.hub.publish
+        if applied.reply is not None:
+            # The reply before the ack: a connection lost between the two leaves the frame
+            # journaled, and its replay is answered (``duplicate``); the other way round the robot
+            # would forget the frame without ever hearing its answer.
+            if applied.watch is not None:
+                conn.watch(applied.watch)
+            await conn.send(applied.reply)
+            if not isinstance(frame, Request):
+                await conn.send(Ack(seq=conn.next_ack(frame.seq)))
+            return
         for t in applied.transitions:
             if t.to_state.is_final or t.to_state == JobState.PENDING:
                 conn.active_jobs.pop(t.job_id, None)

@@ -5,6 +5,7 @@
 - ``heartbeats``: batched heartbeat writes, lease renewal of confirmed jobs, stale sockets closed;
 - ``reconcile``: the database's jobs for this replica's robots against what their connections hold;
 - ``commands``: NATS commands for the robots held here;
+- ``watches``: ``resource.changed`` pushes for the resources robots watch (NATS hint + periodic check).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rpa_gateway.connection import Connection
 from rpa_gateway.connections import ConnectionHandler
 from rpa_gateway.heartbeats import Heartbeats
 from rpa_gateway.reconcile import Reconciler
+from rpa_gateway.watches import Watches
 from rpa_gateway.writer import FrameWriter
 from rpa_protocol.codes import CLOSE_RESTART
 
@@ -44,11 +46,13 @@ class Hub:
         self.heartbeats = Heartbeats(ctx, self.gateway_id, self.connections.get)
         self.reconciler = Reconciler(ctx, self.gateway_id, self.connections, self.refresh_status)
         self.commands = Commands(self)
+        self.watches = Watches(self)
         self.handler = ConnectionHandler(self)
 
     async def start(self) -> None:
         self.writer.start()
         await self.commands.start()
+        await self.watches.start()
         self.heartbeats.start()
         self.reconciler.start()
         log.info("gateway.started", gateway_id=self.gateway_id)
@@ -71,6 +75,7 @@ class Hub:
 
     async def stop(self) -> None:
         await self.commands.stop()
+        await self.watches.stop()
         await self.reconciler.stop()
         for conn in list(self.connections.values()):
             await conn.close(CLOSE_RESTART, "gateway restarting")

@@ -1,11 +1,20 @@
 """Group commit: reliable robot frames from every connection of this process, applied in batches.
 
 A connection hands its frame to ``FrameWriter.apply`` and waits; it has at most one frame in flight,
-so its frames stay in order. The writer takes what is waiting (up to ``gateway_batch_max``; when the
-batch is not full it waits ``gateway_batch_delay_ms`` for more), applies each frame under its own
+so its frames stay in order. Each of ``gateway_writers`` loops takes what is waiting (up to
+``gateway_batch_max``; when the batch is not full it waits ``gateway_batch_delay_ms`` for more), applies each frame under its own
 ``inbound_seq`` guard in ONE transaction, commits, and only then wakes the connections, which
 acknowledge. Row locks are taken as every writer of the project takes them: the batch's jobs
 first, in id order, then robots in id order.
+
+Task and resource frames (``rpa_gateway.tasks``) share the batch: reliable ones (``task.add``,
+``task.progress``, ``task.finish``, ``resource.set``) under the same ``inbound_seq`` guard, requests
+(``task.take``, ``task.renew``, ``resource.get``, ``credential.get``) without it, since they are
+never replayed. Each is answered by a reply frame built in the transaction and sent after the
+commit.
+
+What the robot caused (a stale token, an unknown queue: ``tasks.DomainError``) is answered in the
+frame's reply and changes nothing; the libs refuse before they write, so the batch goes on.
 
 A batch that fails on a transient error (deadlock, lost connection) is re-run whole, by
 ``run_in_transaction``. A batch that fails for any other reason holds a frame that is bad in
@@ -19,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +40,30 @@ from rpa_common.jobflow import Transition
 from rpa_common.models.enums import RobotStatus
 from rpa_common.nats.messages import JobCreated
 from rpa_common.service import ServiceContext
-from rpa_gateway import store
-from rpa_protocol import JobRequest, JobStatus, LogBatch
+from rpa_gateway import hotpath, store, tasks
+from rpa_protocol import (
+    CredentialGet,
+    JobRequest,
+    JobStatus,
+    LogBatch,
+    ResourceGet,
+    ResourceSet,
+    TaskAdd,
+    TaskFinish,
+    TaskFinished,
+    TaskProgress,
+    TaskRenew,
+    TaskTake,
+)
 
 log = structlog.get_logger(__name__)
 
-Reliable = JobStatus | LogBatch | JobRequest
+Reliable = JobStatus | LogBatch | JobRequest | TaskAdd | TaskProgress | TaskFinish | ResourceSet
+Request = TaskTake | TaskRenew | ResourceGet | CredentialGet
+Batched = Reliable | Request
+_TASK_FRAMES = (TaskAdd, TaskTake, TaskRenew, TaskProgress, TaskFinish)
+_RESOURCE_FRAMES = (ResourceGet, ResourceSet, CredentialGet)
+_REQUESTS = (TaskTake, TaskRenew, ResourceGet, CredentialGet)
 
 
 @dataclass(frozen=True)
@@ -58,12 +86,14 @@ class Applied:
     request_error: str | None = None  # job.request: why no job was made
     created: JobCreated | None = None
     rejected: str | None = None  # the frame itself could not be applied: an ``error`` frame, no ack
+    reply: tasks.Reply | None = None  # task/resource frames: sent after the commit (and the ack)
+    watch: tasks.Watched | None = None  # resource.get with watch: remembered on the connection
 
 
 @dataclass
 class _Pending:
     source: Source
-    frame: Reliable
+    frame: Batched
     future: asyncio.Future[Applied]
 
 
@@ -75,24 +105,32 @@ class FrameWriter:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.frames = 0
+        self.queue_names = tasks.QueueNames()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="gateway-writer")
+        # Several batches in flight: while one waits for the database, the next one gathers and
+        # runs. A connection still has one frame in flight, so its frames stay in order; two
+        # batches never hold frames of the same connection.
+        self._tasks = [
+            asyncio.create_task(self._loop(), name=f"gateway-writer-{n}")
+            for n in range(self.ctx.settings.gateway_writers)
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(WriterUnavailable("gateway stopping"))
 
-    async def apply(self, source: Source, frame: Reliable) -> Applied:
+    async def apply(self, source: Source, frame: Batched) -> Applied:
         """Apply one frame (with whatever else is waiting); returns after the commit.
 
         Raises ``WriterUnavailable`` when the frame could not be stored."""
@@ -147,16 +185,20 @@ class FrameWriter:
         locked = await store.lock_jobs(
             session, list({p.frame.job_id for p in batch if isinstance(p.frame, JobStatus)})
         )
+        cache = tasks.BatchCache()
         results: list[Applied | None] = [None] * len(batch)
         # Robots in id order (a stable sort: two frames of one robot keep their order).
-        for i in sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id):
+        order = sorted(range(len(batch)), key=lambda n: batch[n].source.robot.id)
+        if not isolate:
+            await self._work_together(session, batch, order, locked, cache, results)
+            return [r if r is not None else Applied() for r in results]
+        for i in order:
             pending = batch[i]
-            if not isolate:
-                results[i] = await self._apply_one(session, pending.source, pending.frame, locked)
-                continue
             try:
                 async with session.begin_nested():
-                    results[i] = await self._apply_one(session, pending.source, pending.frame, locked)
+                    results[i] = await self._apply_one(
+                        session, pending.source, pending.frame, locked, cache, None
+                    )
             except Exception as exc:
                 if is_retryable(exc):
                     raise
@@ -167,16 +209,127 @@ class FrameWriter:
                     type=pending.frame.type,
                 )
                 results[i] = Applied(rejected=f"the gateway could not apply this frame: {type(exc).__name__}")
+                # A queue read under the savepoint just rolled back may not be there any more.
+                cache = tasks.BatchCache()
         return [r if r is not None else Applied() for r in results]
 
+    async def _work_together(
+        self,
+        session: AsyncSession,
+        batch: list[_Pending],
+        order: list[int],
+        locked: dict[uuid.UUID, Any],
+        cache: tasks.BatchCache,
+        results: list[Applied | None],
+    ) -> None:
+        """The batch without savepoints: the guards of all reliable frames in two statements, the
+        hot path (takes, Successful finishes) a few statements for all (``hotpath``), the rest one
+        frame at a time, the history in one insert."""
+        claims = [
+            (batch[i].source.robot.id, batch[i].frame.seq)
+            for i in order
+            if not isinstance(batch[i].frame, _REQUESTS) and not batch[i].source.control
+        ]
+        fresh = await hotpath.claim_seqs(session, claims)
+        events = hotpath.Events()
+        per_robot = Counter(p.source.robot.id for p in batch)
+        takes: dict[tuple[uuid.UUID, str], list[int]] = {}
+        finishes: list[int] = []
+        for i in order:
+            pending = batch[i]
+            robot = pending.source.robot
+            if per_robot[robot.id] != 1:
+                continue  # a robot with two frames here (a replaced connection): one by one, in order
+            frame = pending.frame
+            if isinstance(frame, TaskTake):
+                takes.setdefault((robot.account_id, frame.queue), []).append(i)
+            elif (
+                isinstance(frame, TaskFinish)
+                and frame.outcome == "successful"
+                and (robot.id, frame.seq) in fresh
+            ):
+                finishes.append(i)
+        done: set[int] = set()
+        for (account_id, name), idxs in takes.items():
+            try:
+                queue = await self.queue_names.get(session, cache, account_id, name)
+            except tasks.DomainError as exc:
+                for i in idxs:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.refused(frame, tasks.reply_error(exc, frame)))
+                    done.add(i)
+                continue
+            wanted = []
+            for i in idxs:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskTake)
+                wanted.append(hotpath.Take(batch[i].source.robot.id, frame.job_id, frame.lock_s))
+            for i, taken in zip(idxs, await hotpath.take_many(session, queue, wanted, events), strict=True):
+                if taken is not None:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskTake)
+                    results[i] = Applied(reply=tasks.taken_reply(frame, queue, taken))
+                    done.add(i)
+        if finishes:
+            wanted_f = []
+            for i in finishes:
+                frame = batch[i].frame
+                assert isinstance(frame, TaskFinish)
+                robot = batch[i].source.robot
+                wanted_f.append(
+                    hotpath.Finish(
+                        robot.account_id,
+                        robot.id,
+                        frame.task_id,
+                        frame.lock_token,
+                        frame.reason,
+                        frame.output,
+                    )
+                )
+            for i, good in zip(finishes, await hotpath.finish_many(session, wanted_f, events), strict=True):
+                if good:
+                    frame = batch[i].frame
+                    assert isinstance(frame, TaskFinish)
+                    results[i] = Applied(reply=TaskFinished(seq=frame.seq, request_id=frame.request_id))
+                    done.add(i)
+        for i in order:
+            if i not in done:
+                pending = batch[i]
+                results[i] = await self._apply_one(
+                    session, pending.source, pending.frame, locked, cache, fresh
+                )
+        await events.flush(session)
+
     async def _apply_one(
-        self, session: AsyncSession, source: Source, frame: Reliable, locked: dict[uuid.UUID, Any]
+        self,
+        session: AsyncSession,
+        source: Source,
+        frame: Batched,
+        locked: dict[uuid.UUID, Any],
+        cache: tasks.BatchCache,
+        claimed: set[tuple[uuid.UUID, int]] | None,
     ) -> Applied:
         """One frame, once: ``seq`` above ``inbound_seq``, else a replay that changes nothing.
 
+        ``claimed``: the frames of the batch whose guard ``hotpath.claim_seqs`` passed already; None
+        in an isolated run, where each frame claims its own, under its savepoint.
+
         Control connections have no sequence of their own: their requests are deduplicated by
-        ``request_id`` alone."""
+        ``request_id`` alone. Requests (``task.take``...) are never replayed: no guard."""
         robot = source.robot
+        isolate = claimed is None
+
+        async def is_fresh() -> bool:
+            if claimed is None:
+                return await store.claim_seq(session, robot.id, frame.seq)
+            return (robot.id, frame.seq) in claimed
+
+        if isinstance(frame, _TASK_FRAMES + _RESOURCE_FRAMES):
+            fresh = True if isinstance(frame, _REQUESTS) else await is_fresh()
+            if not fresh:
+                return Applied(reply=tasks.duplicate(frame))
+            return await self._apply_shared(session, robot, frame, cache, isolate)
         job: Any = None
         if isinstance(frame, JobStatus):
             job = (
@@ -184,7 +337,7 @@ class FrameWriter:
                 if frame.job_id in locked
                 else await store.lock_job(session, frame.job_id)
             )
-        fresh = True if source.control else await store.claim_seq(session, robot.id, frame.seq)
+        fresh = True if source.control else await is_fresh()
         out = Applied()
         if isinstance(frame, JobRequest):
             if fresh:
@@ -211,3 +364,43 @@ class FrameWriter:
                 # the job, and Starting -> Running leaves it so.
                 out.status = await store.refresh_status(session, robot.id, source.connection_id)
         return out
+
+    async def _apply_shared(
+        self,
+        session: AsyncSession,
+        robot: store.RobotIdentity,
+        frame: tasks.SharedFrame,
+        cache: tasks.BatchCache,
+        isolate: bool,
+    ) -> Applied:
+        """A task or resource frame (its seq already claimed, so a refusal is answered and
+        acknowledged once, like any applied frame).
+
+        The libs raise what a robot caused before they write anything (their documented rule), so
+        a refusal leaves the batch's transaction usable and costs nothing. Should one ever leave
+        the transaction broken, the next statement fails, the batch is re-run isolated, and there
+        each task/resource frame has a savepoint of its own."""
+        try:
+            if not isolate:
+                return await self._shared(session, robot, frame, cache)
+            async with session.begin_nested():
+                return await self._shared(session, robot, frame, cache)
+        except tasks.DomainError as exc:
+            error = tasks.reply_error(exc, frame)
+            watch = None
+            if isinstance(frame, ResourceGet) and frame.watch:
+                # Watching a name that does not resolve (yet) is allowed: it may be given later.
+                watch = tasks.Watched(frame.name, None, tasks.fingerprint(None, error))
+            return Applied(reply=tasks.refused(frame, error), watch=watch)
+
+    async def _shared(
+        self,
+        session: AsyncSession,
+        robot: store.RobotIdentity,
+        frame: tasks.SharedFrame,
+        cache: tasks.BatchCache,
+    ) -> Applied:
+        if isinstance(frame, _TASK_FRAMES):
+            return Applied(reply=await tasks.apply_task_frame(session, robot, frame, cache))
+        reply, watch = await tasks.apply_resource_frame(session, self.ctx.settings, robot, frame)
+        return Applied(reply=reply, watch=watch)

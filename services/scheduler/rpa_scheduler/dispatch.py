@@ -36,8 +36,9 @@ from rpa_common.models import (
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import GatewayCommand, Message, OpenSession
+from rpa_common.nats.messages import GatewayCommand, Message, OpenSession, RdpTarget, session_seal_context
 from rpa_common.offers import offers_for
+from rpa_common.sealing import seal_json
 from rpa_common.secrets import unattended_password
 from rpa_common.security import Encryptor, make_key
 from rpa_common.service import ServiceContext
@@ -50,6 +51,11 @@ BATCH_SIZE = 16
 
 ROBOT_KEY_KIND = "rbk"
 
+NO_PUBLIC_KEY = (
+    "terminal server has no coordinator public key: start its coordinator (it registers its key) "
+    "or set public_key on the terminal server"
+)
+
 # A robot is connected when a gateway holds it. Working with no current job is the short moment
 # between the end of a job and the gateway's next status update: it may take work too.
 CONNECTED_STATUSES = (RobotStatus.READY, RobotStatus.WORKING)
@@ -57,9 +63,10 @@ CONNECTED_STATUSES = (RobotStatus.READY, RobotStatus.WORKING)
 # Sessions that occupy a seat on their terminal server.
 LIVE_SESSION_STATES = (
     SessionState.REQUESTED,
-    SessionState.OPENING,
-    SessionState.OPEN,
+    SessionState.CONNECTING,
+    SessionState.LOGGED_ON,
     SessionState.ROBOT_CONNECTED,
+    SessionState.LOGGING_OFF,
 )
 
 
@@ -313,6 +320,22 @@ async def _open_session_for(
     if (live or 0) >= server.max_sessions:
         log.info("dispatch.server_full", job_id=str(job.id), terminal_server_id=str(server.id))
         return False
+    if not server.public_key:
+        # Without the coordinator's public key the password could only travel in clear: never.
+        # Failing now (not waiting) tells a person what to fix.
+        t = await transition(
+            session,
+            job.id,
+            JobState.FAILED,
+            expected=[JobState.PENDING],
+            actor=Actor.system(),
+            reason=NO_PUBLIC_KEY,
+            values={"error": NO_PUBLIC_KEY},
+            locked=job,
+        )
+        if t is not None:
+            out.started.append(t)
+        return True
     if not await _claim_robot(session, robot_id, job.id, Robot.status == RobotStatus.DISCONNECTED):
         return False
     lease_s = settings.session_connect_timeout_s + settings.job_lease_s
@@ -344,7 +367,8 @@ async def _open_session_for(
     out.started.append(t)
     assert server.coordinator_id is not None
     out.outbox.add(
-        subjects.coordinator_inbox(server.coordinator_id), open_session_command(settings, ts, ua, key.full)
+        subjects.coordinator_inbox(server.coordinator_id),
+        open_session_command(settings, ts, ua, server, key.full),
     )
     return True
 
@@ -359,10 +383,18 @@ def decrypt_session_key(settings: Settings, session_id: uuid.UUID, blob: bytes) 
 
 
 def open_session_command(
-    settings: Settings, ts: TerminalSession, ua: UnattendedAccount, robot_key: str
+    settings: Settings, ts: TerminalSession, ua: UnattendedAccount, server: TerminalServer, robot_key: str
 ) -> OpenSession:
-    """The coordinator's command for a session (the same one when it is sent again)."""
-    assert ts.robot_id is not None
+    """The coordinator's command for a session (the same one when it is sent again).
+
+    The password and the robot key are sealed to the coordinator's public key, bound to the
+    session: the command on NATS carries neither in clear."""
+    assert ts.robot_id is not None and server.public_key
+    sealed = seal_json(
+        server.public_key,
+        {"password": unattended_password(settings, ua) or "", "robot_key": robot_key},
+        session_seal_context(ts.id),
+    )
     return OpenSession(
         session_id=ts.id,
         account_id=ts.account_id,
@@ -371,9 +403,16 @@ def open_session_command(
         job_id=ts.job_id,
         login=ua.login,
         domain=ua.domain,
-        password=unattended_password(settings, ua) or "",
-        robot_key=robot_key,
+        sealed=sealed,
         gateway_url=settings.gateway_public_url,
+        server=RdpTarget(
+            host=server.hostname or "127.0.0.1",
+            port=server.rdp_port,
+            cert_fingerprint=server.cert_fingerprint,
+            cert_ignore=server.cert_ignore,
+            shell_mode=server.shell_mode,
+            shell_command=server.shell_command,
+        ),
     )
 
 

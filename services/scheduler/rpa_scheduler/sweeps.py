@@ -11,7 +11,8 @@ caller repeats it while a full batch came back.
 - ``stop_at`` passed on Running -> Stopping (+ ``JOB_CONTROL`` stop); ``interrupt_at`` passed ->
   Interrupting (+ ``JOB_CONTROL`` interrupt);
 - Starting jobs whose terminal session failed, or whose robot did not connect within
-  ``session_connect_timeout_s`` -> Failed with that reason (+ ``CloseSession``).
+  ``session_connect_timeout_s`` -> Failed with that reason (+ ``CloseSession``);
+- tasks: expired locks, postponed tasks due, abandon timeouts (``task_sweeps``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from rpa_scheduler.dispatch import (
     decrypt_session_key,
     open_session_command,
 )
+from rpa_scheduler.task_sweeps import TASK_SWEEP_BATCH, TASK_SWEEPS
 
 log = structlog.get_logger(__name__)
 
@@ -57,14 +59,15 @@ SWEEP_BATCH = 100
 ROBOT_LOST = "robot lost"
 ROBOT_LOST_RETRY = "robot lost, retrying"
 
-# Forward order of a session's life; failed and closed are final.
+# Forward order of a session's life; failed and ended are final.
 _SESSION_RANK = {
     SessionState.REQUESTED: 0,
-    SessionState.OPENING: 1,
-    SessionState.OPEN: 2,
+    SessionState.CONNECTING: 1,
+    SessionState.LOGGED_ON: 2,
     SessionState.ROBOT_CONNECTED: 3,
-    SessionState.CLOSED: 4,
-    SessionState.FAILED: 4,
+    SessionState.LOGGING_OFF: 4,
+    SessionState.ENDED: 5,
+    SessionState.FAILED: 5,
 }
 
 
@@ -305,6 +308,7 @@ async def _latest_session(session: AsyncSession, job_id: uuid.UUID) -> Any:
             sa.select(
                 TerminalSession,
                 UnattendedAccount,
+                TerminalServer,
                 TerminalServer.coordinator_id,
             )
             .join(UnattendedAccount, UnattendedAccount.id == TerminalSession.unattended_account_id)
@@ -405,7 +409,7 @@ async def sweep_unconfirmed(
         for job in jobs:
             latest = await _latest_session(session, job.id)
             state = latest.TerminalSession.state if latest is not None else None
-            if state in (SessionState.OPENING, SessionState.OPEN):
+            if state in (SessionState.CONNECTING, SessionState.LOGGED_ON):
                 # The coordinator answered; the robot's connection is sweep_sessions' business.
                 await _count_offer(session, job, moment, count=False)
                 continue
@@ -417,12 +421,13 @@ async def sweep_unconfirmed(
             out.changed += 1
             if requested is not None:
                 ts, ua = latest.TerminalSession, latest.UnattendedAccount
-                if ts.robot_key_encrypted is None or latest.coordinator_id is None:
+                server = latest.TerminalServer
+                if ts.robot_key_encrypted is None or latest.coordinator_id is None or not server.public_key:
                     continue
                 key = decrypt_session_key(settings, ts.id, ts.robot_key_encrypted)
                 out.outbox.add(
                     subjects.coordinator_inbox(latest.coordinator_id),
-                    open_session_command(settings, ts, ua, key),
+                    open_session_command(settings, ts, ua, server, key),
                 )
                 log.warning("dispatch.open_session_resent", job_id=str(job.id), session_id=str(ts.id))
             elif job.gateway_id is not None and job.status in CONNECTED_STATUSES:
@@ -456,15 +461,43 @@ async def sweep_unconfirmed(
 async def _fail_starting_job(
     session: AsyncSession, ts_id: uuid.UUID, job_id: uuid.UUID | None, reason: str, out: SweepResult
 ) -> None:
+    """A Starting job whose session failed: Failed with the session's reason, or Pending again
+    (the same job, its robot released) while its retry policy allows another attempt."""
     if job_id is None:
         return
-    attempt = await session.scalar(sa.select(Job.attempt).where(Job.id == job_id))
+    job = (
+        await session.execute(
+            sa.select(Job.attempt, Job.max_retries, Job.robot_group_id).where(Job.id == job_id)
+        )
+    ).one_or_none()
+    if job is None:
+        return
+    if job.attempt <= job.max_retries:
+        values: dict[str, Any] = {"lease_expires_at": None, "offered_at": None, "offers": 0}
+        if job.robot_group_id is not None:
+            values["robot_id"] = None
+        t = await transition(
+            session,
+            job_id,
+            JobState.PENDING,
+            expected=[JobState.STARTING],
+            attempt=job.attempt,
+            actor=Actor.system(),
+            reason=f"{reason}, retrying",
+            values=values,
+        )
+        if out.publish_transition(t):
+            assert t is not None
+            out.outbox.add(
+                subjects.JOB_CREATED, JobCreated(account_id=t.account_id, job_id=t.job_id, created_at=t.at)
+            )
+        return
     t = await transition(
         session,
         job_id,
         JobState.FAILED,
         expected=[JobState.STARTING],
-        attempt=attempt,
+        attempt=job.attempt,
         actor=Actor.system(),
         reason=reason,
         values={"error": reason},
@@ -501,9 +534,9 @@ async def sweep_sessions(
                             TerminalSession.state.in_(
                                 [
                                     SessionState.REQUESTED,
-                                    SessionState.OPENING,
-                                    SessionState.OPEN,
-                                    SessionState.CLOSED,
+                                    SessionState.CONNECTING,
+                                    SessionState.LOGGED_ON,
+                                    SessionState.ENDED,
                                 ]
                             ),
                             TerminalSession.created_at < cutoff,
@@ -543,9 +576,9 @@ async def _set_session_state(
     values: dict[str, object] = {"state": state, "updated_at": utcnow(), "robot_key_encrypted": None}
     if reason is not None:
         values["reason"] = reason[:1000]
-    if state == SessionState.OPEN:
+    if state == SessionState.LOGGED_ON:
         values["opened_at"] = at
-    if state in (SessionState.CLOSED, SessionState.FAILED):
+    if state in (SessionState.ENDED, SessionState.FAILED):
         values["closed_at"] = at
     result = await session.execute(
         sa.update(TerminalSession)
@@ -596,6 +629,14 @@ async def sweep_all(ctx: ServiceContext) -> dict[str, int]:
             n = await fn(ctx)
             total += n
             if n < SWEEP_BATCH:
+                break
+        counts[name] = total
+    for name, task_fn in TASK_SWEEPS:
+        total = 0
+        for _ in range(20):
+            n = await task_fn(ctx)
+            total += n
+            if n < TASK_SWEEP_BATCH:
                 break
         counts[name] = total
     return counts

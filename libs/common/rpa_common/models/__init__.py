@@ -18,8 +18,8 @@ from rpa_common.models.jobs import Job, JobEvent
 from rpa_common.models.licenses import License, LicenseAssignment
 from rpa_common.models.logs import RobotMessage, Screenshot
 from rpa_common.models.processes import Process, ProcessPackageChunk, ProcessVersion
-from rpa_common.models.queues import Queue, Task
-from rpa_common.models.resources import Resource, ResourceGroup, ResourceValue
+from rpa_common.models.queues import Queue, Task, TaskEvent
+from rpa_common.models.resources import MasterKeyCheck, Resource, ResourceGroup, ResourceValue
 from rpa_common.models.robots import (
     Robot,
     RobotGroup,
@@ -43,6 +43,7 @@ __all__ = [
     "License",
     "LicenseAssignment",
     "LoginThrottle",
+    "MasterKeyCheck",
     "Process",
     "ProcessPackageChunk",
     "ProcessVersion",
@@ -60,6 +61,7 @@ __all__ = [
     "RolePermission",
     "Screenshot",
     "Task",
+    "TaskEvent",
     "TerminalServer",
     "TerminalSession",
     "Trigger",

@@ -42,7 +42,7 @@ UNIQUE_NAMES: tuple[tuple[str, tuple[str, ...], str, int, bool], ...] = (
     ("queue", ("account_id",), "name", 100, False),
     ("task", ("queue_id",), "unique_name", 255, True),
     ("resource_group", ("account_id",), "name", 100, False),
-    ("resource", ("group_id",), "name", 100, False),
+    ("resource", ("account_id",), "name", 100, False),
     ("robot", ("account_id",), "name", 100, False),
     ("robot_group", ("account_id",), "name", 100, False),
     ("terminal_server", ("account_id",), "name", 100, False),

@@ -77,6 +77,21 @@ class TaskState(enum.StrEnum):
     ABANDONED = "Abandoned"
 
 
+FINAL_TASK_STATES = frozenset(
+    {TaskState.SUCCESSFUL, TaskState.FAILED_APPLICATION, TaskState.FAILED_BUSINESS, TaskState.ABANDONED}
+)
+
+
+class TaskEventKind(enum.StrEnum):
+    """What an entry of a task's history records."""
+
+    CREATED = "created"
+    STATE = "state"
+    PROGRESS = "progress"
+    RETRIED = "retried"
+    EDITED = "edited"
+
+
 class TaskPriority(enum.IntEnum):
     LOW = 1
     NORMAL = 2
@@ -111,12 +126,35 @@ class LicenseKind(enum.StrEnum):
 
 
 class SessionState(enum.StrEnum):
+    """A terminal session's life (the coordinator reports each step; the scheduler stores them)."""
+
     REQUESTED = "requested"
-    OPENING = "opening"
-    OPEN = "open"
+    """Written by the scheduler with the OpenSession command."""
+    CONNECTING = "connecting"
+    """The coordinator started the client (or the robot process)."""
+    LOGGED_ON = "logged_on"
+    """The account is logged on: the robot started in the session and took its credentials."""
     ROBOT_CONNECTED = "robot_connected"
-    CLOSED = "closed"
+    """The robot is connected to a gateway."""
+    LOGGING_OFF = "logging_off"
+    """The coordinator is ending the session (job ended, interrupt, close command)."""
+    ENDED = "ended"
+    """The session is over (the robot logged off after its job, or it was logged off)."""
     FAILED = "failed"
+    """The session could not be used; ``reason`` says why."""
+
+    @property
+    def is_final(self) -> bool:
+        return self in (SessionState.ENDED, SessionState.FAILED)
+
+
+class ShellMode(enum.StrEnum):
+    """How the robot starts in a terminal session."""
+
+    COMMAND = "command"
+    """The RDP alternate shell runs the robot's command; the session ends when it exits."""
+    STARTUP = "startup"
+    """The account's own session start-up starts the robot (set up on the server)."""
 
 
 class PermissionObject(enum.StrEnum):
@@ -134,6 +172,8 @@ class PermissionObject(enum.StrEnum):
     QUEUES = "queues"
     TASKS = "tasks"
     RESOURCES = "resources"
+    CREDENTIALS = "credentials"
+    CALENDARS = "calendars"
     LOGS = "logs"
     AUDIT = "audit"
     LICENSES = "licenses"
@@ -146,3 +186,4 @@ class PermissionAction(enum.StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     RUN = "run"
+    REVEAL = "reveal"

@@ -18,8 +18,9 @@ from rpa_common.models.base import (
     account_fk,
     folder_fk,
     unique_name,
+    utcnow,
 )
-from rpa_common.models.enums import TaskPriority, TaskState
+from rpa_common.models.enums import ActorType, TaskEventKind, TaskPriority, TaskState
 
 
 class Queue(IdMixin, TimestampMixin, Base):
@@ -46,8 +47,24 @@ class Task(IdMixin, TimestampMixin, Base):
     __table_args__ = (
         # Set only when the queue forbids duplicate names; NULLs never collide.
         *unique_name("task", "unique_name"),
-        # "Take next": state, then overdue first, priority, age.
-        sa.Index("ix_task_take", "queue_id", "state", "priority", "created_at"),
+        # "Take next" reads the queue's Created tasks in the order it gives them out: priority
+        # (highest first), then age. Overdue ones are looked up first by their deadline.
+        # MariaDB stores the DESC key too (the migration makes it) but reflects it without its
+        # direction; the second form is what the schema comparison sees there.
+        sa.Index("ix_task_take", "queue_id", "state", sa.text("priority DESC"), "created_at").ddl_if(
+            dialect="postgresql"
+        ),
+        sa.Index("ix_task_take", "queue_id", "state", "priority", "created_at").ddl_if(
+            dialect=("mysql", "mariadb")  # type: ignore[arg-type]
+        ),
+        sa.Index("ix_task_queue_id_state_deadline", "queue_id", "state", "deadline"),
+        # The oldest waiting task (statistics) and Created tasks past the queue's abandon timeout.
+        sa.Index("ix_task_queue_id_state_created_at", "queue_id", "state", "created_at"),
+        # Statistics: tasks ended in a time window.
+        sa.Index("ix_task_queue_id_ended_at", "queue_id", "ended_at"),
+        # Sweeps over every queue: Postponed tasks due, In Progress tasks whose lock expired.
+        sa.Index("ix_task_state_delay_until", "state", "delay_until"),
+        sa.Index("ix_task_state_lock_expires_at", "state", "lock_expires_at"),
     )
     account_id: Mapped[uuid.UUID] = account_fk()
     queue_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("queue.id", ondelete="CASCADE"))
@@ -70,5 +87,28 @@ class Task(IdMixin, TimestampMixin, Base):
     )
     lock_job_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     lock_expires_at: Mapped[datetime | None]
+    # Fencing token: each take adds one, and a renew, progress note or finish must carry the current
+    # value, so the robot whose lock expired (and whose task went to another robot) changes nothing.
+    lock_token: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default=sa.text("0"))
+    # The latest progress note of the robot working the task (every note is in the history).
+    progress: Mapped[str | None] = mapped_column(sa.String(1000))
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+
+
+class TaskEvent(IdMixin, Base):
+    """One entry of a task's history: created, a state change, a progress note, a retry, an edit."""
+
+    __tablename__ = "task_event"
+    __table_args__ = (sa.Index("ix_task_event_task_id_at", "task_id", "at"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    task_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("task.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[TaskEventKind] = mapped_column(StrEnumType(TaskEventKind, 16))
+    from_state: Mapped[TaskState | None] = mapped_column(StrEnumType(TaskState, 24))
+    to_state: Mapped[TaskState | None] = mapped_column(StrEnumType(TaskState, 24))
+    actor_type: Mapped[ActorType] = mapped_column(StrEnumType(ActorType, 16))
+    actor_id: Mapped[uuid.UUID | None]
+    note: Mapped[str | None] = mapped_column(sa.String(1000))
+    # The other task of a retry: on the retried task, its retry; on a retry, the task it retries.
+    related_task_id: Mapped[uuid.UUID | None]

@@ -17,7 +17,7 @@ from rpa_common.models.base import (
     folder_fk,
     unique_name,
 )
-from rpa_common.models.enums import RobotRole, RobotStatus, SessionState
+from rpa_common.models.enums import RobotRole, RobotStatus, SessionState, ShellMode
 
 
 class Robot(IdMixin, TimestampMixin, Base):
@@ -83,6 +83,20 @@ class TerminalServer(IdMixin, TimestampMixin, Base):
         sa.ForeignKey("robot.id", ondelete="SET NULL"), index=True
     )
     max_sessions: Mapped[int] = mapped_column(default=10)
+    # How the coordinator reaches the server over RDP (rdp driver). The hostname above is the
+    # RDP host; the certificate is pinned by fingerprint unless ``cert_ignore`` (test servers).
+    rdp_port: Mapped[int] = mapped_column(default=3389, server_default=sa.text("3389"))
+    cert_fingerprint: Mapped[str | None] = mapped_column(sa.String(200))
+    cert_ignore: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # "command": the robot's command runs as the RDP alternate shell (``shell_command``, else the
+    # coordinator's default); "startup": the account's own session start-up starts the robot.
+    shell_mode: Mapped[ShellMode] = mapped_column(
+        StrEnumType(ShellMode, 16), default=ShellMode.COMMAND, server_default=ShellMode.COMMAND.value
+    )
+    shell_command: Mapped[str | None] = mapped_column(sa.String(1000))
+    # The coordinator's X25519 public key (rpa_common.sealing): the scheduler seals each
+    # session's password and robot key to it. Registered by the coordinator at start, or by a person.
+    public_key: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class UnattendedAccount(IdMixin, TimestampMixin, Base):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from rpa_common.models.enums import JobState, RobotStatus, SessionState
+from rpa_common.models.enums import JobState, RobotStatus, SessionState, ShellMode
 
 
 class Message(BaseModel):
@@ -69,6 +69,19 @@ class AuthChanged(Message):
     account_id: uuid.UUID
 
 
+class ResourceChanged(Message):
+    """A resource or one of its values changed. No value and no secret travels here: a gateway
+    re-resolves the resource from the database for each robot watching it."""
+
+    account_id: uuid.UUID
+    resource_id: uuid.UUID
+    name: str
+    """The resource's name now (robots watch by name)."""
+    old_name: str | None = None
+    """The name before a rename, so watchers of the old name learn it is gone."""
+    change: Literal["created", "updated", "deleted"] = "updated"
+
+
 class TriggerChanged(Message):
     account_id: uuid.UUID
     trigger_id: uuid.UUID
@@ -107,8 +120,26 @@ class GatewayCommand(Message):
     offer: JobOffer | None = None
 
 
+class RdpTarget(Message):
+    """Where and how the ``rdp`` driver connects: the terminal server's settings (no secret)."""
+
+    host: str
+    port: int = 3389
+    cert_fingerprint: str | None = None
+    """FreeRDP's ``/cert:fingerprint:`` value, e.g. ``sha256:AB:CD:...``; pins the server's certificate."""
+    cert_ignore: bool = False
+    """The explicit opt-out for test servers: any certificate is accepted."""
+    shell_mode: ShellMode = ShellMode.COMMAND
+    shell_command: str | None = None
+    """The robot's command for ``shell_mode=command``; None: the coordinator's default."""
+
+
 class OpenSession(Message):
-    """Ask a coordinator to open a session. The password travels only here, never in logs.
+    """Ask a coordinator to open a session.
+
+    The account's password and the session's robot key travel only sealed (``sealed``: a
+    ``rpa_common.sealing`` box for the coordinator's public key, bound to the session id, holding
+    ``{"password": ..., "robot_key": ...}``): NATS, its monitoring and logs never see them.
 
     Sent again (the same session, the same key) while the coordinator has not answered: a
     coordinator that knows the session answers with its state instead of opening another."""
@@ -121,9 +152,14 @@ class OpenSession(Message):
     job_id: uuid.UUID | None
     login: str
     domain: str | None = None
-    password: str = Field(repr=False)
-    robot_key: str | None = Field(default=None, repr=False)
+    sealed: str = Field(repr=False)
     gateway_url: str | None = None
+    server: RdpTarget | None = None
+
+
+def session_seal_context(session_id: uuid.UUID) -> str:
+    """What an ``OpenSession``'s box is bound to: a box copied into another session does not open."""
+    return f"open_session:{session_id}"
 
 
 class CloseSession(Message):

@@ -27,6 +27,9 @@ SESSION_STATE = f"{PREFIX}.session.state"
 """A coordinator reports the state of a terminal session."""
 AUTH_CHANGED = f"{PREFIX}.auth.changed"
 """Users, roles, folders or API keys of an account changed: API replicas drop cached grants."""
+RESOURCE_CHANGED = f"{PREFIX}.resource.changed"
+"""A person changed a resource or one of its values (never carries a value or a secret): gateways
+re-resolve the resource for the robots watching it and push the new value."""
 
 # Queue groups: one member of the group handles each message.
 SCHEDULER_QUEUE = "scheduler"

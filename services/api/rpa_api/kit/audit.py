@@ -11,25 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Principal
 from rpa_api.grants import IDENTITY_OBJECTS
 from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
-from rpa_common.models import AuditRecord
+from rpa_common.audit import add_audit_record, redact
 from rpa_common.models.enums import ActorType
 
-_SECRET_MARKERS = ("password", "secret", "key", "token", "credential")
-
-
-def redact(changes: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Replace the value of every secret-looking field by ``"***"``, recursively."""
-    if changes is None:
-        return None
-    out: dict[str, Any] = {}
-    for name, value in changes.items():
-        if any(marker in name.lower() for marker in _SECRET_MARKERS):
-            out[name] = "***"
-        elif isinstance(value, dict):
-            out[name] = redact(value)
-        else:
-            out[name] = value
-    return out
+__all__ = ["record", "redact"]
 
 
 def record(
@@ -44,18 +29,17 @@ def record(
     if object_type in IDENTITY_OBJECTS:
         # Who may do what changed: cached grants of this account go once this commits (deps.Tx).
         session.info.setdefault(GRANTS_SESSION_KEY, set()).add(principal.account_id)
-    session.add(
-        AuditRecord(
-            account_id=principal.account_id,
-            kind=kind,
-            actor_type=principal.actor_type if principal.actor_type else ActorType.USER,
-            actor_id=principal.user_id,
-            actor_name=principal.username,
-            action=action,
-            object_type=object_type,
-            object_id=str(object_id) if object_id is not None else None,
-            changes=jsonable_encoder(redact(changes)),
-            client_address=principal.client_address,
-            user_agent=(principal.user_agent or "")[:500] or None,
-        )
+    add_audit_record(
+        session,
+        account_id=principal.account_id,
+        kind=kind,
+        actor_type=principal.actor_type if principal.actor_type else ActorType.USER,
+        actor_id=principal.user_id,
+        actor_name=principal.username,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        changes=jsonable_encoder(redact(changes)),
+        client_address=principal.client_address,
+        user_agent=principal.user_agent,
     )

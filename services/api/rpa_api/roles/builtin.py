@@ -11,9 +11,11 @@ from rpa_common.models import Role, RolePermission
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-ALL: set[tuple[O, A]] = {(o, a) for o in O for a in A}
+# "reveal" is an action of credentials only, and credentials have no other action (people manage
+# them as resources): see a password only with credentials:reveal, which only Administrator has.
+ALL: set[tuple[O, A]] = {(o, a) for o in O for a in A if (o is O.CREDENTIALS) == (a is A.REVEAL)}
 READ_ALL_OPERATIONAL: set[tuple[O, A]] = {
-    (o, A.READ) for o in O if o not in (O.ACCOUNTS, O.USERS, O.ROLES, O.API_KEYS, O.AUDIT)
+    (o, A.READ) for o in O if o not in (O.ACCOUNTS, O.USERS, O.ROLES, O.API_KEYS, O.AUDIT, O.CREDENTIALS)
 }
 CRUD = (A.READ, A.CREATE, A.UPDATE, A.DELETE)
 
@@ -26,6 +28,7 @@ BUILTIN_ROLES: dict[str, tuple[str, set[tuple[O, A]]]] = {
         | {(O.QUEUES, a) for a in CRUD}
         | {(O.TASKS, a) for a in CRUD}
         | {(O.RESOURCES, a) for a in CRUD}
+        | {(O.CALENDARS, a) for a in CRUD}
         | {(O.TRIGGERS, a) for a in (*CRUD, A.RUN)}
         | {(O.JOBS, A.RUN), (O.JOBS, A.CREATE)}
         | {(O.API_KEYS, a) for a in CRUD},

@@ -28,9 +28,10 @@ from rpa_common.settings import Settings
 
 _OPEN_SESSION_STATES = (
     SessionState.REQUESTED,
-    SessionState.OPENING,
-    SessionState.OPEN,
+    SessionState.CONNECTING,
+    SessionState.LOGGED_ON,
     SessionState.ROBOT_CONNECTED,
+    SessionState.LOGGING_OFF,
 )
 
 
@@ -103,7 +104,7 @@ async def update_server(
     session: AsyncSession, principal: Principal, server_id: uuid.UUID, body: schemas.TerminalServerUpdate
 ) -> TerminalServer:
     fields = body.model_dump(exclude_unset=True)
-    require_not_null(fields, "name", "hostname", "description", "max_sessions")
+    require_not_null(fields, *schemas.TerminalServerUpdate.not_null)
     server = await get_server(session, principal, server_id, lock=True)
     if (
         "name" in fields
