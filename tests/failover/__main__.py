@@ -52,13 +52,6 @@ from tests.failover.layout import ROOT, Proc, say, wait_for
 API = "/api/v1"
 
 
-def tasks_available() -> bool:
-    """Queues and tasks (issue 7) are in this build: the task load runs."""
-    import importlib.util
-
-    return importlib.util.find_spec("rpa_common.taskflow") is not None
-
-
 FINAL = ("Successful", "Failed", "Stopped", "Interrupted")
 LOG_LINES = 3
 MAX_OVER_DB_S = 2.0
@@ -119,7 +112,7 @@ class Load:
         group_id: str,
         ids_dir: Path,
         rate: float,
-        queue: Queue | None = None,
+        queue: Queue,
     ) -> None:
         self.client = httpx.AsyncClient(
             base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=20
@@ -139,7 +132,6 @@ class Load:
 
     async def _create(self, job: Created) -> None:
         if job.kind == "worker":
-            assert self.queue is not None
             body: dict[str, Any] = {
                 "process_id": self.queue.worker_process_id,
                 "robot_group_id": self.group_id,
@@ -188,8 +180,8 @@ class Load:
         next_at = time.monotonic()
         n = 0
         while not self._stop.is_set():
-            self.job("worker" if self.queue is not None and n % 2 else "hello")
-            if self.queue is not None and n % 2 == 0:
+            self.job("worker" if n % 2 else "hello")
+            if n % 2 == 0:
                 self.spawn(self._add_task(AddedTask(f"task-{uuid.uuid4().hex}")))
             n += 1
             next_at += period
@@ -197,7 +189,6 @@ class Load:
                 await asyncio.wait_for(self._stop.wait(), max(0.0, next_at - time.monotonic()))
 
     async def _add_task(self, task: AddedTask) -> None:
-        assert self.queue is not None
         self.added.append(task)
         body = {"name": task.name, "parameters": {"amount": 1}}
         deadline = time.monotonic() + 90
@@ -461,22 +452,21 @@ class Run:
         )
         assert r.status_code == 201, r.text
         process_id = r.json()["process"]["id"]
-        if tasks_available():
-            r = await client.post(
-                f"{API}/processes/publish",
-                files={
-                    "package": (
-                        "worker.zip",
-                        example_zip(Path(__file__).parent / "task_worker"),
-                        "application/zip",
-                    )
-                },
-            )
-            assert r.status_code == 201, r.text
-            worker_id = r.json()["process"]["id"]
-            r = await client.post(f"{API}/queues", json={"name": "failover", "unique_task_names": True})
-            assert r.status_code == 201, r.text
-            self.queue = Queue(r.json()["id"], "failover", worker_id)
+        r = await client.post(
+            f"{API}/processes/publish",
+            files={
+                "package": (
+                    "worker.zip",
+                    example_zip(Path(__file__).parent / "task_worker"),
+                    "application/zip",
+                )
+            },
+        )
+        assert r.status_code == 201, r.text
+        worker_id = r.json()["process"]["id"]
+        r = await client.post(f"{API}/queues", json={"name": "failover", "unique_task_names": True})
+        assert r.status_code == 201, r.text
+        self.queue = Queue(r.json()["id"], "failover", worker_id)
         assert self.edge is not None
         keys = []
         for i in range(self.args.robots):
@@ -624,6 +614,7 @@ class Run:
             process_id, group_id = await self.people(client)
             ids_dir = self.work / "ids"
             ids_dir.mkdir()
+            assert self.queue is not None
             load = Load(
                 self.edge.api_url, self.token, process_id, group_id, ids_dir, self.args.rate, self.queue
             )
@@ -693,8 +684,6 @@ class Run:
                 return int(n)
 
         async def open_tasks() -> int:
-            if load.queue is None:
-                return 0
             from rpa_common.models import Task
 
             async with session_factory(engine)() as s:
@@ -834,7 +823,7 @@ class Run:
                 problem(job, f"{len(missing)} acknowledged log lines missing")
         # Jobs answered for no key at all (a 2xx never seen) may exist: they are not acknowledged.
         doubled = sum(1 for p in problems.values() if any("ran" in w or "key answered" in w for w in p))
-        tasks = await self.verify_tasks(load, holds) if load.queue is not None else None
+        tasks = await self.verify_tasks(load, holds)
 
         # Per fault: recovery of the database and of the services, what was acknowledged then.
         db_done = [end for _, end, ok in load.db_beats if ok]
@@ -918,17 +907,14 @@ class Run:
             "jobs_acknowledged": len(acked),
             "jobs_not_acknowledged": len(load.jobs) - len(acked),
             "log_lines_acknowledged": logged_total,
-            "tasks": tasks
-            or "missing: the queue/task feature (issue 7) is not in this build, so no task load ran",
-            "lost": lost_jobs + lost_lines + (tasks["lost"] if tasks else 0),
+            "tasks": tasks,
+            "lost": lost_jobs + lost_lines + tasks["lost"],
             "lost_jobs": lost_jobs,
             "lost_log_lines": lost_lines,
             "duplicates": doubled
-            + (
-                tasks["doubled_names"] + tasks["finished_twice"] + tasks["held_by_two_robots_at_once"]
-                if tasks
-                else 0
-            ),
+            + tasks["doubled_names"]
+            + tasks["finished_twice"]
+            + tasks["held_by_two_robots_at_once"],
             "jobs_planned_again": replanned,
             "http_statuses": statuses_seen,
             "http_5xx": http_5xx,
@@ -945,9 +931,7 @@ class Run:
             self.failures.append(
                 f"{len(acked)} jobs acknowledged, {result['jobs_not_acknowledged']} never (the clients gave up)"
             )
-        if tasks is not None and (
-            tasks["not_acknowledged"] or tasks["acknowledged"] < 10 or not tasks["holds_recorded"]
-        ):
+        if tasks["not_acknowledged"] or tasks["acknowledged"] < 10 or not tasks["holds_recorded"]:
             self.failures.append(f"task load too thin or not acknowledged: {tasks}")
         if result["lost"]:
             self.failures.append(
@@ -982,7 +966,6 @@ class Run:
         from rpa_common.db.engine import create_engine, session_factory
         from rpa_common.models import Task, TaskEvent
 
-        assert load.queue is not None
         engine = create_engine(self.settings(), "cli", pool_size=1)
         try:
             async with session_factory(engine)() as s:
