@@ -6,7 +6,7 @@ Builds the layout of ``tests/failover/layout.py`` (two database nodes behind the
 a three-node NATS cluster, two replicas of API, gateway and scheduler behind HAProxy, real reference
 robots connected through HAProxy), runs load (jobs created through the API with ``Idempotency-Key``,
 run by the robots, whose scripts log lines; queue tasks added through the API and taken and
-finished by robots when the project has queues), and while the load runs injects, one after
+finished by queue worker jobs on the robots), and while the load runs injects, one after
 another: SIGKILL of the database node taking writes; its restart (failback); SIGKILL of the gateway
 replica holding the most robots; SIGKILL of the scheduler replica doing the most work; a restart
 of one NATS node; a restart of all of NATS.
@@ -15,10 +15,10 @@ It passes when every acknowledged job, task and log line exists afterwards; no t
 two robots at once; every job reached exactly one terminal state and ran once; no client saw a 5xx
 other than a 503 with ``Retry-After``; after each fault the services wrote again within 2 s of
 the database layer itself (a bare writer loop against the balancer's database port, in the same
-run); and never did two database nodes take writes (the binary log of the node that lived
+run); and never did two database nodes take writes (Galera: the binary log of the node that lived
 through the run lists every transaction in the cluster's commit order with the node it came
-from: the writer changes exactly once per fail-over and once per failback). It prints a table and
-writes ``--json PATH``. Exit code 0 when every criterion holds, 1 otherwise.
+from: the writer changes exactly once per fail-over and once per failback; Patroni: see
+``tests/failover/patroni.py``). It prints a table and writes ``--json PATH`` (or ``$FAILOVER_JSON``). Exit code 0 when every criterion holds, 1 otherwise.
 """
 
 from __future__ import annotations
