@@ -13,11 +13,13 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 RUN_ARGS ?=
 
-.PHONY: help venv run test rdp-test lint fmt migrate bench stop status clean
+FAILOVER_ARGS ?=
+
+.PHONY: help venv run test rdp-test lint fmt migrate bench stop status clean failover-test failover-test-pg
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
-	awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-17s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 venv: ## Create or refresh .venv from uv.lock (pinned uv in .venv-tools/); instant when up to date
 	@$(PYTHON) scripts/bootstrap_venv.py
@@ -36,6 +38,12 @@ rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp fre
 	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp $(PYTEST_ARGS) || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
+
+failover-test: venv ## Failover layout on loopback (Galera, balancer, 3 NATS, 2 replicas each, robots), faults under load; root; FAILOVER_ARGS='--json PATH'
+	@$(PY) -m tests.failover --db mariadb $(FAILOVER_ARGS)
+
+failover-test-pg: venv ## The same on PostgreSQL (Patroni, etcd, HAProxy on Patroni's REST check)
+	@$(PY) -m tests.failover --db postgresql $(FAILOVER_ARGS)
 
 lint: venv ## ruff check, ruff format --check, mypy (all three run; fails if any fails)
 	@rc=0

@@ -178,6 +178,31 @@ class KnownJobs:
         tmp.replace(self.path)
 
 
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """The seconds a gateway (or its balancer) that answered 503 asked us to wait, if it did."""
+    if not isinstance(exc, InvalidStatus) or exc.response.status_code != 503:
+        return None
+    try:
+        return float(exc.response.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
+
+
+def next_wait(exc: BaseException | None, backoff: float, max_backoff_s: float) -> tuple[float, float]:
+    """How long to wait before connecting again, and the backoff after that.
+
+    No answer (the gateway is gone, restarting, unreachable): exponential backoff with full jitter,
+    so a restarted gateway is not stampeded. A 503 with ``Retry-After`` (the gateway is up, its
+    database is away, e.g. failing over): come back when it says, jittered, without growing the
+    backoff, so the robot is back within about that long after the database is; doubling there would
+    leave it away for up to ``max_backoff_s`` after everything recovered."""
+    asked = retry_after_s(exc)
+    if asked is not None:
+        asked = min(max(asked, 0.2), max_backoff_s)
+        return random.uniform(0.1, asked), backoff
+    return random.uniform(0.1, backoff), min(max_backoff_s, backoff * 2)
+
+
 class RobotClient:
     def __init__(self, options: Options) -> None:
         self.o = options
@@ -283,11 +308,12 @@ class RobotClient:
                     failures += 1
                     if failures == 1 or failures % 20 == 0:
                         say(f"gateway unreachable ({type(exc).__name__}); retrying (attempt {failures})")
+                    wait, backoff = next_wait(exc, backoff, self.o.max_backoff_s)
+                else:
+                    wait, backoff = next_wait(None, backoff, self.o.max_backoff_s)
                 if self.done.is_set():
                     return EXIT_OK
-                # Exponential backoff with full jitter: a restarted gateway is not stampeded.
-                await asyncio.sleep(random.uniform(0.1, backoff))
-                backoff = min(self.o.max_backoff_s, backoff * 2)
+                await asyncio.sleep(wait)
         finally:
             await self._abort_jobs()
             if self.http is not None:

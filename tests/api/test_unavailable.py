@@ -48,7 +48,8 @@ async def proxied(db_url: str) -> AsyncIterator[ProxiedAPI]:
     url = urlunsplit(
         (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, parts.query, "")
     )
-    settings = make_settings(url, db_request_deadline_s=DEADLINE_S, db_connect_timeout_s=1.0)
+    # No readiness grace: this app alone loses its database, and must say so at once.
+    settings = make_settings(url, db_request_deadline_s=DEADLINE_S, db_connect_timeout_s=1.0, ready_grace_s=0)
     engine = create_engine(settings, "tests", pool_size=2)
     nc = await connect(settings.nats_url, "rpa-tests-proxied")
     ctx = ServiceContext(

@@ -42,6 +42,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(PoolResetFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -50,3 +51,28 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         logger.handlers[:] = []
         logger.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+class PoolResetFilter(logging.Filter):
+    """Demote SQLAlchemy's "Exception during reset or similar" to one warning line.
+
+    When the database fails over, every pooled connection to the lost node fails its rollback on
+    check-in; SQLAlchemy logs each at ERROR with a traceback, although nothing is wrong with the
+    work (the connection is discarded, the unit of work retries on a fresh one). An operator would
+    be paged for it. Other pool errors stay as they are.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno >= logging.ERROR
+            and record.name.startswith("sqlalchemy.pool")
+            and isinstance(record.msg, str)
+            and record.msg.startswith("Exception during reset")
+        ):
+            exc = record.exc_info[1] if record.exc_info else None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "pooled connection discarded: its reset failed (%s: %s)"
+            record.args = (type(exc).__name__ if exc else "unknown", str(exc)[:200] if exc else "")
+            record.exc_info = None
+            record.exc_text = None
+        return True

@@ -44,6 +44,8 @@ class ServiceContext:
     nc: NATS
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     publisher: Publisher = field(init=False)
+    # When each dependency of /readyz last answered (monotonic seconds); see ``check_ready``.
+    answered_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.publisher = Publisher(self.nc)
@@ -99,7 +101,14 @@ READY_DEADLINE_S = 2.0
 
 
 async def check_ready(ctx: ServiceContext) -> dict[str, str]:
-    """Each dependency's state: ``ok`` or what is wrong."""
+    """Each dependency's state: ``ok``, ``degraded: ...`` (away, within ``RPA_READY_GRACE_S`` of its
+    last answer: still ready) or what is wrong.
+
+    The database and NATS are shared by every replica: when they fail over, all replicas lose them
+    at once, and a balancer that took every replica out would only swap the services' own 503 with
+    ``Retry-After`` for its bare 503, cut every robot's connection, and add its ``rise`` checks to
+    the recovery. So a dependency that answered before is reported ``degraded`` (ready) for the
+    grace period; a replica that cannot reach it for longer, or never could, is not ready."""
     checks: dict[str, str] = {}
 
     async def ping(session: AsyncSession) -> None:
@@ -114,7 +123,19 @@ async def check_ready(ctx: ServiceContext) -> dict[str, str]:
     except Exception as exc:
         checks["database"] = f"error: {type(exc).__name__}"
     checks["nats"] = "ok" if ctx.nc.is_connected else "error: not connected"
+    now = time.monotonic()
+    for name, state in checks.items():
+        if state == "ok":
+            ctx.answered_at[name] = now
+            continue
+        last = ctx.answered_at.get(name)
+        if last is not None and now - last < ctx.settings.ready_grace_s:
+            checks[name] = f"degraded: {state.removeprefix('error: ')} for {now - last:.0f} s"
     return checks
+
+
+def is_ready(checks: dict[str, str]) -> bool:
+    return all(v == "ok" or v.startswith("degraded") for v in checks.values())
 
 
 def health_router(get_ctx: Callable[[Request], ServiceContext]) -> APIRouter:
@@ -127,9 +148,10 @@ def health_router(get_ctx: Callable[[Request], ServiceContext]) -> APIRouter:
     @router.get("/readyz", summary="Database and NATS answer (else 503)")
     async def readyz(request: Request) -> JSONResponse:
         checks = await check_ready(get_ctx(request))
-        ok = all(v == "ok" for v in checks.values())
+        ok = is_ready(checks)
+        status = "unavailable" if not ok else "ok" if all(v == "ok" for v in checks.values()) else "degraded"
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks},
+            {"status": status, "checks": checks},
             status_code=200 if ok else 503,
             headers=None if ok else {"Retry-After": str(RETRY_AFTER_S)},
         )

@@ -40,9 +40,23 @@ class Settings(BaseSettings):
     db_pool_timeout_s: float = Field(10.0, description="Seconds to wait for a pooled connection.")
     db_connect_timeout_s: float = Field(5.0, description="Seconds to wait for a new connection.")
     db_retry_attempts: int = Field(5, description="Re-runs of a transaction after connection loss/deadlock.")
+    db_admin_user: str | None = Field(
+        None,
+        description="`dbsetup` only: an account that may create the database and users (root / postgres).",
+    )
+    db_admin_password: SecretStr = Field(SecretStr(""), description="`dbsetup` only: its password.")
+    dbcheck_user: str = Field("rpa_check", description="Galera health agent's account (no privileges).")
+    dbcheck_password: SecretStr = Field(SecretStr(""), description="Galera health agent's password.")
 
     # NATS
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+    ready_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="A database or NATS that answered before and stops answering keeps /readyz at 200 "
+        "('degraded') this long: a fail-over of what every replica shares must not take them all out of "
+        "their balancer. 0: not ready at once.",
+    )
 
     # Security
     secret_key: SecretStr = Field(SecretStr(DEV_SECRET), description="Signs access tokens (HS256).")

@@ -29,7 +29,7 @@ from rpa_gateway.hub import Hub
 from rpa_protocol.codes import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHORIZED
 
 ROBOT_PATH = "/robot/v1"
-RETRY_AFTER_S = 5
+RETRY_AFTER_S = 2  # robots come back within about this long after the database does
 
 
 class DatabaseUnavailable(Exception):
