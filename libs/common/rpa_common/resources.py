@@ -200,6 +200,30 @@ async def _resolved(session: AsyncSession, resource: Resource, value: ResourceVa
     )
 
 
+def _audit_robot(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    robot: Robot,
+    action: str,
+    resource: Resource,
+    value: ResourceValue,
+    **extra: Any,
+) -> None:
+    """Audit record of ``robot``'s ``action`` on ``value`` of ``resource`` (``extra`` joins the changes)."""
+    add_audit_record(
+        session,
+        account_id=account_id,
+        kind="robot",
+        actor_type=ActorType.ROBOT,
+        actor_id=robot.id,
+        actor_name=robot.name,
+        action=action,
+        object_type="resource",
+        object_id=resource.id,
+        changes={"name": resource.name, "scope": value.scope.value, "value_id": str(value.id), **extra},
+    )
+
+
 async def resolve_for_robot(
     session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, name: str
 ) -> ResolvedResource:
@@ -233,23 +257,7 @@ async def set_text_for_robot(
     if row.text_value != value:
         row.text_value = value
         row.updated_at = datetime.now(UTC)
-        add_audit_record(
-            session,
-            account_id=account_id,
-            kind="robot",
-            actor_type=ActorType.ROBOT,
-            actor_id=robot.id,
-            actor_name=robot.name,
-            action="set_text",
-            object_type="resource",
-            object_id=resource.id,
-            changes={
-                "name": resource.name,
-                "scope": row.scope.value,
-                "value_id": str(row.id),
-                "length": len(value),
-            },
-        )
+        _audit_robot(session, account_id, robot, "set_text", resource, row, length=len(value))
         await session.flush()
     return await _resolved(session, resource, row)
 
@@ -275,22 +283,6 @@ async def credential_for_robot(
         raise ResourceError(
             "unreadable", f"credential {resource.name!r} cannot be read now; tell an administrator"
         ) from None
-    add_audit_record(
-        session,
-        account_id=account_id,
-        kind="robot",
-        actor_type=ActorType.ROBOT,
-        actor_id=robot.id,
-        actor_name=robot.name,
-        action="read_credential",
-        object_type="resource",
-        object_id=resource.id,
-        changes={
-            "name": resource.name,
-            "scope": value.scope.value,
-            "value_id": str(value.id),
-            "login": value.login,
-        },
-    )
+    _audit_robot(session, account_id, robot, "read_credential", resource, value, login=value.login)
     await session.flush()
     return await _resolved(session, resource, value), password
