@@ -488,18 +488,7 @@ _PG_TAKE_MANY = (
     .bindparams(
         sa.bindparam("queue", type_=_task.c.queue_id.type), sa.bindparam("now", type_=_task.c.updated_at.type)
     )
-    .columns(
-        _task.c.id,
-        _task.c.name,
-        _task.c.description,
-        _task.c.parameters,
-        _task.c.priority,
-        _task.c.tags,
-        _task.c.deadline,
-        _task.c.retry_number,
-        _task.c.lock_token,
-        sa.column("rn", sa.BigInteger),
-    )
+    .columns(*TAKEN_COLUMNS, sa.column("rn", sa.BigInteger))
 )
 _PG_FINISH = sa.text(
     # Rows locked in id order by the sub-select (see _PG_CLAIM), then ended where the guard passes.
