@@ -288,7 +288,7 @@ class CredentialGet(_RobotFrame):
     name: ResourceName
 
 
-RobotFrame = Annotated[
+AnyRobotFrame = (
     Hello
     | Heartbeat
     | JobStatus
@@ -301,9 +301,10 @@ RobotFrame = Annotated[
     | TaskFinish
     | ResourceGet
     | ResourceSet
-    | CredentialGet,
-    Field(discriminator="type"),
-]
+    | CredentialGet
+)
+"""Every frame a robot may send (the type ``parse_robot_frame`` returns)."""
+RobotFrame = Annotated[AnyRobotFrame, Field(discriminator="type")]
 ReliableFrame = JobStatus | LogBatch | JobRequest | TaskAdd | TaskProgress | TaskFinish | ResourceSet
 """Robot frames numbered from 1, journaled by the robot, applied once and acknowledged."""
 RequestFrame = TaskTake | TaskRenew | ResourceGet | CredentialGet

@@ -11,38 +11,11 @@ from rpa_protocol.codes import ERROR_BAD_FRAME
 from rpa_protocol.frames import (
     GATEWAY_FRAME_TYPES,
     ROBOT_FRAME_TYPES,
-    CredentialGet,
+    AnyRobotFrame,
     GatewayFrame,
-    Heartbeat,
-    Hello,
-    JobRequest,
-    JobStatus,
-    LogBatch,
-    ResourceGet,
-    ResourceSet,
     RobotFrame,
-    TaskAdd,
-    TaskFinish,
-    TaskProgress,
-    TaskRenew,
-    TaskTake,
 )
 
-AnyRobotFrame = (
-    Hello
-    | Heartbeat
-    | JobStatus
-    | LogBatch
-    | JobRequest
-    | TaskAdd
-    | TaskTake
-    | TaskRenew
-    | TaskProgress
-    | TaskFinish
-    | ResourceGet
-    | ResourceSet
-    | CredentialGet
-)
 _robot: TypeAdapter[AnyRobotFrame] = TypeAdapter(RobotFrame)
 _gateway: TypeAdapter[Any] = TypeAdapter(GatewayFrame)
 
