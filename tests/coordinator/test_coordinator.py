@@ -328,23 +328,32 @@ async def _connected(ctx: ServiceContext, setup: Setup, bot: uuid.UUID) -> None:
     )
 
 
-async def test_a_restarted_coordinator_adopts_its_running_session_and_logs_it_off_later(
-    ctx: ServiceContext, setup: Setup, work_dir: Path
-) -> None:
-    state_file = work_dir / "sessions.json"
+async def _stopped_with_a_running_session(
+    ctx: ServiceContext, setup: Setup, work_dir: Path, state_file: Path, login: str
+) -> tuple[uuid.UUID, TerminalSession, int]:
+    """A coordinator logs a session on for an unattended job of ``login``, sees its robot connect and
+    stops keeping the session running (an upgrade, or a crash); ``(job id, session, robot pid)``."""
     first = Coordinator(
         ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
     )
     await first.start()
     try:
-        bot, job_id = await setup.unattended_job("svc_adopt")
+        bot, job_id = await setup.unattended_job(login)
         await dispatch_pass(ctx)
         ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
         await _connected(ctx, setup, bot)
         await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
         pid = (await wait_seen(work_dir, ts.id))["pid"]
     finally:
-        await first.stop()  # keeps the session running: an upgrade, or a crash
+        await first.stop()  # keeps the session running
+    return job_id, ts, pid
+
+
+async def test_a_restarted_coordinator_adopts_its_running_session_and_logs_it_off_later(
+    ctx: ServiceContext, setup: Setup, work_dir: Path
+) -> None:
+    state_file = work_dir / "sessions.json"
+    job_id, ts, pid = await _stopped_with_a_running_session(ctx, setup, work_dir, state_file, "svc_adopt")
     saved = json.loads(state_file.read_text())
     assert [s["session_id"] for s in saved["sessions"]] == [str(ts.id)]
     assert "Pa55word!" not in state_file.read_text() and "rbk_" not in state_file.read_text()
@@ -372,19 +381,7 @@ async def test_a_session_that_ended_while_the_coordinator_was_down_is_reported(
     ctx: ServiceContext, setup: Setup, work_dir: Path
 ) -> None:
     state_file = work_dir / "sessions.json"
-    first = Coordinator(
-        ctx, setup.coordinator_id, driver_for(work_dir), state_file=state_file, keep_sessions_on_stop=True
-    )
-    await first.start()
-    try:
-        bot, job_id = await setup.unattended_job("svc_gone")
-        await dispatch_pass(ctx)
-        ts = await setup.wait_state(job_id, SessionState.LOGGED_ON)
-        await _connected(ctx, setup, bot)
-        await setup.wait_state(job_id, SessionState.ROBOT_CONNECTED)
-        pid = (await wait_seen(work_dir, ts.id))["pid"]
-    finally:
-        await first.stop()
+    job_id, _, pid = await _stopped_with_a_running_session(ctx, setup, work_dir, state_file, "svc_gone")
     os.kill(pid, 15)  # the robot leaves while no coordinator watches
     async with asyncio.timeout(5):
         while (
