@@ -223,16 +223,21 @@ class Patroni:
             f"Patroni: pg1 :{self.nodes[0].port}, pg2 :{self.nodes[1].port}, balancer :{self.proxy_port} up in {time.monotonic() - t0:.1f} s"
         )
 
-    async def _probe_table(self) -> None:
+    async def _admin(self, port: int, timeout: float = 60) -> Any:
+        """An asyncpg connection as the ``postgres`` superuser to the server on ``port``."""
         import asyncpg
 
-        conn = await asyncpg.connect(
+        return await asyncpg.connect(
             host="127.0.0.1",
-            port=self.proxy_port,
+            port=port,
             user="postgres",
             password=self.secrets.admin_password,
             database="postgres",
+            timeout=timeout,
         )
+
+    async def _probe_table(self) -> None:
+        conn = await self._admin(self.proxy_port)
         try:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS beat (id bigserial PRIMARY KEY, at double precision NOT NULL)"
@@ -248,18 +253,10 @@ class Patroni:
         }
 
     def _sample(self) -> None:
-        import asyncpg
 
         async def one(node: PgNode) -> tuple[bool, int | None] | None:
             try:
-                conn = await asyncpg.connect(
-                    host="127.0.0.1",
-                    port=node.port,
-                    user="postgres",
-                    password=self.secrets.admin_password,
-                    database="postgres",
-                    timeout=0.5,
-                )
+                conn = await self._admin(node.port, timeout=0.5)
             except Exception:
                 return None
             try:
@@ -346,7 +343,6 @@ class Patroni:
 
     def run_db_probe(self, load: Load) -> None:
         """The bare database's recovery through the balancer: one insert every 0.05 s."""
-        import asyncpg
 
         async def loop() -> None:
             conn = None
@@ -354,14 +350,7 @@ class Patroni:
                 t = time.time()
                 try:
                     if conn is None:
-                        conn = await asyncpg.connect(
-                            host="127.0.0.1",
-                            port=self.proxy_port,
-                            user="postgres",
-                            password=self.secrets.admin_password,
-                            database="postgres",
-                            timeout=1,
-                        )
+                        conn = await self._admin(self.proxy_port, timeout=1)
                     await conn.execute("INSERT INTO beat (at) VALUES ($1)", t, timeout=2)
                     load.db_beats.append((t, time.time(), True))
                 except Exception:
