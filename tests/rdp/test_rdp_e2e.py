@@ -327,21 +327,31 @@ async def test_a_wrong_password_fails_the_session_and_the_job_within_the_deadlin
     assert not any("xfreerdp" in line and f"/u:{login}" in line for line in now.splitlines())
 
 
-async def test_a_restarted_coordinator_adopts_a_running_rdp_session(
-    ctx: ServiceContext, stack: Stack, xrdp: XrdpServer
-) -> None:
+async def _running_long_job(
+    stack: Stack, xrdp: XrdpServer, letter: str, *, seconds: int
+) -> tuple[Job, uuid.UUID, str]:
+    """A job of the ``long`` example (``seconds``) for a new unattended robot with its own OS
+    account on the xrdp server, once it is Running: ``(job, robot id, login)``."""
     world = stack.world
     await publish_hello(world, "long")
-    login = _login("r")
+    login = _login(letter)
     password = xrdp.account(login)
     bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
     await world.unattended_account(stack.server_id, bot, login, password)
-    job_id = await world.job(robot_id=bot, input_args={"seconds": 8})
+    job_id = await world.job(robot_id=bot, input_args={"seconds": seconds})
     stack.scheduler.wake.set()
     async with asyncio.timeout(60):
         while (job := await world.get(Job, job_id)).state != JobState.RUNNING:
             assert not job.state.is_final, job.error
             await asyncio.sleep(0.2)
+    return job, bot, login
+
+
+async def test_a_restarted_coordinator_adopts_a_running_rdp_session(
+    ctx: ServiceContext, stack: Stack, xrdp: XrdpServer
+) -> None:
+    world = stack.world
+    job_id = (await _running_long_job(stack, xrdp, "r", seconds=8))[0].id
     ts = await session_of(ctx, job_id)
     assert ts is not None and ts.state == SessionState.ROBOT_CONNECTED
     client_pid = stack.coordinator.sessions[ts.id].handle.pid  # type: ignore[union-attr]
@@ -368,17 +378,8 @@ async def test_a_hard_interrupt_ends_the_jobs_rdp_session(
     ctx: ServiceContext, stack: Stack, xrdp: XrdpServer
 ) -> None:
     world = stack.world
-    await publish_hello(world, "long")
-    login = _login("i")
-    password = xrdp.account(login)
-    bot = await world.robot(role=RobotRole.UNATTENDED, status=RobotStatus.DISCONNECTED)
-    await world.unattended_account(stack.server_id, bot, login, password)
-    job_id = await world.job(robot_id=bot, input_args={"seconds": 120})
-    stack.scheduler.wake.set()
-    async with asyncio.timeout(60):
-        while (job := await world.get(Job, job_id)).state != JobState.RUNNING:
-            assert not job.state.is_final, job.error
-            await asyncio.sleep(0.2)
+    job, bot, login = await _running_long_job(stack, xrdp, "i", seconds=120)
+    job_id = job.id
 
     # What POST /jobs/{id}/interrupt does: Running -> Interrupting, then JOB_CONTROL for the gateway.
     async def interrupt(session: Any) -> None:
