@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.calendars import schemas
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
-from rpa_api.kit.folders import check_folder
+from rpa_api.kit.folders import check_folder, check_name_and_folder
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -105,16 +105,7 @@ async def update_calendar(
         if body.days is None or "days" not in body.model_fields_set
         else [d.model_dump() for d in body.days]
     )
-    if (
-        "name" in fields
-        and fields["name"] != cal.name
-        and await name_taken(
-            session, Calendar.name, fields["name"], Calendar.account_id == principal.account_id, but=cal.id
-        )
-    ):
-        raise Conflict(f"a calendar named {fields['name']!r} already exists", field="name")
-    if "folder_id" in fields and fields["folder_id"] != cal.folder_id:
-        await check_folder(session, principal, fields["folder_id"])
+    await check_name_and_folder(session, principal, cal, fields, "a calendar")
     changes = apply_patch(cal, fields)
     if days is not None:
         await _replace_days(session, cal.id, days)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
-from rpa_api.kit.folders import check_folder
+from rpa_api.kit.folders import check_folder, check_name_and_folder
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import contains, flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -133,16 +133,7 @@ async def update_queue(
     fields = body.model_dump(exclude_unset=True)
     require_not_null(fields, *schemas.QueueUpdate.not_null)
     queue = await get_queue(session, principal, queue_id, lock=True)
-    if (
-        "name" in fields
-        and fields["name"] != queue.name
-        and await name_taken(
-            session, Queue.name, fields["name"], Queue.account_id == principal.account_id, but=queue.id
-        )
-    ):
-        raise Conflict(_name_taken_detail(fields["name"]), field="name")
-    if "folder_id" in fields and fields["folder_id"] != queue.folder_id:
-        await check_folder(session, principal, fields["folder_id"])
+    await check_name_and_folder(session, principal, queue, fields, "a queue")
     unique = fields.get("unique_task_names")
     if unique is True and not queue.unique_task_names and await _has_tasks(session, queue.id):
         raise Conflict(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
-from rpa_api.kit.folders import check_folder
+from rpa_api.kit.folders import check_folder, check_name_and_folder
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -114,20 +114,7 @@ async def update_group(
     fields = body.model_dump(exclude_unset=True)
     require_not_null(fields, "name", "description")
     group = await get_group(session, principal, group_id, lock=True)
-    if (
-        "name" in fields
-        and fields["name"] != group.name
-        and await name_taken(
-            session,
-            RobotGroup.name,
-            fields["name"],
-            RobotGroup.account_id == principal.account_id,
-            but=group.id,
-        )
-    ):
-        raise Conflict(f"a robot group named {fields['name']!r} already exists", field="name")
-    if "folder_id" in fields and fields["folder_id"] != group.folder_id:
-        await check_folder(session, principal, fields["folder_id"])
+    await check_name_and_folder(session, principal, group, fields, "a robot group")
     changes = apply_patch(group, fields)
     if changes:
         await flush_or_conflict(session, "a robot group with this name already exists", "name")

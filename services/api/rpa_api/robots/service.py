@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
-from rpa_api.kit.folders import check_folder
+from rpa_api.kit.folders import check_folder, check_name_and_folder
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import contains, flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -143,16 +143,7 @@ async def update_robot(
     fields = body.model_dump(exclude_unset=True)
     require_not_null(fields, "name", "description", "role", "is_active")
     robot = await get_robot(session, principal, robot_id, lock=True)
-    if (
-        "name" in fields
-        and fields["name"] != robot.name
-        and await name_taken(
-            session, Robot.name, fields["name"], Robot.account_id == principal.account_id, but=robot.id
-        )
-    ):
-        raise Conflict(f"a robot named {fields['name']!r} already exists", field="name")
-    if "folder_id" in fields and fields["folder_id"] != robot.folder_id:
-        await check_folder(session, principal, fields["folder_id"])
+    await check_name_and_folder(session, principal, robot, fields, "a robot")
     if "role" in fields and fields["role"] != robot.role:
         coordinates, bound = await _robot_bindings(session, robot.id)
         if coordinates and fields["role"] != RobotRole.COORDINATOR:

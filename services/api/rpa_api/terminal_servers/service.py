@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
+from rpa_api.kit.folders import check_name_and_folder
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -106,18 +107,7 @@ async def update_server(
     fields = body.model_dump(exclude_unset=True)
     require_not_null(fields, *schemas.TerminalServerUpdate.not_null)
     server = await get_server(session, principal, server_id, lock=True)
-    if (
-        "name" in fields
-        and fields["name"] != server.name
-        and await name_taken(
-            session,
-            TerminalServer.name,
-            fields["name"],
-            TerminalServer.account_id == principal.account_id,
-            but=server.id,
-        )
-    ):
-        raise Conflict(f"a terminal server named {fields['name']!r} already exists", field="name")
+    await check_name_and_folder(session, principal, server, fields, "a terminal server")
     if fields.get("coordinator_id") is not None and fields["coordinator_id"] != server.coordinator_id:
         await check_robot_of_role(
             session, principal, fields["coordinator_id"], RobotRole.COORDINATOR, "coordinator_id"
