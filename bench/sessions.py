@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
-import io
 import json
 import os
 import sys
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +58,6 @@ from rpa_common.models import (
     Job,
     JobEvent,
     Process,
-    ProcessVersion,
     Robot,
     TerminalServer,
     TerminalSession,
@@ -69,10 +65,10 @@ from rpa_common.models import (
 )
 from rpa_common.models.enums import JobSource, JobState, RobotRole, RobotStatus, SessionState
 from rpa_common.nats import subjects
-from rpa_common.packages import store_package
 from rpa_common.secrets import encrypt_unattended_password
 from rpa_common.security import make_key
 from tests.rdp.xrdp_server import Unavailable, XrdpServer, xrdp_server
+from tests.support import add_current_version, package_of
 
 GOAL_S = 1.5
 
@@ -82,13 +78,7 @@ async def _seed(settings: Any, server: XrdpServer, logins: list[tuple[str, str]]
     server, and per OS account an unattended robot bound to it."""
     account = await seed_account(settings)
     folder = ROOT / "examples" / "hello"
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                zf.write(path, path.name)
-    data = buf.getvalue()
-    manifest = json.loads((folder / "rpa.json").read_text())
+    data, manifest = package_of(folder)
     process_id, version_id, server_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     coordinator_id, coordinator_key = uuid.uuid4(), make_key("rbk")
     robots = [(uuid.uuid4(), login, password) for login, password in logins]
@@ -98,21 +88,14 @@ async def _seed(settings: Any, server: XrdpServer, logins: list[tuple[str, str]]
         async def work(session: Any) -> None:
             session.add(Process(id=process_id, account_id=account.account_id, name="hello"))
             await session.flush()
-            session.add(
-                ProcessVersion(
-                    id=version_id,
-                    account_id=account.account_id,
-                    process_id=process_id,
-                    version="1.0.0",
-                    entry_point=manifest["entry_point"],
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                )
-            )
-            await session.flush()
-            await store_package(session, version_id, io.BytesIO(data))
-            await session.execute(
-                sa.update(Process).where(Process.id == process_id).values(current_version_id=version_id)
+            await add_current_version(
+                session,
+                account_id=account.account_id,
+                process_id=process_id,
+                version_id=version_id,
+                version="1.0.0",
+                data=data,
+                manifest=manifest,
             )
             for rid, name, role, key in [
                 (coordinator_id, "coordinator", RobotRole.COORDINATOR, coordinator_key),

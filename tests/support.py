@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
+import json
 import socket
 import sys
 import time
+import uuid
+import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 T = TypeVar("T")
 
@@ -52,3 +60,52 @@ def robot_argv(gateway_url: str, home: Path, *extra: str) -> list[str]:
         "0.5",
         *extra,
     ]
+
+
+def package_of(folder: Path) -> tuple[bytes, dict[str, Any]]:
+    """A process package made of ``folder`` (its files at the zip's root) and its ``rpa.json``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                zf.write(path, path.name)
+    manifest: dict[str, Any] = json.loads((folder / "rpa.json").read_text())
+    return buf.getvalue(), manifest
+
+
+async def add_current_version(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    process_id: uuid.UUID,
+    version_id: uuid.UUID,
+    version: str,
+    data: bytes,
+    manifest: dict[str, Any],
+    default_input: dict[str, Any] | None = None,
+) -> None:
+    """Version ``version`` of an existing process with package ``data`` stored, made its current
+    version (inside the caller's transaction)."""
+    # Imported here: tests/tcp_proxy.py and other small helper processes import this module.
+    import sqlalchemy as sa
+
+    from rpa_common.models import Process, ProcessVersion
+    from rpa_common.packages import store_package
+
+    session.add(
+        ProcessVersion(
+            id=version_id,
+            account_id=account_id,
+            process_id=process_id,
+            version=version,
+            entry_point=manifest["entry_point"],
+            default_input=default_input,
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
+    )
+    await session.flush()
+    await store_package(session, version_id, io.BytesIO(data))
+    await session.execute(
+        sa.update(Process).where(Process.id == process_id).values(current_version_id=version_id)
+    )

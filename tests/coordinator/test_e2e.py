@@ -8,16 +8,12 @@ process -> the job runs (examples/hello) -> the robot leaves -> the session is c
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,15 +22,15 @@ import pytest
 import sqlalchemy as sa
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Job, JobEvent, Process, ProcessVersion, TerminalSession
+from rpa_common.models import Job, JobEvent, TerminalSession
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus, SessionState
-from rpa_common.packages import store_package
 from rpa_common.service import ServiceContext
 from rpa_coordinator.coordinator import Coordinator
 from rpa_coordinator.drivers import ProcessDriver
 from rpa_scheduler.service import Scheduler
 from tests.conftest import NATS_URL, ROOT
 from tests.scheduler.factory import World, new_world
+from tests.support import add_current_version, package_of
 
 pytestmark = pytest.mark.slow
 
@@ -86,31 +82,18 @@ def gateway_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 async def publish_hello(world: World, example: str = "hello") -> None:
     """examples/<example> (hello by default) as the current version of the world's process."""
     folder = Path(ROOT) / "examples" / example
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                zf.write(path, path.name)
-    data = buf.getvalue()
-    manifest = json.loads((folder / "rpa.json").read_text())
+    data, manifest = package_of(folder)
     version_id = uuid.uuid4()
 
     async def work(session):  # type: ignore[no-untyped-def]
-        session.add(
-            ProcessVersion(
-                id=version_id,
-                account_id=world.account_id,
-                process_id=world.process_id,
-                version=f"2.0.0-{example}",
-                entry_point=manifest["entry_point"],
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-            )
-        )
-        await session.flush()
-        await store_package(session, version_id, io.BytesIO(data))
-        await session.execute(
-            sa.update(Process).where(Process.id == world.process_id).values(current_version_id=version_id)
+        await add_current_version(
+            session,
+            account_id=world.account_id,
+            process_id=world.process_id,
+            version_id=version_id,
+            version=f"2.0.0-{example}",
+            data=data,
+            manifest=manifest,
         )
 
     await run_in_transaction(world.ctx.sessions, work)

@@ -8,16 +8,12 @@ robot, the next attempt and a lease, ``robot.current_job_id`` set by a guarded u
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,16 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, record_creation, transition
-from rpa_common.models import Account, Job, JobEvent, Process, ProcessVersion, Robot, RobotMessage
+from rpa_common.models import Account, Job, JobEvent, Process, Robot, RobotMessage
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotRole, RobotStatus
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import GatewayCommand, JobControl
-from rpa_common.packages import store_package
 from rpa_common.security import make_key
 from rpa_common.service import ServiceContext
 from tests.conftest import NATS_URL, ROOT
-from tests.support import eventually, free_port, robot_argv
+from tests.support import add_current_version, eventually, free_port, package_of, robot_argv
 
 T = TypeVar("T")
 HEARTBEAT_S = 0.5
@@ -234,34 +229,21 @@ class World:
         folder = EXAMPLES / example
         if not folder.is_dir():
             folder = Path(__file__).parent / "packages" / example
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(folder.iterdir()):
-                if path.is_file():
-                    zf.write(path, path.name)
-        data = buf.getvalue()
-        manifest = json.loads((folder / "rpa.json").read_text())
+        data, manifest = package_of(folder)
         process_id, version_id = uuid.uuid4(), uuid.uuid4()
 
         async def work(session: AsyncSession) -> None:
             session.add(Process(id=process_id, account_id=self.account_id, name=manifest["name"]))
             await session.flush()
-            session.add(
-                ProcessVersion(
-                    id=version_id,
-                    account_id=self.account_id,
-                    process_id=process_id,
-                    version=manifest["version"],
-                    entry_point=manifest["entry_point"],
-                    default_input=manifest.get("default_input"),
-                    sha256=hashlib.sha256(data).hexdigest(),
-                    size=len(data),
-                )
-            )
-            await session.flush()
-            await store_package(session, version_id, io.BytesIO(data))
-            await session.execute(
-                sa.update(Process).where(Process.id == process_id).values(current_version_id=version_id)
+            await add_current_version(
+                session,
+                account_id=self.account_id,
+                process_id=process_id,
+                version_id=version_id,
+                version=manifest["version"],
+                data=data,
+                manifest=manifest,
+                default_input=manifest.get("default_input"),
             )
 
         await run_in_transaction(self.ctx.sessions, work)
