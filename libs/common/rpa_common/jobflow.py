@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.models import Job, JobEvent, Robot
 from rpa_common.models.base import utcnow
-from rpa_common.models.enums import ActorType, JobPriority, JobSource, JobState
+from rpa_common.models.enums import JobPriority, JobSource, JobState
 from rpa_common.nats.messages import JobCreated, JobStateChanged
-from rpa_common.taskflow import JOB_END_FLAGS, fail_tasks_of_job
+from rpa_common.taskflow import JOB_END_FLAGS, Actor, fail_tasks_of_job
 
 S = JobState
 
@@ -47,16 +47,6 @@ def sources_for(to_state: JobState, among: Iterable[JobState] | None = None) -> 
         wanted = set(among)
         allowed = [s for s in allowed if s in wanted]
     return allowed
-
-
-@dataclass(frozen=True)
-class Actor:
-    type: ActorType
-    id: uuid.UUID | None = None
-
-    @classmethod
-    def system(cls) -> Actor:
-        return cls(ActorType.SYSTEM)
 
 
 @dataclass(frozen=True)
