@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rpa_api.deps import Principal
 from rpa_api.jobs.schemas import JobCreate
 from rpa_api.kit.audit import record
+from rpa_api.kit.folders import check_visible
 from rpa_api.kit.lookup import get_owned
 from rpa_common import jobflow
 from rpa_common.errors import Conflict, NotFound, Unprocessable
@@ -207,15 +208,9 @@ async def _check_target(session: AsyncSession, principal: Principal, body: JobCr
         if not robot.is_active:
             raise Conflict(f"robot {robot.name!r} is inactive", field="robot_id")
     if body.robot_group_id is not None:
-        group = await session.scalar(
-            sa.select(RobotGroup.id).where(
-                RobotGroup.id == body.robot_group_id,
-                RobotGroup.account_id == principal.account_id,
-                principal.folder_clause(RobotGroup.folder_id),
-            )
+        await check_visible(
+            session, principal, RobotGroup, body.robot_group_id, "robot group", "robot_group_id"
         )
-        if group is None:
-            raise NotFound.of("robot group", body.robot_group_id, field="robot_group_id")
 
 
 async def create_job(

@@ -48,3 +48,19 @@ async def check_name_and_folder(
         raise Conflict(f"{what} named {fields['name']!r} already exists", field="name")
     if "folder_id" in fields and fields["folder_id"] != obj.folder_id:
         await check_folder(session, principal, fields["folder_id"])
+
+
+async def check_visible(
+    session: AsyncSession, principal: Principal, model: Any, ident: uuid.UUID, kind: str, field: str
+) -> None:
+    """``ident`` is a ``model`` row (a robot, a robot group...) of the caller's account in a folder the
+    caller sees; otherwise 404 ``{kind} {ident} does not exist`` naming ``field``."""
+    found = await session.scalar(
+        sa.select(model.id).where(
+            model.id == ident,
+            model.account_id == principal.account_id,
+            principal.folder_clause(model.folder_id),
+        )
+    )
+    if found is None:
+        raise NotFound.of(kind, ident, field=field)

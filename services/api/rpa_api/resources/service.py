@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
 from rpa_api.kit.audit import record
-from rpa_api.kit.folders import check_folder, check_name_and_folder
+from rpa_api.kit.folders import check_folder, check_name_and_folder, check_visible
 from rpa_api.kit.lookup import get_owned
 from rpa_api.kit.names import flush_or_conflict, name_taken
 from rpa_api.kit.patch import apply_patch, require_not_null
@@ -326,29 +326,13 @@ async def _scope_of(session: AsyncSession, principal: Principal, body: schemas.R
             raise Unprocessable("robot_group_id is not given with scope 'robot'", field="robot_group_id")
         if body.robot_id is None:
             raise Unprocessable("scope 'robot' needs robot_id", field="robot_id")
-        robot = await session.scalar(
-            sa.select(Robot.id).where(
-                Robot.id == body.robot_id,
-                Robot.account_id == principal.account_id,
-                principal.folder_clause(Robot.folder_id),
-            )
-        )
-        if robot is None:
-            raise NotFound.of("robot", body.robot_id, field="robot_id")
+        await check_visible(session, principal, Robot, body.robot_id, "robot", "robot_id")
         return f"robot:{body.robot_id}"
     if body.robot_id is not None:
         raise Unprocessable("robot_id is not given with scope 'robot_group'", field="robot_id")
     if body.robot_group_id is None:
         raise Unprocessable("scope 'robot_group' needs robot_group_id", field="robot_group_id")
-    group = await session.scalar(
-        sa.select(RobotGroup.id).where(
-            RobotGroup.id == body.robot_group_id,
-            RobotGroup.account_id == principal.account_id,
-            principal.folder_clause(RobotGroup.folder_id),
-        )
-    )
-    if group is None:
-        raise NotFound.of("robot group", body.robot_group_id, field="robot_group_id")
+    await check_visible(session, principal, RobotGroup, body.robot_group_id, "robot group", "robot_group_id")
     return f"group:{body.robot_group_id}"
 
 
