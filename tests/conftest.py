@@ -159,6 +159,29 @@ class Tenant:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    async def folder_user(
+        self, role_name: str, permissions: list[dict[str, str]], folder_id: str
+    ) -> dict[str, str]:
+        """Auth headers of a new user whose only role (``role_name``, made here through the API) gives
+        ``permissions`` in folder ``folder_id`` alone."""
+        role = await self.client.post(
+            "/api/v1/roles",
+            json={
+                "name": role_name,
+                "permissions": permissions,
+                "all_folders": False,
+                "folder_ids": [folder_id],
+            },
+            headers=self.headers,
+        )
+        assert role.status_code == 201, role.text
+        user_id, _, headers = await self.user("Viewer")
+        r = await self.client.put(
+            f"/api/v1/users/{user_id}/roles", json={"role_ids": [role.json()["id"]]}, headers=self.headers
+        )
+        assert r.status_code == 200
+        return headers
+
     async def user(self, role: str, username: str | None = None) -> tuple[uuid.UUID, str, dict[str, str]]:
         """A user holding the built-in ``role``: (id, username, auth headers)."""
         from rpa_api.roles.builtin import ensure_builtin_roles

@@ -111,25 +111,14 @@ async def test_folder_names_and_validation(
 async def test_folder_limited_role_sees_only_its_folders(client: httpx.AsyncClient, tenant: Tenant) -> None:
     mine = (await client.post("/api/v1/folders", json={"name": "Mine"}, headers=tenant.headers)).json()
     hidden = (await client.post("/api/v1/folders", json={"name": "Hidden"}, headers=tenant.headers)).json()
-    role = await client.post(
-        "/api/v1/roles",
-        json={
-            "name": "Folder readers",
-            "permissions": [
-                {"object": "folders", "action": "read"},
-                {"object": "folders", "action": "update"},
-            ],
-            "all_folders": False,
-            "folder_ids": [mine["id"]],
-        },
-        headers=tenant.headers,
+    headers = await tenant.folder_user(
+        "Folder readers",
+        [
+            {"object": "folders", "action": "read"},
+            {"object": "folders", "action": "update"},
+        ],
+        mine["id"],
     )
-    assert role.status_code == 201, role.text
-    user_id, _, headers = await tenant.user("Viewer")
-    r = await client.put(
-        f"/api/v1/users/{user_id}/roles", json={"role_ids": [role.json()["id"]]}, headers=tenant.headers
-    )
-    assert r.status_code == 200
 
     listing = (await client.get("/api/v1/folders", headers=headers)).json()
     assert [f["id"] for f in listing["items"]] == [mine["id"]] and listing["total"] == 1

@@ -317,26 +317,15 @@ async def test_delete_a_queue_with_retry_chains_and_history(
 async def test_folder_limited_role_sees_only_its_queues(client: httpx.AsyncClient, tenant: Tenant) -> None:
     mine = (await client.post("/api/v1/folders", json={"name": "Mine"}, headers=tenant.headers)).json()
     hidden = (await client.post("/api/v1/folders", json={"name": "Hidden"}, headers=tenant.headers)).json()
-    role = await client.post(
-        "/api/v1/roles",
-        json={
-            "name": "Queue workers",
-            "permissions": [
-                {"object": o, "action": a}
-                for o in ("queues", "tasks")
-                for a in ("read", "create", "update", "delete")
-            ],
-            "all_folders": False,
-            "folder_ids": [mine["id"]],
-        },
-        headers=tenant.headers,
+    headers = await tenant.folder_user(
+        "Queue workers",
+        [
+            {"object": o, "action": a}
+            for o in ("queues", "tasks")
+            for a in ("read", "create", "update", "delete")
+        ],
+        mine["id"],
     )
-    assert role.status_code == 201, role.text
-    user_id, _, headers = await tenant.user("Viewer")
-    r = await client.put(
-        f"/api/v1/users/{user_id}/roles", json={"role_ids": [role.json()["id"]]}, headers=tenant.headers
-    )
-    assert r.status_code == 200
     visible = await create_queue(client, tenant, folder_id=mine["id"])
     secret = await create_queue(client, tenant, folder_id=hidden["id"])
     listing = (await client.get(QUEUES, headers=headers)).json()
