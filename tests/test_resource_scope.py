@@ -180,11 +180,9 @@ async def test_text_set_by_a_robot_stays_within_its_scope(world: World, ctx: Ser
     all_id = await w.value(res, ResourceScope.ALL, text="0")
     grp_id = await w.value(res, ResourceScope.ROBOT_GROUP, grp, text="10")
 
-    def set_(robot: uuid.UUID, value: str) -> Any:
+    def set_(robot: uuid.UUID, value: str, name: str = "Counter") -> Any:
         return w.run(
-            lambda s: set_text_for_robot(
-                s, account_id=w.account_id, robot_id=robot, name="Counter", value=value
-            )
+            lambda s: set_text_for_robot(s, account_id=w.account_id, robot_id=robot, name=name, value=value)
         )
 
     got = await set_(member, "11")
@@ -216,11 +214,7 @@ async def test_text_set_by_a_robot_stays_within_its_scope(world: World, ctx: Ser
     only_group = await w.resource("GroupOnly", ResourceKind.TEXT)
     await w.value(only_group, ResourceScope.ROBOT_GROUP, grp, text="g")
     with pytest.raises(ResourceError) as err:
-        await w.run(
-            lambda s: set_text_for_robot(
-                s, account_id=w.account_id, robot_id=other, name="GroupOnly", value="x"
-            )
-        )
+        await set_(other, "x", "GroupOnly")
     assert err.value.code == "not_allowed"
     with pytest.raises(ResourceError) as err:
         await set_(member, "a\x00b")
@@ -228,9 +222,7 @@ async def test_text_set_by_a_robot_stays_within_its_scope(world: World, ctx: Ser
     cred = await w.resource("Login", ResourceKind.CREDENTIALS)
     await w.value(cred, ResourceScope.ALL, password="pw-1")
     with pytest.raises(ResourceError) as err:
-        await w.run(
-            lambda s: set_text_for_robot(s, account_id=w.account_id, robot_id=member, name="Login", value="x")
-        )
+        await set_(member, "x", "Login")
     assert err.value.code == "wrong_kind"
 
 
