@@ -569,6 +569,26 @@ async def _refusal(
     return TaskError("stale_token", "the lock on this task expired", field="lock_token")
 
 
+async def _write_held(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    task_id: uuid.UUID,
+    token: int,
+    robot_id: uuid.UUID,
+    now: datetime,
+    **values: Any,
+) -> None:
+    """Set ``values`` (and ``updated_at``) on the task if the robot holds its lock, else raise why not."""
+    result = await session.execute(
+        sa.update(Task)
+        .where(*_held(account_id, task_id, token, robot_id, now))
+        .values(**values, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise await _refusal(session, account_id, task_id, token, robot_id)
+
+
 async def renew_lock(
     session: AsyncSession,
     *,
@@ -583,14 +603,7 @@ async def renew_lock(
     seconds = lock_seconds(lock_s)
     now = utcnow()
     expires = now + timedelta(seconds=seconds)
-    result = await session.execute(
-        sa.update(Task)
-        .where(*_held(account_id, task_id, token, robot_id, now))
-        .values(lock_expires_at=expires, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise await _refusal(session, account_id, task_id, token, robot_id)
+    await _write_held(session, account_id, task_id, token, robot_id, now, lock_expires_at=expires)
     return expires
 
 
@@ -612,14 +625,7 @@ async def progress(
         raise TaskError("invalid", bad[1], field="note")
     text = note[:TEXT_MAX]
     now = utcnow()
-    result = await session.execute(
-        sa.update(Task)
-        .where(*_held(account_id, task_id, token, robot_id, now))
-        .values(progress=text, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        raise await _refusal(session, account_id, task_id, token, robot_id)
+    await _write_held(session, account_id, task_id, token, robot_id, now, progress=text)
     event(
         session,
         account_id=account_id,
