@@ -259,22 +259,7 @@ async def _take_many_pg(
     out: list[Taken | None] = [None] * len(takes)
     for row in rows:
         i = int(row.rn) - 1
-        t = takes[i]
-        events.state(queue.account_id, row.id, t.robot_id, now, S.IN_PROGRESS, None)
-        if t.job_id is not None:
-            events.rows[-1]["note"] = f"taken by job {t.job_id}"
-        out[i] = Taken(
-            id=row.id,
-            name=row.name,
-            description=row.description or "",
-            parameters=dict(row.parameters or {}),
-            priority=int(row.priority),
-            tags=list(row.tags or []),
-            deadline=row.deadline,
-            retry_number=int(row.retry_number or 0),
-            lock_token=int(row.lock_token),
-            lock_expires_at=expires[i],
-        )
+        out[i] = _taken_one(queue, row, takes[i], now, events, int(row.lock_token), expires[i])
     return out
 
 
@@ -305,6 +290,27 @@ async def _take_update(
     )
 
 
+def _taken_one(
+    queue: QueueRef | Queue, row: Any, t: Take, now: datetime, events: Events, token: int, expires: datetime
+) -> Taken:
+    """The task of ``row`` as taken by ``t`` (with its history entry queued on ``events``)."""
+    events.state(queue.account_id, row.id, t.robot_id, now, S.IN_PROGRESS, None)
+    if t.job_id is not None:
+        events.rows[-1]["note"] = f"taken by job {t.job_id}"
+    return Taken(
+        id=row.id,
+        name=row.name,
+        description=row.description or "",
+        parameters=dict(row.parameters or {}),
+        priority=int(row.priority),
+        tags=list(row.tags or []),
+        deadline=row.deadline,
+        retry_number=int(row.retry_number or 0),
+        lock_token=token,
+        lock_expires_at=expires,
+    )
+
+
 def _taken(
     queue: QueueRef | Queue,
     given: list[tuple[Any, Take]],
@@ -315,23 +321,7 @@ def _taken(
 ) -> list[Taken | None]:
     out: list[Taken | None] = []
     for row, t in given:
-        events.state(queue.account_id, row.id, t.robot_id, now, S.IN_PROGRESS, None)
-        if t.job_id is not None:
-            events.rows[-1]["note"] = f"taken by job {t.job_id}"
-        out.append(
-            Taken(
-                id=row.id,
-                name=row.name,
-                description=row.description or "",
-                parameters=dict(row.parameters or {}),
-                priority=int(row.priority),
-                tags=list(row.tags or []),
-                deadline=row.deadline,
-                retry_number=int(row.retry_number or 0),
-                lock_token=int(row.lock_token) + 1,
-                lock_expires_at=expires[row.id],
-            )
-        )
+        out.append(_taken_one(queue, row, t, now, events, int(row.lock_token) + 1, expires[row.id]))
     return out + [None] * (count - len(out))
 
 
