@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import aiomysql
@@ -135,3 +136,26 @@ def test_the_command_waits_then_says_why() -> None:
     assert out.returncode == 2
     assert "did not answer in time" in out.stderr
     assert "secret-Pass" not in out.stderr + out.stdout
+
+
+async def test_a_standby_is_waited_for_then_named() -> None:
+    """Through a balancer still checking its servers, the set-up may reach a read-only standby."""
+    from tests.conftest import require_backend
+
+    require_backend("postgresql")
+    admin = urlsplit(admin_url_for("postgresql"))
+    ro_admin = f"rpa_ro_admin_{os.getpid()}"
+    conn = await asyncpg.connect(
+        host=admin.hostname, port=admin.port or 5432, user=admin.username, database="postgres"
+    )
+    await conn.execute(f'CREATE ROLE "{ro_admin}" LOGIN SUPERUSER')
+    await conn.execute(f'ALTER ROLE "{ro_admin}" SET default_transaction_read_only = on')
+    try:
+        settings = _settings("postgresql", db_admin_user=ro_admin, db_password="p")
+        started = time.monotonic()
+        with pytest.raises(SetupError, match="read-only"):
+            await setup(settings, wait_s=2.5)
+        assert time.monotonic() - started >= 1.5  # it waited for a writer before giving up
+    finally:
+        await conn.execute(f'DROP ROLE IF EXISTS "{ro_admin}"')
+        await conn.close()

@@ -215,7 +215,14 @@ class Patroni:
             self.work / "dbproxy.log",
         )
         self.proxy.start()
-        wait_for(lambda: self.writers().get("pg1") == "UP", 30, "the balancer sends to pg1", self.proxy)
+        # HAProxy takes every server for up until its checks say otherwise: wait until the replica
+        # is out too, or a first connection may land on it (read-only).
+        wait_for(
+            lambda: (w := self.writers()).get("pg1") == "UP" and w.get("pg2", "").startswith("DOWN"),
+            30,
+            "the balancer sends to pg1 only",
+            self.proxy,
+        )
         asyncio.run(self._probe_table())
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()

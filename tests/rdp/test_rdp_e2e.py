@@ -288,7 +288,8 @@ async def test_two_accounts_log_on_at_once_run_their_jobs_and_log_off(
         assert_secret_absent(password, stack, ps, everything)
     for prefix in prefixes:
         assert not stack.spy.seen(prefix) and not ps.seen(f"rbk_{prefix}")
-    assert len(ps.samples) > 10
+    # The samples covered the sessions: some show the RDP clients (the check above is not vacuous).
+    assert ps.seen("xfreerdp"), f"{len(ps.samples)} ps samples, none while a client ran"
 
 
 async def test_a_wrong_password_fails_the_session_and_the_job_within_the_deadline(

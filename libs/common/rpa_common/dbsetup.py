@@ -138,12 +138,27 @@ async def _retry(deadline: float, connect: Any) -> Any:
         delay = min(delay * 2, 5.0)
 
 
+def _read_only(exc: BaseException) -> bool:
+    """The balancer handed us a standby (PostgreSQL replica, MariaDB read_only): a fail-over or a
+    balancer still checking its servers; another connection soon reaches the writer."""
+    if type(exc).__name__ == "ReadOnlySQLTransactionError":  # asyncpg, SQLSTATE 25006
+        return True
+    return bool(getattr(exc, "args", None)) and exc.args[0] in (1290, 1792)  # MariaDB read-only
+
+
 async def setup(settings: Settings, wait_s: float = 0.0) -> list[str]:
     """Create what is missing; return what now exists, in words."""
     deadline = time.monotonic() + wait_s
-    if settings.db_driver == "mariadb":
-        return await _mariadb(settings, deadline)
-    return await _postgresql(settings, deadline)
+    create = _mariadb if settings.db_driver == "mariadb" else _postgresql
+    while True:
+        try:
+            return await create(settings, deadline)
+        except Exception as exc:
+            if not _read_only(exc):
+                raise
+            if time.monotonic() + 1.0 > deadline:
+                raise SetupError("the database answers read-only (a standby, not the writer)") from None
+        await asyncio.sleep(1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
