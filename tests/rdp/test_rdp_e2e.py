@@ -245,7 +245,7 @@ async def test_two_accounts_log_on_at_once_run_their_jobs_and_log_off(
         accounts.append((login, password, bot))
     with PsSampler() as ps:
         jobs = [
-            await world.job(robot_id=bot, input_args={"name": login, "count": 2})
+            await world.job(robot_id=bot, input_args={"name": login, "count": 2, "delay_s": 1.5})
             for login, _, bot in accounts
         ]
         started = time.monotonic()
