@@ -1,0 +1,132 @@
+"""Prometheus metrics every service exports on ``/metrics`` (``prometheus-client``).
+
+The objects live here, in one registry per process, so that shared code (database retries, NATS
+reconnects) and each service count into the same place, and so that the Grafana dashboard in
+``deploy/grafana/`` and the test that checks it have one list of names to agree with.
+
+Labels stay few and bounded: a service name, an HTTP route template (never a raw path), a state or
+level name, a queue id. Never a robot id or a job id (one series per robot would grow without end).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# HTTP, every service ------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "rpa_http_requests",
+    "HTTP requests answered, by service, method, route template and status code",
+    ["service", "method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "rpa_http_request_duration_seconds",
+    "Time to answer an HTTP request, by service, method and route template",
+    ["service", "method", "route"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+
+# Shared infrastructure ----------------------------------------------------------------------------
+DB_RETRIES = Counter(
+    "rpa_db_retries",
+    "Database transactions retried, by service and reason (deadlock, serialization, unavailable...)",
+    ["service", "reason"],
+    registry=REGISTRY,
+)
+NATS_RECONNECTS = Counter(
+    "rpa_nats_reconnects",
+    "Reconnections of this process to NATS",
+    ["service"],
+    registry=REGISTRY,
+)
+NATS_DISCONNECTS = Counter(
+    "rpa_nats_disconnects",
+    "Connections of this process to NATS lost",
+    ["service"],
+    registry=REGISTRY,
+)
+
+# Robot gateway ------------------------------------------------------------------------------------
+ROBOTS_CONNECTED = Gauge(
+    "rpa_gateway_robots_connected",
+    "Robots connected to this gateway replica",
+    registry=REGISTRY,
+)
+FRAMES_RECEIVED = Counter(
+    "rpa_gateway_frames",
+    "Frames received from robots, by frame type",
+    ["type"],
+    registry=REGISTRY,
+)
+LOG_LINES_INGESTED = Counter(
+    "rpa_log_lines_ingested",
+    "Robot log lines committed to the database, by level",
+    ["level"],
+    registry=REGISTRY,
+)
+LOG_BACKLOG = Gauge(
+    "rpa_log_backlog_lines",
+    "Robot log lines received by this gateway and not yet committed",
+    registry=REGISTRY,
+)
+LOG_COMMIT_LATENCY = Histogram(
+    "rpa_log_commit_duration_seconds",
+    "Time to commit one batch of robot log lines",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+SCREENSHOTS_STORED = Counter(
+    "rpa_screenshots_stored",
+    "Screenshots stored",
+    registry=REGISTRY,
+)
+
+# Scheduler ----------------------------------------------------------------------------------------
+DISPATCH_LATENCY = Histogram(
+    "rpa_dispatch_latency_seconds",
+    "Time from a job becoming Pending to its assignment to a robot",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+JOBS_DISPATCHED = Counter(
+    "rpa_jobs_dispatched",
+    "Jobs assigned to a robot by this scheduler replica",
+    registry=REGISTRY,
+)
+TRIGGER_FIRES = Counter(
+    "rpa_trigger_fires",
+    "Trigger occurrences that created a job, by trigger kind",
+    ["kind"],
+    registry=REGISTRY,
+)
+RETENTION_DELETED = Counter(
+    "rpa_retention_deleted",
+    "Rows removed by retention, by kind (log, screenshot)",
+    ["kind"],
+    registry=REGISTRY,
+)
+
+# Sampled from the database (one replica's view, refreshed every few seconds) ----------------------
+JOBS_BY_STATE = Gauge(
+    "rpa_jobs",
+    "Jobs by state (all accounts)",
+    ["state"],
+    registry=REGISTRY,
+)
+ROBOTS_BY_STATUS = Gauge(
+    "rpa_robots",
+    "Robots by status (all accounts)",
+    ["status"],
+    registry=REGISTRY,
+)
+TASK_BACKLOG = Gauge(
+    "rpa_task_backlog",
+    "Tasks waiting to be taken (Created, not postponed) per queue",
+    ["queue"],
+    registry=REGISTRY,
+)
