@@ -44,6 +44,7 @@ RETRY_SQLSTATES: dict[str, str] = {
     "57P01": "admin_shutdown",
     "57P02": "crash_shutdown",
     "57P03": "cannot_connect_now",
+    "25006": "read_only_sql_transaction (a standby: a fail-over, or a balancer still checking)",
 }
 """PostgreSQL SQLSTATEs after which the whole transaction is re-run."""
 
@@ -57,6 +58,8 @@ RETRY_MYSQL_ERRORS: dict[int, str] = {
     2003: "CR_CONN_HOST_ERROR (can't connect)",
     2006: "CR_SERVER_GONE_ERROR",
     2013: "CR_SERVER_LOST (lost connection during query)",
+    1290: "ER_OPTION_PREVENTS_STATEMENT (--read-only: a standby, not the writer)",
+    1792: "ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION (a standby, not the writer)",
 }
 """MariaDB error numbers after which the whole transaction is re-run."""
 
@@ -123,6 +126,13 @@ def retry_reason(exc: BaseException) -> str | None:
     return None
 
 
+def is_read_only(exc: BaseException) -> bool:
+    """True when ``exc`` says the connection reached a read-only standby instead of the writer."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return _sqlstate(exc) == "25006" or _mysql_code(exc) in (1290, 1792)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """True when re-running the whole transaction is the right answer to ``exc``."""
     return retry_reason(exc) is not None
@@ -146,8 +156,13 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
             # rollback could wait forever; drop the connection instead of returning it to the pool.
             await session.invalidate()
             raise
-        except BaseException:
-            await session.rollback()
+        except BaseException as exc:
+            if is_read_only(exc):
+                # The balancer handed this connection to a standby: a re-run on it would meet the
+                # same standby. Drop it, so the pool connects anew (and reaches the writer).
+                await session.invalidate()
+            else:
+                await session.rollback()
             raise
 
 
