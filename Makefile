@@ -48,11 +48,12 @@ failover-test: venv ## Failover layout on loopback (Galera, balancer, 3 NATS, 2 
 failover-test-pg: venv ## The same on PostgreSQL (Patroni, etcd, HAProxy on Patroni's REST check)
 	@$(PY) -m tests.failover --db postgresql $(FAILOVER_ARGS)
 
-lint: venv ## ruff check, ruff format --check, mypy (all three run; fails if any fails)
+lint: venv ## ruff check, ruff format --check, mypy, bandit, pip-audit (all run; fails if any fails)
 	@rc=0
 	echo "== ruff check";          $(VENV)/bin/ruff check . || rc=1
 	echo "== ruff format --check"; $(VENV)/bin/ruff format --check . || rc=1
 	echo "== mypy";                $(VENV)/bin/mypy libs services robot || rc=1
+	$(PY) scripts/audit_deps.py || rc=1
 	exit $$rc
 
 fmt: venv ## Apply ruff's fixes (imports...) and format the code
