@@ -80,7 +80,7 @@ async def service_context(settings: Settings, name: ProcessName) -> AsyncIterato
             from rpa_common.credentials import check_at_start
 
             await check_at_start(settings, session_factory(engine))
-        nc = await connect(settings.nats_url, f"rpa-{name}")
+        nc = await connect(settings.nats_url, f"rpa-{name}", *settings.nats_credentials())
 
         async def _drain() -> None:
             try:

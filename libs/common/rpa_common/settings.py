@@ -50,6 +50,15 @@ class Settings(BaseSettings):
 
     # NATS
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma separated.")
+    nats_user: str | None = Field(
+        None,
+        description="This service's NATS user (`api`, `scheduler`, `gateway`, `coordinator`), when NATS "
+        "runs with per-service users and subject permissions (deploy/nats/, `rpa_common.nats.permissions`).",
+    )
+    nats_password: SecretStr = Field(SecretStr(""), description="That user's NATS password.")
+    nats_password_file: str | None = Field(
+        None, description="A file holding that password (a container secret), instead of `RPA_NATS_PASSWORD`."
+    )
     ready_grace_s: float = Field(
         30.0,
         ge=0,
@@ -238,6 +247,16 @@ class Settings(BaseSettings):
         ge=0,
         description="After its job ended, a session whose robot did not log off by itself is logged off.",
     )
+
+    def nats_credentials(self) -> tuple[str | None, str | None]:
+        """(user, password) for NATS, the password read from its file when one is named."""
+        if not self.nats_user:
+            return None, None
+        password = self.nats_password.get_secret_value()
+        if self.nats_password_file:
+            with open(self.nats_password_file, encoding="utf-8") as f:
+                password = f.read().strip()
+        return self.nats_user, password or None
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

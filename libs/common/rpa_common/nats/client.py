@@ -12,7 +12,11 @@ from nats.aio.client import Client
 log = structlog.get_logger(__name__)
 
 
-async def connect(url: str, name: str) -> Client:
+async def connect(url: str, name: str, user: str | None = None, password: str | None = None) -> Client:
+    """Connect to ``url`` (comma-separated servers) as ``name``; ``user``/``password`` when NATS runs
+    with per-service users (``rpa_common.nats.permissions``). The password never goes into the URL,
+    so it shows in no log line that names the servers."""
+
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc))
 
@@ -33,13 +37,17 @@ async def connect(url: str, name: str) -> Client:
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
+        user=user,
+        password=password,
     )
 
 
 @asynccontextmanager
-async def nats_connection(url: str, name: str) -> AsyncIterator[Client]:
+async def nats_connection(
+    url: str, name: str, user: str | None = None, password: str | None = None
+) -> AsyncIterator[Client]:
     """Connected on enter, drained (in-flight handlers finish, buffers flushed) on exit."""
-    nc = await connect(url, name)
+    nc = await connect(url, name, user, password)
     try:
         yield nc
     finally:

@@ -1,0 +1,124 @@
+"""Who may publish and subscribe to what on NATS: one user per service, least privilege.
+
+NATS runs with these users in the compose layouts (``deploy/nats/``); each service connects with its
+own (``RPA_NATS_USER`` and ``RPA_NATS_PASSWORD`` or ``RPA_NATS_PASSWORD_FILE``). A service may
+publish only the subjects it produces and subscribe only to those it consumes, so a compromised
+gateway cannot, say, order a coordinator to open a session, and nothing can publish as the
+scheduler but the scheduler. Robots never reach NATS: they speak to the gateway only.
+
+The tables below are the contract; ``tests/test_nats_permissions.py`` proves them against a real
+nats-server and checks that every subject of ``rpa_common.nats.subjects`` has a publisher here, so
+a new subject cannot ship without its permission. ``python -m rpa_common.nats.permissions`` prints
+the server's ``authorization`` block (passwords as ``$RPA_NATS_PASSWORD_<USER>`` variables that
+nats-server reads from its environment).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from rpa_common.nats import subjects
+
+ANY_GATEWAY_INBOX = subjects.gateway_inbox("*")
+ANY_COORDINATOR_INBOX = subjects.coordinator_inbox("*")
+
+
+@dataclass(frozen=True)
+class ServicePermissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+PERMISSIONS: Mapping[str, ServicePermissions] = {
+    "api": ServicePermissions(
+        publish=(
+            subjects.AUTH_CHANGED,
+            subjects.JOB_CREATED,
+            subjects.JOB_STATE,
+            subjects.JOB_CONTROL,
+            subjects.RESOURCE_CHANGED,
+            subjects.ROBOT_CHANGED,
+            subjects.TRIGGER_CHANGED,
+        ),
+        subscribe=(subjects.AUTH_CHANGED,),
+    ),
+    "scheduler": ServicePermissions(
+        publish=(
+            subjects.JOB_CREATED,
+            subjects.JOB_STATE,
+            subjects.JOB_CONTROL,
+            subjects.ROBOT_STATUS,
+            ANY_GATEWAY_INBOX,
+            ANY_COORDINATOR_INBOX,
+        ),
+        subscribe=(
+            subjects.JOB_CREATED,
+            subjects.JOB_STATE,
+            subjects.ROBOT_STATUS,
+            subjects.SESSION_STATE,
+            subjects.TRIGGER_CHANGED,
+        ),
+    ),
+    "gateway": ServicePermissions(
+        publish=(
+            subjects.JOB_CREATED,
+            subjects.JOB_STATE,
+            subjects.ROBOT_STATUS,
+            # A robot that reconnects elsewhere: its new gateway tells the previous one to let go.
+            ANY_GATEWAY_INBOX,
+        ),
+        subscribe=(
+            ANY_GATEWAY_INBOX,
+            subjects.JOB_CONTROL,
+            subjects.JOB_STATE,
+            subjects.ROBOT_CHANGED,
+            subjects.RESOURCE_CHANGED,
+        ),
+    ),
+    "coordinator": ServicePermissions(
+        publish=(subjects.SESSION_STATE,),
+        subscribe=(ANY_COORDINATOR_INBOX, subjects.JOB_STATE, subjects.ROBOT_STATUS),
+    ),
+}
+"""Per service user: the subjects (NATS wildcards allowed) it may publish and subscribe to."""
+
+
+def password_variable(user: str) -> str:
+    return f"RPA_NATS_PASSWORD_{user.upper()}"
+
+
+def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
+    """nats-server's ``authorization`` block for every service user.
+
+    Without ``passwords``, each password is the environment variable ``password_variable(user)``,
+    which nats-server resolves when it reads its configuration (so the file holds no secret).
+    """
+    lines = ["authorization {", "  users = ["]
+    for user, perms in PERMISSIONS.items():
+        password = json.dumps(passwords[user]) if passwords else f"${password_variable(user)}"
+        lines += [
+            f"    {{user: {user}, password: {password}, permissions: {{",
+            f"      publish: {{allow: {json.dumps(list(perms.publish))}}},",
+            f"      subscribe: {{allow: {json.dumps(list(perms.subscribe))}}}",
+            "    }},",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rpa_common.nats.permissions",
+        description="Print nats-server's authorization block: one user per service, least privilege.",
+    )
+    parser.parse_args(list(argv) if argv is not None else None)
+    sys.stdout.write(authorization_block())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

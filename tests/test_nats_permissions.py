@@ -1,0 +1,181 @@
+"""Per-service NATS users with subject permissions, proven against a real nats-server.
+
+Each service may publish what it produces and subscribe to what it consumes, nothing else: a
+gateway cannot publish what only the scheduler publishes (a coordinator's command), and no one
+connects without a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from rpa_common.nats import subjects
+from rpa_common.nats.client import connect
+from rpa_common.nats.permissions import PERMISSIONS, authorization_block
+from rpa_common.settings import Settings
+from tests.e2e.nats_outage import NATS_BIN, _answers
+from tests.support import free_port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """nats-server with the product's authorization block, on a port of its own."""
+    folder = tmp_path_factory.mktemp("nats-auth")
+    passwords = {user: secrets.token_urlsafe(16) for user in PERMISSIONS}
+    port = free_port()
+    config = folder / "nats.conf"
+    config.write_text(f"listen: 127.0.0.1:{port}\n" + authorization_block(passwords))
+    log = (folder / "nats.log").open("w")
+    proc = subprocess.Popen([str(NATS_BIN), "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(150):
+            if _answers(port):
+                break
+            assert proc.poll() is None, (folder / "nats.log").read_text()
+            subprocess.run(["sleep", "0.1"], check=True)
+        yield f"nats://127.0.0.1:{port}", passwords
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+class Peer:
+    """One service's connection, remembering the errors the server sent it."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.nc: Client | None = None
+
+    async def connect(self, url: str, user: str, password: str) -> Peer:
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(
+            url, user=user, password=password, error_cb=on_error, max_reconnect_attempts=0
+        )
+        return self
+
+    async def close(self) -> None:
+        if self.nc is not None:
+            await self.nc.close()
+
+
+@pytest.fixture
+async def peers(server: tuple[str, dict[str, str]]) -> AsyncIterator[dict[str, Peer]]:
+    url, passwords = server
+    connected = {user: await Peer().connect(url, user, passwords[user]) for user in PERMISSIONS}
+    yield connected
+    for peer in connected.values():
+        await peer.close()
+
+
+def _concrete(subject: str) -> str:
+    return subject.replace("*", "gw-1")
+
+
+def _allows(pattern: str, subject: str) -> bool:
+    a, b = pattern.split("."), subject.split(".")
+    return len(a) == len(b) and all(x in ("*", y) for x, y in zip(a, b, strict=True))
+
+
+async def _delivered(publisher: Client, subscriber: Client, subject: str) -> bool:
+    """True when a message ``publisher`` sends on ``subject`` reaches ``subscriber``. It publishes a few
+    times over two seconds: nats-py may send a flush's PING before a SUB it was just given, so one
+    message right after subscribing can miss a subscription the server has not seen yet."""
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(msg: nats.aio.msg.Msg) -> None:
+        await got.put(msg.data)
+
+    sub = await subscriber.subscribe(subject, cb=on_message)
+    await subscriber.flush()
+    try:
+        for _ in range(10):
+            await publisher.publish(subject, b"probe")
+            await publisher.flush()
+            try:
+                await asyncio.wait_for(got.get(), 0.2)
+                return True
+            except TimeoutError:
+                continue
+        return False
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_every_permitted_flow_is_delivered(peers: dict[str, Peer]) -> None:
+    for user, perms in PERMISSIONS.items():
+        for pattern in perms.publish:
+            subject = _concrete(pattern)
+            consumers = [u for u, p in PERMISSIONS.items() if any(_allows(s, subject) for s in p.subscribe)]
+            assert consumers, f"{user} publishes {subject}, which no service subscribes to"
+            consumer = peers[consumers[0]].nc
+            assert consumer is not None and peers[user].nc is not None
+            assert await _delivered(peers[user].nc, consumer, subject), (
+                f"{user} -> {consumers[0]}: {subject}",
+                {u: p.errors for u, p in peers.items()},
+            )
+    for user, peer in peers.items():
+        assert not peer.errors, f"{user} was refused a permitted flow: {peer.errors}"
+
+
+async def test_a_gateway_cannot_publish_what_only_the_scheduler_publishes(peers: dict[str, Peer]) -> None:
+    gateway, coordinator = peers["gateway"].nc, peers["coordinator"].nc
+    assert gateway is not None and coordinator is not None
+    command = subjects.coordinator_inbox("c-1")  # "open a session": the scheduler's to give
+    assert not await _delivered(gateway, coordinator, command)
+    await asyncio.sleep(0.2)
+    assert any("permissions violation" in e.lower() for e in peers["gateway"].errors), peers["gateway"].errors
+
+    # Nor announce a trigger change (the API's), nor listen to the API's grant changes.
+    scheduler = peers["scheduler"].nc
+    assert scheduler is not None
+    assert not await _delivered(gateway, scheduler, subjects.TRIGGER_CHANGED)
+    peers["coordinator"].errors.clear()
+    await coordinator.subscribe(subjects.JOB_CREATED)
+    await coordinator.flush()
+    await asyncio.sleep(0.2)
+    assert any("permissions violation" in e.lower() for e in peers["coordinator"].errors)
+
+
+async def test_no_connection_without_the_right_password(
+    server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, passwords = server
+    for user, password in ((None, None), ("gateway", "wrong"), ("api", passwords["gateway"])):
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(
+                url, user=user, password=password, max_reconnect_attempts=0, allow_reconnect=False
+            )
+
+    # The services' own connect, with the password from a file (a container secret).
+    secret = tmp_path / "nats-password"
+    secret.write_text(passwords["scheduler"] + "\n")
+    settings = Settings(nats_url=url, nats_user="scheduler", nats_password_file=str(secret))  # type: ignore[call-arg]
+    nc = await connect(settings.nats_url, "rpa-test", *settings.nats_credentials())
+    try:
+        await nc.publish(subjects.JOB_CREATED, b"{}")
+        await nc.flush()
+    finally:
+        await nc.close()
+
+
+def test_every_subject_has_a_publisher() -> None:
+    named = [
+        v for k, v in vars(subjects).items() if k.isupper() and isinstance(v, str) and v.startswith("rpa.")
+    ]
+    named += [subjects.gateway_inbox("x"), subjects.coordinator_inbox("x")]
+    for subject in named:
+        if "*" in subject:
+            continue
+        publishers = [u for u, p in PERMISSIONS.items() if any(_allows(s, subject) for s in p.publish)]
+        assert publishers, f"{subject}: no service may publish it (add it to rpa_common.nats.permissions)"
