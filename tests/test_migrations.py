@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -45,5 +46,46 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(backend: str) -> None:
             tables = await conn.run_sync(lambda c: sa.inspect(c).get_table_names())
         await engine.dispose()
         assert set(Base.metadata.tables) <= set(tables)
+    finally:
+        await drop_database(admin, name)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+async def test_records_written_before_the_chain_are_chained_by_the_upgrade(backend: str) -> None:
+    from rpa_common.audit import verify_account
+    from rpa_common.db.engine import session_factory
+    from rpa_common.models import Account, AuditRecord
+
+    require_backend(backend)
+    admin = admin_url_for(backend)
+    name = f"rpa_mig_{backend[:2]}_{uuid.uuid4().hex[:8]}"
+    await create_database(admin, name)
+    url = _with_db(admin, name)
+    cfg = alembic_config(url)
+    try:
+        await asyncio.to_thread(command.upgrade, cfg, "0007")
+        engine = create_async_engine(normalize_db_url(url))
+        account_id = uuid.uuid4()
+        async with engine.begin() as conn:
+            await conn.execute(sa.insert(Account.__table__).values(id=account_id, name="old", description=""))
+            for n in range(3):
+                await conn.execute(
+                    sa.insert(AuditRecord.__table__).values(
+                        id=uuid.uuid4(),
+                        account_id=account_id,
+                        at=datetime(2026, 1, n + 1, 0, 0, 0, 123456, tzinfo=UTC),
+                        kind="api",
+                        actor_type="user",
+                        action="create",
+                        object_type="robot",
+                        object_id=f"r{n}",
+                        changes={"name": f"r{n}", "n": 1.5},
+                    )
+                )
+        await asyncio.to_thread(command.upgrade, cfg, "head")
+        async with session_factory(engine)() as session:
+            report = await verify_account(session, account_id)
+        await engine.dispose()
+        assert report.ok and report.records == report.head_seq == 3, report
     finally:
         await drop_database(admin, name)

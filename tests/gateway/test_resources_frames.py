@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from rpa_common.audit import verify_account
 from rpa_common.models import AuditRecord
-from rpa_common.models.enums import ResourceKind
+from rpa_common.models.enums import ActorType, ResourceKind
 from rpa_protocol import (
     CredentialGet,
     CredentialValue,
@@ -176,6 +177,12 @@ async def test_credential_reads_are_audited_and_the_password_goes_to_the_robot_o
         )
     assert len(audits) == 1 and audits[0].actor_id == robot_id and audits[0].object_id == str(erp.id)
     assert PASSWORD not in json.dumps(audits[0].changes)
+    # Chained like any record, with where the robot's connection came from.
+    assert (audits[0].kind, audits[0].actor_type) == ("robot", ActorType.ROBOT)
+    assert audits[0].seq is not None and audits[0].hash is not None
+    assert audits[0].client_address == "127.0.0.1" and audits[0].user_agent
+    async with world.ctx.sessions() as session:
+        assert (await verify_account(session, world.account_id)).ok
     await wire.close()
     await asyncio.sleep(0.3)
     assert traffic, "the test heard no NATS traffic at all"

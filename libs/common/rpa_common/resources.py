@@ -207,6 +207,7 @@ def _audit_robot(
     action: str,
     resource: Resource,
     value: ResourceValue,
+    client: tuple[str | None, str | None] = (None, None),
     **extra: Any,
 ) -> None:
     """Audit record of ``robot``'s ``action`` on ``value`` of ``resource`` (``extra`` joins the changes)."""
@@ -221,6 +222,8 @@ def _audit_robot(
         object_type="resource",
         object_id=resource.id,
         changes={"name": resource.name, "scope": value.scope.value, "value_id": str(value.id), **extra},
+        client_address=client[0],
+        user_agent=client[1],
     )
 
 
@@ -237,7 +240,13 @@ async def resolve_for_robot(
 
 
 async def set_text_for_robot(
-    session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, name: str, value: str
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    robot_id: uuid.UUID,
+    name: str,
+    value: str,
+    client: tuple[str | None, str | None] = (None, None),
 ) -> ResolvedResource:
     """Set the Text value that resolves for the robot (never creates one); audited."""
     if not isinstance(value, str):
@@ -257,13 +266,19 @@ async def set_text_for_robot(
     if row.text_value != value:
         row.text_value = value
         row.updated_at = datetime.now(UTC)
-        _audit_robot(session, account_id, robot, "set_text", resource, row, length=len(value))
+        _audit_robot(session, account_id, robot, "set_text", resource, row, client, length=len(value))
         await session.flush()
     return await _resolved(session, resource, row)
 
 
 async def credential_for_robot(
-    session: AsyncSession, settings: Settings, *, account_id: uuid.UUID, robot_id: uuid.UUID, name: str
+    session: AsyncSession,
+    settings: Settings,
+    *,
+    account_id: uuid.UUID,
+    robot_id: uuid.UUID,
+    name: str,
+    client: tuple[str | None, str | None] = (None, None),
 ) -> tuple[ResolvedResource, str]:
     """``(resolved, clear password)`` of credential ``name`` for the robot, and the audit record of
     this read in the same transaction (no password in it)."""
@@ -283,6 +298,6 @@ async def credential_for_robot(
         raise ResourceError(
             "unreadable", f"credential {resource.name!r} cannot be read now; tell an administrator"
         ) from None
-    _audit_robot(session, account_id, robot, "read_credential", resource, value, login=value.login)
+    _audit_robot(session, account_id, robot, "read_credential", resource, value, client, login=value.login)
     await session.flush()
     return await _resolved(session, resource, value), password

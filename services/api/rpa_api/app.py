@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
+from rpa_api.audit.router import router as audit_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.calendars.router import router as calendars_router
 from rpa_api.folders.router import router as folders_router
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (tasks_router, "tasks"),
         (resources_router, "resources"),
         (calendars_router, "calendars"),
+        (audit_router, "audit"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -130,6 +131,11 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         denial_possible = "websocket.http.response" in ws.scope.get("extensions", {})
         try:
             robot = await _robot_from(own, ws.headers.get("authorization"))
+            robot = dataclasses.replace(
+                robot,
+                client_address=ws.client.host if ws.client else None,
+                user_agent=(ws.headers.get("user-agent") or "")[:500] or None,
+            )
         except DatabaseUnavailable:
             # Not the robot's fault and not a server bug: a 503 the robot retries after a while.
             if denial_possible:

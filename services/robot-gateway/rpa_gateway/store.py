@@ -18,9 +18,10 @@ from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from rpa_common import jobflow
+from rpa_common.audit import add_audit_record
 from rpa_common.db.engine import dialect_of
 from rpa_common.jobflow import Actor, Transition, locked_row, transition
-from rpa_common.models import AuditRecord, Job, Process, ProcessVersion, Robot, RobotMessage
+from rpa_common.models import Job, Process, ProcessVersion, Robot, RobotMessage
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import (
     ACTIVE_JOB_STATES,
@@ -45,6 +46,9 @@ class RobotIdentity:
     account_id: uuid.UUID
     name: str
     is_active: bool
+    client_address: str | None = None
+    """Where the robot's connection comes from, for its audit records."""
+    user_agent: str | None = None
 
 
 async def authenticate(sessions: async_sessionmaker[AsyncSession], key: str) -> RobotIdentity | None:
@@ -370,18 +374,19 @@ async def create_requested_job(
         input_args=frame.input_args,
         idempotency_key=idem,
     )
-    session.add(
-        AuditRecord(
-            account_id=robot.account_id,
-            kind="robot",
-            actor_type=ActorType.ROBOT,
-            actor_id=robot.id,
-            actor_name=robot.name,
-            action="create",
-            object_type="job",
-            object_id=str(job.id),
-            changes={"process": frame.process_name, "source": JobSource.ROBOT.value},
-        )
+    add_audit_record(
+        session,
+        account_id=robot.account_id,
+        kind="robot",
+        actor_type=ActorType.ROBOT,
+        actor_id=robot.id,
+        actor_name=robot.name,
+        action="create",
+        object_type="job",
+        object_id=job.id,
+        changes={"process": frame.process_name, "source": JobSource.ROBOT.value},
+        client_address=robot.client_address,
+        user_agent=robot.user_agent,
     )
     await session.flush()
     return job.id, None, jobflow.created_message(job)

@@ -320,7 +320,12 @@ async def apply_resource_frame(
     common: dict[str, Any] = {"seq": frame.seq, "request_id": frame.request_id}
     if isinstance(frame, CredentialGet):
         resolved, password = await resources.credential_for_robot(
-            session, settings, account_id=robot.account_id, robot_id=robot.id, name=frame.name
+            session,
+            settings,
+            account_id=robot.account_id,
+            robot_id=robot.id,
+            name=frame.name,
+            client=(robot.client_address, robot.user_agent),
         )
         return CredentialValue(
             **common,
@@ -332,7 +337,12 @@ async def apply_resource_frame(
         ), None
     if isinstance(frame, ResourceSet):
         resolved = await resources.set_text_for_robot(
-            session, account_id=robot.account_id, robot_id=robot.id, name=frame.name, value=frame.value
+            session,
+            account_id=robot.account_id,
+            robot_id=robot.id,
+            name=frame.name,
+            value=frame.value,
+            client=(robot.client_address, robot.user_agent),
         )
     else:
         resolved = await resources.resolve_for_robot(

@@ -1,6 +1,6 @@
 """Every ORM model of the domain; importing this package registers them all on ``Base.metadata``."""
 
-from rpa_common.models.audit import AuditRecord
+from rpa_common.models.audit import AuditChain, AuditRecord
 from rpa_common.models.base import Base, new_id, utcnow
 from rpa_common.models.identity import (
     AccessFolder,
@@ -34,6 +34,7 @@ __all__ = [
     "AccessFolder",
     "Account",
     "ApiKey",
+    "AuditChain",
     "AuditRecord",
     "Base",
     "Calendar",

@@ -216,6 +216,15 @@ async def refresh(ctx: ServiceContext, tx: Tx, raw: str, client: Client) -> Toke
                 expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
             )
         )
+        audit.record(
+            session,
+            _user_principal(user, client),
+            "refresh",
+            "user",
+            user.id,
+            {"family_id": row.family_id},
+            kind="auth",
+        )
         await session.flush()
         return RefreshOutcome.OK, user, user.token_version
 
