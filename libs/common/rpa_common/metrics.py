@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -24,6 +23,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -32,7 +32,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 worker processes on one port (the API): every process then writes its values to files there, and
 ``/metrics``, answered by any one worker, adds them all up (``render``)."""
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The text format every Prometheus 2 and 3 reads (the metric names are plain, so 1.0.0 would say
+the same)."""
 
 _service = "unknown"
 

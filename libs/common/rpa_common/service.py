@@ -192,6 +192,25 @@ UNMATCHED_ROUTE = "unmatched"
 """The ``route`` label of a request no route took (404, or refused before routing: 413, 415)."""
 
 
+_CONVERTOR = re.compile(r"\{([^}:]+):[^}]*\}")
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (``/api/v1/jobs/{job_id}``), after the app ran.
+
+    FastAPI keeps an included router's routes as they were declared (``scope["route"]`` is then
+    ``/jobs/{job_id}``, without the include's prefix) and records the whole template in its
+    effective route context; other routes (Starlette's, the app's own) carry it in ``scope["route"]``.
+    tests/test_metrics.py checks a prefixed route, so a FastAPI that moves this fails loudly."""
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(effective, "path", None)
+    if not isinstance(path, str) or not path:
+        path = getattr(scope.get("route"), "path", None)
+    if not isinstance(path, str) or not path:
+        return UNMATCHED_ROUTE
+    return _CONVERTOR.sub(r"{\1}", path)  # "{job_id}", not "{job_id:uuid}"
+
+
 class HttpMetrics:
     """Counts HTTP requests and times them (``rpa_http_requests``, ``rpa_http_request_duration_seconds``),
     labelled by the route template the router matched (``/api/v1/jobs/{job_id}``), never the raw
@@ -223,8 +242,7 @@ class HttpMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            template = route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             key = (method, template, status)
             counter = self._counters.get(key)
