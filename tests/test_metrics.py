@@ -123,7 +123,7 @@ async def test_every_service_answers_metrics_and_exports_what_the_dashboard_name
                     stderr=log,
                 )
             procs[module] = (proc, port, log_path)
-        for module, (proc, port, _) in procs.items():
+        for proc, port, _ in procs.values():
             wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout=120)
 
         def url(module: str, path: str) -> str:
