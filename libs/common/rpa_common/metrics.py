@@ -200,7 +200,7 @@ RETENTION_DELETED = Counter(
 # Sampled from the database (one replica's view, refreshed every few seconds) ----------------------
 JOBS_BY_STATE = Gauge(
     "rpa_jobs",
-    "Jobs by state (all accounts)",
+    "Jobs waiting or running, by state (all accounts; sampled by the scheduler)",
     ["state"],
     multiprocess_mode="mostrecent",
     registry=REGISTRY,
