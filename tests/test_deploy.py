@@ -46,6 +46,8 @@ UPSTREAM_IMAGES = {
     "postgres:16": ("POSTGRES_",),
     "nats:2.10": (),
     "haproxy:2.8": (),
+    "prom/prometheus:v2.53.0": (),
+    "grafana/grafana:11.1.0": ("GF_",),
 }
 SERVICE_PORTS = {
     "rpa_api": "RPA_API_PORT",
@@ -210,6 +212,52 @@ def _haproxy_names(name: str, svc: dict[str, Any], services: dict[str, Any], her
         if container_port not in binds:
             problems.append(f"{name}: publishes {container_port}, where its config binds nothing")
     return problems
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=os.path.basename)
+def test_compose_monitoring_scrapes_every_service_and_provisions_grafana(path: str) -> None:
+    """Prometheus scrapes each service of the file on the port it listens on; Grafana's dashboard
+    provider reads where the dashboards are mounted, and the dashboards use the provisioned
+    datasource."""
+    doc = _load(path)
+    services: dict[str, dict[str, Any]] = doc["services"]
+    here = Path(path).parent
+    mounts = {
+        target.split(":", 1)[0]: Path(here, source)
+        for svc in (services["prometheus"], services["grafana"])
+        for source, target in (str(v).split(":", 1) for v in svc["volumes"])
+        if source.startswith(".")
+    }
+    config = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    scraped = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    wanted = set()
+    for name, svc in services.items():
+        command = svc.get("command") or []
+        if isinstance(command, list) and command[:2] == ["python", "-m"] and command[2] in SERVICE_PORTS:
+            wanted.add(f"{name}:{_env(svc)[SERVICE_PORTS[command[2]]]}")
+    assert scraped == wanted
+    assert set(services["prometheus"]["depends_on"]) == {t.split(":")[0] for t in wanted}
+
+    provisioning = mounts["/etc/grafana/provisioning"]
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    [source] = datasources["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((provisioning / "dashboards" / "rpa.yml").read_text())["providers"]
+    assert [p["options"]["path"] for p in providers] == ["/var/lib/grafana/dashboards"]
+    dashboards = sorted(mounts["/var/lib/grafana/dashboards"].glob("*.json"))
+    assert dashboards
+    home = _env(services["grafana"])["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).name in {d.name for d in dashboards}
+    for dashboard in dashboards:
+        panels = json.loads(dashboard.read_text())["panels"]
+        uids = {p["datasource"]["uid"] for p in panels if "datasource" in p}
+        uids |= {t["datasource"]["uid"] for p in panels for t in p.get("targets", [])}
+        assert uids == {source["uid"]}, dashboard.name
 
 
 def test_failover_layout_keeps_its_two_rules() -> None:

@@ -10,9 +10,86 @@ level name, a queue id. Never a robot id or a job id (one series per robot would
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+"""Set (before ``prometheus_client`` is imported) in each worker of a service that runs several
+worker processes on one port (the API): every process then writes its values to files there, and
+``/metrics``, answered by any one worker, adds them all up (``render``)."""
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+"""The text format every Prometheus 2 and 3 reads (the metric names are plain, so 1.0.0 would say
+the same)."""
+
+_service = "unknown"
+
+
+def set_service(name: str) -> None:
+    """Name the service this process runs (the ``service`` label of shared code's metrics)."""
+    global _service
+    _service = name
+
+
+def service_name() -> str:
+    return _service
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def render() -> bytes:
+    """The text exposition of this process's metrics, or of all worker processes' in
+    multiprocess mode."""
+    path = multiprocess_dir()
+    if path is None:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=path)
+    return generate_latest(registry)
+
+
+def prepare_multiprocess_dir() -> tuple[str, bool]:
+    """Before starting several worker processes: the directory their values go to, set in the
+    environment they inherit, emptied (values of an earlier run must not add up with these), and
+    whether it was made here (then the caller removes it at the end, ``remove_multiprocess_dir``)."""
+    given = multiprocess_dir()
+    if given is not None:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        return given, False
+    made = tempfile.mkdtemp(prefix="rpa-metrics-")
+    os.environ[MULTIPROC_ENV] = made
+    return made, True
+
+
+def remove_multiprocess_dir(path: str) -> None:
+    os.environ.pop(MULTIPROC_ENV, None)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def process_exiting() -> None:
+    """A worker process ends: its live gauges leave the sum (its counters stay counted)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -55,6 +132,7 @@ NATS_DISCONNECTS = Counter(
 ROBOTS_CONNECTED = Gauge(
     "rpa_gateway_robots_connected",
     "Robots connected to this gateway replica",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 FRAMES_RECEIVED = Counter(
@@ -72,6 +150,7 @@ LOG_LINES_INGESTED = Counter(
 LOG_BACKLOG = Gauge(
     "rpa_log_backlog_lines",
     "Robot log lines received by this gateway and not yet committed",
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 LOG_COMMIT_LATENCY = Histogram(
@@ -104,6 +183,13 @@ TRIGGER_FIRES = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+JOBS_FINISHED = Counter(
+    "rpa_jobs_finished",
+    "Jobs that reached a final state, by state, as this scheduler replica heard of them (JOB_STATE "
+    "messages are shared among replicas: sum over replicas)",
+    ["state"],
+    registry=REGISTRY,
+)
 RETENTION_DELETED = Counter(
     "rpa_retention_deleted",
     "Rows removed by retention, by kind (log, screenshot)",
@@ -114,19 +200,22 @@ RETENTION_DELETED = Counter(
 # Sampled from the database (one replica's view, refreshed every few seconds) ----------------------
 JOBS_BY_STATE = Gauge(
     "rpa_jobs",
-    "Jobs by state (all accounts)",
+    "Jobs waiting or running, by state (all accounts; sampled by the scheduler)",
     ["state"],
+    multiprocess_mode="mostrecent",
     registry=REGISTRY,
 )
 ROBOTS_BY_STATUS = Gauge(
     "rpa_robots",
     "Robots by status (all accounts)",
     ["status"],
+    multiprocess_mode="mostrecent",
     registry=REGISTRY,
 )
 TASK_BACKLOG = Gauge(
     "rpa_task_backlog",
     "Tasks waiting to be taken (Created, not postponed) per queue",
     ["queue"],
+    multiprocess_mode="mostrecent",
     registry=REGISTRY,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import os
 import re
 import time
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rpa_common import metrics
 from rpa_common.db.engine import ProcessName, create_engine, session_factory
 from rpa_common.db.uow import is_unavailable, run_in_transaction
 from rpa_common.errors import PROBLEM_JSON, DomainError, ServiceUnavailable, Unprocessable
@@ -72,7 +74,9 @@ CREDENTIAL_SERVICES: frozenset[str] = frozenset({"api", "gateway"})
 
 @asynccontextmanager
 async def service_context(settings: Settings, name: ProcessName) -> AsyncIterator[ServiceContext]:
+    metrics.set_service(name)
     async with AsyncExitStack() as stack:
+        stack.callback(metrics.process_exiting)
         engine = create_engine(settings, name)
         stack.push_async_callback(engine.dispose)
         if name in CREDENTIAL_SERVICES:
@@ -157,6 +161,107 @@ def health_router(get_ctx: Callable[[Request], ServiceContext]) -> APIRouter:
         )
 
     return router
+
+
+def metrics_router(settings: Settings) -> APIRouter:
+    """``GET /metrics``: Prometheus text format, from ``rpa_common.metrics``. Behind a bearer token
+    when ``RPA_METRICS_TOKEN`` is set. Not in the OpenAPI document: it is for Prometheus."""
+    router = APIRouter(tags=["health"])
+    token = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint(request: Request) -> Response:
+        if token is not None:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+                answer = problem(
+                    401,
+                    "Unauthorized",
+                    "/metrics needs 'Authorization: Bearer <RPA_METRICS_TOKEN>'",
+                    instance="/metrics",
+                )
+                answer.headers["WWW-Authenticate"] = "Bearer"
+                return answer
+        return Response(metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+    return router
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED_ROUTE = "unmatched"
+"""The ``route`` label of a request no route took (404, or refused before routing: 413, 415)."""
+
+
+_CONVERTOR = re.compile(r"\{([^}:]+):[^}]*\}")
+
+
+def route_template(scope: Scope) -> str:
+    """The template of the route that answered (``/api/v1/jobs/{job_id}``), after the app ran.
+
+    FastAPI keeps an included router's routes as they were declared (``scope["route"]`` is then
+    ``/jobs/{job_id}``, without the include's prefix) and records the whole template in its
+    effective route context; other routes (Starlette's, the app's own) carry it in ``scope["route"]``.
+    tests/test_metrics.py checks a prefixed route, so a FastAPI that moves this fails loudly."""
+    effective = (scope.get("fastapi") or {}).get("effective_route_context")
+    path = getattr(effective, "path", None)
+    if not isinstance(path, str) or not path:
+        path = getattr(scope.get("route"), "path", None)
+    if not isinstance(path, str) or not path:
+        return UNMATCHED_ROUTE
+    return _CONVERTOR.sub(r"{\1}", path)  # "{job_id}", not "{job_id:uuid}"
+
+
+class HttpMetrics:
+    """Counts HTTP requests and times them (``rpa_http_requests``, ``rpa_http_request_duration_seconds``),
+    labelled by the route template the router matched (``/api/v1/jobs/{job_id}``), never the raw
+    path, so the number of series stays bounded whatever clients ask for.
+
+    The outermost layer: it sees the final status, 503s and 500s of ``RequestLog`` included. The
+    label children are cached per (method, route, status): a request costs two dictionary lookups,
+    an increment and an observation."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            template = route_template(scope)
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            key = (method, template, status)
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = metrics.HTTP_REQUESTS.labels(
+                    self.service, method, template, str(status)
+                )
+            timer = self._timers.get(key[:2])
+            if timer is None:
+                timer = self._timers[key[:2]] = metrics.HTTP_LATENCY.labels(self.service, method, template)
+            counter.inc()
+            timer.observe(time.perf_counter() - started)
+
+
+def install_metrics(app: FastAPI, service: str, settings: Settings) -> None:
+    """``/metrics`` and the HTTP request metrics for ``app`` (call after its other middleware, so
+    this one is outermost)."""
+    app.add_middleware(HttpMetrics, service=service)
+    app.include_router(metrics_router(settings))
 
 
 def problem(
@@ -407,20 +512,29 @@ def run_service(
     """
     import uvicorn
 
-    uvicorn.run(
-        app,
-        factory=isinstance(app, str),
-        workers=workers if isinstance(app, str) else None,
-        host=host,
-        port=port,
-        log_level=log_level.lower(),
-        log_config=None,  # keep the structured logging the service configured
-        proxy_headers=True,
-        forwarded_allow_ips="*",
-        timeout_graceful_shutdown=20,
-        access_log=False,
-        **uvicorn_options,
-    )
+    several = isinstance(app, str) and workers > 1
+    # Several processes answer on one port and a scrape reaches any one of them: each writes its
+    # metrics to files in a directory they share, and /metrics adds them all up (prometheus-client's
+    # multiprocess mode). The workers are spawned, so they inherit the variable set here.
+    multiproc = metrics.prepare_multiprocess_dir() if several else None
+    try:
+        uvicorn.run(
+            app,
+            factory=isinstance(app, str),
+            workers=workers if isinstance(app, str) else None,
+            host=host,
+            port=port,
+            log_level=log_level.lower(),
+            log_config=None,  # keep the structured logging the service configured
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            timeout_graceful_shutdown=20,
+            access_log=False,
+            **uvicorn_options,
+        )
+    finally:
+        if multiproc is not None and multiproc[1]:
+            metrics.remove_multiprocess_dir(multiproc[0])
 
 
 def cpu_cores() -> int:

@@ -27,6 +27,20 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="Root log level.")
     log_json: bool = Field(True, description="Log as JSON lines (false: human-readable console).")
 
+    # Metrics
+    metrics_token: SecretStr | None = Field(
+        None,
+        description=(
+            "If set, /metrics of every service answers only 'Authorization: Bearer <this token>' "
+            "(else 401). Unset: /metrics is open, like /healthz; keep it off public networks."
+        ),
+    )
+    metrics_sample_interval_s: float = Field(
+        5.0,
+        gt=0,
+        description="The scheduler counts jobs by state, robots by status and task backlogs this often (rpa_jobs, rpa_robots, rpa_task_backlog).",
+    )
+
     # Database
     db_url: str | None = Field(None, description="Full SQLAlchemy URL; wins over the parts below.")
     db_driver: Literal["postgresql", "mariadb"] = Field("postgresql", description="Database kind.")

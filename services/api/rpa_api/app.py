@@ -34,6 +34,7 @@ from rpa_common.service import (
     RequestLog,
     ServiceContext,
     health_router,
+    install_metrics,
     install_problem_handlers,
     problem,
     service_context,
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(RequireJSON)
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RequestLog, service="api")
+    install_metrics(app, "api", settings)
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx

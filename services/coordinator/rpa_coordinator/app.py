@@ -13,7 +13,13 @@ from fastapi import FastAPI, Request
 
 from rpa_common.logging import configure_logging
 from rpa_common.sealing import SealKeyPair, load_or_create_key_pair
-from rpa_common.service import ServiceContext, health_router, install_problem_handlers, service_context
+from rpa_common.service import (
+    ServiceContext,
+    health_router,
+    install_metrics,
+    install_problem_handlers,
+    service_context,
+)
 from rpa_common.settings import Settings
 from rpa_coordinator.coordinator import Coordinator, resolve_identity
 from rpa_coordinator.door import RobotDoor
@@ -95,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="RPA Orchestrator coordinator", version="1.0.0", lifespan=lifespan, docs_url=None)
     install_problem_handlers(app)
+    install_metrics(app, "coordinator", settings)
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx

@@ -20,6 +20,7 @@ from rpa_common.service import (
     RequestLog,
     ServiceContext,
     health_router,
+    install_metrics,
     install_problem_handlers,
     problem,
     service_context,
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     )
     install_problem_handlers(app)
     app.add_middleware(RequestLog, service="gateway")
+    install_metrics(app, "gateway", settings)
     uvicorn_error = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _DenialIsNotAnError) for f in uvicorn_error.filters):
         uvicorn_error.addFilter(_DenialIsNotAnError())

@@ -12,8 +12,10 @@ import asyncio
 from typing import TYPE_CHECKING
 
 import structlog
+from prometheus_client import Counter
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from rpa_common import metrics
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
@@ -90,6 +92,18 @@ _GRANTED = frozenset(
 _MAIN_ONLY = frozenset({CAPABILITY_TASKS, CAPABILITY_RESOURCES})
 
 
+_FRAMES: dict[str, Counter] = {}
+
+
+def _count_frame(kind: str) -> None:
+    """``rpa_gateway_frames{type}``: the label child cached per frame type (a bounded set: the
+    protocol's types, and ``invalid`` for what did not parse)."""
+    child = _FRAMES.get(kind)
+    if child is None:
+        child = _FRAMES[kind] = metrics.FRAMES_RECEIVED.labels(kind)
+    child.inc()
+
+
 class ConnectionHandler:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
@@ -112,6 +126,7 @@ class ConnectionHandler:
         connections = self.hub.connections
         previous = connections.get(robot.id)
         connections[robot.id] = conn
+        metrics.ROBOTS_CONNECTED.set(len(connections))
         if previous is not None:
             await previous.close(CLOSE_REPLACED, "another connection of this robot took over")
         try:
@@ -126,6 +141,7 @@ class ConnectionHandler:
         finally:
             if connections.get(robot.id) is conn:
                 del connections[robot.id]
+                metrics.ROBOTS_CONNECTED.set(len(connections))
             if not conn.logged_off:
                 await self._detach(conn)
 
@@ -154,9 +170,14 @@ class ConnectionHandler:
         if message["type"] == "websocket.disconnect":
             return None
         try:
-            frame = parse_robot_frame(
-                message.get("text") if message.get("text") is not None else message.get("bytes")
-            )
+            try:
+                frame = parse_robot_frame(
+                    message.get("text") if message.get("text") is not None else message.get("bytes")
+                )
+            except BadFrame:
+                _count_frame("invalid")
+                raise
+            _count_frame(frame.type)
             if not isinstance(frame, Hello):
                 raise BadFrame("the first frame must be 'hello'", field="type", code=ERROR_NOT_ALLOWED)
         except BadFrame as exc:
@@ -240,7 +261,12 @@ class ConnectionHandler:
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
             try:
-                frame = parse_robot_frame(raw)
+                try:
+                    frame = parse_robot_frame(raw)
+                except BadFrame:
+                    _count_frame("invalid")
+                    raise
+                _count_frame(frame.type)
                 if isinstance(frame, Hello):
                     raise BadFrame(
                         "'hello' was already received on this connection",

@@ -8,7 +8,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from rpa_common.logging import configure_logging
-from rpa_common.service import ServiceContext, health_router, install_problem_handlers, service_context
+from rpa_common.service import (
+    ServiceContext,
+    health_router,
+    install_metrics,
+    install_problem_handlers,
+    service_context,
+)
 from rpa_common.settings import Settings, get_settings
 from rpa_scheduler.service import Scheduler
 
@@ -30,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="RPA Orchestrator scheduler", version="1.0.0", lifespan=lifespan, docs_url=None)
     install_problem_handlers(app)
+    install_metrics(app, "scheduler", settings)
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx

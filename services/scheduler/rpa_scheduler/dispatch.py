@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rpa_common import metrics
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import (
@@ -94,6 +95,9 @@ class BatchResult:
     """Jobs left Pending although a robot looked free: its row was locked (another dispatcher, a
     heartbeat, a report), so one more pass after that commit may place them."""
     outbox: Outbox = field(default_factory=Outbox)
+    pending_since: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    """When each claimed job last changed while Pending (its becoming Pending: created, or sent
+    back for a retry), for ``rpa_dispatch_latency_seconds``."""
 
 
 def _robot_connected() -> sa.ColumnElement[bool]:
@@ -123,7 +127,7 @@ def _session_capable() -> sa.ColumnElement[bool]:
 ClaimedJob = Any
 """A row of ``dispatchable_jobs``: ``id``, ``account_id``, ``robot_id``, ``robot_group_id``,
 ``attempt``, what ``jobflow.transition`` reads of a locked job (``state``, ``process_id``,
-``stop_after_s``, ``interrupt_after_s``), and the robot's ``robot_status``, ``robot_gateway_id``,
+``stop_after_s``, ``interrupt_after_s``), ``pending_since``, and the robot's ``robot_status``, ``robot_gateway_id``,
 ``robot_role``."""
 
 
@@ -173,6 +177,9 @@ def dispatchable_jobs(limit: int, exclude: set[uuid.UUID]) -> sa.Select[Any]:
         _robot_column(Robot.status).label("robot_status"),
         _robot_column(Robot.gateway_id).label("robot_gateway_id"),
         _robot_column(Robot.role).label("robot_role"),
+        # Every write to a job sets updated_at, and a Pending job is not written until it goes:
+        # this is when it became Pending (rpa_dispatch_latency_seconds).
+        Job.updated_at.label("pending_since"),
     ).where(
         Job.state == JobState.PENDING,
         sa.or_(
@@ -478,6 +485,11 @@ async def dispatch_batch(
     result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
     for t in result.started:
         result.outbox.add(subjects.JOB_STATE, t.message())
+        since = result.pending_since.get(t.job_id)
+        if since is not None:
+            metrics.DISPATCH_LATENCY.observe(max(0.0, (t.at - since).total_seconds()))
+    if result.started:
+        metrics.JOBS_DISPATCHED.inc(len(result.started))
     await result.outbox.flush(ctx)
     return result
 
@@ -485,6 +497,7 @@ async def dispatch_batch(
 async def _handle(session: AsyncSession, settings: Settings, rows: Any, out: BatchResult) -> None:
     """Hand each claimed job to a robot, or leave it Pending (``out.skipped``)."""
     for job in rows:
+        out.pending_since[job.id] = job.pending_since
         # No savepoint per job: every "no" below is decided before anything is written, and
         # the job row is ours (locked), so the Pending -> Starting guard cannot miss.
         if job.robot_id is not None:

@@ -19,12 +19,14 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from rpa_common import metrics
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
+from rpa_scheduler.gauges import GaugeSampler
 from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
 
@@ -53,6 +55,7 @@ class Scheduler:
         *,
         triggers: bool = True,
         sweeps: bool = True,
+        gauges: bool = True,
         queue: str = subjects.SCHEDULER_QUEUE,
     ) -> None:
         self.ctx = ctx
@@ -60,6 +63,7 @@ class Scheduler:
         self.wake = asyncio.Event()
         self.triggers = TriggerScheduler(ctx) if triggers else None
         self.sweeps = sweeps
+        self.gauges = GaugeSampler(ctx) if gauges else None
         self.passes = 0
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -88,6 +92,8 @@ class Scheduler:
         if self.sweeps:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeps"))
             self._tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
+        if self.gauges is not None:
+            self._tasks.append(asyncio.create_task(self.gauges.run(), name="gauges"))
         self.wake.set()  # recover whatever waited while no scheduler ran
         log.info("scheduler.started")
 
@@ -127,6 +133,8 @@ class Scheduler:
             event = JobStateChanged.decode(msg.data)
         except ValueError:
             return
+        if event.to_state.is_final:
+            metrics.JOBS_FINISHED.labels(event.to_state.value).inc()
         if event.deadline_at is not None:
             self.note_deadline(event.deadline_at)
         if event.to_state.is_final or event.to_state == JobState.PENDING:

@@ -29,6 +29,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from rpa_common import metrics
+
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
@@ -221,6 +223,7 @@ async def run_in_transaction(
             delay = base_delay_s * (2 ** (attempt - 1)) * (0.5 + random.random())
             if end is not None and time.monotonic() + delay >= end:
                 raise
+            metrics.DB_RETRIES.labels(metrics.service_name(), reason).inc()
             log.warning(
                 "transaction.retry",
                 attempt=attempt,

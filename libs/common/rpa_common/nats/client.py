@@ -9,21 +9,29 @@ import nats
 import structlog
 from nats.aio.client import Client
 
+from rpa_common import metrics
+
 log = structlog.get_logger(__name__)
 
 
 async def connect(url: str, name: str, user: str | None = None, password: str | None = None) -> Client:
     """Connect to ``url`` (comma-separated servers) as ``name``; ``user``/``password`` when NATS runs
     with per-service users (``rpa_common.nats.permissions``). The password never goes into the URL,
-    so it shows in no log line that names the servers."""
+    so it shows in no log line that names the servers. ``name`` is the client name NATS shows
+    (``rpa-api``...); its service part labels the reconnect and disconnect counters."""
+    service = name.removeprefix("rpa-")
+    disconnects = metrics.NATS_DISCONNECTS.labels(service)
+    reconnects = metrics.NATS_RECONNECTS.labels(service)
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats.error", error=str(exc))
 
     async def on_disconnect() -> None:
+        disconnects.inc()
         log.warning("nats.disconnected")
 
     async def on_reconnect() -> None:
+        reconnects.inc()
         log.info("nats.reconnected")
 
     return await nats.connect(
