@@ -94,7 +94,10 @@ def plan(trigger: Trigger, next_at: datetime, now: datetime, skip_day: SkipDay |
     earlier = 0 if start == next_at else 1  # at least one occurrence before the window was missed
     times: list[datetime] = []
     nxt: datetime | None = None
-    for t in fire_times(trigger, start, skip_day, inclusive=True):
+    if start == next_at and next_at <= now:
+        # next_at is an occurrence already: the look-up starts after it.
+        times.append(next_at)
+    for t in fire_times(trigger, start, skip_day, inclusive=not times):
         if t > now:
             nxt = t
             break
