@@ -2,7 +2,7 @@
 
 Runs on its own::
 
-    .venv/bin/python bench/triggers.py [--triggers 10000] [--due 1000] [--lead 30] [--replicas 1]
+    .venv/bin/python bench/triggers.py [--triggers 10000] [--due 1000] [--lead 60] [--replicas 1]
                                        [--json PATH]
 
 It starts everything it needs: a private NATS server, a fresh database on the local PostgreSQL (or
@@ -263,7 +263,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--triggers", type=int, default=10000, help="schedule triggers in all")
     parser.add_argument("--due", type=int, default=1000, help="of which due at the same second")
-    parser.add_argument("--lead", type=float, default=30.0, help="seconds from the insert to the due second")
+    parser.add_argument("--lead", type=float, default=60.0, help="seconds from the insert to the due second")
     parser.add_argument("--replicas", type=int, default=1, help="scheduler processes")
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     args = parser.parse_args()
