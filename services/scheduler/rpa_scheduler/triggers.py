@@ -246,18 +246,20 @@ class TriggerScheduler:
 
     async def _schedule_loop(self) -> None:
         while True:
+            # Cleared before the pass: a reload during it wakes the next wait at once.
+            self._changed.clear()
             try:
                 await self.fire_due(utcnow())
-                delay = MAX_SLEEP_S
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("triggers.fire_failed")
-                delay = RETRY_S
+                await asyncio.sleep(RETRY_S)  # the database is away: not a busy loop
+                continue
+            delay = MAX_SLEEP_S
             times = [e.next_at for e in self.entries.values() if e.next_at is not None]
             if times:
                 delay = min(delay, max(0.0, (min(times) - utcnow()).total_seconds()))
-            self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), delay)
 
