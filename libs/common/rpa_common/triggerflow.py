@@ -7,6 +7,13 @@ reads back which rows hold its token, and creates the jobs of those only, in the
 transaction. Any number of scheduler replicas may fire the same occurrence: exactly one creates
 its job, the others change nothing (see docs/design/triggers.md).
 
+For the API: ``fire`` in the request's transaction, then publish each outcome's ``message``
+(``JOB_CREATED``) and, after any create/update/delete of a trigger, ``TriggerChanged`` on
+``TRIGGER_CHANGED`` after the commit. When a schedule's cron, time zone, interval, once-at or
+calendar changes, set its ``next_fire_at`` to ``next_fire_times(trigger, now, 1, ...)`` (or None):
+it is the replicas' shared cursor, and a stale one would count the new schedule's past
+occurrences as missed if no replica was running to see the change.
+
 Also here: the schedule kinds' fire times (``next_fire_times``, through APScheduler's triggers, so
 cron in a time zone is DST-correct), their validation (``validate_schedule``) and calendars.
 """
