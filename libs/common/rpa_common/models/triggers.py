@@ -86,6 +86,11 @@ class Trigger(IdMixin, TimestampMixin, Base):
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     last_fired_at: Mapped[datetime | None]
     next_fire_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Webhook (migration 0011): "secret" (the secret in a header) or "hmac" (a signature of the body);
+    # the secret wrapped under the credentials master key ``webhook_key_id`` (rpa_api.triggers.webhook).
+    webhook_auth: Mapped[str | None] = mapped_column(sa.String(8))
+    webhook_secret_wrapped: Mapped[bytes | None]
+    webhook_key_id: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class TriggerFire(Base):
