@@ -14,7 +14,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import structlog
@@ -30,6 +29,7 @@ from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, JobSource, TriggerKind
 from rpa_common.nats import subjects
 from rpa_common.service import ServiceContext
+from rpa_common.triggerflow import cron_trigger
 
 log = structlog.get_logger(__name__)
 
@@ -40,53 +40,6 @@ MISFIRE_GRACE_S = 300
 def fire_key(fire_time: datetime) -> str:
     """The occurrence's identity: its scheduled time in UTC, ISO 8601."""
     return fire_time.astimezone(UTC).isoformat()
-
-
-_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-
-
-def _standard_day_of_week(field: str) -> str:
-    """Standard cron weekdays (0 or 7 = Sunday, 1 = Monday) as names.
-
-    APScheduler 3 numbers weekdays from Monday = 0, so ``1-5`` would mean Tuesday to Saturday;
-    names mean the same to both. Numeric items (``1-5``, ``*/2``, ``0,6``, ``1/2``) are expanded.
-    """
-    if field in ("*", "?"):
-        return "*"
-    names: list[str] = []
-    for item in field.split(","):
-        base, _, step_s = item.partition("/")
-        if any(c.isalpha() for c in base):
-            names.append(item.lower())
-            continue
-        step = int(step_s) if step_s else 1
-        if base == "*":
-            lo, hi = 0, 6
-        elif "-" in base:
-            a, b = base.split("-", 1)
-            lo, hi = int(a), int(b)
-        else:
-            lo = int(base)
-            hi = 7 if step_s else lo
-        if not (0 <= lo <= 7 and 0 <= hi <= 7 and lo <= hi and step > 0):
-            raise ValueError(f"invalid day of week {item!r}")
-        names.extend(_CRON_DAYS[d % 7] for d in range(lo, hi + 1, step))
-    return ",".join(dict.fromkeys(names))
-
-
-def cron_trigger(cron: str, time_zone: str) -> CronTrigger:
-    """The APScheduler trigger of a standard five-field cron in an IANA time zone (ValueError if invalid)."""
-    try:
-        tz = ZoneInfo(time_zone or "UTC")
-    except Exception as exc:
-        raise ValueError(f"unknown time zone {time_zone!r}") from exc
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"a cron has 5 fields, {len(fields)} given")
-    minute, hour, day, month, dow = fields
-    return CronTrigger(
-        minute=minute, hour=hour, day=day, month=month, day_of_week=_standard_day_of_week(dow), timezone=tz
-    )
 
 
 def occurrence_at_or_before(

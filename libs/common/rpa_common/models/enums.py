@@ -67,6 +67,14 @@ class TriggerKind(enum.StrEnum):
     JOB_COMPLETED = "job_completed"
 
 
+class MisfirePolicy(enum.StrEnum):
+    """What a schedule does with an occurrence missed (all replicas down, stalled) past the tolerance."""
+
+    SKIP = "skip"
+    FIRE_ONCE = "fire_once"
+    """The latest missed occurrence fires once if it is no older than the trigger's grace time."""
+
+
 class TaskState(enum.StrEnum):
     CREATED = "Created"
     IN_PROGRESS = "In Progress"

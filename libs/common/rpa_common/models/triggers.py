@@ -20,7 +20,7 @@ from rpa_common.models.base import (
     unique_name,
     utcnow,
 )
-from rpa_common.models.enums import JobPriority, TriggerKind
+from rpa_common.models.enums import JobPriority, MisfirePolicy, TriggerKind
 
 
 class Calendar(IdMixin, TimestampMixin, Base):
@@ -84,7 +84,22 @@ class Trigger(IdMixin, TimestampMixin, Base):
         sa.ForeignKey("process.id", ondelete="CASCADE"), index=True
     )
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Queue: one more job per this many waiting tasks (up to max_jobs).
+    jobs_per_tasks: Mapped[int] = mapped_column(default=1)
+    # Job completion: the states of the source process's jobs that fire the trigger.
+    completion_states: Mapped[list[Any]] = mapped_column(default=list)
+    # Schedule: what an occurrence missed by more than a few seconds does.
+    misfire_policy: Mapped[MisfirePolicy] = mapped_column(
+        StrEnumType(MisfirePolicy, 16), default=MisfirePolicy.FIRE_ONCE
+    )
+    misfire_grace_s: Mapped[int] = mapped_column(default=300)
     last_fired_at: Mapped[datetime | None]
+    last_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("job.id", ondelete="SET NULL", use_alter=True)
+    )
+    # The job it created, or why it created none, for the last occurrence.
+    last_result: Mapped[str | None] = mapped_column(sa.String(300))
+    # Schedule: the next occurrence not yet decided (the replicas' shared cursor).
     next_fire_at: Mapped[datetime | None] = mapped_column(index=True)
     # Webhook (migration 0011): "secret" (the secret in a header) or "hmac" (a signature of the body);
     # the secret wrapped under the credentials master key ``webhook_key_id`` (rpa_api.triggers.webhook).
@@ -101,5 +116,13 @@ class TriggerFire(Base):
         sa.ForeignKey("trigger.id", ondelete="CASCADE"), primary_key=True
     )
     fire_key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
-    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("job.id", ondelete="SET NULL"), index=True)
+    # No foreign key: one multi-row insert-or-ignore names the job before the winner creates it (in
+    # the same transaction); a job deleted later leaves the id of the job this occurrence made.
+    job_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     fired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The occurrence's time for schedules; None for the kinds fired by an event.
+    scheduled_at: Mapped[datetime | None]
+    # "created" or why no job was made (no current version, target gone, missed...).
+    result: Mapped[str] = mapped_column(sa.String(300), default="created")
+    # Which insert won: each firing batch writes its own token, and reads back the rows holding it.
+    claim: Mapped[str | None] = mapped_column(sa.String(36))

@@ -83,6 +83,12 @@ class ResourceChanged(Message):
 
 
 class TriggerChanged(Message):
+    """Published on ``TRIGGER_CHANGED`` after the commit that created, changed or deleted a trigger.
+
+    Every scheduler replica subscribes (no queue group) and reloads that trigger at once; they also
+    re-read all triggers periodically, so a lost message only delays the change.
+    """
+
     account_id: uuid.UUID
     trigger_id: uuid.UUID
     change: Literal["created", "updated", "deleted"]
