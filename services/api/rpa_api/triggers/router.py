@@ -25,9 +25,9 @@ from rpa_api.kit.pagination import Page, PageParams, Paging, page_json, paginate
 from rpa_api.openapi import errors
 from rpa_api.queues.router import require_multipart
 from rpa_api.triggers import csv_io, schemas, service, webhook
-from rpa_common import jobflow
+from rpa_common import triggerflow
 from rpa_common.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
-from rpa_common.models import Job, Trigger, TriggerFire
+from rpa_common.models import Trigger, TriggerFire
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.models.enums import TriggerKind
@@ -56,13 +56,13 @@ _REFS = "An id it names (process, robot, robot group, queue, calendar, folder) d
 
 
 async def _changed(ctx: ServiceContext, account_id: uuid.UUID, trigger_id: uuid.UUID, change: str) -> None:
-    message = TriggerChanged(account_id=account_id, trigger_id=trigger_id, change=change)  # type: ignore[arg-type]
+    message = TriggerChanged(account_id=account_id, trigger_id=trigger_id, change=change)
     await ctx.publish(subjects.TRIGGER_CHANGED, message.encode())
 
 
-async def _announce(ctx: ServiceContext, job: Job | None) -> None:
-    if job is not None:
-        await ctx.publish(subjects.JOB_CREATED, jobflow.created_message(job).encode())
+async def _announce(ctx: ServiceContext, outcome: triggerflow.FireOutcome) -> None:
+    if outcome.message is not None:
+        await ctx.publish(subjects.JOB_CREATED, outcome.message.encode())
 
 
 @router.post(
@@ -133,7 +133,9 @@ async def export_triggers(tx: Transaction, principal: Reader) -> Response:
 
 CsvFile = Annotated[
     UploadFile,
-    File(description="A CSV file (UTF-8) as GET /triggers/export writes it: a header row, then one trigger per row"),
+    File(
+        description="A CSV file (UTF-8) as GET /triggers/export writes it: a header row, then one trigger per row"
+    ),
 ]
 
 
@@ -158,7 +160,9 @@ CsvFile = Annotated[
 async def import_triggers(file: CsvFile, ctx: Ctx, tx: Transaction, principal: Creator) -> schemas.Imported:
     data = await file.read()
     if len(data) > ctx.settings.task_csv_max_bytes:
-        raise PayloadTooLarge(f"the file is larger than {ctx.settings.task_csv_max_bytes} bytes", field="file")
+        raise PayloadTooLarge(
+            f"the file is larger than {ctx.settings.task_csv_max_bytes} bytes", field="file"
+        )
     rows = await asyncio.to_thread(csv_io.parse, data, ctx.settings.task_csv_max_rows)
     ids = [uuid.uuid4() for _ in rows]
 
@@ -171,7 +175,8 @@ async def import_triggers(file: CsvFile, ctx: Ctx, tx: Transaction, principal: C
     return schemas.Imported(
         added=len(saved),
         items=[
-            schemas.ImportedTrigger(id=s.trigger.id, name=s.trigger.name, webhook_secret=s.secret) for s in saved
+            schemas.ImportedTrigger(id=s.trigger.id, name=s.trigger.name, webhook_secret=s.secret)
+            for s in saved
         ],
     )
 
@@ -193,7 +198,9 @@ async def update_trigger(
     trigger_id: uuid.UUID, body: schemas.TriggerUpdate, ctx: Ctx, tx: Transaction, principal: Updater
 ) -> schemas.TriggerOut:
     async def work(session: AsyncSession) -> schemas.TriggerOut:
-        return schemas.TriggerOut.model_validate(await service.update_trigger(session, principal, trigger_id, body))
+        return schemas.TriggerOut.model_validate(
+            await service.update_trigger(session, principal, trigger_id, body)
+        )
 
     out = await tx.run(work)
     await _changed(ctx, principal.account_id, out.id, "updated")
@@ -217,8 +224,8 @@ async def test_trigger(
     trigger_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Runner
 ) -> schemas.FireOut:
     fire_id = uuid.uuid4()
-    outcome, job = await tx.run(lambda session: service.test_fire(session, principal, trigger_id, fire_id))
-    await _announce(ctx, job)
+    outcome = await tx.run(lambda session: service.test_fire(session, principal, trigger_id, fire_id))
+    await _announce(ctx, outcome)
     return schemas.FireOut(job_id=outcome.job_id, created=outcome.created, reason=outcome.reason)
 
 
@@ -245,14 +252,14 @@ async def preview_trigger(
     response_model=Page[schemas.FireRecord],
     summary="A trigger's fires, newest first: the job each created, or why none",
 )
-async def list_fires(trigger_id: uuid.UUID, tx: Transaction, principal: Reader, paging: Paging) -> Page[schemas.FireRecord]:
+async def list_fires(
+    trigger_id: uuid.UUID, tx: Transaction, principal: Reader, paging: Paging
+) -> Page[schemas.FireRecord]:
     async def work(session: AsyncSession) -> Page[schemas.FireRecord]:
         trigger = await service.get_trigger(session, principal, trigger_id)
         stmt = service.fires_query(trigger).order_by(TriggerFire.fired_at.desc(), TriggerFire.fire_key.desc())
         rows = (await session.execute(stmt.limit(paging.limit).offset(paging.offset))).all()
-        total = await session.scalar(
-            sa.select(sa.func.count()).where(TriggerFire.trigger_id == trigger.id)
-        )
+        total = await session.scalar(sa.select(sa.func.count()).where(TriggerFire.trigger_id == trigger.id))
         return Page[schemas.FireRecord](
             items=[schemas.FireRecord.model_validate(r) for r in rows],
             total=int(total or 0),
@@ -304,7 +311,7 @@ async def call_webhook(trigger_id: uuid.UUID, request: Request, ctx: Ctx) -> sch
     body = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
 
-    async def work(session: AsyncSession) -> tuple[Any, Job | None]:
+    async def work(session: AsyncSession) -> triggerflow.FireOutcome:
         trigger = await session.get(Trigger, trigger_id, with_for_update=False)
         if trigger is None or trigger.kind != TriggerKind.WEBHOOK:
             raise NotFound.of("webhook trigger", trigger_id)
@@ -314,8 +321,8 @@ async def call_webhook(trigger_id: uuid.UUID, request: Request, ctx: Ctx) -> sch
             raise Conflict("the trigger is disabled")
         return await service.fire(session, trigger, fire_key=fire_key, input_args=args)
 
-    outcome, job = await run_db(ctx, work)
-    await _announce(ctx, job)
+    outcome = await run_db(ctx, work)
+    await _announce(ctx, outcome)
     return schemas.FireOut(job_id=outcome.job_id, created=outcome.created, reason=outcome.reason)
 
 
@@ -327,7 +334,9 @@ def _body_args(body: bytes) -> dict[str, Any]:
     except ValueError:
         raise Unprocessable("the body is not JSON", field="body") from None
     if not isinstance(value, dict):
-        raise Unprocessable("the body must be a JSON object (its fields become input arguments)", field="body")
+        raise Unprocessable(
+            "the body must be a JSON object (its fields become input arguments)", field="body"
+        )
     return value
 
 

@@ -17,7 +17,9 @@ from rpa_api.calendars.schemas import TimeZone
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
 from rpa_common.models.enums import JobState, TriggerKind
 
-Priority = Annotated[int, Field(ge=1, le=3, description="Priority of the jobs it creates: 1 low, 2 normal, 3 high")]
+Priority = Annotated[
+    int, Field(ge=1, le=3, description="Priority of the jobs it creates: 1 low, 2 normal, 3 high")
+]
 Cron = Annotated[
     str,
     Field(
@@ -42,24 +44,33 @@ class _Common(In):
     folder_id: uuid.UUID | None = None
     enabled: bool = True
     priority: Priority = 2
-    input_args: dict[str, Any] = Field(default_factory=dict, description="Input arguments of the jobs it creates")
+    input_args: dict[str, Any] = Field(
+        default_factory=dict, description="Input arguments of the jobs it creates"
+    )
     robot_id: uuid.UUID | None = Field(None, description=_TARGET)
     robot_group_id: uuid.UUID | None = Field(None, description="Jobs run on any free robot of this group")
     # schedule
-    cron: Cron | None = Field(None, description="Schedule: a cron in time_zone (one of cron, interval_s, once_at)")
+    cron: Cron | None = Field(
+        None, description="Schedule: a cron in time_zone (one of cron, interval_s, once_at)"
+    )
     time_zone: TimeZone = "UTC"
     interval_s: IntervalS | None = Field(None, description="Schedule: every this many seconds")
     once_at: AwareDatetime | None = Field(None, description="Schedule: once, at this time")
     calendar_id: uuid.UUID | None = Field(None, description="Schedule: skip this calendar's non-working days")
     misfire_policy: MisfirePolicy = Field(
-        "skip", description="Schedule: an occurrence missed (scheduler down) is skipped, or fired once if late by at most misfire_grace_s"
+        "skip",
+        description="Schedule: an occurrence missed (scheduler down) is skipped, or fired once if late by at most misfire_grace_s",
     )
     misfire_grace_s: int = Field(300, ge=0, le=7 * 24 * 3600, description="Schedule: see misfire_policy")
     # queue
-    queue_id: uuid.UUID | None = Field(None, description="Queue: start jobs while this queue has waiting tasks")
+    queue_id: uuid.UUID | None = Field(
+        None, description="Queue: start jobs while this queue has waiting tasks"
+    )
     min_tasks: int = Field(1, ge=1, le=1_000_000, description="Queue: waiting tasks before the first job")
     max_jobs: int = Field(1, ge=1, le=1000, description="Queue: most jobs of this trigger at once")
-    jobs_per_tasks: int = Field(1, ge=1, le=1_000_000, description="Queue: one job per this many waiting tasks")
+    jobs_per_tasks: int = Field(
+        1, ge=1, le=1_000_000, description="Queue: one job per this many waiting tasks"
+    )
     # webhook
     webhook_auth: WebhookAuth = Field(
         "hmac",
@@ -70,7 +81,9 @@ class _Common(In):
         None, description="Job completion: when a job of this process ends in completion_states"
     )
     completion_states: list[FinalState] = Field(
-        default_factory=lambda: ["Successful"], max_length=4, description="Job completion: the final states that fire"
+        default_factory=lambda: list[FinalState](["Successful"]),
+        max_length=4,
+        description="Job completion: the final states that fire",
     )
 
 

@@ -69,9 +69,7 @@ def _taken(name: str) -> str:
 # Checks ------------------------------------------------------------------------------------------
 
 
-async def _check_references(
-    session: AsyncSession, principal: Principal, fields: dict[str, Any]
-) -> None:
+async def _check_references(session: AsyncSession, principal: Principal, fields: dict[str, Any]) -> None:
     """Every id given names an object of the caller's account in a folder it sees (404 naming it)."""
     for field, model, kind in (
         ("process_id", Process, "process"),
@@ -113,23 +111,14 @@ def check_rules(trigger: Trigger) -> None:
             f"a {kind.value} trigger needs a target: give robot_id or robot_group_id", field="robot_id"
         )
     if kind == K.SCHEDULE:
-        given = [f for f in ("cron", "interval_s", "once_at") if getattr(trigger, f) is not None]
-        if len(given) != 1:
-            raise Unprocessable(
-                "a schedule trigger has exactly one of cron, interval_s and once_at"
-                + (f" ({', '.join(given)} given)" if given else ""),
-                field=given[1] if len(given) > 1 else "cron",
-            )
-        try:
-            triggerflow.validate_schedule(
-                cron=trigger.cron,
-                time_zone=trigger.time_zone,
-                interval_s=trigger.interval_s,
-                once_at=trigger.once_at,
-            )
-        except ValueError as exc:
-            field = "time_zone" if "time zone" in str(exc) else given[0]
-            raise Unprocessable(f"{field}: {exc}", field=field) from None
+        triggerflow.validate_schedule(
+            cron=trigger.cron,
+            time_zone=trigger.time_zone,
+            interval_s=trigger.interval_s,
+            once_at=trigger.once_at,
+            misfire_policy=str(trigger.misfire_policy),
+            misfire_grace_s=trigger.misfire_grace_s,
+        )
     elif kind == K.QUEUE and trigger.queue_id is None:
         raise Unprocessable("a queue trigger needs queue_id", field="queue_id")
     elif kind == K.JOB_COMPLETED:
@@ -146,6 +135,7 @@ def _schedule_cursor(trigger: Trigger, now: datetime) -> None:
     if trigger.kind != K.SCHEDULE or not trigger.enabled:
         trigger.next_fire_at = None
         return
+    # Calendar skips are the scheduler's to apply when it reaches the occurrence.
     times = triggerflow.next_fire_times(trigger, now, 1)
     trigger.next_fire_at = times[0] if times else None
 
@@ -242,7 +232,9 @@ async def update_trigger(
     if "misfire_policy" in fields:
         fields["misfire_policy"] = MisfirePolicy(fields["misfire_policy"])
     if "webhook_auth" in fields and trigger.kind != K.WEBHOOK:
-        raise Unprocessable(f"webhook_auth is not a setting of a {trigger.kind} trigger", field="webhook_auth")
+        raise Unprocessable(
+            f"webhook_auth is not a setting of a {trigger.kind} trigger", field="webhook_auth"
+        )
     if "completion_states" in fields and trigger.kind != K.JOB_COMPLETED:
         raise Unprocessable(
             f"completion_states is not a setting of a {trigger.kind} trigger", field="completion_states"
@@ -301,20 +293,24 @@ async def fire(
     *,
     fire_key: str,
     input_args: dict[str, Any] | None = None,
-) -> tuple[triggerflow.FireOutcome, Job | None]:
-    """Fire ``trigger`` now under ``fire_key``; the job when this call created it (to announce)."""
-    outcome = await triggerflow.fire(
-        session, trigger, fire_key=fire_key, scheduled_at=utcnow(), input_args=input_args
+    allow_disabled: bool = False,
+) -> triggerflow.FireOutcome:
+    """Fire ``trigger`` now under ``fire_key`` (the outcome's ``message`` is published after commit)."""
+    return await triggerflow.fire(
+        session,
+        trigger,
+        fire_key=fire_key,
+        scheduled_at=utcnow(),
+        input_args=input_args,
+        allow_disabled=allow_disabled,
     )
-    job = await session.get(Job, outcome.job_id) if outcome.created and outcome.job_id is not None else None
-    return outcome, job
 
 
 async def test_fire(
     session: AsyncSession, principal: Principal, trigger_id: uuid.UUID, fire_id: uuid.UUID
-) -> tuple[triggerflow.FireOutcome, Job | None]:
+) -> triggerflow.FireOutcome:
     trigger = await get_trigger(session, principal, trigger_id, lock=True)
-    outcome, job = await fire(session, trigger, fire_key=f"test:{fire_id}")
+    outcome = await fire(session, trigger, fire_key=f"test:{fire_id}", allow_disabled=True)
     record(
         session,
         principal,
@@ -323,17 +319,20 @@ async def test_fire(
         trigger.id,
         {"job_id": outcome.job_id, "created": outcome.created, "reason": outcome.reason},
     )
-    return outcome, job
+    return outcome
 
 
 async def preview(trigger: Trigger, n: int, session: AsyncSession) -> list[datetime]:
     if trigger.kind != K.SCHEDULE:
         raise Conflict(f"a {trigger.kind} trigger has no schedule to preview")
-    skip_day = await triggerflow.calendar_skipper(session, trigger.calendar_id)
-    return list(triggerflow.next_fire_times(trigger, datetime.now(UTC), n, skip_day=skip_day))
+    skip_day: Any = None
+    if trigger.calendar_id is not None:
+        rule = (await triggerflow.load_calendars(session, [trigger.calendar_id])).get(trigger.calendar_id)
+        skip_day = rule.is_non_working if rule is not None else None
+    return triggerflow.next_fire_times(trigger, datetime.now(UTC), n, skip_day=skip_day)
 
 
-def fires_query(trigger: Trigger) -> sa.Select[Any]:
+def fires_query(trigger: Trigger) -> Any:
     return (
         sa.select(
             TriggerFire.fire_key,
@@ -390,9 +389,7 @@ async def export_rows(session: AsyncSession, principal: Principal) -> list[dict[
     return rows
 
 
-async def _resolve(
-    session: AsyncSession, principal: Principal, row: csv_io.Row
-) -> dict[str, Any]:
+async def _resolve(session: AsyncSession, principal: Principal, row: csv_io.Row) -> dict[str, Any]:
     from rpa_common.models import AccessFolder
 
     body: dict[str, Any] = {}
@@ -401,7 +398,7 @@ async def _resolve(
             body[column] = value
             continue
         field, kind = csv_io.NAMED[column]
-        model = AccessFolder if column == "folder" else _NAMED_MODELS[column]
+        model: Any = AccessFolder if column == "folder" else _NAMED_MODELS[column]
         stmt = sa.select(model.id).where(
             model.account_id == principal.account_id, sa.func.lower(model.name) == value.lower()
         )
@@ -438,11 +435,15 @@ async def import_rows(
             raise csv_io.bad_line(row.line, "name", f"the name {body.name!r} is given twice in the file")
         seen.add(body.name.lower())
         try:
-            saved.append(await create_trigger(session, settings, principal, trigger_id, body, audit_kind="csv"))
+            saved.append(
+                await create_trigger(session, settings, principal, trigger_id, body, audit_kind="csv")
+            )
         except DomainError as err:
             column = csv_io.FIELD_COLUMN.get(err.field or "", err.field)
             raise type(err)(
-                f"line {row.line}" + (f", column {column!r}" if column else "") + f": {err.detail}; nothing was imported",
+                f"line {row.line}"
+                + (f", column {column!r}" if column else "")
+                + f": {err.detail}; nothing was imported",
                 field="file",
                 line=row.line,
                 column=column,

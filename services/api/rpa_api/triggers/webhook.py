@@ -100,7 +100,8 @@ async def authenticate(
     clock = time.time() if now is None else now
     if abs(clock - int(stamp)) > REPLAY_WINDOW_S:
         raise Unauthorized(
-            f"{TIMESTAMP_HEADER} is more than {REPLAY_WINDOW_S} s from the server's time", field=TIMESTAMP_HEADER
+            f"{TIMESTAMP_HEADER} is more than {REPLAY_WINDOW_S} s from the server's time",
+            field=TIMESTAMP_HEADER,
         )
     expected = signature(secret, stamp, body)
     if not given or not hmac.compare_digest(given.encode(), expected.encode()):
