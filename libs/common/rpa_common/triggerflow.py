@@ -234,7 +234,12 @@ async def _record_last(
         ids = [tid for tid, _ in chunk]
         values: dict[str, Any] = {
             "last_fired_at": now,
-            "last_job_id": sa.case({tid: jid for tid, (_, jid, _) in chunk}, value=Trigger.id, else_=None),
+            # A CASE of NULLs only has no type on PostgreSQL (text): then a plain NULL.
+            "last_job_id": (
+                sa.case({tid: jid for tid, (_, jid, _) in chunk}, value=Trigger.id, else_=None)
+                if any(jid is not None for _, (_, jid, _) in chunk)
+                else None
+            ),
             "last_result": sa.case({tid: res for tid, (_, _, res) in chunk}, value=Trigger.id),
         }
         with_next = {tid: o.next_fire_at for tid, (o, _, _) in chunk if o.next_fire_at is not None}
