@@ -478,6 +478,8 @@ async def dispatch_batch(
     result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
     for t in result.started:
         result.outbox.add(subjects.JOB_STATE, t.message())
+        for created in t.created:  # jobs its end started (job completion triggers)
+            result.outbox.add(subjects.JOB_CREATED, created)
     await result.outbox.flush(ctx)
     return result
 
