@@ -1,0 +1,144 @@
+"""Triggers whose path goes through robots, every part a real process (scheduler, gateway, robot):
+
+- job completion: a job of process A (``hello``) ends Successful on a real robot, and the trigger
+  starts process B (an ``echo`` package) once, with A's outputs as B's inputs, which B runs;
+- robot command: ``rpa-robot start-trigger NAME`` (``job.request`` naming a robot command trigger)
+  makes the job the trigger describes, which the robot then runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import subprocess
+import sys
+import uuid
+import zipfile
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from rpa_common.models import Job
+from rpa_common.models.enums import JobSource
+from tests.conftest import ROOT
+from tests.e2e.conftest import API, Api, Service, Stack, clean_env, eventually
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+ECHO = '''from rpa_robot import sdk
+
+sdk.set_output(**{"got_" + k: v for k, v in sdk.input_args().items()})
+'''
+
+
+def _echo_zip(name: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("rpa.json", json.dumps({"name": name, "version": "1.0.0", "entry_point": "main.py"}))
+        zf.writestr("main.py", ECHO)
+    return buf.getvalue()
+
+
+@pytest.fixture
+async def gateway(stack: Stack) -> Service:
+    scheduler, gateway = stack.service("scheduler"), stack.service("gateway")
+    await stack.start(scheduler, gateway)
+    return gateway
+
+
+async def _robot(api: Api, stack: Stack, gateway: Service) -> tuple[str, str]:
+    robot_id, key = await api.robot()
+    stack.robot(gateway.ws_url, key)
+    await api.wait_robot(robot_id, "Ready", stack=stack)
+    return robot_id, key
+
+
+async def _publish_echo(api: Api) -> str:
+    r = await api.client.post(
+        f"{API}/processes/publish",
+        files={"package": ("echo.zip", _echo_zip(f"echo-{uuid.uuid4().hex[:6]}"), "application/zip")},
+        headers=api.tenant.headers,
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["process"]["id"])
+
+
+async def _jobs_of_process(api: Api, process_id: str) -> list[Job]:
+    async with api.ctx.sessions() as session:
+        rows = await session.execute(sa.select(Job).where(Job.process_id == uuid.UUID(process_id)))
+        return list(rows.scalars())
+
+
+async def test_job_completion_passes_outputs_to_the_next_process(api: Api, stack: Stack, gateway: Service) -> None:
+    robot_id, _ = await _robot(api, stack, gateway)
+    hello_id = await api.publish("hello")
+    echo_id = await _publish_echo(api)
+    trigger = await api.call(
+        "POST",
+        "/triggers",
+        201,
+        json={
+            "name": "after hello",
+            "kind": "job_completed",
+            "process_id": echo_id,
+            "source_process_id": hello_id,
+            "completion_states": ["Successful"],
+            "robot_id": robot_id,
+            "input_args": {"from": "chain"},
+        },
+    )
+    first = await api.job("hello", robot=robot_id, input_args={"name": "Ada", "count": 2})
+    assert (await api.wait_job(first, stack=stack))["state"] == "Successful"
+
+    async def chained() -> list[Job] | None:
+        jobs = await _jobs_of_process(api, echo_id)
+        return jobs or None
+
+    [b] = await eventually(chained, 30, "the chained job")
+    assert b.parent_job_id == uuid.UUID(first) and b.source == JobSource.CHAIN
+    assert b.trigger_id == uuid.UUID(trigger["id"])
+    assert b.input_args == {"from": "chain", "greeting": "Hello, Ada!", "lines": 2}
+    done = await api.wait_job(str(b.id), stack=stack)
+    assert done["state"] == "Successful", stack.report()
+    assert done["output_args"] == {"got_from": "chain", "got_greeting": "Hello, Ada!", "got_lines": 2}
+    # Exactly once; and a job of A that fails does not fire a trigger on Successful only.
+    assert len(await _jobs_of_process(api, echo_id)) == 1
+    got = await api.call("GET", f"/triggers/{trigger['id']}", 200)
+    assert got["last_job_id"] == str(b.id) and got["last_result"] == "created"
+
+
+async def test_robot_command_trigger_from_a_real_robot(api: Api, stack: Stack, gateway: Service) -> None:
+    robot_id, key = await _robot(api, stack, gateway)
+    hello_id = await api.publish("hello")
+    await api.call(
+        "POST",
+        "/triggers",
+        201,
+        json={
+            "name": "Greet",
+            "kind": "robot",
+            "process_id": hello_id,
+            "priority": 3,
+            "input_args": {"count": 1, "name": "Trig"},
+        },
+    )
+
+    def start_trigger(name: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [sys.executable, "-m", "rpa_robot", "start-trigger", name, "--gateway", gateway.ws_url]
+        argv += ["--input", '{"name": "Bob"}']
+        return subprocess.run(
+            argv, cwd=ROOT, env=clean_env(RPA_ROBOT_KEY=key), capture_output=True, timeout=60, check=False
+        )
+
+    proc = await asyncio.to_thread(start_trigger, "greet")
+    assert proc.returncode == 0, proc.stderr.decode()
+    job_id = json.loads(proc.stdout)["job_id"]
+    job: dict[str, Any] = await api.wait_job(job_id, stack=stack)
+    assert job["state"] == "Successful", stack.report()
+    assert job["robot_id"] == robot_id and job["priority"] == 3 and job["source"] == "robot"
+    assert job["input_args"] == {"count": 1, "name": "Bob"}
+    assert job["output_args"] == {"greeting": "Hello, Bob!", "lines": 1}
+    missing = await asyncio.to_thread(start_trigger, "no-such-trigger")
+    assert missing.returncode == 1 and b"no robot command trigger named" in missing.stderr
