@@ -27,10 +27,10 @@ from tests.e2e.conftest import API, Api, Service, Stack, clean_env, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
-ECHO = '''from rpa_robot import sdk
+ECHO = """from rpa_robot import sdk
 
 sdk.set_output(**{"got_" + k: v for k, v in sdk.input_args().items()})
-'''
+"""
 
 
 def _echo_zip(name: str) -> bytes:
@@ -71,7 +71,9 @@ async def _jobs_of_process(api: Api, process_id: str) -> list[Job]:
         return list(rows.scalars())
 
 
-async def test_job_completion_passes_outputs_to_the_next_process(api: Api, stack: Stack, gateway: Service) -> None:
+async def test_job_completion_passes_outputs_to_the_next_process(
+    api: Api, stack: Stack, gateway: Service
+) -> None:
     robot_id, _ = await _robot(api, stack, gateway)
     hello_id = await api.publish("hello")
     echo_id = await _publish_echo(api)
