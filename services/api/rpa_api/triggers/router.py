@@ -16,7 +16,7 @@ import uuid
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Header, Query, Request, Response, UploadFile
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Transaction, require, run_db
@@ -307,7 +307,25 @@ async def rotate_webhook_secret(
         }
     },
 )
-async def call_webhook(trigger_id: uuid.UUID, request: Request, ctx: Ctx) -> schemas.FireOut:
+async def call_webhook(
+    trigger_id: uuid.UUID,
+    request: Request,
+    ctx: Ctx,
+    x_rpa_timestamp: Annotated[
+        str | None, Header(alias=webhook.TIMESTAMP_HEADER, description="hmac: the time in Unix seconds")
+    ] = None,
+    x_rpa_signature: Annotated[
+        str | None, Header(alias=webhook.SIGNATURE_HEADER, description="hmac: sha256=<hex>")
+    ] = None,
+    x_rpa_trigger_secret: Annotated[
+        str | None, Header(alias=webhook.SECRET_HEADER, description="secret: the trigger's secret")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", max_length=200, description="secret: one job per key"),
+    ] = None,
+) -> schemas.FireOut:
+    # The headers are read from the request as sent (the parameters above document them).
     body = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
 
