@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, StrictBool
 
 from rpa_api.calendars.schemas import TimeZone
 from rpa_api.kit.schemas import Description, In, Name, Out, Patch
@@ -42,7 +42,7 @@ _TARGET = (
 class _Common(In):
     description: Description = ""
     folder_id: uuid.UUID | None = None
-    enabled: bool = True
+    enabled: StrictBool = True
     priority: Priority = 2
     input_args: dict[str, Any] = Field(
         default_factory=dict, description="Input arguments of the jobs it creates"
@@ -58,7 +58,7 @@ class _Common(In):
     once_at: AwareDatetime | None = Field(None, description="Schedule: once, at this time")
     calendar_id: uuid.UUID | None = Field(None, description="Schedule: skip this calendar's non-working days")
     misfire_policy: MisfirePolicy = Field(
-        "skip",
+        "fire_once",
         description="Schedule: an occurrence missed (scheduler down) is skipped, or fired once if late by at most misfire_grace_s",
     )
     misfire_grace_s: int = Field(300, ge=0, le=7 * 24 * 3600, description="Schedule: see misfire_policy")
@@ -114,7 +114,7 @@ class TriggerUpdate(Patch):
     name: Name | None = None
     description: Description | None = None
     folder_id: uuid.UUID | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     priority: Priority | None = None
     input_args: dict[str, Any] | None = None
     process_id: uuid.UUID | None = None
