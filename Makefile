@@ -15,7 +15,7 @@ RUN_ARGS ?=
 
 FAILOVER_ARGS ?=
 
-.PHONY: help venv run test rdp-test tasks-test lint fmt migrate bench stop status clean failover-test failover-test-pg
+.PHONY: help venv run test rdp-test tasks-test triggers-test lint fmt migrate bench stop status clean failover-test failover-test-pg
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
@@ -41,6 +41,9 @@ rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp fre
 
 tasks-test: venv ## 20 real robots on 10,000 queue tasks, each taken once, on both databases (about 3 min each)
 	@E2E_TASKS=10000 $(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/e2e/test_tasks_robots.py -q $(PYTEST_ARGS)
+
+triggers-test: venv ## Two real scheduler replicas, a per-second trigger for 3 minutes, one killed half-way; both databases
+	@RPA_TRIGGER_REPLICAS_S=180 $(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/e2e/test_trigger_replicas.py -q $(PYTEST_ARGS)
 
 failover-test: venv ## Failover layout on loopback (Galera, balancer, 3 NATS, 2 replicas each, robots), faults under load; root; FAILOVER_ARGS='--json PATH'
 	@$(PY) -m tests.failover --db mariadb $(FAILOVER_ARGS)

@@ -32,7 +32,7 @@ from rpa_common.db.engine import dialect_of
 from rpa_common.errors import Unprocessable
 from rpa_common.jobflow import created_message, record_creation
 from rpa_common.models import Job, Process, Trigger, TriggerFire
-from rpa_common.models.base import utcnow
+from rpa_common.models.base import UTCDateTime, utcnow
 from rpa_common.models.enums import ActorType, JobSource, JobState, MisfirePolicy, TriggerKind
 from rpa_common.models.triggers import Calendar, CalendarDay
 from rpa_common.nats.messages import JobCreated
@@ -73,7 +73,9 @@ class Occurrence:
     parent_job_id: uuid.UUID | None = None
     reason: str | None = None
     next_fire_at: datetime | None = field(default=None, compare=False)
-    """For schedules: the trigger's next occurrence after this one, stored with the fire."""
+    sets_next: bool = field(default=False, compare=False)
+    """For schedules: the fire also stores ``next_fire_at`` (None: no occurrence left) as the
+    trigger's next occurrence, the replicas' shared cursor."""
 
 
 def fire_key_of(scheduled_at: datetime) -> str:
@@ -132,9 +134,7 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
             await session.execute(
                 sa.select(Process.id, Process.current_version_id).where(Process.id.in_(process_ids))
             )
-        )
-        .tuples()
-        .all()
+        ).all()
     )
     planned: list[tuple[Occurrence, str, uuid.UUID | None]] = []
     for o in occurrences:
@@ -174,9 +174,7 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
                         TriggerFire.claim == claim,
                     )
                 )
-            )
-            .tuples()
-            .all()
+            ).all()
         )
     outcomes: list[FireOutcome] = []
     jobs: list[Job] = []
@@ -234,17 +232,12 @@ async def _record_last(
         ids = [tid for tid, _ in chunk]
         values: dict[str, Any] = {
             "last_fired_at": now,
-            # A CASE of NULLs only has no type on PostgreSQL (text): then a plain NULL.
-            "last_job_id": (
-                sa.case({tid: jid for tid, (_, jid, _) in chunk}, value=Trigger.id, else_=None)
-                if any(jid is not None for _, (_, jid, _) in chunk)
-                else None
-            ),
-            "last_result": sa.case({tid: res for tid, (_, _, res) in chunk}, value=Trigger.id),
+            "last_job_id": by_trigger_id({tid: jid for tid, (_, jid, _) in chunk}, sa.Uuid()),
+            "last_result": by_trigger_id({tid: res for tid, (_, _, res) in chunk}, sa.String(300)),
         }
-        with_next = {tid: o.next_fire_at for tid, (o, _, _) in chunk if o.next_fire_at is not None}
+        with_next = {tid: o.next_fire_at for tid, (o, _, _) in chunk if o.sets_next}
         if with_next:
-            values["next_fire_at"] = sa.case(with_next, value=Trigger.id, else_=Trigger.next_fire_at)
+            values["next_fire_at"] = by_trigger_id(with_next, UTCDateTime(), else_=Trigger.next_fire_at)
         await session.execute(
             sa.update(Trigger)
             .where(Trigger.id.in_(ids))
@@ -257,8 +250,15 @@ async def _record_last(
                 set_committed_value(t, "last_fired_at", now)
                 set_committed_value(t, "last_job_id", jid)
                 set_committed_value(t, "last_result", res)
-                if o.next_fire_at is not None:
+                if o.sets_next:
                     set_committed_value(t, "next_fire_at", o.next_fire_at)
+
+
+def by_trigger_id(values: dict[uuid.UUID, Any], type_: Any, else_: Any = None) -> Any:
+    """``CASE`` giving each trigger (by id) its value, typed so both databases bind it right."""
+    null = sa.cast(sa.null(), type_)  # a CASE of NULLs only has no type on PostgreSQL
+    whens = [(Trigger.id == tid, null if v is None else sa.literal(v, type_)) for tid, v in values.items()]
+    return sa.case(*whens, else_=else_ if else_ is not None else null)
 
 
 # Schedules -----------------------------------------------------------------------------------------
@@ -329,6 +329,11 @@ def cron_trigger(cron: str, time_zone: str | None) -> CronTrigger:
         )
     except (ValueError, TypeError) as exc:
         raise ValueError(f"invalid cron {cron!r}: {exc}") from exc
+
+
+def _cron_hour(cron: str) -> str:
+    fields = cron.split()
+    return fields[-4] if len(fields) >= 5 else "*"
 
 
 def validate_schedule(
@@ -405,10 +410,11 @@ def next_fire_times(
     skip_day: Callable[[date], bool] | None = None,
     *,
     inclusive: bool = False,
+    until: datetime | None = None,
 ) -> list[datetime]:
     """The next ``n`` occurrences of a schedule trigger strictly after ``after`` (at or after, if
-    ``inclusive``), in UTC, leaving out those whose day (in the trigger's time zone) ``skip_day``
-    says is not worked. ValueError for an invalid schedule."""
+    ``inclusive``; none after ``until``), in UTC, leaving out those whose day (in the trigger's
+    time zone) ``skip_day`` says is not worked. ValueError for an invalid schedule."""
     after = _aware(after).astimezone(UTC)
     if n <= 0:
         return []
@@ -416,7 +422,7 @@ def next_fire_times(
     out: list[datetime] = []
     if trigger.once_at is not None and not trigger.cron and not trigger.interval_s:
         at = _aware(trigger.once_at).astimezone(UTC)
-        ok = at >= after if inclusive else at > after
+        ok = (at >= after if inclusive else at > after) and (until is None or at <= until)
         if ok and not (skip_day and skip_day(at.astimezone(tz).date())):
             out.append(at)
         return out
@@ -424,6 +430,7 @@ def next_fire_times(
     if schedule is None:
         return out
     skipped = 0
+    once_per_wall_time = bool(trigger.cron) and not _cron_hour(trigger.cron or "").startswith("*")
     previous: datetime | None = None
     now = after if inclusive else after + timedelta(microseconds=1)
     while len(out) < n and skipped <= MAX_SKIPPED:
@@ -431,7 +438,14 @@ def next_fire_times(
         if t is None:
             break
         t_utc = t.astimezone(UTC)
-        if skip_day and skip_day(t.astimezone(tz).date()):
+        if until is not None and t_utc > until:
+            break
+        local = t_utc.astimezone(tz)
+        if once_per_wall_time and local.fold == 1:
+            # The second pass of an hour repeated when clocks go back: a cron at a set hour ran
+            # at this wall time already (an hour ago); hourly crons run each real hour.
+            pass
+        elif skip_day and skip_day(local.date()):
             skipped += 1
         else:
             out.append(t_utc)

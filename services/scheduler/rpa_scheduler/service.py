@@ -22,16 +22,13 @@ from nats.aio.subscription import Subscription
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
-from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport
+from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport, TriggerChanged
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
 from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
 
 log = structlog.get_logger(__name__)
-
-TRIGGER_RELOAD_EVERY_S = 60.0
-"""Triggers are re-read this often even without ``TRIGGER_CHANGED``."""
 
 FREED_WAKE_DELAY_S = 0.002
 """A job's end arrives as JOB_STATE then ROBOT_STATUS Ready, back to back: waiting this long turns
@@ -105,7 +102,7 @@ class Scheduler:
         if self._wake_soon is not None:
             self._wake_soon.cancel()
         if self.triggers is not None:
-            self.triggers.shutdown()
+            await self.triggers.aclose()
         log.info("scheduler.stopped", dispatch_passes=self.passes)
 
     # NATS handlers: decode, decide, set the event. Never raise into the NATS client.
@@ -157,7 +154,8 @@ class Scheduler:
         if self.triggers is None:
             return
         try:
-            await self.triggers.reload()
+            change = TriggerChanged.decode(msg.data)
+            await self.triggers.reload_one(change.trigger_id)
         except Exception:
             log.exception("triggers.reload_failed")
 
@@ -232,7 +230,6 @@ class Scheduler:
 
     async def _sweep_loop(self) -> None:
         interval = self.ctx.settings.sweep_interval_s
-        since_reload = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
@@ -240,10 +237,3 @@ class Scheduler:
             except Exception:
                 log.exception("sweep.failed")
             self.wake.set()
-            since_reload += interval
-            if self.triggers is not None and since_reload >= TRIGGER_RELOAD_EVERY_S:
-                since_reload = 0.0
-                try:
-                    await self.triggers.reload()
-                except Exception:
-                    log.exception("triggers.reload_failed")

@@ -1,187 +1,387 @@
-"""Schedule triggers: a cron in the trigger's time zone creates one job per occurrence.
+"""The scheduler's triggers: schedules (cron in a time zone, interval, once) and queue triggers.
 
-Every scheduler replica holds the same APScheduler jobs, so every replica fires every occurrence;
-``fire_trigger`` makes that safe: it inserts a ``trigger_fire`` row keyed by (trigger, the
-occurrence's scheduled time in UTC) in the same transaction as the job, and a duplicate key means
-another replica (or an earlier run of the same transaction) already created the job.
+Every replica holds every enabled schedule trigger in memory with the next occurrence it has not
+decided yet, sleeps until the earliest one, and fires all that are due in batches through
+``rpa_common.triggerflow.fire_many``: one multi-row insert-or-ignore of the occurrences' keys
+(trigger, scheduled time in UTC) decides which replica creates each job, so each occurrence makes
+exactly one job however many replicas run, and a replica that dies loses nothing while another
+lives (docs/design/triggers.md).
 
-Triggers are (re)loaded at start, on ``TRIGGER_CHANGED`` and periodically, so a lost message only
-delays a change.
+Lateness: an occurrence fired at most ``ON_TIME_S`` after its time is on time (a stalled loop, a
+busy database). Later than that it was missed (every replica down, or all stalled), and the
+trigger's misfire policy decides: ``skip``, or ``fire_once``: the latest missed occurrence fires
+once if it is no older than the trigger's grace time. The shared cursor is ``trigger.next_fire_at``
+(written with each fire), so a replica starting after downtime knows what was missed.
+
+Queue triggers are evaluated every ``QUEUE_EVERY_S`` by one replica at a time (the trigger's row is
+locked, ``SKIP LOCKED``): start jobs while the queue has waiting tasks, within the trigger's limits.
+
+Triggers are (re)loaded at start, on ``TRIGGER_CHANGED`` (that trigger only, within a second) and
+every ``RELOAD_EVERY_S``, so a lost message only delays a change.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import date, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.jobflow import Actor, create_job, created_message
-from rpa_common.models import Job, Process, Trigger, TriggerFire
-from rpa_common.models.base import utcnow
-from rpa_common.models.enums import ActorType, JobSource, TriggerKind
+from rpa_common.models import Job, Task, Trigger
+from rpa_common.models.base import UTCDateTime, utcnow
+from rpa_common.models.enums import JobState, MisfirePolicy, TaskState, TriggerKind
 from rpa_common.nats import subjects
 from rpa_common.service import ServiceContext
-from rpa_common.triggerflow import cron_trigger
+from rpa_common.triggerflow import (
+    FireOutcome,
+    Occurrence,
+    by_trigger_id,
+    fire_key_of,
+    fire_many,
+    load_calendars,
+    next_fire_times,
+)
 
 log = structlog.get_logger(__name__)
 
-MISFIRE_GRACE_S = 300
-"""An occurrence may still fire this late (event loop stalled, replica restarting)."""
+ON_TIME_S = 10.0
+"""An occurrence fired this late is still on time (stall, takeover); later, the misfire policy decides."""
+RELOAD_EVERY_S = 30.0
+"""All triggers are re-read this often even without ``TRIGGER_CHANGED`` (and calendars with them)."""
+QUEUE_EVERY_S = 1.0
+"""Queue triggers are evaluated this often."""
+MAX_SLEEP_S = 1.0
+"""The loop wakes at least this often (a clock jump, a change it missed)."""
+BATCH = 1000
+"""Occurrences fired per transaction."""
+RETRY_S = 0.5
+"""A batch whose transaction failed is planned again after this long (lateness then counts)."""
+MAX_SCAN = 100_000
+"""Occurrences looked at per trigger and wake-up, at most (a per-second trigger with a long grace)."""
 
+ACTIVE_JOB_STATES = tuple(s for s in JobState if not s.is_final)
 
-def fire_key(fire_time: datetime) -> str:
-    """The occurrence's identity: its scheduled time in UTC, ISO 8601."""
-    return fire_time.astimezone(UTC).isoformat()
-
-
-def occurrence_at_or_before(
-    trigger: CronTrigger, now: datetime, window_s: float = MISFIRE_GRACE_S
-) -> datetime | None:
-    """The latest scheduled time of ``trigger`` in ``(now - window_s, now]``.
-
-    APScheduler 3 does not pass the scheduled time to the job function; it runs the job at (or a
-    little after) that time, so the latest occurrence not after now is the one being fired.
-    """
-    last: datetime | None = None
-    t = trigger.get_next_fire_time(None, now - timedelta(seconds=window_s))
-    while t is not None and t <= now:
-        last = t
-        t = trigger.get_next_fire_time(t, t + timedelta(microseconds=1))
-    return last
-
-
-async def fire_trigger(ctx: ServiceContext, trigger_id: uuid.UUID, fire_time: datetime) -> uuid.UUID | None:
-    """Create the job of one occurrence; None when another replica already did (or nothing to do)."""
-    key = fire_key(fire_time)
-    job_id = uuid.uuid4()  # made outside the transaction: a re-run inserts the same ids
-
-    async def work(session: AsyncSession) -> Job | None:
-        trig = await session.get(Trigger, trigger_id)
-        if trig is None or not trig.enabled:
-            return None
-        version_id = await session.scalar(
-            sa.select(Process.current_version_id).where(Process.id == trig.process_id)
-        )
-        now = utcnow()
-        trig.last_fired_at = now
-        if version_id is None or (trig.robot_id is None and trig.robot_group_id is None):
-            # Recorded anyway, so the occurrence is decided once for all replicas.
-            session.add(TriggerFire(trigger_id=trig.id, fire_key=key, job_id=None, fired_at=now))
-            await session.flush()
-            log.warning(
-                "trigger.fire_skipped",
-                trigger_id=str(trig.id),
-                reason="no current version" if version_id is None else "no robot or group",
-            )
-            return None
-        job = await create_job(
-            session,
-            job_id=job_id,
-            account_id=trig.account_id,
-            process_id=trig.process_id,
-            process_version_id=version_id,
-            robot_id=trig.robot_id,
-            robot_group_id=None if trig.robot_id is not None else trig.robot_group_id,
-            trigger_id=trig.id,
-            priority=trig.priority,
-            source=JobSource.TRIGGER,
-            input_args=trig.input_args,
-            actor=Actor(ActorType.TRIGGER, trig.id),
-            reason=f"schedule {key}",
-        )
-        session.add(TriggerFire(trigger_id=trig.id, fire_key=key, job_id=job.id, fired_at=now))
-        await session.flush()
-        return job
-
-    try:
-        job = await run_in_transaction(ctx.sessions, work, attempts=ctx.settings.db_retry_attempts)
-    except IntegrityError:
-        log.debug("trigger.fire_duplicate", trigger_id=str(trigger_id), fire_key=key)
-        return None
-    if job is None:
-        return None
-    log.info("trigger.fired", trigger_id=str(trigger_id), fire_key=key, job_id=str(job.id))
-    await ctx.publish(subjects.JOB_CREATED, created_message(job).encode())
-    return job.id
+SkipDay = Callable[[date], bool]
 
 
 @dataclass(frozen=True)
-class _Loaded:
-    cron: str
-    time_zone: str
+class Plan:
+    """What one trigger does at one wake-up."""
+
+    fire: list[datetime]
+    missed: int
+    """Occurrences passed over without a job (misfire policy)."""
+    next_at: datetime | None
+    """The next occurrence strictly after now."""
+
+
+def plan(trigger: Trigger, next_at: datetime, now: datetime, skip_day: SkipDay | None) -> Plan:
+    """The occurrences from ``next_at`` to ``now`` that fire under the trigger's misfire policy."""
+    fire_once = trigger.misfire_policy == MisfirePolicy.FIRE_ONCE
+    window = max(ON_TIME_S, float(trigger.misfire_grace_s or 0) if fire_once else 0.0)
+    start = max(next_at, now - timedelta(seconds=window))
+    times = next_fire_times(trigger, start, MAX_SCAN, skip_day, inclusive=True, until=now)
+    earlier = 0 if start == next_at else 1  # at least one occurrence before the window was missed
+    on_time = [t for t in times if (now - t).total_seconds() <= ON_TIME_S]
+    late = [t for t in times if (now - t).total_seconds() > ON_TIME_S]
+    fire = on_time
+    missed = len(late) + earlier
+    if fire_once and late and (now - late[-1]).total_seconds() <= (trigger.misfire_grace_s or 0):
+        fire = [late[-1], *on_time]
+        missed -= 1
+    nxt = next_fire_times(trigger, now, 1, skip_day)
+    return Plan(fire, missed, nxt[0] if nxt else None)
+
+
+def _schedule_spec(t: Trigger) -> tuple[Any, ...]:
+    """What decides a trigger's occurrences: a change to one of these restarts it from now."""
+    return (t.cron, t.time_zone, t.interval_s, t.once_at, t.calendar_id)
+
+
+@dataclass
+class _Entry:
+    trigger: Trigger
+    spec: tuple[Any, ...]
+    skip_day: SkipDay | None
+    next_at: datetime | None
 
 
 class TriggerScheduler:
-    """The APScheduler of one replica, kept equal to the enabled schedule triggers in the database."""
+    """One replica's schedule and queue triggers; ``start``, then ``shutdown``."""
 
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
-        self.scheduler = AsyncIOScheduler(timezone=UTC)
-        self.loaded: dict[uuid.UUID, _Loaded] = {}
+        self.entries: dict[uuid.UUID, _Entry] = {}
+        self.fired = 0
+        """Jobs this replica created (for tests and logs)."""
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
 
     def start(self) -> None:
-        self.scheduler.start()
+        self._tasks = [
+            asyncio.create_task(self._schedule_loop(), name="triggers.schedule"),
+            asyncio.create_task(self._queue_loop(), name="triggers.queue"),
+            asyncio.create_task(self._reload_loop(), name="triggers.reload"),
+        ]
 
     def shutdown(self) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+    async def aclose(self) -> None:
+        tasks = list(self._tasks)
+        self.shutdown()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # Loading
 
     async def reload(self) -> None:
-        """Add, replace and remove APScheduler jobs to match the database."""
+        """Match the in-memory schedule to the enabled schedule triggers in the database."""
+        await self._load(None)
+
+    async def reload_one(self, trigger_id: uuid.UUID) -> None:
+        """Reload one trigger (``TRIGGER_CHANGED``): added, changed, disabled or deleted."""
+        await self._load(trigger_id)
+
+    async def _load(self, trigger_id: uuid.UUID | None) -> None:
         async with self.ctx.sessions() as session:
-            rows = (
+            stmt = sa.select(Trigger).where(Trigger.kind == TriggerKind.SCHEDULE, Trigger.enabled.is_(True))
+            if trigger_id is not None:
+                stmt = stmt.where(Trigger.id == trigger_id)
+            triggers = list((await session.execute(stmt)).scalars().all())
+            calendars = await load_calendars(session, {t.calendar_id for t in triggers if t.calendar_id})
+        now = utcnow()
+        seen: set[uuid.UUID] = set()
+        cursors: dict[uuid.UUID, datetime | None] = {}
+        for t in triggers:
+            seen.add(t.id)
+            rule = calendars.get(t.calendar_id) if t.calendar_id else None
+            skip_day = rule.is_non_working if rule is not None else None
+            spec = _schedule_spec(t)
+            entry = self.entries.get(t.id)
+            try:
+                if entry is not None and entry.spec == spec:
+                    entry.trigger, entry.skip_day = t, skip_day
+                    continue
+                # New to this replica: from the shared cursor (what was missed while no replica
+                # ran is then caught up by the misfire policy); a changed schedule: from now.
+                start = t.next_fire_at if entry is None and t.next_fire_at is not None else now
+                nxt = next_fire_times(t, start, 1, skip_day, inclusive=True)
+            except ValueError as exc:
+                log.warning("trigger.invalid", trigger_id=str(t.id), error=str(exc))
+                self.entries.pop(t.id, None)
+                continue
+            self.entries[t.id] = _Entry(t, spec, skip_day, nxt[0] if nxt else None)
+            if entry is not None or t.next_fire_at is None:
+                cursors[t.id] = nxt[0] if nxt else None
+        gone = [tid for tid in self.entries if tid not in seen and (trigger_id is None or tid == trigger_id)]
+        for tid in gone:
+            del self.entries[tid]
+        if cursors:
+            await self._store_cursors(cursors)
+        self._changed.set()
+        log.debug("triggers.loaded", count=len(self.entries), changed=len(cursors), removed=len(gone))
+
+    async def _store_cursors(self, cursors: dict[uuid.UUID, datetime | None]) -> None:
+        """Write ``next_fire_at`` of triggers that fired nothing (new, changed, or all missed)."""
+        items = sorted(cursors.items(), key=lambda kv: str(kv[0]))
+
+        async def work(session: AsyncSession) -> None:
+            for start in range(0, len(items), 500):
+                chunk = dict(items[start : start + 500])
                 await session.execute(
-                    sa.select(Trigger.id, Trigger.cron, Trigger.time_zone).where(
-                        Trigger.kind == TriggerKind.SCHEDULE,
+                    sa.update(Trigger)
+                    .where(Trigger.id.in_(list(chunk)))
+                    .values(next_fire_at=by_trigger_id(chunk, UTCDateTime()))
+                    .execution_options(synchronize_session=False)
+                )
+
+        await run_in_transaction(self.ctx.sessions, work, attempts=self.ctx.settings.db_retry_attempts)
+
+    # Schedules
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await self.fire_due(utcnow())
+                delay = MAX_SLEEP_S
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("triggers.fire_failed")
+                delay = RETRY_S
+            times = [e.next_at for e in self.entries.values() if e.next_at is not None]
+            if times:
+                delay = min(delay, max(0.0, (min(times) - utcnow()).total_seconds()))
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), delay)
+
+    async def fire_due(self, now: datetime) -> list[FireOutcome]:
+        """Fire every occurrence due at ``now`` (in batches); returns the outcomes."""
+        due = [e for e in self.entries.values() if e.next_at is not None and e.next_at <= now]
+        if not due:
+            return []
+        occurrences: list[Occurrence] = []
+        advanced: dict[uuid.UUID, datetime | None] = {}
+        plans: list[tuple[_Entry, Plan]] = []
+        for entry in due:
+            assert entry.next_at is not None
+            try:
+                p = plan(entry.trigger, entry.next_at, now, entry.skip_day)
+            except ValueError as exc:
+                log.warning("trigger.invalid", trigger_id=str(entry.trigger.id), error=str(exc))
+                entry.next_at = None
+                continue
+            plans.append((entry, p))
+            if p.missed:
+                log.warning(
+                    "trigger.missed",
+                    trigger_id=str(entry.trigger.id),
+                    missed=p.missed,
+                    policy=str(entry.trigger.misfire_policy),
+                )
+            for t in p.fire:
+                occurrences.append(
+                    Occurrence(entry.trigger, fire_key_of(t), t, next_fire_at=p.next_at, sets_next=True)
+                )
+            if not p.fire:
+                advanced[entry.trigger.id] = p.next_at
+        outcomes: list[FireOutcome] = []
+        for start in range(0, len(occurrences), BATCH):
+            outcomes.extend(await self._fire_batch(occurrences[start : start + BATCH]))
+        if advanced:
+            await self._store_cursors(advanced)
+        # Only now, every batch committed: a failed one is planned again on the next wake-up.
+        for entry, p in plans:
+            entry.next_at = p.next_at
+        return outcomes
+
+    async def _fire_batch(self, batch: Sequence[Occurrence]) -> list[FireOutcome]:
+        async def work(session: AsyncSession) -> list[FireOutcome]:
+            return await fire_many(session, batch)
+
+        outcomes = await run_in_transaction(
+            self.ctx.sessions, work, attempts=self.ctx.settings.db_retry_attempts
+        )
+        created = 0
+        for outcome in outcomes:
+            if outcome.message is not None:
+                created += 1
+                await self.ctx.publish(subjects.JOB_CREATED, outcome.message.encode())
+        self.fired += created
+        if created:
+            log.info("triggers.fired", occurrences=len(batch), jobs=created)
+        return outcomes
+
+    # Queue triggers
+
+    async def _queue_loop(self) -> None:
+        while True:
+            try:
+                await queue_pass(self.ctx)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("triggers.queue_failed")
+            await asyncio.sleep(QUEUE_EVERY_S)
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_EVERY_S)
+            try:
+                await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("triggers.reload_failed")
+
+
+def jobs_to_start(waiting: int, active: int, *, min_tasks: int, max_jobs: int, jobs_per_tasks: int) -> int:
+    """How many more jobs a queue trigger starts.
+
+    None before ``min_tasks`` tasks wait (unless its jobs already run); then one job per
+    ``jobs_per_tasks`` waiting tasks (rounded up), at most ``max_jobs`` at a time, counting the
+    trigger's jobs not yet ended.
+    """
+    if waiting <= 0 or (active == 0 and waiting < max(min_tasks, 1)):
+        return 0
+    wanted = min(max(max_jobs, 0), math.ceil(waiting / max(jobs_per_tasks, 1)))
+    return max(0, wanted - active)
+
+
+async def queue_pass(ctx: ServiceContext) -> int:
+    """Evaluate every enabled queue trigger once; returns the number of jobs created."""
+    async with ctx.sessions() as session:
+        ids = list(
+            (
+                await session.execute(
+                    sa.select(Trigger.id).where(
+                        Trigger.kind == TriggerKind.QUEUE,
                         Trigger.enabled.is_(True),
-                        Trigger.cron.is_not(None),
+                        Trigger.queue_id.is_not(None),
                     )
                 )
-            ).all()
-        wanted = {row.id: _Loaded(str(row.cron), row.time_zone or "UTC") for row in rows}
-        for trigger_id in list(self.loaded):
-            if trigger_id not in wanted:
-                self._remove(trigger_id)
-        for trigger_id, spec in wanted.items():
-            if self.loaded.get(trigger_id) == spec:
-                continue
-            try:
-                cron = cron_trigger(spec.cron, spec.time_zone)
-            except ValueError as exc:
-                log.warning("trigger.invalid", trigger_id=str(trigger_id), error=str(exc))
-                self._remove(trigger_id)
-                continue
-            self.scheduler.add_job(
-                self._on_fire,
-                cron,
-                args=[trigger_id, cron],
-                id=str(trigger_id),
-                replace_existing=True,
-                misfire_grace_time=MISFIRE_GRACE_S,
-                coalesce=True,
-                max_instances=10,
             )
-            self.loaded[trigger_id] = spec
-        log.debug("triggers.loaded", count=len(self.loaded))
+            .scalars()
+            .all()
+        )
+    created = 0
+    for trigger_id in ids:
+        created += await _queue_trigger(ctx, trigger_id)
+    return created
 
-    def _remove(self, trigger_id: uuid.UUID) -> None:
-        self.loaded.pop(trigger_id, None)
-        if self.scheduler.get_job(str(trigger_id)) is not None:
-            self.scheduler.remove_job(str(trigger_id))
 
-    async def _on_fire(self, trigger_id: uuid.UUID, cron: CronTrigger) -> None:
-        occurrence = occurrence_at_or_before(cron, datetime.now(UTC))
-        if occurrence is None:
-            return
-        try:
-            await fire_trigger(self.ctx, trigger_id, occurrence)
-        except Exception:
-            log.exception("trigger.fire_failed", trigger_id=str(trigger_id))
+async def _queue_trigger(ctx: ServiceContext, trigger_id: uuid.UUID) -> int:
+    async def work(session: AsyncSession) -> list[FireOutcome]:
+        # One replica at a time counts and starts; another skips this trigger for this pass.
+        trig = (
+            await session.execute(
+                sa.select(Trigger)
+                .where(Trigger.id == trigger_id, Trigger.enabled.is_(True))
+                .with_for_update(skip_locked=True)
+            )
+        ).scalar_one_or_none()
+        if trig is None or trig.queue_id is None:
+            return []
+        waiting = await session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Task)
+            .where(Task.queue_id == trig.queue_id, Task.state == TaskState.CREATED)
+        )
+        active = await session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Job)
+            .where(Job.trigger_id == trig.id, Job.state.in_(ACTIVE_JOB_STATES))
+        )
+        n = jobs_to_start(
+            int(waiting or 0),
+            int(active or 0),
+            min_tasks=trig.min_tasks,
+            max_jobs=trig.max_jobs,
+            jobs_per_tasks=trig.jobs_per_tasks,
+        )
+        if n == 0:
+            return []
+        occurrences = [Occurrence(trig, f"queue {uuid.uuid4()}") for _ in range(n)]
+        return await fire_many(session, occurrences)
+
+    outcomes = await run_in_transaction(ctx.sessions, work, attempts=ctx.settings.db_retry_attempts)
+    created = 0
+    for outcome in outcomes:
+        if outcome.message is not None:
+            created += 1
+            await ctx.publish(subjects.JOB_CREATED, outcome.message.encode())
+    return created
