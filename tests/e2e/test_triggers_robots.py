@@ -25,7 +25,7 @@ from rpa_common.models.enums import JobSource
 from tests.conftest import ROOT
 from tests.e2e.conftest import API, Api, Service, Stack, clean_env, eventually
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 ECHO = """from rpa_robot import sdk
 
@@ -51,7 +51,7 @@ async def gateway(stack: Stack) -> Service:
 async def _robot(api: Api, stack: Stack, gateway: Service) -> tuple[str, str]:
     robot_id, key = await api.robot()
     stack.robot(gateway.ws_url, key)
-    await api.wait_robot(robot_id, "Ready", stack=stack)
+    await api.wait_robot(robot_id, "Ready", timeout=60, stack=stack)
     return robot_id, key
 
 
@@ -92,17 +92,18 @@ async def test_job_completion_passes_outputs_to_the_next_process(
         },
     )
     first = await api.job("hello", robot=robot_id, input_args={"name": "Ada", "count": 2})
-    assert (await api.wait_job(first, stack=stack))["state"] == "Successful"
+    ended = await api.wait_job(first, timeout=120, stack=stack)
+    assert ended["state"] == "Successful", (ended["error"], ended["history"], stack.report())
 
     async def chained() -> list[Job] | None:
         jobs = await _jobs_of_process(api, echo_id)
         return jobs or None
 
-    [b] = await eventually(chained, 30, "the chained job")
+    [b] = await eventually(chained, 60, "the chained job")
     assert b.parent_job_id == uuid.UUID(first) and b.source == JobSource.CHAIN
     assert b.trigger_id == uuid.UUID(trigger["id"])
     assert b.input_args == {"from": "chain", "greeting": "Hello, Ada!", "lines": 2}
-    done = await api.wait_job(str(b.id), stack=stack)
+    done = await api.wait_job(str(b.id), timeout=120, stack=stack)
     assert done["state"] == "Successful", stack.report()
     assert done["output_args"] == {"got_from": "chain", "got_greeting": "Hello, Ada!", "got_lines": 2}
     # Exactly once; and a job of A that fails does not fire a trigger on Successful only.
@@ -137,7 +138,7 @@ async def test_robot_command_trigger_from_a_real_robot(api: Api, stack: Stack, g
     proc = await asyncio.to_thread(start_trigger, "greet")
     assert proc.returncode == 0, proc.stderr.decode()
     job_id = json.loads(proc.stdout)["job_id"]
-    job: dict[str, Any] = await api.wait_job(job_id, stack=stack)
+    job: dict[str, Any] = await api.wait_job(job_id, timeout=120, stack=stack)
     assert job["state"] == "Successful", stack.report()
     assert job["robot_id"] == robot_id and job["priority"] == 3 and job["source"] == "robot"
     assert job["input_args"] == {"count": 1, "name": "Bob"}
