@@ -3,7 +3,8 @@
 - job completion: a job of process A (``hello``) ends Successful on a real robot, and the trigger
   starts process B (an ``echo`` package) once, with A's outputs as B's inputs, which B runs;
 - robot command: ``rpa-robot start-trigger NAME`` (``job.request`` naming a robot command trigger)
-  makes the job the trigger describes, which the robot then runs.
+  makes the job the trigger describes, which the robot then runs; so does a script's
+  ``sdk.start_trigger(NAME, **args)`` (the request journaled by its robot).
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ sdk.set_output(**{"got_" + k: v for k, v in sdk.input_args().items()})
 """
 
 
-def _echo_zip(name: str) -> bytes:
+STARTER = """from rpa_robot import sdk
+
+sdk.set_output(started=sdk.start_trigger("Greet", name="Sdk"))
+"""
+
+
+def _zip(name: str, script: str = ECHO) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("rpa.json", json.dumps({"name": name, "version": "1.0.0", "entry_point": "main.py"}))
-        zf.writestr("main.py", ECHO)
+        zf.writestr("main.py", script)
     return buf.getvalue()
 
 
@@ -55,10 +62,10 @@ async def _robot(api: Api, stack: Stack, gateway: Service) -> tuple[str, str]:
     return robot_id, key
 
 
-async def _publish_echo(api: Api) -> str:
+async def _publish_echo(api: Api, script: str = ECHO) -> str:
     r = await api.client.post(
         f"{API}/processes/publish",
-        files={"package": ("echo.zip", _echo_zip(f"echo-{uuid.uuid4().hex[:6]}"), "application/zip")},
+        files={"package": ("echo.zip", _zip(f"echo-{uuid.uuid4().hex[:6]}", script), "application/zip")},
         headers=api.tenant.headers,
     )
     assert r.status_code == 201, r.text
@@ -145,3 +152,23 @@ async def test_robot_command_trigger_from_a_real_robot(api: Api, stack: Stack, g
     assert job["output_args"] == {"greeting": "Hello, Bob!", "lines": 1}
     missing = await asyncio.to_thread(start_trigger, "no-such-trigger")
     assert missing.returncode == 1 and b"no robot command trigger named" in missing.stderr
+
+
+async def test_a_script_fires_a_robot_command_trigger(api: Api, stack: Stack, gateway: Service) -> None:
+    robot_id, _ = await _robot(api, stack, gateway)
+    hello_id = await api.publish("hello")
+    starter_id = await _publish_echo(api, STARTER)
+    await api.call(
+        "POST",
+        "/triggers",
+        201,
+        json={"name": "Greet", "kind": "robot", "process_id": hello_id, "input_args": {"count": 1}},
+    )
+    created = await api.call("POST", "/jobs", 201, json={"process_id": starter_id, "robot_id": robot_id})
+    starter = await api.wait_job(created["id"], timeout=120, stack=stack)
+    assert starter["state"] == "Successful", (starter["error"], stack.report())
+    started = starter["output_args"]["started"]
+    job = await api.wait_job(started, timeout=120, stack=stack)
+    assert job["state"] == "Successful", stack.report()
+    assert job["source"] == "robot" and job["robot_id"] == robot_id
+    assert job["output_args"] == {"greeting": "Hello, Sdk!", "lines": 1}
