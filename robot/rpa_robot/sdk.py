@@ -293,13 +293,13 @@ class JobError(SdkError):
     robot, a disabled trigger, no published version...), ``invalid``."""
 
 
-def start_trigger(name: str, *, timeout: float = 30.0, **input_args: Any) -> str:
+def start_trigger(name: str, input_args: dict[str, Any] | None = None, /, *, timeout: float = 30.0) -> str:
     """Fire the robot command trigger ``name``: the trigger decides the process, the robot(s), the
-    priority and the arguments; ``input_args`` go over its own. Returns the new job's id.
+    priority and the arguments; ``input_args`` (a dict) go over its own. Returns the new job's id.
 
     The request is journaled by the robot: sent once even across a reconnect (``Offline`` when no
     answer came in time; the job may still be created when the robot reconnects)."""
-    result = _call("job.request", {"trigger": name, "input_args": input_args}, timeout, JobError)
+    result = _call("job.request", {"trigger": name, "input_args": dict(input_args or {})}, timeout, JobError)
     return str(result["job_id"])
 
 

@@ -36,7 +36,7 @@ sdk.set_output(**{"got_" + k: v for k, v in sdk.input_args().items()})
 
 STARTER = """from rpa_robot import sdk
 
-sdk.set_output(started=sdk.start_trigger("Greet", name="Sdk"))
+sdk.set_output(started=sdk.start_trigger("Greet", {"name": "Sdk"}))
 """
 
 
@@ -50,7 +50,9 @@ def _zip(name: str, script: str = ECHO) -> bytes:
 
 @pytest.fixture
 async def gateway(stack: Stack) -> Service:
-    scheduler, gateway = stack.service("scheduler"), stack.service("gateway")
+    # Leases no test here is about: long enough for a machine loaded by parallel suites.
+    lease = {"RPA_JOB_LEASE_S": "30"}
+    scheduler, gateway = stack.service("scheduler", settings=lease), stack.service("gateway", settings=lease)
     await stack.start(scheduler, gateway)
     return gateway
 
