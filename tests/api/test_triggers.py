@@ -225,6 +225,18 @@ async def test_webhook_hmac_and_secret(client: httpx.AsyncClient, tenant: Tenant
     [job] = await _jobs_of(tenant, hook["id"])
     assert str(job.id) == ok.json()["job_id"] and job.input_args == {"x": 1, "y": 20, "invoice": "A-17"}
     assert job.source == JobSource.TRIGGER
+    async with tenant.ctx.sessions() as session:
+        [audit] = (
+            await session.execute(
+                sa.select(AuditRecord).where(
+                    AuditRecord.kind == "webhook", AuditRecord.object_id == hook["id"]
+                )
+            )
+        ).scalars()
+    assert audit.action == "fire" and audit.changes == {
+        "job_id": str(job.id),
+        "input_arg_names": ["invoice", "y"],
+    }
     # The same signed request again (a replay within the window) makes no second job.
     again = await client.post(url, content=body, headers=good)
     assert again.status_code == 202 and again.json()["created"] is False

@@ -26,11 +26,12 @@ from rpa_api.openapi import errors
 from rpa_api.queues.router import require_multipart
 from rpa_api.triggers import csv_io, schemas, service, webhook
 from rpa_common import triggerflow
+from rpa_common.audit import add_audit_record
 from rpa_common.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from rpa_common.models import Trigger, TriggerFire
+from rpa_common.models.enums import ActorType, TriggerKind
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
-from rpa_common.models.enums import TriggerKind
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import TriggerChanged
 from rpa_common.service import ServiceContext
@@ -337,7 +338,24 @@ async def call_webhook(
         args = _body_args(body)
         if not trigger.enabled:
             raise Conflict("the trigger is disabled")
-        return await service.fire(session, trigger, fire_key=fire_key, input_args=args)
+        outcome = await service.fire(session, trigger, fire_key=fire_key, input_args=args)
+        if outcome.created:
+            add_audit_record(
+                session,
+                account_id=trigger.account_id,
+                kind="webhook",
+                actor_type=ActorType.TRIGGER,
+                actor_id=trigger.id,
+                actor_name=trigger.name,
+                action="fire",
+                object_type="trigger",
+                object_id=trigger.id,
+                # Argument values may hold anything: their names only.
+                changes={"job_id": str(outcome.job_id), "input_arg_names": sorted(args)},
+                client_address=request.client.host if request.client else None,
+                user_agent=request.headers.get("user-agent"),
+            )
+        return outcome
 
     outcome = await run_db(ctx, work)
     await _announce(ctx, outcome)
