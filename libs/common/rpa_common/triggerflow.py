@@ -7,14 +7,22 @@ reads back which rows hold its token, and creates the jobs of those only, in the
 transaction. Any number of scheduler replicas may fire the same occurrence: exactly one creates
 its job, the others change nothing (see docs/design/triggers.md).
 
+For the API: ``fire`` in the request's transaction, then publish each outcome's ``message``
+(``JOB_CREATED``) and, after any create/update/delete of a trigger, ``TriggerChanged`` on
+``TRIGGER_CHANGED`` after the commit. When a schedule's cron, time zone, interval, once-at or
+calendar changes, set its ``next_fire_at`` to ``next_fire_times(trigger, now, 1, ...)`` (or None):
+it is the replicas' shared cursor, and a stale one would count the new schedule's past
+occurrences as missed if no replica was running to see the change.
+
 Also here: the schedule kinds' fire times (``next_fire_times``, through APScheduler's triggers, so
 cron in a time zone is DST-correct), their validation (``validate_schedule``) and calendars.
 """
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
@@ -30,13 +38,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from rpa_common import metrics
 from rpa_common.db.engine import dialect_of
 from rpa_common.errors import Unprocessable
-from rpa_common.jobflow import created_message, record_creation
-from rpa_common.models import Job, Process, Trigger, TriggerFire
-from rpa_common.models.base import UTCDateTime, utcnow
+from rpa_common.models import Job, JobEvent, Process, Trigger, TriggerFire
+from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, JobSource, JobState, MisfirePolicy, TriggerKind
 from rpa_common.models.triggers import Calendar, CalendarDay
 from rpa_common.nats.messages import JobCreated
-from rpa_common.taskflow import Actor
 
 CREATED = "created"
 ALREADY_FIRED = "occurrence already fired"
@@ -119,9 +125,9 @@ async def fire(
 async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) -> list[FireOutcome]:
     """Fire occurrences (of any triggers) in the caller's transaction; outcomes in the same order.
 
-    Statements: one select of the processes' versions, one multi-row insert-or-ignore of the fire
-    rows, one select of those this call won, one flush of the jobs and their history, one update
-    of the triggers. Rows are written in key order so two replicas firing the same batch wait on
+    Statements: one select of the processes' versions, a multi-row insert-or-ignore of the fire
+    rows, a select of those this call won, multi-row inserts of the jobs and their history, an
+    executemany update of the triggers. Rows are written in key order so two replicas firing the same batch wait on
     each other instead of deadlocking.
     """
     if not occurrences:
@@ -161,23 +167,25 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
         key=lambda r: (str(r["trigger_id"]), r["fire_key"]),
     )
     table = cast(sa.Table, TriggerFire.__table__)
-    await session.execute(_insert_ignore(session, table).values(rows))
+    # executemany: SQLAlchemy sends it as multi-row INSERTs with one cached compile.
+    await session.execute(_insert_ignore(session, table), rows)
     won: set[tuple[uuid.UUID, str]] = set()
-    keys = [(r["trigger_id"], r["fire_key"]) for r in rows]
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
+    for start in range(0, len(rows), 500):
+        chunk = rows[start : start + 500]
         won.update(
             (
                 await session.execute(
                     sa.select(TriggerFire.trigger_id, TriggerFire.fire_key).where(
-                        sa.tuple_(TriggerFire.trigger_id, TriggerFire.fire_key).in_(chunk),
+                        TriggerFire.trigger_id.in_({r["trigger_id"] for r in chunk}),
+                        TriggerFire.fire_key.in_({r["fire_key"] for r in chunk}),
                         TriggerFire.claim == claim,
                     )
                 )
             ).all()
         )
     outcomes: list[FireOutcome] = []
-    jobs: list[Job] = []
+    jobs: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
     kinds: dict[str, int] = {}
     last: dict[uuid.UUID, tuple[Occurrence, uuid.UUID | None, str]] = {}
     for o, result, job_id in planned:
@@ -189,76 +197,112 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
             outcomes.append(FireOutcome(None, False, result))
             last[t.id] = (o, None, result)
             continue
-        job = Job(
-            id=job_id,
-            account_id=t.account_id,
-            process_id=t.process_id,
-            process_version_id=versions[t.process_id],
-            robot_id=t.robot_id,
-            robot_group_id=None if t.robot_id is not None else t.robot_group_id,
-            trigger_id=t.id,
-            parent_job_id=o.parent_job_id,
-            state=JobState.PENDING,
-            priority=t.priority,
-            source=_SOURCES.get(t.kind, JobSource.TRIGGER),
-            input_args={**(t.input_args or {}), **(o.input_args or {})},
-            max_retries=0,
-            attempt=0,
-            offers=0,
-            created_at=now,
-            updated_at=now,
+        # The rows ``jobflow.create_job`` makes (a Pending job and its first history entry), as
+        # plain rows: one executemany each instead of an ORM flush of thousands of objects.
+        robot_group_id = None if t.robot_id is not None else t.robot_group_id
+        jobs.append(
+            {
+                "id": job_id,
+                "account_id": t.account_id,
+                "process_id": t.process_id,
+                "process_version_id": versions[t.process_id],
+                "robot_id": t.robot_id,
+                "robot_group_id": robot_group_id,
+                "trigger_id": t.id,
+                "parent_job_id": o.parent_job_id,
+                "state": JobState.PENDING,
+                "priority": t.priority,
+                "source": _SOURCES.get(t.kind, JobSource.TRIGGER),
+                "input_args": {**(t.input_args or {}), **(o.input_args or {})},
+                "max_retries": 0,
+                "attempt": 0,
+                "offers": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
         )
-        session.add(job)
-        record_creation(session, job, Actor(ActorType.TRIGGER, t.id), f"{t.kind} trigger {o.fire_key}"[:1000])
-        jobs.append(job)
+        events.append(
+            {
+                "id": uuid.uuid4(),
+                "account_id": t.account_id,
+                "job_id": job_id,
+                "from_state": None,
+                "to_state": JobState.PENDING,
+                "attempt": 0,
+                "at": now,
+                "actor_type": ActorType.TRIGGER,
+                "actor_id": t.id,
+                "reason": f"{t.kind} trigger {o.fire_key}"[:1000],
+            }
+        )
         kinds[str(t.kind)] = kinds.get(str(t.kind), 0) + 1
-        outcomes.append(FireOutcome(job_id, True, None, created_message(job)))
+        message = JobCreated(
+            account_id=t.account_id,
+            job_id=job_id,
+            robot_id=t.robot_id,
+            robot_group_id=robot_group_id,
+            created_at=now,
+        )
+        outcomes.append(FireOutcome(job_id, True, None, message))
         last[t.id] = (o, job_id, CREATED)
     if jobs:
-        await session.flush()
+        await session.execute(sa.insert(cast(sa.Table, Job.__table__)), jobs)
+        await session.execute(sa.insert(cast(sa.Table, JobEvent.__table__)), events)
     await _record_last(session, last, now)
     for kind, count in kinds.items():
         metrics.TRIGGER_FIRES.labels(kind).inc(count)
     return outcomes
 
 
+_T = cast(sa.Table, Trigger.__table__)
+_LAST = {
+    "last_fired_at": sa.bindparam("b_at", type_=_T.c.last_fired_at.type),
+    "last_job_id": sa.bindparam("b_job", type_=_T.c.last_job_id.type),
+    "last_result": sa.bindparam("b_result", type_=_T.c.last_result.type),
+    # A fire is not a change of the trigger: updated_at stays (replicas reload what changed).
+    "updated_at": _T.c.updated_at,
+}
+_SET_LAST = sa.update(_T).where(_T.c.id == sa.bindparam("b_id", type_=_T.c.id.type)).values(**_LAST)
+_SET_LAST_AND_NEXT = _SET_LAST.values(next_fire_at=sa.bindparam("b_next", type_=_T.c.next_fire_at.type))
+
+
 async def _record_last(
     session: AsyncSession, last: dict[uuid.UUID, tuple[Occurrence, uuid.UUID | None, str]], now: datetime
 ) -> None:
-    """The triggers' last fire, job and result (and next fire for schedules): one UPDATE per 500."""
-    items = sorted(last.items(), key=lambda kv: str(kv[0]))
-    for start in range(0, len(items), 500):
-        chunk = items[start : start + 500]
-        ids = [tid for tid, _ in chunk]
-        values: dict[str, Any] = {
-            "last_fired_at": now,
-            "last_job_id": by_trigger_id({tid: jid for tid, (_, jid, _) in chunk}, sa.Uuid()),
-            "last_result": by_trigger_id({tid: res for tid, (_, _, res) in chunk}, sa.String(300)),
-        }
-        with_next = {tid: o.next_fire_at for tid, (o, _, _) in chunk if o.sets_next}
-        if with_next:
-            values["next_fire_at"] = by_trigger_id(with_next, UTCDateTime(), else_=Trigger.next_fire_at)
-        await session.execute(
-            sa.update(Trigger)
-            .where(Trigger.id.in_(ids))
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
-        for _tid, (o, jid, res) in chunk:
-            t = o.trigger
-            if sa.inspect(t, raiseerr=False) is not None and t in session:
-                set_committed_value(t, "last_fired_at", now)
-                set_committed_value(t, "last_job_id", jid)
-                set_committed_value(t, "last_result", res)
-                if o.sets_next:
-                    set_committed_value(t, "next_fire_at", o.next_fire_at)
+    """The triggers' last fire, job and result (and next fire for schedules), in id order."""
+    plain: list[dict[str, Any]] = []
+    with_next: list[dict[str, Any]] = []
+    for tid, (o, jid, res) in sorted(last.items(), key=lambda kv: str(kv[0])):
+        row = {"b_id": tid, "b_at": now, "b_job": jid, "b_result": res[:300]}
+        if o.sets_next:
+            with_next.append({**row, "b_next": o.next_fire_at})
+        else:
+            plain.append(row)
+        t = o.trigger
+        if sa.inspect(t, raiseerr=False) is not None and t in session:
+            set_committed_value(t, "last_fired_at", now)
+            set_committed_value(t, "last_job_id", jid)
+            set_committed_value(t, "last_result", res)
+            if o.sets_next:
+                set_committed_value(t, "next_fire_at", o.next_fire_at)
+    if plain:
+        await session.execute(_SET_LAST, plain)
+    if with_next:
+        await session.execute(_SET_LAST_AND_NEXT, with_next)
 
 
-def by_trigger_id(values: dict[uuid.UUID, Any], type_: Any, else_: Any = None) -> Any:
-    """``CASE`` giving each trigger (by id) its value, typed so both databases bind it right."""
-    null = sa.cast(sa.null(), type_)  # a CASE of NULLs only has no type on PostgreSQL
-    whens = [(Trigger.id == tid, null if v is None else sa.literal(v, type_)) for tid, v in values.items()]
-    return sa.case(*whens, else_=else_ if else_ is not None else null)
+_SET_NEXT = (
+    sa.update(_T)
+    .where(_T.c.id == sa.bindparam("b_id", type_=_T.c.id.type))
+    .values(next_fire_at=sa.bindparam("b_next", type_=_T.c.next_fire_at.type), updated_at=_T.c.updated_at)
+)
+
+
+async def set_next_fire_at(session: AsyncSession, next_at: dict[uuid.UUID, datetime | None]) -> None:
+    """Store schedules' next occurrences (the shared cursor) without firing, in id order."""
+    rows = [{"b_id": tid, "b_next": t} for tid, t in sorted(next_at.items(), key=lambda kv: str(kv[0]))]
+    if rows:
+        await session.execute(_SET_NEXT, rows)
 
 
 # Schedules -----------------------------------------------------------------------------------------
@@ -303,6 +347,7 @@ def zone(time_zone: str | None) -> ZoneInfo:
         raise ValueError(f"unknown time zone {time_zone!r}") from exc
 
 
+@functools.lru_cache(maxsize=16384)
 def cron_trigger(cron: str, time_zone: str | None) -> CronTrigger:
     """The APScheduler trigger of a standard five-field cron in an IANA time zone (ValueError if invalid).
 
@@ -415,31 +460,47 @@ def next_fire_times(
     """The next ``n`` occurrences of a schedule trigger strictly after ``after`` (at or after, if
     ``inclusive``; none after ``until``), in UTC, leaving out those whose day (in the trigger's
     time zone) ``skip_day`` says is not worked. ValueError for an invalid schedule."""
-    after = _aware(after).astimezone(UTC)
-    if n <= 0:
-        return []
-    tz = zone(trigger.time_zone)
     out: list[datetime] = []
+    if n <= 0:
+        return out
+    for t in fire_times(trigger, after, skip_day, inclusive=inclusive):
+        if until is not None and t > until:
+            break
+        out.append(t)
+        if len(out) >= n:
+            break
+    return out
+
+
+def fire_times(
+    trigger: Trigger,
+    after: datetime,
+    skip_day: Callable[[date], bool] | None = None,
+    *,
+    inclusive: bool = False,
+) -> Iterator[datetime]:
+    """The occurrences of a schedule trigger after ``after``, lazily, in UTC (see ``next_fire_times``)."""
+    after = _aware(after).astimezone(UTC)
+    tz = zone(trigger.time_zone)
     if trigger.once_at is not None and not trigger.cron and not trigger.interval_s:
         at = _aware(trigger.once_at).astimezone(UTC)
-        ok = (at >= after if inclusive else at > after) and (until is None or at <= until)
-        if ok and not (skip_day and skip_day(at.astimezone(tz).date())):
-            out.append(at)
-        return out
+        if (at >= after if inclusive else at > after) and not (
+            skip_day and skip_day(at.astimezone(tz).date())
+        ):
+            yield at
+        return
     schedule = schedule_of(trigger)
     if schedule is None:
-        return out
+        return
     skipped = 0
     once_per_wall_time = bool(trigger.cron) and not _cron_hour(trigger.cron or "").startswith("*")
     previous: datetime | None = None
     now = after if inclusive else after + timedelta(microseconds=1)
-    while len(out) < n and skipped <= MAX_SKIPPED:
+    while skipped <= MAX_SKIPPED:
         t = schedule.get_next_fire_time(previous, now)
         if t is None:
-            break
+            return
         t_utc = t.astimezone(UTC)
-        if until is not None and t_utc > until:
-            break
         local = t_utc.astimezone(tz)
         if once_per_wall_time and local.fold == 1:
             # The second pass of an hour repeated when clocks go back: a cron at a set hour ran
@@ -448,10 +509,9 @@ def next_fire_times(
         elif skip_day and skip_day(local.date()):
             skipped += 1
         else:
-            out.append(t_utc)
+            yield t_utc
         previous = t
         now = t_utc + timedelta(microseconds=1)
-    return out
 
 
 @dataclass(frozen=True)

@@ -37,18 +37,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import Job, Task, Trigger
-from rpa_common.models.base import UTCDateTime, utcnow
+from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, MisfirePolicy, TaskState, TriggerKind
 from rpa_common.nats import subjects
 from rpa_common.service import ServiceContext
 from rpa_common.triggerflow import (
     FireOutcome,
     Occurrence,
-    by_trigger_id,
     fire_key_of,
     fire_many,
+    fire_times,
     load_calendars,
     next_fire_times,
+    set_next_fire_at,
 )
 
 log = structlog.get_logger(__name__)
@@ -85,12 +86,27 @@ class Plan:
 
 
 def plan(trigger: Trigger, next_at: datetime, now: datetime, skip_day: SkipDay | None) -> Plan:
-    """The occurrences from ``next_at`` to ``now`` that fire under the trigger's misfire policy."""
+    """The occurrences from ``next_at`` (an occurrence) to ``now`` that fire under the trigger's
+    misfire policy. On time, this is ``[next_at]`` and one look-up of the occurrence after it."""
     fire_once = trigger.misfire_policy == MisfirePolicy.FIRE_ONCE
     window = max(ON_TIME_S, float(trigger.misfire_grace_s or 0) if fire_once else 0.0)
     start = max(next_at, now - timedelta(seconds=window))
-    times = next_fire_times(trigger, start, MAX_SCAN, skip_day, inclusive=True, until=now)
     earlier = 0 if start == next_at else 1  # at least one occurrence before the window was missed
+    times: list[datetime] = []
+    nxt: datetime | None = None
+    if start == next_at and next_at <= now:
+        # next_at is an occurrence already: the look-up starts after it.
+        times.append(next_at)
+    for t in fire_times(trigger, start, skip_day, inclusive=not times):
+        if t > now:
+            nxt = t
+            break
+        times.append(t)
+        if len(times) >= MAX_SCAN:
+            break
+    if nxt is None and len(times) >= MAX_SCAN:
+        following = next_fire_times(trigger, now, 1, skip_day)
+        nxt = following[0] if following else None
     on_time = [t for t in times if (now - t).total_seconds() <= ON_TIME_S]
     late = [t for t in times if (now - t).total_seconds() > ON_TIME_S]
     fire = on_time
@@ -98,8 +114,7 @@ def plan(trigger: Trigger, next_at: datetime, now: datetime, skip_day: SkipDay |
     if fire_once and late and (now - late[-1]).total_seconds() <= (trigger.misfire_grace_s or 0):
         fire = [late[-1], *on_time]
         missed -= 1
-    nxt = next_fire_times(trigger, now, 1, skip_day)
-    return Plan(fire, missed, nxt[0] if nxt else None)
+    return Plan(fire, missed, nxt)
 
 
 def _schedule_spec(t: Trigger) -> tuple[Any, ...]:
@@ -156,17 +171,42 @@ class TriggerScheduler:
         await self._load(trigger_id)
 
     async def _load(self, trigger_id: uuid.UUID | None) -> None:
+        wanted = (Trigger.kind == TriggerKind.SCHEDULE, Trigger.enabled.is_(True))
         async with self.ctx.sessions() as session:
-            stmt = sa.select(Trigger).where(Trigger.kind == TriggerKind.SCHEDULE, Trigger.enabled.is_(True))
             if trigger_id is not None:
-                stmt = stmt.where(Trigger.id == trigger_id)
-            triggers = list((await session.execute(stmt)).scalars().all())
-            calendars = await load_calendars(session, {t.calendar_id for t in triggers if t.calendar_id})
+                stmt = sa.select(Trigger).where(*wanted, Trigger.id == trigger_id)
+                triggers = list((await session.execute(stmt)).scalars().all())
+                seen = {t.id for t in triggers}
+            else:
+                # A full reload reads whole rows only of what changed (a fire leaves updated_at).
+                stamps = (
+                    await session.execute(sa.select(Trigger.id, Trigger.updated_at).where(*wanted))
+                ).all()
+                seen = {row.id for row in stamps}
+                changed = [
+                    row.id
+                    for row in stamps
+                    if (e := self.entries.get(row.id)) is None or e.trigger.updated_at != row.updated_at
+                ]
+                triggers = []
+                for start in range(0, len(changed), 1000):
+                    stmt = sa.select(Trigger).where(Trigger.id.in_(changed[start : start + 1000]))
+                    triggers.extend((await session.execute(stmt)).scalars().all())
+            calendar_ids = {t.calendar_id for t in triggers if t.calendar_id}
+            if trigger_id is None:
+                calendar_ids |= {
+                    e.trigger.calendar_id for e in self.entries.values() if e.trigger.calendar_id
+                }
+            calendars = await load_calendars(session, calendar_ids)
+        if trigger_id is None:
+            # Calendars change without TRIGGER_CHANGED: every full reload refreshes their rules.
+            for e in self.entries.values():
+                if e.trigger.calendar_id is not None and e.trigger.id in seen:
+                    rule = calendars.get(e.trigger.calendar_id)
+                    e.skip_day = rule.is_non_working if rule is not None else None
         now = utcnow()
-        seen: set[uuid.UUID] = set()
         cursors: dict[uuid.UUID, datetime | None] = {}
         for t in triggers:
-            seen.add(t.id)
             rule = calendars.get(t.calendar_id) if t.calendar_id else None
             skip_day = rule.is_non_working if rule is not None else None
             spec = _schedule_spec(t)
@@ -177,8 +217,8 @@ class TriggerScheduler:
                     continue
                 # New to this replica: from the shared cursor (what was missed while no replica
                 # ran is then caught up by the misfire policy); a changed schedule: from now.
-                start = t.next_fire_at if entry is None and t.next_fire_at is not None else now
-                nxt = next_fire_times(t, start, 1, skip_day, inclusive=True)
+                begin = t.next_fire_at if entry is None and t.next_fire_at is not None else now
+                nxt = next_fire_times(t, begin, 1, skip_day, inclusive=True)
             except ValueError as exc:
                 log.warning("trigger.invalid", trigger_id=str(t.id), error=str(exc))
                 self.entries.pop(t.id, None)
@@ -196,17 +236,9 @@ class TriggerScheduler:
 
     async def _store_cursors(self, cursors: dict[uuid.UUID, datetime | None]) -> None:
         """Write ``next_fire_at`` of triggers that fired nothing (new, changed, or all missed)."""
-        items = sorted(cursors.items(), key=lambda kv: str(kv[0]))
 
         async def work(session: AsyncSession) -> None:
-            for start in range(0, len(items), 500):
-                chunk = dict(items[start : start + 500])
-                await session.execute(
-                    sa.update(Trigger)
-                    .where(Trigger.id.in_(list(chunk)))
-                    .values(next_fire_at=by_trigger_id(chunk, UTCDateTime()))
-                    .execution_options(synchronize_session=False)
-                )
+            await set_next_fire_at(session, cursors)
 
         await run_in_transaction(self.ctx.sessions, work, attempts=self.ctx.settings.db_retry_attempts)
 
@@ -214,18 +246,20 @@ class TriggerScheduler:
 
     async def _schedule_loop(self) -> None:
         while True:
+            # Cleared before the pass: a reload during it wakes the next wait at once.
+            self._changed.clear()
             try:
                 await self.fire_due(utcnow())
-                delay = MAX_SLEEP_S
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("triggers.fire_failed")
-                delay = RETRY_S
+                await asyncio.sleep(RETRY_S)  # the database is away: not a busy loop
+                continue
+            delay = MAX_SLEEP_S
             times = [e.next_at for e in self.entries.values() if e.next_at is not None]
             if times:
                 delay = min(delay, max(0.0, (min(times) - utcnow()).total_seconds()))
-            self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), delay)
 
