@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -300,6 +301,30 @@ async def test_test_fire_preview_and_fires(client: httpx.AsyncClient, tenant: Te
     assert len(times) == 5 and times == sorted(times)
     # 02:30 in Berlin is 00:30 or 01:30 UTC, by the season.
     assert all(t[11:16] in ("00:30", "01:30") for t in times)
+
+    # A calendar's non-working days are skipped (weekends, and one holiday).
+    cal = await client.post(
+        "/api/v1/calendars",
+        json={"name": f"cal-{uuid.uuid4().hex[:6]}", "weekend_days": [6, 7], "days": [{"day": "2030-01-01"}]},
+        headers=tenant.headers,
+    )
+    assert cal.status_code == 201, cal.text
+    r = await create(
+        client,
+        tenant,
+        kind="schedule",
+        process_id=process_id,
+        robot_id=robot_id,
+        cron="0 12 * * *",
+        calendar_id=cal.json()["id"],
+    )
+    assert r.status_code == 201, r.text
+    days = (
+        await client.get(f"{TRIGGERS}/{r.json()['id']}/preview", params={"n": 15}, headers=tenant.headers)
+    ).json()
+    stamps = [datetime.fromisoformat(t) for t in days["fire_times"]]
+    assert len(stamps) == 15 and all(t.isoweekday() <= 5 for t in stamps)
+    assert datetime.fromisoformat(r.json()["next_fire_at"]) == stamps[0]
 
     # A process without a version: the fire says why no job.
     bare, _ = await make_process(tenant.ctx, tenant.account_id, versions=0)

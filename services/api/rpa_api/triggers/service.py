@@ -130,14 +130,21 @@ def check_rules(trigger: Trigger) -> None:
         raise Unprocessable("min_tasks must be at least 1", field="min_tasks")
 
 
-def _schedule_cursor(trigger: Trigger, now: datetime) -> None:
-    """A schedule's next occurrence from now (the scheduler replicas' shared cursor)."""
+async def _schedule_cursor(session: AsyncSession, trigger: Trigger, now: datetime) -> None:
+    """A schedule's next occurrence from now, calendar skips applied: the scheduler replicas' shared
+    cursor (a stale one would count the new schedule's past occurrences as missed)."""
     if trigger.kind != K.SCHEDULE or not trigger.enabled:
         trigger.next_fire_at = None
         return
-    # Calendar skips are the scheduler's to apply when it reaches the occurrence.
-    times = triggerflow.next_fire_times(trigger, now, 1)
+    times = triggerflow.next_fire_times(trigger, now, 1, skip_day=await _skip_day(session, trigger))
     trigger.next_fire_at = times[0] if times else None
+
+
+async def _skip_day(session: AsyncSession, trigger: Trigger) -> Any:
+    if trigger.calendar_id is None:
+        return None
+    rule = (await triggerflow.load_calendars(session, [trigger.calendar_id])).get(trigger.calendar_id)
+    return rule.is_non_working if rule is not None else None
 
 
 def _audit_view(fields: dict[str, Any]) -> dict[str, Any]:
@@ -207,7 +214,7 @@ async def create_trigger(
     check_rules(trigger)
     now = utcnow()
     trigger.created_at = trigger.updated_at = now
-    _schedule_cursor(trigger, now)
+    await _schedule_cursor(session, trigger, now)
     secret = None
     if kind == K.WEBHOOK:
         secret = webhook.new_secret()
@@ -256,7 +263,7 @@ async def update_trigger(
     now = utcnow()
     trigger.updated_at = now
     if _SCHEDULE_CHANGES & set(changes):
-        _schedule_cursor(trigger, now)
+        await _schedule_cursor(session, trigger, now)
     await flush_or_conflict(session, _taken(trigger.name), "name")
     record(session, principal, "update", "trigger", trigger.id, _audit_view(changes))
     return trigger
@@ -325,11 +332,9 @@ async def test_fire(
 async def preview(trigger: Trigger, n: int, session: AsyncSession) -> list[datetime]:
     if trigger.kind != K.SCHEDULE:
         raise Conflict(f"a {trigger.kind} trigger has no schedule to preview")
-    skip_day: Any = None
-    if trigger.calendar_id is not None:
-        rule = (await triggerflow.load_calendars(session, [trigger.calendar_id])).get(trigger.calendar_id)
-        skip_day = rule.is_non_working if rule is not None else None
-    return triggerflow.next_fire_times(trigger, datetime.now(UTC), n, skip_day=skip_day)
+    return triggerflow.next_fire_times(
+        trigger, datetime.now(UTC), n, skip_day=await _skip_day(session, trigger)
+    )
 
 
 def fires_query(trigger: Trigger) -> Any:
