@@ -4,6 +4,7 @@
                   [--cache-dir DIR] [--state-dir DIR] [--door SOCKET]
     rpa-robot run-local PATH_OR_ZIP [--input JSON]
     rpa-robot start-process NAME [--input JSON] [--gateway URL]
+    rpa-robot start-trigger NAME [--input JSON] [--gateway URL]
 
 The robot key comes from the environment (``RPA_ROBOT_KEY``), from stdin (``--key-stdin``), or,
 for a robot started inside a terminal session, from its coordinator's door (``--door SOCKET``: a
@@ -172,6 +173,17 @@ async def _start_process(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _start_trigger(args: argparse.Namespace) -> int:
+    job_id, error = await request_job(
+        args.gateway, _read_key(args.key_stdin), None, _input(args.input), trigger_name=args.name
+    )
+    if error or not job_id:
+        say(f"not started: {error}")
+        return 1
+    print(json.dumps({"job_id": job_id}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="rpa-robot", description="Reference RPA robot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,8 +212,20 @@ def main(argv: list[str] | None = None) -> None:
     start.add_argument("name")
     start.add_argument("--input", help="input arguments as a JSON object")
 
+    fire = sub.add_parser(
+        "start-trigger", help="fire a robot command trigger (it decides process and target)"
+    )
+    connection_args(fire)
+    fire.add_argument("name")
+    fire.add_argument("--input", help="input arguments as a JSON object, over the trigger's own")
+
     args = parser.parse_args(argv)
-    handler = {"run": _run, "run-local": _run_local, "start-process": _start_process}[args.command]
+    handler = {
+        "run": _run,
+        "run-local": _run_local,
+        "start-process": _start_process,
+        "start-trigger": _start_trigger,
+    }[args.command]
     with contextlib.suppress(KeyboardInterrupt):
         sys.exit(asyncio.run(handler(args)))
 

@@ -523,9 +523,18 @@ class RobotClient:
 
 
 async def request_job(
-    gateway: str, key: str, process_name: str, input_args: dict[str, Any], timeout_s: float = 30
+    gateway: str,
+    key: str,
+    process_name: str | None,
+    input_args: dict[str, Any],
+    timeout_s: float = 30,
+    *,
+    trigger_name: str | None = None,
 ) -> tuple[str | None, str | None]:
     """``job.request`` over a control connection (no ``jobs`` capability): (job id, error).
+
+    Names a process (a job on this robot), or a robot command trigger (``trigger_name``; the
+    trigger decides process, target, priority and arguments, ``input_args`` merged over its own).
 
     A control connection has no journal: its frames are numbered from 1 and deduplicated by
     ``request_id`` alone (docs/robot-protocol.md 2.7)."""
@@ -554,7 +563,13 @@ async def request_job(
                 return None, f"unexpected {_describe(welcome)}"
             await ws.send(
                 encode(
-                    JobRequest(seq=1, request_id=request_id, process_name=process_name, input_args=input_args)
+                    JobRequest(
+                        seq=1,
+                        request_id=request_id,
+                        process_name=process_name,
+                        trigger_name=trigger_name,
+                        input_args=input_args,
+                    )
                 )
             )
             async for raw in ws:

@@ -36,6 +36,8 @@ from rpa_protocol import (
     CredentialGet,
     CredentialValue,
     Error,
+    JobRequest,
+    JobRequested,
     ReliableFrame,
     ReplyError,
     ResourceChanged,
@@ -60,7 +62,16 @@ if TYPE_CHECKING:
     from rpa_robot.client import RobotClient
     from rpa_robot.runner import ScriptRun
 
-REPLIES = (TaskAdded, TaskTaken, TaskRenewed, TaskProgressed, TaskFinished, ResourceValue, CredentialValue)
+REPLIES = (
+    TaskAdded,
+    TaskTaken,
+    TaskRenewed,
+    TaskProgressed,
+    TaskFinished,
+    ResourceValue,
+    CredentialValue,
+    JobRequested,
+)
 Reply = TaskAdded | TaskTaken | TaskRenewed | TaskProgressed | TaskFinished | ResourceValue | CredentialValue
 MAX_TIMEOUT_S = 600.0
 RENEW_TICK_S = 1.0
@@ -259,6 +270,10 @@ class Requests:
             return reply
         if isinstance(reply, ReplyError):
             return _error(reply.code, reply.detail, reply.field)
+        if isinstance(reply, JobRequested):
+            if reply.job_id is None:
+                return _error("not_started", reply.error or "no job was created")
+            return {"result": {"job_id": str(reply.job_id)}}
         if reply.error is not None:
             return _error(reply.error.code, reply.error.detail, reply.error.field)
         return {"result": _result(reply)}
@@ -343,6 +358,18 @@ class Requests:
         if op == "credential.get":
             return await self._request(
                 lambda seq, rid: CredentialGet(seq=seq, request_id=rid, name=a.get("name")), timeout
+            )
+        if op == "job.request":
+            # A robot command trigger (or a process) started by the script: reliable, like job reports.
+            return await self._reliable(
+                lambda seq, rid: JobRequest(
+                    seq=seq,
+                    request_id=rid,
+                    trigger_name=a.get("trigger"),
+                    process_name=a.get("process"),
+                    input_args=a.get("input_args") or {},
+                ),
+                timeout,
             )
         return _error("invalid", f"unknown request {op!r}", "op")
 

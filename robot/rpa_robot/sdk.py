@@ -288,6 +288,21 @@ def _call(op: str, args: dict[str, Any], timeout: float, error: type[SdkError]) 
     return result if isinstance(result, dict) else {}
 
 
+class JobError(SdkError):
+    """A job request was refused: ``not_started`` (its detail says why: no such trigger for this
+    robot, a disabled trigger, no published version...), ``invalid``."""
+
+
+def start_trigger(name: str, input_args: dict[str, Any] | None = None, /, *, timeout: float = 30.0) -> str:
+    """Fire the robot command trigger ``name``: the trigger decides the process, the robot(s), the
+    priority and the arguments; ``input_args`` (a dict) go over its own. Returns the new job's id.
+
+    The request is journaled by the robot: sent once even across a reconnect (``Offline`` when no
+    answer came in time; the job may still be created when the robot reconnects)."""
+    result = _call("job.request", {"trigger": name, "input_args": dict(input_args or {})}, timeout, JobError)
+    return str(result["job_id"])
+
+
 def _when(value: datetime | str | None, name: str) -> str | None:
     if value is None or isinstance(value, str):
         return value

@@ -16,9 +16,9 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_common.models import Job, JobEvent, Robot
+from rpa_common.models import Job, JobEvent, Robot, Trigger
 from rpa_common.models.base import utcnow
-from rpa_common.models.enums import JobPriority, JobSource, JobState
+from rpa_common.models.enums import JobPriority, JobSource, JobState, TriggerKind
 from rpa_common.nats.messages import JobCreated, JobStateChanged
 from rpa_common.taskflow import JOB_END_FLAGS, Actor, fail_tasks_of_job
 
@@ -63,6 +63,8 @@ class Transition:
     at: datetime
     deadline_at: datetime | None = None
     """The earliest ``stop_at`` / ``interrupt_at`` the transition set."""
+    created: tuple[JobCreated, ...] = ()
+    """Jobs its end started (job completion triggers): ``JOB_CREATED`` to publish after the commit."""
 
     def message(self) -> JobStateChanged:
         return JobStateChanged(
@@ -145,6 +147,9 @@ async def transition(
     if to_state in JOB_END_FLAGS:
         # The job's In Progress tasks fail (and retry) as their queues' flags for this end say.
         await fail_tasks_of_job(session, job_id, to_state, now=now)
+    created: tuple[JobCreated, ...] = ()
+    if to_state.is_final:
+        created = await _fire_completion_triggers(session, row, job_id, to_state, update_values)
     if flush:
         await session.flush()
     deadlines = [update_values[k] for k in ("stop_at", "interrupt_at") if update_values.get(k) is not None]
@@ -158,7 +163,47 @@ async def transition(
         new_attempt,
         now,
         min(deadlines) if deadlines else None,
+        created,
     )
+
+
+async def _fire_completion_triggers(
+    session: AsyncSession, row: Any, job_id: uuid.UUID, to_state: JobState, values: dict[str, Any]
+) -> tuple[JobCreated, ...]:
+    """Start the jobs of the job completion triggers on this job's process and final state, in this
+    transaction, each once (fire key ``job:{job_id}``), with this job's outputs as their inputs.
+
+    The common case (no such trigger) costs one indexed lookup (``trigger.source_process_id``).
+    """
+    # Imported here: triggerflow builds its jobs with this module's helpers.
+    from rpa_common import triggerflow
+
+    triggers = (
+        (
+            await session.execute(
+                sa.select(Trigger).where(
+                    Trigger.source_process_id == row.process_id,
+                    Trigger.account_id == row.account_id,
+                    Trigger.kind == TriggerKind.JOB_COMPLETED,
+                    Trigger.enabled.is_(True),
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    wanted = [t for t in triggers if to_state.value in (t.completion_states or ())]
+    if not wanted:
+        return ()
+    outputs = values.get("output_args")
+    if outputs is None:
+        outputs = await session.scalar(sa.select(Job.output_args).where(Job.id == job_id))
+    occurrences = [
+        triggerflow.Occurrence(t, f"job:{job_id}", None, dict(outputs or {}), parent_job_id=job_id)
+        for t in wanted
+    ]
+    outcomes = await triggerflow.fire_many(session, occurrences)
+    return tuple(o.message for o in outcomes if o.message is not None)
 
 
 LOCKED_COLUMNS = (

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    model_validator,
 )
 
 from rpa_protocol.codes import (
@@ -168,13 +169,28 @@ class LogBatch(_RobotFrame):
 
 
 class JobRequest(_RobotFrame):
-    """Ask the orchestrator to run a published process on this robot."""
+    """Ask the orchestrator to run a published process on this robot, or to fire a robot command
+    trigger (which decides the process, the target, the priority and the arguments)."""
 
     type: Literal["job.request"] = "job.request"
     seq: StrictInt = Field(ge=1)
     request_id: uuid.UUID
-    process_name: Text = Field(min_length=1, max_length=100)
-    input_args: JsonObject = Field(default_factory=dict)
+    process_name: Text | None = Field(
+        None, min_length=1, max_length=100, description="give exactly one of process_name and trigger_name"
+    )
+    trigger_name: Text | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        description="a robot command trigger of the robot's account; its jobs run where it says",
+    )
+    input_args: JsonObject = Field(default_factory=dict, description="merged over a trigger's own arguments")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> JobRequest:
+        if (self.process_name is None) == (self.trigger_name is None):
+            raise ValueError("give exactly one of process_name and trigger_name")
+        return self
 
 
 # Tasks and resources (robot -> gateway). All carry ``request_id`` and are answered by a reply

@@ -27,6 +27,8 @@ from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
 from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.text_guard import text_guard
+from rpa_api.triggers.router import router as triggers_router
+from rpa_api.triggers.router import webhook_router
 from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
@@ -46,9 +48,9 @@ API_PREFIX = "/api/v1"
 # Endpoints that take a form or a multipart upload instead of JSON.
 _FORM_PATHS = re.compile(
     r"^/api/v1/(auth/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish"
-    r"|queues/[^/]+/tasks/csv)$"
+    r"|queues/[^/]+/tasks/csv|triggers/import)$"
 )
-_CSV_PATHS = re.compile(r"^/api/v1/queues/[^/]+/tasks/csv$")
+_CSV_PATHS = re.compile(r"^/api/v1/(queues/[^/]+/tasks/csv|triggers/import)$")
 _UPLOAD_PATHS = re.compile(r"^/api/v1/processes(/[^/]+)?/(versions|publish)$|^/api/v1/processes/publish$")
 
 
@@ -148,6 +150,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (resources_router, "resources"),
         (calendars_router, "calendars"),
         (audit_router, "audit"),
+        (triggers_router, "triggers"),
+        (webhook_router, "triggers"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])

@@ -357,6 +357,8 @@ class ConnectionHandler:
                 await publish(subjects.JOB_CREATED, applied.created)
         for t in applied.transitions:
             await publish(subjects.JOB_STATE, t.message())
+            for created in t.created:  # jobs its end started (job completion triggers)
+                await publish(subjects.JOB_CREATED, created)
         if applied.status is not None:
             await publish(subjects.ROBOT_STATUS, store.status_message(conn.robot, applied.status))
         if conn.logged_off and isinstance(frame, JobStatus | LogBatch):

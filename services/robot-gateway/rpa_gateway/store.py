@@ -17,11 +17,20 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rpa_common import jobflow
+from rpa_common import jobflow, triggerflow
 from rpa_common.audit import add_audit_record
 from rpa_common.db.engine import dialect_of
 from rpa_common.jobflow import Actor, Transition, locked_row, transition
-from rpa_common.models import Job, Process, ProcessVersion, Robot, RobotMessage
+from rpa_common.models import (
+    Job,
+    Process,
+    ProcessVersion,
+    Robot,
+    RobotGroupMember,
+    RobotMessage,
+    Trigger,
+    TriggerFire,
+)
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import (
     ACTIVE_JOB_STATES,
@@ -30,6 +39,7 @@ from rpa_common.models.enums import (
     JobState,
     LogLevel,
     RobotStatus,
+    TriggerKind,
 )
 from rpa_common.nats.messages import JobCreated, JobOffer, RobotStatusChanged
 from rpa_common.offers import offer_query, to_offer
@@ -322,10 +332,98 @@ async def apply_job_status(
     return done
 
 
+async def fire_robot_trigger(
+    session: AsyncSession, robot: RobotIdentity, frame: JobRequest, name: str
+) -> tuple[uuid.UUID | None, str | None, JobCreated | None]:
+    """A ``job.request`` naming a robot command trigger: the trigger decides process, target,
+    priority and arguments (the frame's ``input_args`` are merged over its own).
+
+    The robot may use it when the trigger targets it, or a group it belongs to, or nothing (the job
+    then runs on the asking robot; a trigger in an access folder serves the robots of that folder).
+    """
+    trigger = (
+        await session.execute(
+            sa.select(Trigger).where(
+                Trigger.account_id == robot.account_id,
+                Trigger.kind == TriggerKind.ROBOT,
+                sa.func.lower(Trigger.name) == name.lower(),
+            )
+        )
+    ).scalar_one_or_none()
+    unknown = f"no robot command trigger named {name!r} for this robot"
+    if trigger is None:
+        return None, unknown, None
+    if trigger.robot_id is not None:
+        allowed = trigger.robot_id == robot.id
+    elif trigger.robot_group_id is not None:
+        allowed = (
+            await session.scalar(
+                sa.select(RobotGroupMember.robot_id).where(
+                    RobotGroupMember.group_id == trigger.robot_group_id, RobotGroupMember.robot_id == robot.id
+                )
+            )
+        ) is not None
+    else:
+        folder = await session.scalar(sa.select(Robot.folder_id).where(Robot.id == robot.id))
+        allowed = trigger.folder_id is None or trigger.folder_id == folder
+    if not allowed:
+        return None, unknown, None
+    if not trigger.enabled:
+        return None, f"trigger {trigger.name!r} is disabled", None
+    target = trigger
+    if trigger.robot_id is None and trigger.robot_group_id is None:
+        # No target of its own: the job runs on the asking robot. A copy outside the session, so the
+        # trigger itself is not changed (triggerflow records its last fire by id).
+        target = Trigger(**{c.key: getattr(trigger, c.key) for c in sa.inspect(Trigger).column_attrs})
+        target.robot_id = robot.id
+    outcome = await triggerflow.fire(
+        session,
+        target,
+        fire_key=_trigger_request_key(frame),
+        scheduled_at=None,
+        input_args=frame.input_args,
+    )
+    if outcome.job_id is None:
+        return None, outcome.reason or "no job was created", None
+    add_audit_record(
+        session,
+        account_id=robot.account_id,
+        kind="robot",
+        actor_type=ActorType.ROBOT,
+        actor_id=robot.id,
+        actor_name=robot.name,
+        action="fire",
+        object_type="trigger",
+        object_id=trigger.id,
+        changes={"trigger": trigger.name, "job_id": str(outcome.job_id), "source": JobSource.ROBOT.value},
+        client_address=robot.client_address,
+        user_agent=robot.user_agent,
+    )
+    await session.flush()
+    return outcome.job_id, None, outcome.message
+
+
+def _trigger_request_key(frame: JobRequest) -> str:
+    return f"robot:{frame.request_id}"
+
+
 async def existing_request(
     session: AsyncSession, robot: RobotIdentity, frame: JobRequest
 ) -> uuid.UUID | None:
     """The job a replayed ``job.request`` created the first time, if it created one."""
+    if frame.trigger_name is not None:
+        return (
+            await session.execute(
+                sa.select(TriggerFire.job_id)
+                .join(Trigger, Trigger.id == TriggerFire.trigger_id)
+                .where(
+                    Trigger.account_id == robot.account_id,
+                    TriggerFire.fire_key == _trigger_request_key(frame),
+                    TriggerFire.job_id.is_not(None),
+                )
+                .limit(1)
+            )
+        ).scalar_one_or_none()
     return (
         await session.execute(
             sa.select(Job.id).where(
@@ -350,6 +448,9 @@ async def create_requested_job(
     active = (await session.execute(sa.select(Robot.is_active).where(Robot.id == robot.id))).scalar_one()
     if not active:
         return None, "the robot is inactive", None
+    if frame.trigger_name is not None:
+        return await fire_robot_trigger(session, robot, frame, frame.trigger_name)
+    assert frame.process_name is not None  # the frame has exactly one of the two
     process = (
         await session.execute(
             sa.select(Process.id, Process.current_version_id).where(

@@ -485,6 +485,8 @@ async def dispatch_batch(
     result = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
     for t in result.started:
         result.outbox.add(subjects.JOB_STATE, t.message())
+        for created in t.created:  # jobs its end started (job completion triggers)
+            result.outbox.add(subjects.JOB_CREATED, created)
         since = result.pending_since.get(t.job_id)
         if since is not None:
             metrics.DISPATCH_LATENCY.observe(max(0.0, (t.at - since).total_seconds()))

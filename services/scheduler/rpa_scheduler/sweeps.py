@@ -81,6 +81,8 @@ class SweepResult:
             return False
         self.changed += 1
         self.outbox.add(subjects.JOB_STATE, t.message())
+        for created in t.created:  # jobs its end started (job completion triggers)
+            self.outbox.add(subjects.JOB_CREATED, created)
         return True
 
 

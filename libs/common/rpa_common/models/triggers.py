@@ -101,6 +101,11 @@ class Trigger(IdMixin, TimestampMixin, Base):
     last_result: Mapped[str | None] = mapped_column(sa.String(300))
     # Schedule: the next occurrence not yet decided (the replicas' shared cursor).
     next_fire_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Webhook (migration 0011): "secret" (the secret in a header) or "hmac" (a signature of the body);
+    # the secret wrapped under the credentials master key ``webhook_key_id`` (rpa_api.triggers.webhook).
+    webhook_auth: Mapped[str | None] = mapped_column(sa.String(8))
+    webhook_secret_wrapped: Mapped[bytes | None]
+    webhook_key_id: Mapped[str | None] = mapped_column(sa.String(64))
 
 
 class TriggerFire(Base):

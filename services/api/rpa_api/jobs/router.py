@@ -229,6 +229,8 @@ async def _control(
     job = done.job
     if done.transition is not None:
         await ctx.publish(subjects.JOB_STATE, done.transition.message().encode())
+        for created in done.transition.created:  # jobs its end started (job completion triggers)
+            await ctx.publish(subjects.JOB_CREATED, created.encode())
     if done.tell_robot:
         # Sent again on a repeated request too: the repeat is how a person retries a command
         # whose message was lost; the robot ignores a command it is already carrying out.
