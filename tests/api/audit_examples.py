@@ -654,3 +654,97 @@ async def _calendars_delete(w: World) -> Expect:
     cal = await w.setup("POST", "/calendars", json={"name": _n("cal")})
     await w.op(calendar_id=cal["id"])
     return Expect("delete", "calendar", cal["id"])
+
+
+# Triggers ----------------------------------------------------------------------------------------
+
+
+async def _trigger(w: World, kind: str = "schedule") -> dict[str, Any]:
+    process, _ = await make_process(w.tenant.ctx, w.tenant.account_id)
+    body: dict[str, Any] = {
+        "name": _n("trg"),
+        "kind": kind,
+        "process_id": str(process.id),
+        "robot_id": str(await _robot(w, RobotRole.UNATTENDED)),
+    }
+    if kind == "schedule":
+        body["cron"] = "0 9 * * 1-5"
+    return await w.setup("POST", "/triggers", json=body)  # type: ignore[no-any-return]
+
+
+@example("triggers_create")
+async def _triggers_create(w: World) -> Expect:
+    process, _ = await make_process(w.tenant.ctx, w.tenant.account_id)
+    robot = await _robot(w, RobotRole.UNATTENDED)
+    created = await w.op(
+        json={
+            "name": _n("trg"),
+            "kind": "schedule",
+            "cron": "0 9 * * 1-5",
+            "time_zone": "Europe/Berlin",
+            "process_id": str(process.id),
+            "robot_id": str(robot),
+        }
+    )
+    return Expect("create", "trigger", created["id"])
+
+
+@example("triggers_update")
+async def _triggers_update(w: World) -> Expect:
+    trigger = await _trigger(w)
+    await w.op(trigger_id=trigger["id"], json={"description": "audited"})
+    return Expect("update", "trigger", trigger["id"])
+
+
+@example("triggers_delete")
+async def _triggers_delete(w: World) -> Expect:
+    trigger = await _trigger(w)
+    await w.op(trigger_id=trigger["id"])
+    return Expect("delete", "trigger", trigger["id"])
+
+
+@example("triggers_test")
+async def _triggers_test(w: World) -> Expect:
+    trigger = await _trigger(w)
+    await w.op(trigger_id=trigger["id"])
+    return Expect("test", "trigger", trigger["id"])
+
+
+@example("triggers_rotate_webhook_secret")
+async def _triggers_rotate_webhook_secret(w: World) -> Expect:
+    trigger = await _trigger(w, "webhook")
+    rotated = await w.op(trigger_id=trigger["id"])
+    assert rotated["webhook_secret"] and rotated["webhook_secret"] != trigger["webhook_secret"]
+    return Expect("rotate_secret", "trigger", trigger["id"])
+
+
+@example("triggers_call_webhook")
+async def _triggers_call_webhook(w: World) -> Expect:
+    from rpa_api.triggers import webhook
+
+    trigger = await _trigger(w, "webhook")
+    body = b'{"invoice": "A-17"}'
+    stamp = str(int(__import__("time").time()))
+    headers = {
+        "content-type": "application/json",
+        "X-RPA-Timestamp": stamp,
+        "X-RPA-Signature": webhook.signature(trigger["webhook_secret"], stamp, body),
+    }
+    await w.op(trigger_id=trigger["id"], content=body, headers=headers)
+    return Expect("fire", "trigger", trigger["id"])
+
+
+@example("triggers_import")
+async def _triggers_import(w: World) -> Expect:
+    process, _ = await make_process(w.tenant.ctx, w.tenant.account_id)
+    await _trigger(w)
+    exported = await w.client.get(f"{API}/triggers/export", headers=w.headers)
+    assert exported.status_code == 200, exported.text
+    lines = exported.text.splitlines()
+    header, row = lines[0], lines[1]
+    name = _n("imp")
+    row = name + row[row.index(",") :]
+    files = {"file": ("triggers.csv", f"{header}\n{row}\n".encode(), "text/csv")}
+    imported = await w.op(files=files)
+    del process
+    return Expect("create", "trigger", imported["items"][0]["id"])
