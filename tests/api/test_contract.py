@@ -41,7 +41,8 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # value's fields per the resource's kind and its scope's id per its scope; a calendar's days each at
 # most once; a task's name and tags not blank by Unicode's white space, its times between the years
 # 1900 and 9999 (what MariaDB stores), a postponed task's delay_until in the future, a task list's
-# *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column). The last
+# *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column; a statistics range's
+from before its to and no wider than its bucket allows). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
@@ -53,6 +54,8 @@ include-operation-id = [
     "processes_publish", "processes_publish_version", "api_keys_create", "jobs_create", "jobs_list",
     "roles_create", "roles_update", "resources_set_value", "calendars_create", "calendars_update",
     "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list",
+    "statistics_jobs_by_state", "statistics_jobs_success_rate", "statistics_jobs_durations",
+    "statistics_robots_utilisation", "statistics_queues",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
@@ -136,6 +139,11 @@ async def test_operation_ids_read_like_the_api(doc: dict) -> None:  # type: igno
         "processes_publish": ("post", "/api/v1/processes/publish"),
         "processes_download_package": ("get", "/api/v1/processes/{process_id}/versions/{version_id}/package"),
         "users_get": ("get", "/api/v1/users/{user_id}"),
+        "statistics_jobs_by_state": ("get", "/api/v1/statistics/jobs"),
+        "statistics_jobs_success_rate": ("get", "/api/v1/statistics/jobs/success-rate"),
+        "statistics_jobs_durations": ("get", "/api/v1/statistics/jobs/durations"),
+        "statistics_robots_utilisation": ("get", "/api/v1/statistics/robots/utilisation"),
+        "statistics_queues": ("get", "/api/v1/statistics/queues"),
     }
     for op_id, where in expected.items():
         assert ops[op_id][:2] == where, op_id
