@@ -42,7 +42,7 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # most once; a task's name and tags not blank by Unicode's white space, its times between the years
 # 1900 and 9999 (what MariaDB stores), a postponed task's delay_until in the future, a task list's
 # *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column; a statistics range's
-from before its to and no wider than its bucket allows). The last
+# from before its to and no wider than its bucket allows). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
