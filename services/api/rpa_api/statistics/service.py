@@ -134,10 +134,9 @@ async def job_states(session: AsyncSession, principal: Principal, w: Window, gro
     rows: dict[tuple[int, Any], dict[str, int]] = {}
     for r in await session.execute(stmt):
         rows.setdefault((int(r.idx), r.key), {})[JobState(r.state).value] = int(r.n)
+    starts = w.starts()
     out = [
-        schemas.JobStateRow(
-            bucket=w.starts()[i], counts=counts, total=sum(counts.values()), **_keys(group, k)
-        )
+        schemas.JobStateRow(bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k))
         for (i, k), counts in sorted(rows.items(), key=_order)
     ]
     return schemas.JobStates(**w.range_fields(), group=group, rows=out)
@@ -231,15 +230,22 @@ async def durations(session: AsyncSession, principal: Principal, w: Window, grou
 # Robots ------------------------------------------------------------------------------------------
 
 
-def _buckets_cte(w: Window) -> Any:
-    """``n`` = 0 .. count-1, by a recursive CTE (both databases; at most 744 rows)."""
-    seed = sa.select(sa.literal_column("0").label("n")).cte("bucket_n", recursive=True)
-    return seed.union_all(sa.select(seed.c.n + 1).where(seed.c.n < w.count - 1))
+def _expand(session: AsyncSession, w: Window, first: Any, last: Any) -> tuple[Any, Any]:
+    """A FROM item giving one row per bucket index from ``first`` to ``last`` of each row it is joined
+    to, and its index column: ``generate_series`` on PostgreSQL, the Sequence engine's
+    ``seq_0_to_N`` table on MariaDB (read by its key, one range per row)."""
+    if dialect_of(session) == "postgresql":
+        series = (
+            sa.func.generate_series(first, last).table_valued("n").render_derived(name="bucket_n").lateral()
+        )
+        return series, series.c.n
+    seq = sa.table(f"seq_0_to_{w.count - 1}", sa.column("seq")).alias("bucket_n")
+    return seq, seq.c.seq
 
 
 async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> schemas.Utilisation:
     """Per bucket and robot: seconds connected and seconds Working, from the robots' status intervals
-    (an open interval lasts until now), each clipped to the bucket and to the range."""
+    (an open interval lasts until now), each clipped to the range and split at bucket boundaries."""
     now = utcnow()
     i = RobotStatusInterval
     where: list[Any] = [
@@ -256,27 +262,28 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
             )
         )
     base = _at(w.base)
-    intervals = (
+    start_s, end_s = (w.start - w.base).total_seconds(), (min(w.end, now) - w.base).total_seconds()
+    s = sa.func.greatest(seconds_between(session, base, i.started_at), start_s)
+    e = sa.func.least(seconds_between(session, base, sa.func.coalesce(i.ended_at, _at(now))), end_s)
+    clipped = sa.select(i.robot_id, i.status, s.label("s"), e.label("e")).where(*where).subquery("clipped")
+    iv = (
         sa.select(
-            i.robot_id,
-            i.status,
-            seconds_between(session, base, i.started_at).label("s"),
-            seconds_between(session, base, sa.func.coalesce(i.ended_at, _at(now))).label("e"),
+            clipped,
+            sa.cast(sa.func.floor(clipped.c.s / w.width), sa.Integer).label("fb"),
+            (sa.cast(sa.func.ceil(clipped.c.e / w.width), sa.Integer) - 1).label("lb"),
         )
-        .where(*where)
+        .where(clipped.c.e > clipped.c.s)
         .subquery("iv")
     )
-    n = _buckets_cte(w)
-    lo = sa.func.greatest(n.c.n * w.width, (w.start - w.base).total_seconds())
-    hi = sa.func.least((n.c.n + 1) * w.width, (w.end - w.base).total_seconds())
-    overlap = sa.func.least(intervals.c.e, hi) - sa.func.greatest(intervals.c.s, lo)
+    buckets, n = _expand(session, w, iv.c.fb, iv.c.lb)
+    overlap = sa.func.least(iv.c.e, (n + 1) * w.width) - sa.func.greatest(iv.c.s, n * w.width)
     connected = sa.func.sum(overlap)
-    working = sa.func.sum(sa.case((intervals.c.status == RobotStatus.WORKING.value, overlap), else_=0))
+    working = sa.func.sum(sa.case((iv.c.status == RobotStatus.WORKING.value, overlap), else_=0))
     stmt = (
-        sa.select(n.c.n, intervals.c.robot_id, connected.label("connected"), working.label("working"))
-        .select_from(intervals)
-        .join(n, sa.and_(intervals.c.s < hi, intervals.c.e > lo))
-        .group_by(n.c.n, intervals.c.robot_id)
+        sa.select(n.label("n"), iv.c.robot_id, connected.label("connected"), working.label("working"))
+        .select_from(iv)
+        .join(buckets, sa.and_(n >= iv.c.fb, n <= iv.c.lb))
+        .group_by(n, iv.c.robot_id)
     )
     starts = w.starts()
     out = []
