@@ -79,16 +79,25 @@ ENDPOINTS = [
 # Data --------------------------------------------------------------------------------------------
 
 
+def time_ordered_id(rnd: random.Random, at: datetime) -> uuid.UUID:
+    """A UUIDv7 (time first, then random): rows made in time order arrive in key order."""
+    ms = int(at.timestamp() * 1000)
+    value = (ms << 80) | (0x7 << 76) | (rnd.getrandbits(12) << 64) | (0b10 << 62) | rnd.getrandbits(62)
+    return uuid.UUID(int=value)
+
+
 def job_rows(
     n: int, now: datetime, days: int, processes: list[tuple[uuid.UUID, uuid.UUID]], robots: list[uuid.UUID]
 ) -> Any:
-    """``n`` job tuples (id, process, version, robot, state, created, started, ended), made lazily."""
+    """``n`` job tuples (id, process, version, robot, state, created, started, ended), made lazily in
+    creation order, as a live system writes them (the load then appends to every time index)."""
     rnd = random.Random(7)
     span = days * 86400
     weights = [w for _, w in STATES]
     names = [s for s, _ in STATES]
-    for _ in range(n):
-        created = now - timedelta(seconds=rnd.random() * span)
+    start = now - timedelta(seconds=span)
+    for k in range(n):
+        created = start + timedelta(seconds=(k + rnd.random()) * span / n)
         state = rnd.choices(names, weights)[0]
         process_id, version_id = processes[rnd.randrange(len(processes))]
         robot = None if state == "Pending" else robots[rnd.randrange(len(robots))]
@@ -96,7 +105,7 @@ def job_rows(
         ended = None
         if started is not None and state != "Running":
             ended = started + timedelta(seconds=rnd.lognormvariate(4, 1))
-        yield (uuid.uuid4(), process_id, version_id, robot, state, created, started, ended)
+        yield (time_ordered_id(rnd, created), process_id, version_id, robot, state, created, started, ended)
 
 
 def interval_rows(now: datetime, days: int, robots: list[uuid.UUID]) -> list[tuple[Any, ...]]:
