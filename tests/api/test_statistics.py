@@ -278,6 +278,8 @@ async def test_bad_parameters_are_422_naming_the_field(client, tenant) -> None: 
         ({"group": "queue"}, "group"),
         ({"from": "yesterday"}, "from"),
         ({"from": None}, "from"),
+        ({"from": "0001-01-01T00:00:00Z"}, "from"),
+        ({"to": "9999-12-31T23:59:59Z", "from": "9999-12-01T00:00:00Z"}, "from"),
     ]
     for change, field in cases:
         params = {k: v for k, v in {**RANGE, **change}.items() if v is not None}

@@ -55,6 +55,11 @@ def window(start: datetime, end: datetime, bucket: str) -> Window:
     """The range checked (``from`` before ``to``, not wider than the bucket allows) and its buckets."""
     start = start if start.tzinfo else start.replace(tzinfo=UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    for name, value in (("from", start), ("to", end)):
+        # What both databases store and bucket arithmetic stays inside.
+        if not 1900 <= value.year <= 9998:
+            detail = f"{name} must be between the years 1900 and 9998"
+            raise Unprocessable(detail, errors=[{"field": name, "message": detail}])
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if start >= end:
         detail = "from must be before to"
