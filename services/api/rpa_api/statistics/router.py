@@ -24,9 +24,18 @@ router = APIRouter(prefix="/statistics")
 
 Reader = Annotated[Principal, Depends(require(O.STATISTICS, A.READ))]
 From = Annotated[
-    QueryDatetime, Query(alias="from", description="Start of the range, included (ISO 8601; UTC if no zone)")
+    QueryDatetime,
+    Query(
+        alias="from",
+        description="Start of the range, included, before `to` (ISO 8601; UTC if no zone; years 1900-9998)",
+    ),
 ]
-To = Annotated[QueryDatetime, Query(description="End of the range, excluded (ISO 8601; UTC if no zone)")]
+To = Annotated[
+    QueryDatetime,
+    Query(
+        description="End of the range, excluded; at most 31 days after `from` by hour, 366 by day (ISO 8601; UTC if no zone)"
+    ),
+]
 BucketQ = Annotated[
     schemas.Bucket,
     Query(description="hour (a range of 31 days at most) or day (366 days at most); UTC"),
