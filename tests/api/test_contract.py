@@ -44,7 +44,8 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column; a trigger's fields
 # per its kind, a valid cron, exactly one target; a triggers CSV file naming existing objects; a
 # webhook call's secret or signature, which a generated request cannot know: 401; a robot group's
-# name not blank by Unicode's white space, e.g. U+00A0, as every name). The last
+# name not blank by Unicode's white space, e.g. U+00A0, as every name; a statistics range's from
+# before its to and no wider than its bucket allows). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
@@ -57,6 +58,8 @@ include-operation-id = [
     "roles_create", "roles_update", "resources_set_value", "calendars_create", "calendars_update",
     "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list",
     "triggers_create", "triggers_update", "triggers_import", "triggers_call_webhook", "robot_groups_create",
+    "statistics_jobs_by_state", "statistics_jobs_success_rate", "statistics_jobs_durations",
+    "statistics_robots_utilisation", "statistics_queues",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
@@ -140,6 +143,11 @@ async def test_operation_ids_read_like_the_api(doc: dict) -> None:  # type: igno
         "processes_publish": ("post", "/api/v1/processes/publish"),
         "processes_download_package": ("get", "/api/v1/processes/{process_id}/versions/{version_id}/package"),
         "users_get": ("get", "/api/v1/users/{user_id}"),
+        "statistics_jobs_by_state": ("get", "/api/v1/statistics/jobs"),
+        "statistics_jobs_success_rate": ("get", "/api/v1/statistics/jobs/success-rate"),
+        "statistics_jobs_durations": ("get", "/api/v1/statistics/jobs/durations"),
+        "statistics_robots_utilisation": ("get", "/api/v1/statistics/robots/utilisation"),
+        "statistics_queues": ("get", "/api/v1/statistics/queues"),
     }
     for op_id, where in expected.items():
         assert ops[op_id][:2] == where, op_id

@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.websockets import WebSocket
 
+from rpa_common import robot_history
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import Robot
 from rpa_common.models.base import utcnow
@@ -89,12 +90,14 @@ class Hub:
                     sa.select(Robot.id, Robot.account_id).where(Robot.gateway_id == self.gateway_id)
                 )
             ).all()
+            now = utcnow()
             await session.execute(
                 sa.update(Robot)
                 .where(Robot.gateway_id == self.gateway_id)
-                .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=utcnow())
+                .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
+            await robot_history.disconnected(session, [r.id for r in rows], now)
             return [(r.id, r.account_id) for r in rows]
 
         try:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rpa_common import jobflow, triggerflow
+from rpa_common import jobflow, robot_history, triggerflow
 from rpa_common.audit import add_audit_record
 from rpa_common.db.engine import dialect_of
 from rpa_common.jobflow import Actor, Transition, locked_row, transition
@@ -142,6 +142,10 @@ async def attach(
         )
         .execution_options(synchronize_session=False)
     )
+    if status != robot.status:
+        await robot_history.status_changed(
+            session, account_id=robot.account_id, robot_id=robot_id, status=status, at=now
+        )
     offers = await own_jobs(session, robot_id)
     return Attached(
         inbound_seq=int(robot.inbound_seq or 0),
@@ -155,13 +159,17 @@ async def attach(
 
 async def detach(session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid.UUID) -> bool:
     """Disconnected, unless a newer connection (here or on another replica) took over."""
+    now = utcnow()
     result = await session.execute(
         sa.update(Robot)
         .where(Robot.id == robot_id, Robot.connection_id == connection_id, Robot.gateway_id.is_not(None))
-        .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=utcnow())
+        .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False
+    await robot_history.disconnected(session, [robot_id], now)
+    return True
 
 
 async def refresh_status(
@@ -170,7 +178,7 @@ async def refresh_status(
     """Make ``status`` say Working or Ready from ``current_job_id``; the new status if it changed."""
     row = (
         await session.execute(
-            sa.select(Robot.status, Robot.current_job_id).where(
+            sa.select(Robot.account_id, Robot.status, Robot.current_job_id).where(
                 Robot.id == robot_id, Robot.connection_id == connection_id
             )
         )
@@ -180,13 +188,19 @@ async def refresh_status(
     wanted = _status_for(row.current_job_id)
     if wanted == row.status:
         return None
+    now = utcnow()
     result = await session.execute(
         sa.update(Robot)
         .where(Robot.id == robot_id, Robot.connection_id == connection_id, Robot.status == row.status)
-        .values(status=wanted, updated_at=utcnow())
+        .values(status=wanted, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return wanted if result.rowcount else None  # type: ignore[attr-defined]
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return None
+    await robot_history.status_changed(
+        session, account_id=row.account_id, robot_id=robot_id, status=wanted, at=now
+    )
+    return wanted
 
 
 async def lock_job(session: AsyncSession, job_id: uuid.UUID) -> Any:

@@ -24,6 +24,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common import metrics
+from rpa_common import robot_history
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import (
@@ -219,14 +220,13 @@ async def _claim_robot(
 
     A connected robot is Working from here on: its gateway then offers the job without a status
     write of its own. ``locked``: the caller holds the robot's row lock already."""
-    if not locked:
-        held = await session.scalar(
-            sa.select(Robot.id)
-            .where(Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards)
-            .with_for_update(skip_locked=True)
-        )
-        if held is None:
-            return False
+    held = sa.select(Robot.account_id, Robot.status).where(
+        Robot.id == robot_id, Robot.current_job_id.is_(None), Robot.is_active.is_(True), *guards
+    )
+    # Already locked by the caller: the read is a primary-key lookup under that lock.
+    before = (await session.execute(held if locked else held.with_for_update(skip_locked=True))).one_or_none()
+    if before is None:
+        return False
     values: dict[str, Any] = {"current_job_id": job_id}
     if connected:
         values["status"] = RobotStatus.WORKING
@@ -236,7 +236,13 @@ async def _claim_robot(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    if connected and before.status != RobotStatus.WORKING:
+        await robot_history.status_changed(
+            session, account_id=before.account_id, robot_id=robot_id, status=RobotStatus.WORKING, at=utcnow()
+        )
+    return True
 
 
 async def _start(

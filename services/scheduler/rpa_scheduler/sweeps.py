@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rpa_common import robot_history
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import Job, Robot, TerminalServer, TerminalSession, UnattendedAccount
@@ -129,6 +130,8 @@ async def sweep_heartbeats(
                 .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=at)
                 .execution_options(synchronize_session=False)
             )
+        await robot_history.disconnected(session, [row.id for row in rows], at)
+        for row in rows:
             out.changed += 1
             out.outbox.add(
                 subjects.ROBOT_STATUS,

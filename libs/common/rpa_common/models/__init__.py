@@ -28,6 +28,7 @@ from rpa_common.models.robots import (
     TerminalSession,
     UnattendedAccount,
 )
+from rpa_common.models.stats import RobotStatusInterval
 from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "RobotGroup",
     "RobotGroupMember",
     "RobotMessage",
+    "RobotStatusInterval",
     "Role",
     "RoleFolder",
     "RolePermission",

@@ -100,7 +100,11 @@ class TaskEvent(IdMixin, Base):
     """One entry of a task's history: created, a state change, a progress note, a retry, an edit."""
 
     __tablename__ = "task_event"
-    __table_args__ = (sa.Index("ix_task_event_task_id_at", "task_id", "at"),)
+    __table_args__ = (
+        sa.Index("ix_task_event_task_id_at", "task_id", "at"),
+        # Statistics: an account's task history in a time range (throughput, backlog).
+        sa.Index("ix_task_event_account_id_at", "account_id", "at"),
+    )
     account_id: Mapped[uuid.UUID] = account_fk()
     task_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("task.id", ondelete="CASCADE"))
     at: Mapped[datetime] = mapped_column(default=utcnow)

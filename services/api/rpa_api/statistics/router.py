@@ -1,0 +1,136 @@
+"""Statistics endpoints: read-only figures for dashboards over a time range, bucketed by hour or day.
+
+Each needs ``statistics:read`` and counts only the caller's account, and within it only what the
+caller's folders show (jobs through their process, robots and queues through their own folder).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+from fastapi import APIRouter, Depends, Query
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_api.deps import Principal, Transaction, require
+from rpa_api.kit.schemas import QueryDatetime
+from rpa_api.openapi import errors
+from rpa_api.statistics import schemas, service
+from rpa_common.models.enums import PermissionAction as A
+from rpa_common.models.enums import PermissionObject as O
+
+router = APIRouter(prefix="/statistics")
+
+Reader = Annotated[Principal, Depends(require(O.STATISTICS, A.READ))]
+From = Annotated[
+    QueryDatetime,
+    Query(
+        alias="from",
+        description="Start of the range, included, before `to` (ISO 8601; UTC if no zone; years 1900-9998)",
+    ),
+]
+To = Annotated[
+    QueryDatetime,
+    Query(
+        description="End of the range, excluded; at most 31 days after `from` by hour, 366 by day (ISO 8601; UTC if no zone)"
+    ),
+]
+BucketQ = Annotated[
+    schemas.Bucket,
+    Query(description="hour (a range of 31 days at most) or day (366 days at most); UTC"),
+]
+GroupQ = Annotated[
+    schemas.Group, Query(description="One row per bucket and process, or per bucket and robot")
+]
+
+_ERRORS = errors(s422="from not before to, a range too wide for the bucket, an unknown bucket or group")
+T = TypeVar("T")
+
+
+async def _read(
+    tx: Transaction,
+    principal: Principal,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    query: Callable[..., Awaitable[T]],
+) -> T:
+    w = service.window(start, end, bucket)
+
+    async def work(session: AsyncSession) -> T:
+        return await query(session, principal, w)
+
+    return await tx.read(work)
+
+
+@router.get(
+    "/jobs",
+    summary="Jobs by state, per process or robot, by the hour or day they were created",
+    responses=_ERRORS,
+)
+async def jobs_by_state(
+    tx: Transaction,
+    principal: Reader,
+    start: From,
+    to: To,
+    bucket: BucketQ = "hour",
+    group: GroupQ = "process",
+) -> schemas.JobStates:
+    return await _read(tx, principal, start, to, bucket, lambda s, p, w: service.job_states(s, p, w, group))
+
+
+@router.get(
+    "/jobs/success-rate",
+    summary="Share of finished jobs that succeeded, per process or robot and bucket",
+    responses=_ERRORS,
+)
+async def jobs_success_rate(
+    tx: Transaction,
+    principal: Reader,
+    start: From,
+    to: To,
+    bucket: BucketQ = "hour",
+    group: GroupQ = "process",
+) -> schemas.SuccessRates:
+    return await _read(
+        tx, principal, start, to, bucket, lambda s, p, w: service.success_rates(s, p, w, group)
+    )
+
+
+@router.get(
+    "/jobs/durations",
+    summary="Run time of ended jobs, median and 95th percentile, per process or robot and bucket",
+    responses=_ERRORS,
+)
+async def jobs_durations(
+    tx: Transaction,
+    principal: Reader,
+    start: From,
+    to: To,
+    bucket: BucketQ = "hour",
+    group: GroupQ = "process",
+) -> schemas.Durations:
+    return await _read(tx, principal, start, to, bucket, lambda s, p, w: service.durations(s, p, w, group))
+
+
+@router.get(
+    "/robots/utilisation",
+    summary="Time each robot was Working over the time it was connected, per bucket",
+    responses=_ERRORS,
+)
+async def robots_utilisation(
+    tx: Transaction, principal: Reader, start: From, to: To, bucket: BucketQ = "hour"
+) -> schemas.Utilisation:
+    return await _read(tx, principal, start, to, bucket, service.utilisation)
+
+
+@router.get(
+    "/queues",
+    summary="Tasks added and ended (throughput) and waiting (backlog), per queue and bucket",
+    responses=_ERRORS,
+)
+async def queues(
+    tx: Transaction, principal: Reader, start: From, to: To, bucket: BucketQ = "hour"
+) -> schemas.QueueFigures:
+    return await _read(tx, principal, start, to, bucket, service.queues)

@@ -1,0 +1,393 @@
+"""The statistics queries. Each is one or a few aggregate statements on both databases; Python only
+names the buckets and, for the backlog, adds up per-bucket changes the database counted.
+
+Buckets are UTC hours or days. A row's bucket is found in SQL as ``floor(seconds since base / width)``
+where ``base`` is the start of the range rounded down to the bucket, so no time-zone setting of the
+database session matters. The seconds between two times is the one function that differs by dialect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_api.deps import Principal
+from rpa_api.statistics import schemas
+from rpa_common.db.engine import dialect_of
+from rpa_common.errors import Unprocessable
+from rpa_common.models import Job, Process, Queue, Robot, RobotStatusInterval, Task, TaskEvent
+from rpa_common.models.base import UTCDateTime, utcnow
+from rpa_common.models.enums import FINAL_TASK_STATES, JobState, RobotStatus, TaskEventKind, TaskState
+
+WIDTH_S = {"hour": 3600, "day": 86400}
+MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=366)}
+"""The widest range per bucket: 744 hourly or 366 daily buckets at most."""
+
+FINAL_JOB_STATES = tuple(s for s in JobState if s.is_final)
+WAITING_TASK_STATES = (TaskState.CREATED, TaskState.POSTPONED)
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    bucket: str
+    width: int
+    base: datetime
+    count: int
+
+    def bucket_start(self, index: int) -> datetime:
+        return self.base + timedelta(seconds=index * self.width)
+
+    def starts(self) -> list[datetime]:
+        return [max(self.start, self.bucket_start(i)) for i in range(self.count)]
+
+    def range_fields(self) -> dict[str, Any]:
+        return {"from_": self.start, "to": self.end, "bucket": self.bucket, "buckets": self.starts()}
+
+
+def window(start: datetime, end: datetime, bucket: str) -> Window:
+    """The range checked (``from`` before ``to``, not wider than the bucket allows) and its buckets."""
+    start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    for name, value in (("from", start), ("to", end)):
+        # What both databases store and bucket arithmetic stays inside.
+        if not 1900 <= value.year <= 9998:
+            detail = f"{name} must be between the years 1900 and 9998"
+            raise Unprocessable(detail, errors=[{"field": name, "message": detail}])
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if start >= end:
+        detail = "from must be before to"
+        raise Unprocessable(
+            detail, errors=[{"field": "from", "message": detail}, {"field": "to", "message": detail}]
+        )
+    if end - start > MAX_RANGE[bucket]:
+        detail = f"the range may span at most {MAX_RANGE[bucket].days} days with bucket={bucket}"
+        raise Unprocessable(detail, errors=[{"field": "to", "message": detail}])
+    width = WIDTH_S[bucket]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    base = epoch + timedelta(seconds=int((start - epoch).total_seconds()) // width * width)
+    count = -(-int((end - base).total_seconds()) // width)  # ceil, whole seconds
+    if base + timedelta(seconds=count * width) < end:
+        count += 1  # ``end`` has a fraction of a second past a bucket boundary
+    return Window(start, end, bucket, width, base, count)
+
+
+# Dialect helpers ---------------------------------------------------------------------------------
+
+
+def _at(value: datetime) -> Any:
+    return sa.literal(value, UTCDateTime())
+
+
+def seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
+    """``end - start`` in seconds (a float), on either database."""
+    if dialect_of(session) == "postgresql":
+        # date_part gives a float; extract gives numeric (PostgreSQL 14+), several times slower to add up.
+        return sa.func.date_part("epoch", end - start)
+    return sa.func.timestampdiff(sa.literal_column("MICROSECOND"), start, end) / sa.literal_column("1e6")
+
+
+def bucket_of(session: AsyncSession, w: Window, column: Any) -> Any:
+    """The index of the bucket ``column`` falls in (0 for the first)."""
+    if dialect_of(session) == "postgresql":
+        return sa.cast(sa.func.floor(sa.func.date_part("epoch", column - _at(w.base)) / w.width), sa.Integer)
+    return sa.func.timestampdiff(sa.literal_column("SECOND"), _at(w.base), column).op("DIV")(w.width)
+
+
+# Jobs --------------------------------------------------------------------------------------------
+
+
+def _group_column(group: str) -> Any:
+    return Job.process_id if group == "process" else Job.robot_id
+
+
+def _jobs_where(principal: Principal, w: Window) -> list[Any]:
+    """The caller's account's jobs created in the range, of processes in its folders."""
+    where: list[Any] = [
+        Job.account_id == principal.account_id,
+        Job.created_at >= w.start,
+        Job.created_at < w.end,
+    ]
+    if not principal.all_folders:
+        where.append(
+            Job.process_id.in_(
+                sa.select(Process.id).where(
+                    Process.account_id == principal.account_id, principal.folder_clause(Process.folder_id)
+                )
+            )
+        )
+    return where
+
+
+def _keys(group: str, key: Any) -> dict[str, Any]:
+    return {"process_id": key if group == "process" else None, "robot_id": key if group == "robot" else None}
+
+
+async def job_states(session: AsyncSession, principal: Principal, w: Window, group: str) -> schemas.JobStates:
+    idx = bucket_of(session, w, Job.created_at).label("idx")
+    key = _group_column(group).label("key")
+    stmt = (
+        sa.select(idx, key, Job.state, sa.func.count().label("n"))
+        .where(*_jobs_where(principal, w))
+        .group_by(idx, key, Job.state)
+    )
+    rows: dict[tuple[int, Any], dict[str, int]] = {}
+    for r in await session.execute(stmt):
+        rows.setdefault((int(r.idx), r.key), {})[JobState(r.state).value] = int(r.n)
+    starts = w.starts()
+    out = [
+        schemas.JobStateRow(bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k))
+        for (i, k), counts in sorted(rows.items(), key=_order)
+    ]
+    return schemas.JobStates(**w.range_fields(), group=group, rows=out)
+
+
+def _order(item: tuple[tuple[int, Any], Any]) -> tuple[int, str]:
+    (i, k), _ = item
+    return (i, "" if k is None else str(k))
+
+
+async def success_rates(
+    session: AsyncSession, principal: Principal, w: Window, group: str
+) -> schemas.SuccessRates:
+    idx = bucket_of(session, w, Job.created_at).label("idx")
+    key = _group_column(group).label("key")
+    finished = sa.func.count()
+    successful = sa.func.sum(sa.case((Job.state == JobState.SUCCESSFUL, 1), else_=0))
+    stmt = (
+        sa.select(
+            idx,
+            key,
+            finished.label("finished"),
+            successful.label("successful"),
+            (sa.cast(successful, sa.Float) / finished).label("rate"),
+        )
+        .where(*_jobs_where(principal, w), Job.state.in_(FINAL_JOB_STATES))
+        .group_by(idx, key)
+    )
+    starts = w.starts()
+    out = [
+        schemas.SuccessRow(
+            bucket=starts[int(r.idx)],
+            finished=int(r.finished),
+            successful=int(r.successful),
+            success_rate=round(float(r.rate), 6),
+            **_keys(group, r.key),
+        )
+        for r in sorted(await session.execute(stmt), key=lambda r: (int(r.idx), str(r.key or "")))
+    ]
+    return schemas.SuccessRates(**w.range_fields(), group=group, rows=out)
+
+
+async def durations(session: AsyncSession, principal: Principal, w: Window, group: str) -> schemas.Durations:
+    ended = (
+        sa.select(
+            bucket_of(session, w, Job.created_at).label("idx"),
+            _group_column(group).label("key"),
+            seconds_between(session, Job.started_at, Job.ended_at).label("d"),
+        )
+        .where(
+            *_jobs_where(principal, w),
+            Job.state.in_(FINAL_JOB_STATES),
+            Job.started_at.is_not(None),
+            Job.ended_at.is_not(None),
+        )
+        .subquery("ended")
+    )
+    p50 = sa.func.percentile_cont(0.5).within_group(ended.c.d)
+    p95 = sa.func.percentile_cont(0.95).within_group(ended.c.d)
+    stmt: Any
+    if dialect_of(session) == "postgresql":
+        stmt = sa.select(
+            ended.c.idx, ended.c.key, sa.func.count().label("n"), p50.label("p50"), p95.label("p95")
+        ).group_by(ended.c.idx, ended.c.key)
+    else:
+        # MariaDB has PERCENTILE_CONT only as a window function: one value per partition, repeated on
+        # each of its rows, so the outer query keeps one row per (bucket, group).
+        part = (ended.c.idx, ended.c.key)
+        per_row = sa.select(
+            ended.c.idx,
+            ended.c.key,
+            sa.func.count().over(partition_by=part).label("n"),
+            p50.over(partition_by=part).label("p50"),
+            p95.over(partition_by=part).label("p95"),
+        ).subquery("per_row")
+        stmt = sa.select(per_row).distinct()
+    starts = w.starts()
+    out = [
+        schemas.DurationRow(
+            bucket=starts[int(r.idx)],
+            jobs=int(r.n),
+            p50_s=round(float(r.p50), 6),
+            p95_s=round(float(r.p95), 6),
+            **_keys(group, r.key),
+        )
+        for r in sorted(await session.execute(stmt), key=lambda r: (int(r.idx), str(r.key or "")))
+    ]
+    return schemas.Durations(**w.range_fields(), group=group, rows=out)
+
+
+# Robots ------------------------------------------------------------------------------------------
+
+
+def _expand(session: AsyncSession, w: Window, first: Any, last: Any) -> tuple[Any, Any]:
+    """A FROM item giving one row per bucket index from ``first`` to ``last`` of each row it is joined
+    to, and its index column: ``generate_series`` on PostgreSQL, the Sequence engine's
+    ``seq_0_to_N`` table on MariaDB (read by its key, one range per row)."""
+    if dialect_of(session) == "postgresql":
+        series = (
+            sa.func.generate_series(first, last).table_valued("n").render_derived(name="bucket_n").lateral()
+        )
+        return series, series.c.n
+    seq = sa.table(f"seq_0_to_{w.count - 1}", sa.column("seq")).alias("bucket_n")
+    return seq, seq.c.seq
+
+
+async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> schemas.Utilisation:
+    """Per bucket and robot: seconds connected and seconds Working, from the robots' status intervals
+    (an open interval lasts until now), each clipped to the range and split at bucket boundaries."""
+    now = utcnow()
+    i = RobotStatusInterval
+    where: list[Any] = [i.account_id == principal.account_id, i.started_at < min(w.end, now)]
+    if not principal.all_folders:
+        where.append(
+            i.robot_id.in_(
+                sa.select(Robot.id).where(
+                    Robot.account_id == principal.account_id, principal.folder_clause(Robot.folder_id)
+                )
+            )
+        )
+    base = _at(w.base)
+    start_s, end_s = (w.start - w.base).total_seconds(), (min(w.end, now) - w.base).total_seconds()
+    s = sa.func.greatest(seconds_between(session, base, i.started_at), start_s)
+    e = sa.func.least(seconds_between(session, base, sa.func.coalesce(i.ended_at, _at(now))), end_s)
+    # Closed intervals ending in the range and open ones apart: each part reads its own stretch of the
+    # (account, ended_at) index, where an OR of the two would read every interval of the account.
+    columns = (i.robot_id, i.status, s.label("s"), e.label("e"))
+    clipped = sa.union_all(
+        sa.select(*columns).where(*where, i.ended_at > w.start),
+        sa.select(*columns).where(*where, i.ended_at.is_(None)),
+    ).subquery("clipped")
+    iv = (
+        sa.select(
+            clipped,
+            sa.cast(sa.func.floor(clipped.c.s / w.width), sa.Integer).label("fb"),
+            (sa.cast(sa.func.ceil(clipped.c.e / w.width), sa.Integer) - 1).label("lb"),
+        )
+        .where(clipped.c.e > clipped.c.s)
+        .subquery("iv")
+    )
+    buckets, n = _expand(session, w, iv.c.fb, iv.c.lb)
+    overlap = sa.func.least(iv.c.e, (n + 1) * w.width) - sa.func.greatest(iv.c.s, n * w.width)
+    connected = sa.func.sum(overlap)
+    working = sa.func.sum(sa.case((iv.c.status == RobotStatus.WORKING.value, overlap), else_=0))
+    stmt = (
+        sa.select(n.label("n"), iv.c.robot_id, connected.label("connected"), working.label("working"))
+        .select_from(iv)
+        .join(buckets, sa.and_(n >= iv.c.fb, n <= iv.c.lb))
+        .group_by(n, iv.c.robot_id)
+    )
+    starts = w.starts()
+    out = []
+    for r in sorted(await session.execute(stmt), key=lambda r: (int(r.n), str(r.robot_id))):
+        c, wk = float(r.connected), float(r.working)
+        if c <= 0:
+            continue
+        out.append(
+            schemas.UtilisationRow(
+                bucket=starts[int(r.n)],
+                robot_id=r.robot_id,
+                connected_s=round(c, 3),
+                working_s=round(wk, 3),
+                utilisation=round(wk / c, 6),
+            )
+        )
+    return schemas.Utilisation(**w.range_fields(), rows=out)
+
+
+# Queues ------------------------------------------------------------------------------------------
+
+
+async def queues(session: AsyncSession, principal: Principal, w: Window) -> schemas.QueueFigures:
+    """Tasks added, ended and waiting per bucket and queue, from the tasks' history.
+
+    The backlog at the end of a bucket is the number waiting now, less every change to it since then:
+    each history entry into Created/Postponed from elsewhere adds one, each out of them takes one."""
+    visible = sa.select(Queue.id).where(
+        Queue.account_id == principal.account_id, principal.folder_clause(Queue.folder_id)
+    )
+    e = TaskEvent
+    waiting = [s.value for s in WAITING_TASK_STATES]
+    into = sa.and_(e.to_state.in_(waiting), sa.or_(e.from_state.is_(None), e.from_state.not_in(waiting)))
+    out_of = sa.and_(e.from_state.in_(waiting), e.to_state.is_not(None), e.to_state.not_in(waiting))
+    delta = sa.case((into, 1), (out_of, -1), else_=0)
+    ended_states = [s.value for s in FINAL_TASK_STATES]
+    idx = bucket_of(session, w, e.at).label("idx")
+    # The history is read by account and time (its index); the folder filter only when there is one,
+    # or the planner may start from the queues and visit every task of each.
+    base_where = [e.account_id == principal.account_id]
+    if not principal.all_folders:
+        base_where.append(Task.queue_id.in_(visible))
+    in_range = (
+        sa.select(
+            idx,
+            Task.queue_id,
+            sa.func.sum(sa.case((e.kind == TaskEventKind.CREATED, 1), else_=0)).label("added"),
+            sa.func.sum(
+                sa.case((sa.and_(e.kind == TaskEventKind.STATE, e.to_state.in_(ended_states)), 1), else_=0)
+            ).label("ended"),
+            sa.func.sum(
+                sa.case(
+                    (sa.and_(e.kind == TaskEventKind.STATE, e.to_state == TaskState.SUCCESSFUL), 1), else_=0
+                )
+            ).label("successful"),
+            sa.func.sum(delta).label("delta"),
+        )
+        .join(Task, Task.id == e.task_id)
+        .where(*base_where, e.at >= w.start, e.at < w.end)
+        .group_by(idx, Task.queue_id)
+    )
+    after = (
+        sa.select(Task.queue_id, sa.func.sum(delta).label("delta"))
+        .join(Task, Task.id == e.task_id)
+        .where(*base_where, e.at >= w.end)
+        .group_by(Task.queue_id)
+    )
+    now_waiting = (
+        sa.select(Task.queue_id, sa.func.count().label("n"))
+        .where(Task.queue_id.in_(visible), Task.state.in_(waiting))
+        .group_by(Task.queue_id)
+    )
+    per_bucket: dict[uuid.UUID, dict[int, Any]] = {}
+    for r in await session.execute(in_range):
+        per_bucket.setdefault(r.queue_id, {})[int(r.idx)] = r
+    later = {r.queue_id: int(r.delta or 0) for r in await session.execute(after)}
+    current = {r.queue_id: int(r.n) for r in await session.execute(now_waiting)}
+    starts = w.starts()
+    out: list[schemas.QueueRow] = []
+    for queue_id in sorted(set(per_bucket) | set(current), key=str):
+        buckets = per_bucket.get(queue_id, {})
+        backlog = current.get(queue_id, 0) - later.get(queue_id, 0)
+        rows: list[schemas.QueueRow] = []
+        for index in reversed(range(w.count)):
+            b = buckets.get(index)
+            rows.append(
+                schemas.QueueRow(
+                    bucket=starts[index],
+                    queue_id=queue_id,
+                    added=int(b.added) if b else 0,
+                    ended=int(b.ended) if b else 0,
+                    successful=int(b.successful) if b else 0,
+                    backlog=backlog,
+                )
+            )
+            backlog -= int(b.delta or 0) if b else 0
+        if any(x.added or x.ended or x.backlog for x in rows):
+            out.extend(reversed(rows))
+    return schemas.QueueFigures(**w.range_fields(), rows=out)
