@@ -23,8 +23,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_common import metrics
-from rpa_common import robot_history
+from rpa_common import metrics, robot_history
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import (
