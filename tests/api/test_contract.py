@@ -136,6 +136,9 @@ async def test_operation_ids_read_like_the_api(doc: dict) -> None:  # type: igno
         "processes_publish": ("post", "/api/v1/processes/publish"),
         "processes_download_package": ("get", "/api/v1/processes/{process_id}/versions/{version_id}/package"),
         "users_get": ("get", "/api/v1/users/{user_id}"),
+        "screenshots_list": ("get", "/api/v1/jobs/{job_id}/screenshots"),
+        "screenshots_get": ("get", "/api/v1/screenshots/{screenshot_id}"),
+        "screenshots_content": ("get", "/api/v1/screenshots/{screenshot_id}/content"),
     }
     for op_id, where in expected.items():
         assert ops[op_id][:2] == where, op_id

@@ -169,6 +169,18 @@ def blob_store(settings: Settings) -> BlobStore:
     return DirectoryBlobStore(settings.blob_dir)
 
 
+_shared: dict[int, tuple[Settings, BlobStore]] = {}
+
+
+def shared_blob_store(settings: Settings) -> BlobStore:
+    """One blob store per settings object in this process (an S3 client is worth keeping)."""
+    held = _shared.get(id(settings))
+    if held is None or held[0] is not settings:
+        held = (settings, blob_store(settings))
+        _shared[id(settings)] = held
+    return held[1]
+
+
 # Images: the type comes from the bytes, never from a name ------------------------------------------
 
 PNG = "image/png"

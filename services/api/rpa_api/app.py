@@ -24,6 +24,7 @@ from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
+from rpa_api.screenshots.router import router as screenshots_router
 from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.text_guard import text_guard
 from rpa_api.users.router import router as users_router
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (tasks_router, "tasks"),
         (resources_router, "resources"),
         (calendars_router, "calendars"),
+        (screenshots_router, "screenshots"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
