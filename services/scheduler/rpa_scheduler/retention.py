@@ -41,6 +41,8 @@ class RetentionResult:
     messages: int = 0
     screenshots: int = 0
     blobs: int = 0
+    blob_failures: int = 0
+    """Drains that failed (the blob store did not answer): their blobs wait for the next pass."""
 
 
 async def _accounts(ctx: ServiceContext) -> list[tuple[uuid.UUID, int, int]]:
@@ -131,8 +133,17 @@ async def retention_pass(
     batch = ctx.settings.retention_batch
     store = store or shared_blob_store(ctx.settings)
     result = RetentionResult()
-    # Blobs a crashed pass left first: they are already out of the database.
-    result.blobs += await drain_blob_deletions(ctx, store, batch)
+
+    async def drain() -> None:
+        # A blob store that does not answer must not hold up the robot messages' retention: the
+        # queued blobs simply wait in ``blob_deletion`` for a later pass.
+        try:
+            result.blobs += await drain_blob_deletions(ctx, store, batch)
+        except Exception as exc:
+            result.blob_failures += 1
+            log.warning("retention.blob_store_failed", error=type(exc).__name__, detail=str(exc)[:200])
+
+    await drain()  # blobs a crashed or failed pass left: they are already out of the database
     for account_id, message_days, screenshot_days in await _accounts(ctx):
         before = moment - timedelta(days=message_days)
         while (n := await delete_messages(ctx, account_id, before, batch)) > 0:
@@ -145,7 +156,7 @@ async def retention_pass(
         while (n := await delete_screenshots(ctx, account_id, before, batch)) > 0:
             result.screenshots += n
             RETENTION_DELETED.labels(kind="screenshot").inc(n)
-            result.blobs += await drain_blob_deletions(ctx, store, batch)
+            await drain()
             if n < batch:
                 break
             await asyncio.sleep(0)
@@ -155,5 +166,6 @@ async def retention_pass(
             messages=result.messages,
             screenshots=result.screenshots,
             blobs=result.blobs,
+            blob_failures=result.blob_failures,
         )
     return result
