@@ -90,6 +90,10 @@ async def test_job_screenshots_listed_described_and_served(
     r = await client.get(f"{API}/screenshots/{first}/content", headers=h)
     assert r.status_code == 200 and r.content == png
     assert r.headers["content-type"] == "image/png" and r.headers["x-content-type-options"] == "nosniff"
+    octets = await client.get(
+        f"{API}/screenshots/{first}/content", headers={**h, "Accept": "application/octet-stream"}
+    )
+    assert octets.headers["content-type"] == "application/octet-stream" and octets.content == png
 
     # Another account: 404 for each, like an id that does not exist.
     for path in (f"/screenshots/{first}", f"/screenshots/{first}/content", f"/jobs/{job_id}/screenshots"):

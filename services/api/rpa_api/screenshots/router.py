@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Transaction, require
@@ -79,18 +79,25 @@ async def get_screenshot(screenshot_id: uuid.UUID, tx: Transaction, principal: R
     return await tx.read(work)
 
 
+_IMAGE_MEDIA = ("image/png", "image/jpeg", "application/octet-stream")
+
+
 @router.get(
     "/screenshots/{screenshot_id:uuid}/content",
     response_class=Response,
     summary="A screenshot's image (image/png or image/jpeg)",
     responses={
         **_PROBLEMS,
-        200: {"content": {"image/png": {}, "image/jpeg": {}}, "description": "The image"},
+        200: {
+            "description": "The image: `image/png` or `image/jpeg` as it is, or `application/octet-stream` "
+            "when the request's Accept asks for that and for no image type",
+            "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in _IMAGE_MEDIA},
+        },
         503: {"description": "The blob store does not answer; retry later"},
     },
 )
 async def screenshot_content(
-    screenshot_id: uuid.UUID, tx: Transaction, principal: Reader, ctx: Ctx
+    screenshot_id: uuid.UUID, tx: Transaction, principal: Reader, ctx: Ctx, request: Request
 ) -> Response:
     async def work(session: AsyncSession) -> Screenshot:
         return await service.get_screenshot(session, principal, screenshot_id)
@@ -103,9 +110,11 @@ async def screenshot_content(
     if data is None:
         raise NotFound(f"the image of screenshot {screenshot_id} is no longer stored")
     extension = "jpg" if shot.content_type == "image/jpeg" else "png"
+    accept = request.headers.get("accept", "")
+    octets = "application/octet-stream" in accept and "image/" not in accept
     return Response(
         content=data,
-        media_type=shot.content_type,
+        media_type="application/octet-stream" if octets else shot.content_type,
         headers={
             "Content-Disposition": f'inline; filename="screenshot-{shot.id}.{extension}"',
             "Cache-Control": "private, max-age=3600",
