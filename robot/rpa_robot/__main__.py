@@ -134,7 +134,12 @@ async def _run_local(args: argparse.Namespace) -> int:
             )
 
         run = ScriptRun(
-            workdir=workdir, entry_point=manifest["entry_point"], input_args=input_args, sink=show
+            workdir=workdir,
+            entry_point=manifest["entry_point"],
+            input_args=input_args,
+            sink=show,
+            # Nothing uploads here: screenshots stay in ./rpa-screenshots (<id>.png and <id>.json).
+            screenshot_dir=Path.cwd() / "rpa-screenshots",
         )
         try:
             await run.start()

@@ -116,7 +116,7 @@ class Spool:
             found = [p for p in self.dir.glob("*.json") if not p.name.startswith(".")]
         except OSError:
             return []
-        return sorted(found, key=lambda p: p.stat().st_mtime if p.exists() else 0)
+        return sorted(found, key=_mtime)
 
     @property
     def empty(self) -> bool:
@@ -192,6 +192,13 @@ class Spool:
         self.say(f"the gateway refused screenshot {meta['id']} ({r.status_code}): {detail}; dropped")
         self._remove(meta_path)
         return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # uploaded and removed meanwhile
+        return 0.0
 
 
 def _read_spooled(meta_path: Path) -> tuple[dict[str, Any], bytes]:
