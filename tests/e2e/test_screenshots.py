@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from rpa_common.models import Screenshot
+from rpa_common.models import RobotMessage, Screenshot
+from rpa_common.models.base import utcnow
 from rpa_robot import screenshots as robot_screenshots
 from tests.conftest import Tenant
 from tests.e2e.conftest import API, Api, Child, Service, Stack, eventually, job_messages
@@ -39,7 +41,11 @@ def xvfb() -> Iterator[Display]:
 @pytest.fixture
 async def services(stack: Stack, api: Api) -> Service:
     """A scheduler and a gateway that share the API's blob directory (the gateway is returned)."""
-    shared = {"RPA_BLOB_DIR": api.ctx.settings.blob_dir, "RPA_SCREENSHOT_MAX_BYTES": str(MAX_BYTES)}
+    shared = {
+        "RPA_BLOB_DIR": api.ctx.settings.blob_dir,
+        "RPA_SCREENSHOT_MAX_BYTES": str(MAX_BYTES),
+        "RPA_RETENTION_INTERVAL_S": "0.5",
+    }
     scheduler = stack.service("scheduler", settings=shared)
     gateway = stack.service("gateway", settings=shared)
     await stack.start(scheduler, gateway)
@@ -224,6 +230,51 @@ async def test_screenshot_spooled_while_the_gateway_is_down_arrives_later(
     r = await api.client.get(f"{API}/screenshots/{shot_id}/content", headers=api.tenant.headers)
     assert r.content == png
     assert not list(spool.glob("*.json")), os.listdir(spool)
+
+
+async def test_scheduler_removes_old_screenshots_with_their_images_and_old_messages(
+    api: Api, stack: Stack, services: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real scheduler process's retention: rows older than the account's days go, images too."""
+    monkeypatch.setenv("RPA_ROBOT_SCREENSHOT_ON_FAILURE", "false")
+    r = await api.client.patch(
+        f"{API}/accounts/current",
+        json={"screenshot_retention_days": 2, "message_retention_days": 3},
+        headers=api.tenant.headers,
+    )
+    assert r.status_code == 200, r.text
+    robot_id, key, _ = await connected_robot(api, stack, services)
+    job_id = await api.job("hello", robot=robot_id, input_args={"count": 2})
+    assert (await api.wait_job(job_id, stack=stack))["state"] == "Successful"
+    old, new = (_upload(services, key, job_id, f"{n}.png", make_png(3 + n, 2)).json()["id"] for n in (1, 2))
+    lines = await job_messages(api.ctx, job_id)
+    assert len(lines) >= 2
+    # Age one screenshot past the account's 2 days and one log line past its 3 days.
+    async with api.ctx.sessions() as session, session.begin():
+        await session.execute(
+            sa.update(Screenshot)
+            .where(Screenshot.id == uuid.UUID(old))
+            .values(at=utcnow() - timedelta(days=2, hours=1))
+        )
+        await session.execute(
+            sa.update(RobotMessage)
+            .where(RobotMessage.id == lines[0].id)
+            .values(at=utcnow() - timedelta(days=4))
+        )
+    old_blob = Path(api.ctx.settings.blob_dir) / "screenshots" / str(api.tenant.account_id) / f"{old}.png"
+    assert old_blob.exists()
+
+    async def removed() -> bool | None:
+        ids = {str(row.id) for row in await rows_of(api, job_id)}
+        messages = {m.id for m in await job_messages(api.ctx, job_id)}
+        return True if old not in ids and lines[0].id not in messages and not old_blob.exists() else None
+
+    await eventually(removed, 30, "retention by the scheduler process")
+    assert [str(row.id) for row in await rows_of(api, job_id)] == [new]
+    assert {m.id for m in await job_messages(api.ctx, job_id)} == {m.id for m in lines[1:]}
+    assert (await api.client.get(f"{API}/screenshots/{old}", headers=api.tenant.headers)).status_code == 404
+    r = await api.client.get(f"{API}/screenshots/{new}/content", headers=api.tenant.headers)
+    assert r.status_code == 200 and decode_png(r.content) == (5, 2)
 
 
 async def _later(child: Child) -> bool | None:
