@@ -110,7 +110,12 @@ async def test_script_screenshot_is_stored_listed_and_downloaded(
     [row] = await rows_of(api, job_id)
     assert (Path(api.ctx.settings.blob_dir) / row.blob_key).read_bytes() == r.content
     assert row.blob_key.startswith(f"screenshots/{api.tenant.account_id}/")
-    assert not list((stack.dir / "robot-0" / "state" / "screenshots").glob("*.png"))
+    spool = stack.dir / "robot-0" / "state" / "screenshots"
+
+    async def spool_empty() -> bool | None:  # the robot empties it once it has the gateway's answer
+        return True if not list(spool.glob("*.png")) else None
+
+    await eventually(spool_empty, 15, "the robot's spool emptied")
 
     # Another account sees none of it: 404, as for an id that does not exist.
     for path in (f"/screenshots/{shot_id}", f"/screenshots/{shot_id}/content", f"/jobs/{job_id}/screenshots"):
