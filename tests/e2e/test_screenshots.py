@@ -234,7 +234,11 @@ async def test_screenshot_spooled_while_the_gateway_is_down_arrives_later(
     assert str(row.id) == shot_id and (row.width, row.height) == (64, 48)
     r = await api.client.get(f"{API}/screenshots/{shot_id}/content", headers=api.tenant.headers)
     assert r.content == png
-    assert not list(spool.glob("*.json")), os.listdir(spool)
+
+    async def spool_empty() -> bool | None:  # emptied once the robot has the gateway's answer
+        return True if not list(spool.glob("*.json")) else None
+
+    await eventually(spool_empty, 15, f"the robot's spool emptied: {os.listdir(spool)}")
 
 
 async def test_scheduler_removes_old_screenshots_with_their_images_and_old_messages(
