@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from rpa_common.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+BLOB_DIR = os.path.join(tempfile.gettempdir(), f"rpa-test-blobs-{os.getpid()}")
+"""The blob directory of this test session's settings (screenshots); gateways under test share it."""
 PASSWORD = "correct horse battery staple"
 
 
@@ -107,6 +110,7 @@ def make_settings(db_url: str, **overrides: object) -> Settings:
         "db_pool_size": 5,
         "log_json": False,
         "login_lockout_s": 1,
+        "blob_dir": BLOB_DIR,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

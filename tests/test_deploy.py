@@ -440,3 +440,46 @@ def test_failover_overlay_runs_replicas_that_survive_a_disruption() -> None:
     gateway = docs[("Deployment", "rpa-gateway")]["spec"]["template"]["spec"]
     assert gateway["terminationGracePeriodSeconds"] >= 30  # time for robots to move
     assert len(docs[("ConfigMap", "rpa-config")]["data"]["RPA_NATS_URL"].split(",")) == 3
+
+
+# Screenshots' bytes: the services that store, serve and delete them must see the same blobs.
+_BLOB_USERS = ("rpa_api", "rpa_gateway", "rpa_scheduler")
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=os.path.basename)
+def test_compose_services_share_the_blob_directory(path: str) -> None:
+    doc = _load(path)
+    mounts: dict[str, set[str]] = {}
+    for name, svc in doc["services"].items():
+        command = svc.get("command") or []
+        if command[:2] == ["python", "-m"] and command[2] in _BLOB_USERS:
+            blob_dir = (svc.get("environment") or {}).get("RPA_BLOB_DIR")
+            assert blob_dir, f"{name}: RPA_BLOB_DIR is not set"
+            volumes = {
+                str(v).split(":")[0] for v in svc.get("volumes") or [] if str(v).split(":")[1] == blob_dir
+            }
+            assert volumes, f"{name}: nothing is mounted at its blob directory {blob_dir}"
+            mounts[name] = volumes
+    assert len(mounts) >= 3 and len({frozenset(v) for v in mounts.values()}) == 1, mounts
+
+
+@pytest.mark.parametrize("layout", ["base", "overlays/failover"])
+def test_kubernetes_services_share_the_blob_directory(layout: str) -> None:
+    docs = _kustomize(K8S / layout)
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rpa-config")
+    blob_dir = config["data"]["RPA_BLOB_DIR"]
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    seen = set()
+    for doc in docs:
+        if doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for container in pod["containers"]:
+            if container.get("command", [])[2:3] and container["command"][2] in _BLOB_USERS:
+                [mount] = [m for m in container.get("volumeMounts", []) if m["mountPath"] == blob_dir]
+                [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]  # every node, every replica
+                assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsUser"]
+                seen.add((container["command"][2], claim))
+    assert {module for module, _ in seen} == set(_BLOB_USERS) and len({c for _, c in seen}) == 1, seen

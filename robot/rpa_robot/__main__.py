@@ -1,7 +1,7 @@
 """``rpa-robot``: the reference robot.
 
     rpa-robot run --gateway ws://127.0.0.1:8001/robot/v1 [--unattended] [--exit-after-job]
-                  [--cache-dir DIR] [--state-dir DIR] [--door SOCKET]
+                  [--cache-dir DIR] [--state-dir DIR] [--door SOCKET] [--no-screenshot-on-failure]
     rpa-robot run-local PATH_OR_ZIP [--input JSON]
     rpa-robot start-process NAME [--input JSON] [--gateway URL]
     rpa-robot start-trigger NAME [--input JSON] [--gateway URL]
@@ -92,6 +92,7 @@ async def _run(args: argparse.Namespace) -> int:
             unattended=args.unattended,
             exit_after_job=args.exit_after_job,
             max_backoff_s=args.max_backoff_s,
+            screenshot_on_failure=args.screenshot_on_failure,
         )
     )
     main = asyncio.current_task()
@@ -134,7 +135,12 @@ async def _run_local(args: argparse.Namespace) -> int:
             )
 
         run = ScriptRun(
-            workdir=workdir, entry_point=manifest["entry_point"], input_args=input_args, sink=show
+            workdir=workdir,
+            entry_point=manifest["entry_point"],
+            input_args=input_args,
+            sink=show,
+            # Nothing uploads here: screenshots stay in ./rpa-screenshots (<id>.png and <id>.json).
+            screenshot_dir=Path.cwd() / "rpa-screenshots",
         )
         try:
             await run.start()
@@ -199,6 +205,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--cache-dir", default=str(HOME / "cache"))
     run.add_argument("--state-dir", default=str(HOME / "state"))
     run.add_argument("--max-backoff-s", type=float, default=30.0, help="longest wait between reconnects")
+    run.add_argument(
+        "--no-screenshot-on-failure",
+        dest="screenshot_on_failure",
+        action="store_false",
+        default=os.environ.get("RPA_ROBOT_SCREENSHOT_ON_FAILURE", "true").lower() not in ("0", "false", "no"),
+        help="do not capture the desktop when a job fails (default: capture; env RPA_ROBOT_SCREENSHOT_ON_FAILURE)",
+    )
     run.add_argument(
         "--door", help="take the key and gateway URL from the coordinator's Unix socket (terminal sessions)"
     )

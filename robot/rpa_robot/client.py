@@ -66,6 +66,7 @@ from rpa_robot import __version__
 from rpa_robot.journal import Journal
 from rpa_robot.requests import Requests
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
+from rpa_robot.screenshots import Spool
 
 if TYPE_CHECKING:
     import httpx
@@ -109,6 +110,7 @@ class Options:
     unattended: bool = False
     exit_after_job: bool = False
     max_backoff_s: float = 30.0
+    screenshot_on_failure: bool = True
 
 
 def http_base(ws_url: str) -> str:
@@ -224,6 +226,9 @@ class RobotClient:
         self.heartbeat_s = 15.0
         self.http: httpx.AsyncClient | None = None
         self.requests = Requests(self)
+        self.spool = Spool(
+            options.state_dir / "screenshots", self._http, options.key, say, on_empty=self._maybe_done
+        )
 
     # Outbox --------------------------------------------------------------------------------------
 
@@ -294,6 +299,7 @@ class RobotClient:
     async def run(self) -> int:
         backoff = 0.5
         failures = 0
+        uploads = asyncio.create_task(self.spool.run())
         try:
             while True:
                 try:
@@ -316,6 +322,9 @@ class RobotClient:
                 await asyncio.sleep(wait)
         finally:
             await self._abort_jobs()
+            uploads.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await uploads
             if self.http is not None:
                 await self.http.aclose()
             self.journal.close()
@@ -426,7 +435,13 @@ class RobotClient:
                     await self._on_control(frame)
 
     def _maybe_done(self) -> None:
-        if self.o.exit_after_job and self.jobs_finished > 0 and not self.runs and self.journal.empty:
+        if (
+            self.o.exit_after_job
+            and self.jobs_finished > 0
+            and not self.runs
+            and self.journal.empty
+            and self.spool.empty
+        ):
             self.done.set()
 
     # Jobs ----------------------------------------------------------------------------------------
@@ -489,6 +504,8 @@ class RobotClient:
                         sink=self.on_log(job_id),
                         job_id=job_id,
                         on_request=self.requests.handle,
+                        screenshot_dir=self.spool.dir,
+                        on_screenshot=self.spool.wake,
                     )
                     try:
                         await run.start()
@@ -506,6 +523,8 @@ class RobotClient:
                             result = await run.wait()
                         finally:
                             self.requests.run_ended(run)
+                        if result.status == "failed" and self.o.screenshot_on_failure:
+                            await self._failure_screenshot(job_id)
             self.report(job_id, attempt, result.status, result.output, result.error)
         finally:
             self.runs.pop(job_id, None)
@@ -513,6 +532,21 @@ class RobotClient:
             shutil.rmtree(workdir, ignore_errors=True)
             self.jobs_finished += 1
             self._maybe_done()
+
+    async def _failure_screenshot(self, job_id: str) -> None:
+        """The desktop as the failed script left it, attached to a log line saying so."""
+        message_id = str(uuid.uuid4())
+        shot_id = await self.spool.capture(job_id, message_id=message_id)
+        if shot_id is not None:
+            self.on_log(job_id)(
+                {
+                    "id": message_id,
+                    "level": "Error",
+                    "message": "screenshot of the desktop when the job failed",
+                    "fields": {"screenshot_id": shot_id},
+                    "at": datetime.now(UTC).isoformat(),
+                }
+            )
 
     async def _abort_jobs(self) -> None:
         """The robot is going away: no script it started outlives it."""

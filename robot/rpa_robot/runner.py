@@ -160,6 +160,8 @@ class ScriptRun:
     sink: LogSink
     job_id: str | None = None
     on_request: RequestHandler | None = None
+    screenshot_dir: Path | None = None
+    on_screenshot: Callable[[], None] | None = None
     output: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
     interrupted: bool = False
@@ -201,6 +203,10 @@ class ScriptRun:
         )
         if self.job_id:
             env["RPA_JOB_ID"] = self.job_id
+        if self.screenshot_dir is not None:
+            env["RPA_SCREENSHOT_DIR"] = str(self.screenshot_dir)
+        else:
+            env.pop("RPA_SCREENSHOT_DIR", None)
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -252,6 +258,9 @@ class ScriptRun:
                         "at": doc.get("at") or now_iso(),
                     }
                 )
+            elif doc.get("kind") == "screenshot":
+                if self.on_screenshot is not None:
+                    self.on_screenshot()
             elif doc.get("kind") == "output" and isinstance(doc.get("values"), dict):
                 self.output.update(doc["values"])
             elif doc.get("kind") == "request" and isinstance(doc.get("id"), str):

@@ -12,10 +12,14 @@
     login = sdk.get_credential("erp")           # .login, .password (never printed by repr)
     sdk.finish_task(task, "successful", output={"total": 42})
 
+    shot = sdk.screenshot()                     # the robot's desktop, PNG, uploaded by the robot
+    sdk.screenshot(message_id=sdk.log("invoice form rejected", level="Error"))  # attached to a line
+
 The robot passes the channel through the environment: ``RPA_INPUT_FILE`` (the input arguments as a
 JSON file, never the command line), ``RPA_SDK_FD`` (a pipe the SDK writes JSON lines to: logs,
 output, requests), ``RPA_SDK_REPLY_FD`` (a pipe the robot answers requests on, and pushes watched
-resources on), ``RPA_STOP_FILE`` (appears when a soft stop is requested). Run outside a robot, the
+resources on), ``RPA_STOP_FILE`` (appears when a soft stop is requested), ``RPA_SCREENSHOT_DIR``
+(the robot's screenshot spool). Run outside a robot, the
 SDK still works for logs (stderr) and input (none); requests raise ``Offline``.
 
 Requests (tasks, resources, credentials) are thread-safe: any thread may call them; each waits for
@@ -36,6 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
 LEVELS = ("Debug", "Info", "Warning", "Error", "Critical")
@@ -98,6 +103,33 @@ def log(message: str, level: str = "Info", **fields: Any) -> str:
         extra = f" {json.dumps(fields, default=str)}" if fields else ""
         print(f"[{normalized}] {message}{extra}", file=sys.stderr, flush=True)
     return entry_id
+
+
+def screenshot(message_id: str | None = None) -> str:
+    """Capture the robot's whole desktop (every monitor) as PNG; returns the screenshot's id.
+
+    The image goes to the robot's spool on disk and the robot uploads it, attached to this job and,
+    with ``message_id`` (the id ``log()`` returned), to that log line. The robot keeps retrying while
+    the orchestrator is unreachable, so the screenshot is not lost. Run outside a robot, the PNG is
+    saved in the current directory instead. Raises ``SdkError("no_display")`` when there is no
+    desktop to capture (no display)."""
+    from rpa_robot import screenshots
+
+    try:
+        png = screenshots.capture_png()
+    except screenshots.CaptureError as exc:
+        raise SdkError("no_display", str(exc)) from None
+    shot_id = str(uuid.uuid4())
+    directory = screenshots.spool_dir_from_env()
+    if directory is None:
+        path = os.path.abspath(f"screenshot-{shot_id}.png")
+        with open(path, "wb") as f:
+            f.write(png)
+        screenshots.print_saved(Path(path))
+        return shot_id
+    screenshots.spool(directory, png, job_id=job_id(), message_id=message_id, shot_id=shot_id)
+    _write({"kind": "screenshot", "id": shot_id})  # wakes the robot's uploader
+    return shot_id
 
 
 def should_stop() -> bool:

@@ -148,6 +148,9 @@ async def test_operation_ids_read_like_the_api(doc: dict) -> None:  # type: igno
         "statistics_jobs_durations": ("get", "/api/v1/statistics/jobs/durations"),
         "statistics_robots_utilisation": ("get", "/api/v1/statistics/robots/utilisation"),
         "statistics_queues": ("get", "/api/v1/statistics/queues"),
+        "screenshots_list": ("get", "/api/v1/jobs/{job_id}/screenshots"),
+        "screenshots_get": ("get", "/api/v1/screenshots/{screenshot_id}"),
+        "screenshots_content": ("get", "/api/v1/screenshots/{screenshot_id}/content"),
     }
     for op_id, where in expected.items():
         assert ops[op_id][:2] == where, op_id

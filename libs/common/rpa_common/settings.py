@@ -272,6 +272,29 @@ class Settings(BaseSettings):
                 password = f.read().strip()
         return self.nats_user, password or None
 
+    # Screenshots, blob store, retention
+    blob_store: Literal["directory", "s3"] = Field(
+        "directory",
+        description="Where screenshots' bytes go: a directory (shared by API and gateway) or S3-compatible storage.",
+    )
+    blob_dir: str = Field(
+        "blobs", description="Blob directory (blob_store=directory); API and gateway share it."
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint URL (None: AWS S3).")
+    s3_bucket: str | None = Field(None, description="S3 bucket for blobs (blob_store=s3).")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id (None: boto3's own lookup).")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key (never logged).")
+    screenshot_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest screenshot a robot may upload (413)."
+    )
+    retention_interval_s: float = Field(
+        60.0, gt=0, description="Scheduler: period of the retention pass (robot messages, screenshots)."
+    )
+    retention_batch: int = Field(
+        1000, ge=1, le=10000, description="Scheduler: rows removed per retention transaction."
+    )
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment == "production" and self.secret_key.get_secret_value() == DEV_SECRET:
@@ -280,6 +303,8 @@ class Settings(BaseSettings):
             raise ValueError("RPA_SECRET_KEY must be at least 32 bytes")
         if self.environment == "production" and not self.encryption_keys.get_secret_value():
             raise ValueError("RPA_ENCRYPTION_KEYS must be set outside development")
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("RPA_S3_BUCKET must be set when RPA_BLOB_STORE=s3")
         return self
 
     @property

@@ -25,6 +25,7 @@ from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
 from rpa_api.roles.router import router as roles_router
+from rpa_api.screenshots.router import router as screenshots_router
 from rpa_api.statistics.router import router as statistics_router
 from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.text_guard import text_guard
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (triggers_router, "triggers"),
         (webhook_router, "triggers"),
         (statistics_router, "statistics"),
+        (screenshots_router, "screenshots"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
         app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])

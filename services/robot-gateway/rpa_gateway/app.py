@@ -26,7 +26,7 @@ from rpa_common.service import (
     service_context,
 )
 from rpa_common.settings import Settings, get_settings
-from rpa_gateway import store
+from rpa_gateway import screenshots, store
 from rpa_gateway.hub import Hub
 from rpa_protocol.codes import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHORIZED
 
@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
             },
         )
 
+    screenshots.install(app, _robot_from)
     return app
 
 

@@ -27,6 +27,7 @@ from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, Sessio
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
 from rpa_scheduler.gauges import GaugeSampler
+from rpa_scheduler.retention import retention_pass
 from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
 
@@ -89,6 +90,7 @@ class Scheduler:
         if self.sweeps:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeps"))
             self._tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
+            self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         if self.gauges is not None:
             self._tasks.append(asyncio.create_task(self.gauges.run(), name="gauges"))
         self.wake.set()  # recover whatever waited while no scheduler ran
@@ -235,6 +237,15 @@ class Scheduler:
             except Exception:
                 log.exception("deadlines.failed")
                 await asyncio.sleep(min(1.0, every))
+
+    async def _retention_loop(self) -> None:
+        """Old robot messages and screenshots out, every ``retention_interval_s`` (``retention``)."""
+        while True:
+            await asyncio.sleep(self.ctx.settings.retention_interval_s)
+            try:
+                await retention_pass(self.ctx)
+            except Exception:
+                log.exception("retention.failed")
 
     async def _sweep_loop(self) -> None:
         interval = self.ctx.settings.sweep_interval_s

@@ -2,6 +2,7 @@
 
 from rpa_common.models.audit import AuditChain, AuditRecord
 from rpa_common.models.base import Base, new_id, utcnow
+from rpa_common.models.blobs import BlobDeletion
 from rpa_common.models.identity import (
     AccessFolder,
     Account,
@@ -38,6 +39,7 @@ __all__ = [
     "AuditChain",
     "AuditRecord",
     "Base",
+    "BlobDeletion",
     "Calendar",
     "CalendarDay",
     "Job",

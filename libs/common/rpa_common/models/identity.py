@@ -20,6 +20,9 @@ class Account(IdMixin, TimestampMixin, Base):
     name: Mapped[str] = mapped_column(sa.String(100))
     description: Mapped[str] = mapped_column(sa.String(1000), default="")
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Retention (days): robot messages and screenshots older than this are removed by the scheduler.
+    message_retention_days: Mapped[int] = mapped_column(default=30, server_default=sa.text("30"))
+    screenshot_retention_days: Mapped[int] = mapped_column(default=30, server_default=sa.text("30"))
 
 
 class AccessFolder(IdMixin, TimestampMixin, Base):

@@ -38,13 +38,22 @@ class RobotMessage(Base):
 
 
 class Screenshot(Base):
+    """A screenshot's metadata; its bytes are in the blob store under ``blob_key``."""
+
     __tablename__ = "screenshot"
-    __table_args__ = (sa.Index("ix_screenshot_job_id_at", "job_id", "at"),)
+    __table_args__ = (
+        sa.Index("ix_screenshot_job_id_at", "job_id", "at"),
+        sa.Index("ix_screenshot_account_id_at", "account_id", "at"),
+    )
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     account_id: Mapped[uuid.UUID] = account_fk()
     robot_id: Mapped[uuid.UUID | None] = mapped_column(index=True)
     job_id: Mapped[uuid.UUID | None]
+    message_id: Mapped[uuid.UUID | None]
     content_type: Mapped[str] = mapped_column(sa.String(50), default="image/png")
     size: Mapped[int] = mapped_column(sa.BigInteger)
-    data: Mapped[bytes]
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    blob_key: Mapped[str] = mapped_column(sa.String(300))
     at: Mapped[datetime] = mapped_column(default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from rpa_api.users.schemas import DisplayName, Email, Password, Username
 
@@ -14,6 +14,7 @@ AccountName = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[\w.-]+$")
 ]
 Description = Annotated[str, StringConstraints(max_length=1000)]
+RetentionDays = Annotated[int, Field(ge=1, le=3650)]
 
 
 class _In(BaseModel):
@@ -23,7 +24,15 @@ class _In(BaseModel):
 
 
 class AccountUpdate(_In):
-    description: Description
+    """Only the fields given change."""
+
+    description: Description | None = None
+    message_retention_days: RetentionDays | None = Field(
+        None, description="Robot messages (log lines) older than this many days are removed (default 30)"
+    )
+    screenshot_retention_days: RetentionDays | None = Field(
+        None, description="Screenshots older than this many days are removed, image included (default 30)"
+    )
 
 
 class FirstAdmin(_In):
@@ -46,6 +55,8 @@ class AccountOut(BaseModel):
     name: str
     description: str
     is_active: bool
+    message_retention_days: int
+    screenshot_retention_days: int
     created_at: datetime
     updated_at: datetime
 

@@ -36,10 +36,12 @@ async def current(session: AsyncSession, principal: Principal) -> Account:
 
 async def update_current(session: AsyncSession, principal: Principal, body: AccountUpdate) -> Account:
     account = await current(session, principal)
-    account.description = body.description
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    for name, value in changes.items():
+        setattr(account, name, value)
     account.updated_at = datetime.now(UTC)
     await session.flush()
-    audit.record(session, principal, "update", "account", account.id, body.model_dump())
+    audit.record(session, principal, "update", "account", account.id, changes)
     return account
 
 
