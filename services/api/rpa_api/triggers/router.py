@@ -27,7 +27,7 @@ from rpa_api.queues.router import require_multipart
 from rpa_api.triggers import csv_io, schemas, service, webhook
 from rpa_common import triggerflow
 from rpa_common.audit import add_audit_record
-from rpa_common.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from rpa_common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from rpa_common.models import Trigger, TriggerFire
 from rpa_common.models.enums import ActorType, TriggerKind
 from rpa_common.models.enums import PermissionAction as A
@@ -329,13 +329,14 @@ async def call_webhook(
     # The headers are read from the request as sent (the parameters above document them).
     body = await request.body()
     headers = {k.lower(): v for k, v in request.headers.items()}
+    # The body is checked before the trigger is looked up, as every endpoint checks its input first.
+    args = _body_args(body)
 
     async def work(session: AsyncSession) -> triggerflow.FireOutcome:
         trigger = await session.get(Trigger, trigger_id, with_for_update=False)
         if trigger is None or trigger.kind != TriggerKind.WEBHOOK:
             raise NotFound.of("webhook trigger", trigger_id)
         fire_key = await webhook.authenticate(session, ctx.settings, trigger, headers, body)
-        args = _body_args(body)
         if not trigger.enabled:
             raise Conflict("the trigger is disabled")
         outcome = await service.fire(session, trigger, fire_key=fire_key, input_args=args)
@@ -368,7 +369,7 @@ def _body_args(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body, parse_constant=_no_constant)
     except ValueError:
-        raise Unprocessable("the body is not JSON", field="body") from None
+        raise BadRequest("the body is not JSON", field="body") from None
     if not isinstance(value, dict):
         raise Unprocessable(
             "the body must be a JSON object (its fields become input arguments)", field="body"
