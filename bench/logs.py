@@ -359,6 +359,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
     api_url = f"http://127.0.0.1:{api_port}"
     clients: list[subprocess.Popen[bytes]] = []
     key_dir = Path(tempfile.mkdtemp(prefix="rpa-bench-keys-"))
+    script = str(Path(__file__).resolve())  # noqa: ASYNC240 - no I/O: a path made absolute
     per = -(-len(load) // args.clients)
     for c in range(args.clients):
         part = load[c * per : (c + 1) * per]
@@ -369,7 +370,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         with os.fdopen(fd, "w") as f:
             json.dump([key for _, key in part], f)
         argv = [
-            sys.executable, str(Path(__file__).resolve()), "--role", "robots", "--url", gw_url,
+            sys.executable, script, "--role", "robots", "--url", gw_url,
             "--keys-file", str(keys_file), "--first", str(c * per), "--total-robots", str(len(load)),
             "--rate", str(args.rate), "--batch", str(args.batch),
         ]  # fmt: skip
