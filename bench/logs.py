@@ -131,14 +131,22 @@ class LoadRobot:
         self.unacked = asyncio.Event()
 
     async def connect(self) -> None:
-        self.ws = await websockets.connect(
-            self.url,
-            additional_headers={"Authorization": f"Bearer {self.key}"},
-            max_size=2**24,
-            compression=None,
-            open_timeout=60,
-            ping_interval=None,
-        )
+        for attempt in range(20):
+            try:
+                self.ws = await websockets.connect(
+                    self.url,
+                    additional_headers={"Authorization": f"Bearer {self.key}"},
+                    max_size=2**24,
+                    compression=None,
+                    open_timeout=60,
+                    ping_interval=None,
+                )
+                break
+            except websockets.InvalidStatus as exc:
+                # 503 while the gateway checks a thousand keys at once (its pool waits): come back.
+                if exc.response.status_code != 503 or attempt == 19:
+                    raise
+                await asyncio.sleep(random.uniform(0.5, 2.0))
         self.seq = await _hello(self.ws, f"bench-{self.index}")
         self.acked_seq = self.seq
 
@@ -187,8 +195,8 @@ class LoadRobot:
 async def robots_role(args: argparse.Namespace) -> None:
     keys = json.loads(await asyncio.to_thread(Path(args.keys_file).read_text))
     robots = [LoadRobot(args.url, key, args.first + i) for i, key in enumerate(keys)]
-    for start in range(0, len(robots), 100):  # not all at once: the gateway checks each key
-        await asyncio.gather(*(r.connect() for r in robots[start : start + 100]))
+    for start in range(0, len(robots), 50):  # not all at once: the gateway checks each key
+        await asyncio.gather(*(r.connect() for r in robots[start : start + 50]))
     print("connected", flush=True)
     line = await asyncio.to_thread(sys.stdin.readline)  # "window_start window_end"
     start_s, end_s = (float(v) for v in line.split())

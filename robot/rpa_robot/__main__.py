@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rpa_robot.client import Options, RobotClient, request_job, say
+from rpa_robot.client import LOG_BUFFER_LINES, Options, RobotClient, request_job, say
 from rpa_robot.runner import PackageError, ScriptRun, extract, read_manifest
 
 DEFAULT_GATEWAY = "ws://127.0.0.1:8001/robot/v1"
@@ -91,6 +91,7 @@ async def _run(args: argparse.Namespace) -> int:
             unattended=args.unattended,
             exit_after_job=args.exit_after_job,
             max_backoff_s=args.max_backoff_s,
+            log_buffer_lines=args.log_buffer_lines,
         )
     )
     main = asyncio.current_task()
@@ -187,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--cache-dir", default=str(HOME / "cache"))
     run.add_argument("--state-dir", default=str(HOME / "state"))
     run.add_argument("--max-backoff-s", type=float, default=30.0, help="longest wait between reconnects")
+    run.add_argument(
+        "--log-buffer-lines",
+        type=int,
+        default=LOG_BUFFER_LINES,
+        help="unacknowledged log lines held before scripts' log calls block (backpressure)",
+    )
     run.add_argument(
         "--door", help="take the key and gateway URL from the coordinator's Unix socket (terminal sessions)"
     )

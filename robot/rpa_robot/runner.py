@@ -160,6 +160,9 @@ class ScriptRun:
     sink: LogSink
     job_id: str | None = None
     on_request: RequestHandler | None = None
+    # Awaited before each line is read from the script: the robot's log buffer is full (the gateway
+    # pushes back, or is away), so the script's next write blocks once its pipe is full.
+    room: Callable[[], Awaitable[None]] | None = None
     output: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
     interrupted: bool = False
@@ -234,8 +237,13 @@ class ScriptRun:
             asyncio.create_task(self._read_stream(self.proc.stderr, "stderr")),
         ]
 
+    async def _next_line(self, reader: asyncio.StreamReader) -> bytes:
+        if self.room is not None:
+            await self.room()
+        return await _readline(reader)
+
     async def _read_sdk(self, reader: asyncio.StreamReader) -> None:
-        while line := await _readline(reader):
+        while line := await self._next_line(reader):
             try:
                 doc = json.loads(line)
             except ValueError:
@@ -284,7 +292,7 @@ class ScriptRun:
         return True
 
     async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
-        while line := await _readline(reader):
+        while line := await self._next_line(reader):
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             if not text:
                 continue

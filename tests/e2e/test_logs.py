@@ -154,3 +154,39 @@ async def test_live_tail_of_a_job_sees_its_lines_while_it_runs(api: Api, stack: 
             f"{live.http_url}{API}/jobs/{uuid.uuid4()}/logs/stream", headers=api.tenant.headers
         )
         assert r.status_code == 404
+
+
+async def test_a_robot_whose_lines_are_not_acknowledged_blocks_its_script_then_catches_up(
+    api: Api, stack: Stack
+) -> None:
+    """Backpressure on the robot's side: with the gateway gone, the robot holds at most
+    ``--log-buffer-lines`` unacknowledged lines (plus what the pipe holds), so the script's
+    ``sdk.log`` blocks instead of the journal growing; with a gateway back, every line is stored once."""
+    scheduler = stack.service("scheduler", RPA_JOB_LEASE_S="60")
+    gateway = stack.service("gateway", RPA_JOB_LEASE_S="60")
+    await stack.start(scheduler, gateway)
+    robot_id, key = await api.robot()
+    stack.robot(gateway.ws_url, key, "--log-buffer-lines", "300")
+    await api.wait_robot(robot_id, "Ready", stack=stack)
+    ids_file = stack.dir / "ids.txt"
+    count = 3000
+    job_id = await api.job(
+        "hello", robot=robot_id, input_args={"count": count, "delay_s": 0.002, "ids_file": str(ids_file)}
+    )
+    await api.wait_job(job_id, "Running", stack=stack)
+    while not ids_file.exists() or len(ids_file.read_text().split()) < 100:
+        await asyncio.sleep(0.02)
+    gateway.kill()
+    await asyncio.sleep(3)
+    blocked_at = len(ids_file.read_text().split())
+    await asyncio.sleep(2)
+    # Stuck: not a line more while nothing is acknowledged, and far from the end.
+    assert len(ids_file.read_text().split()) == blocked_at
+    assert blocked_at < 100 + 300 + 1500, blocked_at  # the bound, plus what pipes and readers hold
+    await stack.restart(gateway)
+    job = await api.wait_job(job_id, timeout=90, stack=stack)
+    assert job["state"] == "Successful", job
+    logged = ids_file.read_text().split()
+    assert len(logged) == count
+    stored = await _all_lines(api, f"job_id={job_id}&text=hello")
+    assert sorted(line["id"] for line in stored) == sorted(logged)
