@@ -223,17 +223,12 @@ async def robots_role(args: argparse.Namespace) -> None:
 
 
 async def markers(
-    gateway_url: str, api_url: str, token: str, robot_id: uuid.UUID, key: str, start_s: float, end_s: float
+    marker: LoadRobot, api_url: str, token: str, robot_id: uuid.UUID, start_s: float, end_s: float
 ) -> list[float]:
+    """Marker frames from ``marker`` (connected before the load starts), and the API poller."""
     import httpx
 
-    ws = await websockets.connect(
-        gateway_url,
-        additional_headers={"Authorization": f"Bearer {key}"},
-        compression=None,
-        ping_interval=None,
-    )
-    seq = await _hello(ws, "bench-marker")
+    ws, seq = marker.ws, marker.seq
     sent: dict[str, float] = {}
     latencies: list[float] = []
     since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
@@ -392,6 +387,8 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         line = await asyncio.to_thread(proc.stdout.readline)
         if line.strip() != b"connected":
             raise RuntimeError(f"a client process did not connect its robots: {line!r}")
+    marker = LoadRobot(gw_url, marker_key, -1)
+    await marker.connect()
     start_s = time.time() + 1 + args.warmup
     end_s = start_s + args.seconds
     gw_pid = services.pid("gateway")
@@ -401,7 +398,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         proc.stdin.flush()
     await asyncio.sleep(max(0.0, start_s - time.time()))
     cpu0 = cpu_seconds(gw_pid)
-    latencies = await markers(gw_url, api_url, account.token, marker_id, marker_key, start_s, end_s)
+    latencies = await markers(marker, api_url, account.token, marker_id, start_s, end_s)
     acked = 0
     behind = 0
     for proc in clients:
