@@ -151,6 +151,10 @@ class LoadRobot:
         self.acked_seq = self.seq
 
     async def read(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._read()
+
+    async def _read(self) -> None:
         async for raw in self.ws:
             doc = json.loads(raw)
             if doc.get("type") != "ack":
@@ -177,6 +181,12 @@ class LoadRobot:
         await self.ws.send(_frame(self.seq, entries))
 
     async def open_loop(self, batch: int, every_s: float, until: float) -> None:
+        try:
+            await self._open_loop(batch, every_s, until)
+        except websockets.ConnectionClosed as exc:
+            print(f"robot {self.index}: connection closed: {exc}", file=sys.stderr, flush=True)
+
+    async def _open_loop(self, batch: int, every_s: float, until: float) -> None:
         await asyncio.sleep(random.uniform(0, every_s))
         next_at = time.monotonic()
         while time.time() < until:
@@ -185,6 +195,10 @@ class LoadRobot:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
     async def closed_loop(self, batch: int, until: float) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._closed_loop(batch, until)
+
+    async def _closed_loop(self, batch: int, until: float) -> None:
         while time.time() < until:
             while self.seq - self.acked_seq >= 2:
                 self.unacked.clear()
@@ -195,14 +209,17 @@ class LoadRobot:
 async def robots_role(args: argparse.Namespace) -> None:
     keys = json.loads(await asyncio.to_thread(Path(args.keys_file).read_text))
     robots = [LoadRobot(args.url, key, args.first + i) for i, key in enumerate(keys)]
+    readers = []
     for start in range(0, len(robots), 50):  # not all at once: the gateway checks each key
-        await asyncio.gather(*(r.connect() for r in robots[start : start + 50]))
+        group = robots[start : start + 50]
+        await asyncio.gather(*(r.connect() for r in group))
+        # Reading from the start: the gateway's pings are answered while the others connect.
+        readers += [asyncio.create_task(r.read()) for r in group]
     print("connected", flush=True)
     line = await asyncio.to_thread(sys.stdin.readline)  # "window_start window_end"
     start_s, end_s = (float(v) for v in line.split())
     for r in robots:
         r.window = (start_s, end_s)
-    readers = [asyncio.create_task(r.read()) for r in robots]
     if args.rate > 0:
         every = args.total_robots * args.batch / args.rate
         await asyncio.gather(*(r.open_loop(args.batch, every, end_s) for r in robots))
@@ -233,10 +250,6 @@ async def markers(
     latencies: list[float] = []
     since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
 
-    async def drain() -> None:
-        async for _ in ws:
-            pass
-
     async def send() -> None:
         nonlocal seq
         n = 0
@@ -261,7 +274,10 @@ async def markers(
                     params={"robot_id": str(robot_id), "min_level": "Critical", "from": since, "limit": 200},
                 )
                 now = time.time()
-                r.raise_for_status()
+                if r.status_code != 200:
+                    print(f"API answered {r.status_code}: {r.text[:200]}", file=sys.stderr)
+                    await asyncio.sleep(0.1)
+                    continue
                 for item in r.json()["items"]:
                     at = sent.pop(item["id"], None)
                     if at is not None and at > 0:
@@ -272,11 +288,9 @@ async def markers(
             print(f"{len(unseen)} markers never seen within 10 s of the end", file=sys.stderr)
             latencies.extend([float("inf")] * len(unseen))
 
-    reader = asyncio.create_task(drain())
     try:
         await asyncio.gather(send(), poll())
     finally:
-        reader.cancel()
         await ws.close()
     return latencies
 
@@ -389,6 +403,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
             raise RuntimeError(f"a client process did not connect its robots: {line!r}")
     marker = LoadRobot(gw_url, marker_key, -1)
     await marker.connect()
+    marker_reader = asyncio.create_task(marker.read())
     start_s = time.time() + 1 + args.warmup
     end_s = start_s + args.seconds
     gw_pid = services.pid("gateway")
@@ -399,6 +414,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
     await asyncio.sleep(max(0.0, start_s - time.time()))
     cpu0 = cpu_seconds(gw_pid)
     latencies = await markers(marker, api_url, account.token, marker_id, start_s, end_s)
+    marker_reader.cancel()
     acked = 0
     behind = 0
     for proc in clients:
