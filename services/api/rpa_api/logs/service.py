@@ -99,7 +99,7 @@ class LogFilter:
             out.append(RobotMessage.level.in_({parse_level(v, "level") for v in self.levels}))
         if self.min_level is not None:
             out.append(RobotMessage.level >= parse_level(self.min_level, "min_level"))
-        at_from, at_to = _utc(self.at_from), _utc(self.at_to)
+        at_from, at_to = _utc(self.at_from, "from"), _utc(self.at_to, "to")
         if at_from is not None and at_to is not None and at_from > at_to:
             detail = "from is after to"
             raise Unprocessable(
@@ -117,11 +117,14 @@ class LogFilter:
         return out
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime | None, field_name: str) -> datetime | None:
     """A time from the query string in UTC (no zone given: UTC)."""
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # the year 9999 east of UTC, the year 1 west of it
+        raise Unprocessable("out of the range of dates", field=field_name) from None
 
 
 def scope(principal: Principal) -> list[sa.ColumnElement[bool]]:
