@@ -160,8 +160,9 @@ async def test_a_robot_whose_lines_are_not_acknowledged_blocks_its_script_then_c
     api: Api, stack: Stack
 ) -> None:
     """Backpressure on the robot's side: with the gateway gone, the robot holds at most
-    ``--log-buffer-lines`` unacknowledged lines (plus what the pipe holds), so the script's
-    ``sdk.log`` blocks instead of the journal growing; with a gateway back, every line is stored once."""
+    ``--log-buffer-lines`` unacknowledged lines, plus what the pipe and its read buffer hold (about
+    2 MB), so the script's ``sdk.log`` blocks instead of the journal growing; with a gateway back,
+    every line is stored once. Lines of about 1 KB here, so those buffers hold about 2,000."""
     scheduler = stack.service("scheduler", RPA_JOB_LEASE_S="60")
     gateway = stack.service("gateway", RPA_JOB_LEASE_S="60")
     await stack.start(scheduler, gateway)
@@ -169,24 +170,31 @@ async def test_a_robot_whose_lines_are_not_acknowledged_blocks_its_script_then_c
     stack.robot(gateway.ws_url, key, "--log-buffer-lines", "300")
     await api.wait_robot(robot_id, "Ready", stack=stack)
     ids_file = stack.dir / "ids.txt"
-    count = 3000
+    count = 6000
+    name = "x" * 1000
     job_id = await api.job(
-        "hello", robot=robot_id, input_args={"count": count, "delay_s": 0.002, "ids_file": str(ids_file)}
+        "hello",
+        robot=robot_id,
+        input_args={"name": name, "count": count, "delay_s": 0.001, "ids_file": str(ids_file)},
     )
     await api.wait_job(job_id, "Running", stack=stack)
     while not ids_file.exists() or len(ids_file.read_text().split()) < 100:
         await asyncio.sleep(0.02)
     gateway.kill()
-    await asyncio.sleep(3)
-    blocked_at = len(ids_file.read_text().split())
-    await asyncio.sleep(2)
-    # Stuck: not a line more while nothing is acknowledged, and far from the end.
-    assert len(ids_file.read_text().split()) == blocked_at
-    assert blocked_at < 100 + 300 + 1500, blocked_at  # the bound, plus what pipes and readers hold
+    # The script goes on until the robot's bound and buffers are full, then blocks: the count of
+    # lines it logged stops growing (for 3 s on end), far from the end.
+    last, still_since, deadline = -1, time.monotonic(), time.monotonic() + 60
+    while time.monotonic() - still_since < 3:
+        assert time.monotonic() < deadline, "the script never blocked"
+        now = len(ids_file.read_text().split())
+        if now != last:
+            last, still_since = now, time.monotonic()
+        await asyncio.sleep(0.2)
+    assert last < 100 + 300 + 2300, last  # the bound, plus what the pipe and the reader hold
     await stack.restart(gateway)
     job = await api.wait_job(job_id, timeout=90, stack=stack)
     assert job["state"] == "Successful", job
     logged = ids_file.read_text().split()
     assert len(logged) == count
-    stored = await _all_lines(api, f"job_id={job_id}&text=hello")
+    stored = await _all_lines(api, f"job_id={job_id}&text=hello%20xxx")
     assert sorted(line["id"] for line in stored) == sorted(logged)
