@@ -70,7 +70,6 @@ from harness.infra import (
     service_env,
     start_nats,
     start_service,
-    wait_ready,
 )
 
 from rpa_protocol import PROTOCOL_VERSION, Hello, encode
@@ -377,16 +376,8 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         **dict(kv.split("=", 1) for kv in args.gateway_env),
     )
     api_env = service_env(db_url, nats_url, RPA_API_PORT=str(api_port), RPA_API_WORKERS="1")
-    if args.profile:
-        # cProfile around the gateway process; its statistics are written when it stops (SIGTERM).
-        proc = services.start(
-            "gateway",
-            [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "rpa_gateway", "serve"],
-            gw_env,
-        )
-        await wait_ready(f"http://127.0.0.1:{gw_port}/readyz", proc, "gateway")
     await asyncio.gather(
-        *([] if args.profile else [start_service(services, "gateway", "rpa_gateway", gw_env, gw_port)]),
+        start_service(services, "gateway", "rpa_gateway", gw_env, gw_port),
         start_service(services, "api", "rpa_api", api_env, api_port),
     )
     gw_url = f"ws://127.0.0.1:{gw_port}/robot/v1"
@@ -492,7 +483,6 @@ def main() -> None:
         "--gateway-env", action="append", default=[], metavar="RPA_X=VALUE", help="a gateway setting"
     )
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
-    parser.add_argument("--profile", default=None, metavar="PATH", help="cProfile the gateway into PATH")
     # A client process of this benchmark (started by it).
     parser.add_argument("--role", choices=["main", "robots"], default="main", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
