@@ -8,13 +8,13 @@ inserted with insert-ignore on their robot-made ids, and requested jobs carry an
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -512,10 +512,7 @@ async def store_logs(session: AsyncSession, batches: list[tuple[RobotIdentity, l
         await session.execute(sa.text("SELECT 1"))
     await raw.copy_records_to_table(
         "robot_message",
-        records=[
-            (*row[:9], None if row[9] is None else json.dumps(row[9], separators=(",", ":")), *row[10:])
-            for row in rows
-        ],
+        records=[(*row[:9], None if row[9] is None else to_json(row[9]).decode(), *row[10:]) for row in rows],
         columns=LOG_COLUMNS,
     )
 
