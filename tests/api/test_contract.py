@@ -45,7 +45,8 @@ STREAMS = ("jobs_stream_logs",)
 # value's fields per the resource's kind and its scope's id per its scope; a calendar's days each at
 # most once; a task's name and tags not blank by Unicode's white space, its times between the years
 # 1900 and 9999 (what MariaDB stores), a postponed task's delay_until in the future, a task list's
-# *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column). The last
+# *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column; a log list's from not
+# after its to, its levels named in any case, its cursor one the API gave out). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
@@ -56,7 +57,7 @@ headers = { Authorization = "Bearer ${RPA_ST_TOKEN}" }
 include-operation-id = [
     "processes_publish", "processes_publish_version", "api_keys_create", "jobs_create", "jobs_list",
     "roles_create", "roles_update", "resources_set_value", "calendars_create", "calendars_update",
-    "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list",
+    "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list", "logs_list", "jobs_logs",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """

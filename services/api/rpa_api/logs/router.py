@@ -65,7 +65,8 @@ def log_filters(
     ] = None,
     min_level: Annotated[str | None, Query(description="This level and the ones above it")] = None,
     at_from: Annotated[
-        QueryDatetime | None, Query(alias="from", description="Logged at or after (ISO 8601; UTC if no zone)")
+        QueryDatetime | None,
+        Query(alias="from", description="Logged at or after (ISO 8601; UTC if no zone); not after `to`"),
     ] = None,
     at_to: Annotated[
         QueryDatetime | None, Query(alias="to", description="Logged at or before (ISO 8601; UTC if no zone)")
@@ -94,7 +95,11 @@ def log_filters(
 Filters = Annotated[LogFilter, Depends(log_filters)]
 Limit = Annotated[int, Query(ge=1, le=1000, description="Lines per page")]
 CursorParam = Annotated[
-    str | None, Query(max_length=200, description="next_cursor of the previous page; absent: the first page")
+    str | None,
+    Query(
+        max_length=200,
+        description="next_cursor of the previous page, as given (same order); absent: the first page",
+    ),
 ]
 OrderParam = Annotated[Order, Query(description="asc: oldest first; desc: newest first")]
 
