@@ -2,6 +2,7 @@
 
     rpa-robot run --gateway ws://127.0.0.1:8001/robot/v1 [--unattended] [--exit-after-job]
                   [--cache-dir DIR] [--state-dir DIR] [--door SOCKET] [--no-screenshot-on-failure]
+                  [--log-buffer-lines N]
     rpa-robot run-local PATH_OR_ZIP [--input JSON]
     rpa-robot start-process NAME [--input JSON] [--gateway URL]
     rpa-robot start-trigger NAME [--input JSON] [--gateway URL]
@@ -26,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rpa_robot.client import Options, RobotClient, request_job, say
+from rpa_robot.client import LOG_BUFFER_LINES, Options, RobotClient, request_job, say
 from rpa_robot.runner import PackageError, ScriptRun, extract, read_manifest
 
 DEFAULT_GATEWAY = "ws://127.0.0.1:8001/robot/v1"
@@ -93,6 +94,7 @@ async def _run(args: argparse.Namespace) -> int:
             exit_after_job=args.exit_after_job,
             max_backoff_s=args.max_backoff_s,
             screenshot_on_failure=args.screenshot_on_failure,
+            log_buffer_lines=args.log_buffer_lines,
         )
     )
     main = asyncio.current_task()
@@ -211,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         default=os.environ.get("RPA_ROBOT_SCREENSHOT_ON_FAILURE", "true").lower() not in ("0", "false", "no"),
         help="do not capture the desktop when a job fails (default: capture; env RPA_ROBOT_SCREENSHOT_ON_FAILURE)",
+    )
+    run.add_argument(
+        "--log-buffer-lines",
+        type=int,
+        default=LOG_BUFFER_LINES,
+        help="unacknowledged log lines held before scripts' log calls block (backpressure)",
     )
     run.add_argument(
         "--door", help="take the key and gateway URL from the coordinator's Unix socket (terminal sessions)"

@@ -80,6 +80,9 @@ CAPABILITIES = [
 ]
 LOG_BATCH_MAX = 500
 LOG_BATCH_DELAY_S = 0.05
+LOG_BUFFER_LINES = 100_000
+"""Log lines not yet acknowledged that the robot holds (journal and batch); beyond it, it reads no
+more from its scripts until acks make room, so a script's ``sdk.log`` (and its prints) block."""
 
 # Exit codes of ``rpa-robot run``.
 EXIT_OK = 0
@@ -111,6 +114,7 @@ class Options:
     exit_after_job: bool = False
     max_backoff_s: float = 30.0
     screenshot_on_failure: bool = True
+    log_buffer_lines: int = LOG_BUFFER_LINES
 
 
 def http_base(ws_url: str) -> str:
@@ -221,6 +225,7 @@ class RobotClient:
         self.tasks: set[asyncio.Task[None]] = set()
         self.log_buffer: list[LogEntry] = []
         self.log_flush: asyncio.TimerHandle | None = None
+        self.log_drained = asyncio.Event()
         self.jobs_finished = 0
         self.done = asyncio.Event()
         self.heartbeat_s = 15.0
@@ -268,6 +273,14 @@ class RobotClient:
                 self.log_flush = asyncio.get_running_loop().call_later(LOG_BATCH_DELAY_S, self.flush_logs)
 
         return sink
+
+    async def log_room(self) -> None:
+        """Return once the robot holds fewer log lines than its bound (backpressure, see
+        docs/robot-protocol.md): called before each line is read from a script."""
+        while self.journal.log_lines + len(self.log_buffer) >= self.o.log_buffer_lines:
+            self.flush_logs()  # what waits in the batch goes to the journal (and out) first
+            self.log_drained.clear()
+            await self.log_drained.wait()
 
     def flush_logs(self) -> None:
         if self.log_flush is not None:
@@ -419,11 +432,13 @@ class RobotClient:
                 continue
             if isinstance(frame, Ack):
                 self.journal.ack(frame.seq)
+                self.log_drained.set()
                 self._maybe_done()
             elif isinstance(frame, Error):
                 say(f"gateway refused a frame: {frame.code}: {frame.detail}")
                 if frame.seq > 0:
                     self.journal.drop(frame.seq)
+                    self.log_drained.set()
             elif isinstance(frame, JobStart | JobStop | JobInterrupt):
                 cid = str(frame.id)
                 if cid in self.seen_commands:
@@ -506,6 +521,7 @@ class RobotClient:
                         on_request=self.requests.handle,
                         screenshot_dir=self.spool.dir,
                         on_screenshot=self.spool.wake,
+                        room=self.log_room,
                     )
                     try:
                         await run.start()

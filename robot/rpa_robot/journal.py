@@ -5,6 +5,10 @@ holds the highest acknowledged ``seq`` and the next ``seq`` to use. While the ga
 unreachable frames pile up here; after reconnecting the robot replays those above the gateway's
 ``resume.last_seq`` in order, and forgets each once it is acknowledged. The file is truncated
 whenever nothing is pending (and compacted when it grows), so it stays small.
+
+It also counts the log lines not yet acknowledged (``log_lines``): the robot stops taking more from
+its scripts beyond a bound (``RobotClient.log_room``), so the journal does not grow without end while
+the gateway pushes back or is away.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Journal:
         self.acked = 0
         self.next_seq = 1
         self.pending: deque[tuple[int, str]] = deque()
+        self._log_counts: dict[int, int] = {}  # seq of a pending log frame -> its lines
+        self.log_lines = 0
         self._load()
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for appends
 
@@ -49,11 +55,14 @@ class Journal:
                     if not line:
                         continue
                     try:
-                        seq = int(json.loads(line)["seq"])
+                        doc = json.loads(line)
+                        seq = int(doc["seq"])
                     except (ValueError, KeyError, TypeError):
                         continue  # a line torn by a crash mid-write was never sent
                     if seq > self.acked:
                         self.pending.append((seq, line))
+                        if doc.get("type") == "log" and isinstance(doc.get("entries"), list):
+                            self._count(seq, len(doc["entries"]))
                     self.next_seq = max(self.next_seq, seq + 1)
         self.next_seq = max(self.next_seq, self.acked + 1)
 
@@ -61,11 +70,22 @@ class Journal:
         """Build the frame with the next ``seq``, write it durably (to the OS), queue it for sending."""
         seq = self.next_seq
         self.next_seq += 1
-        line = encode(make(seq))
+        frame = make(seq)
+        line = encode(frame)
         self._file.write(line + "\n")
         self._file.flush()
         self.pending.append((seq, line))
+        entries = getattr(frame, "entries", None)
+        if getattr(frame, "type", None) == "log" and isinstance(entries, list):
+            self._count(seq, len(entries))
         return seq
+
+    def _count(self, seq: int, lines: int) -> None:
+        self._log_counts[seq] = lines
+        self.log_lines += lines
+
+    def _uncount(self, seq: int) -> None:
+        self.log_lines -= self._log_counts.pop(seq, 0)
 
     def reserve(self) -> int:
         """A ``seq`` for a request frame (``task.take``...), which is sent but never journaled.
@@ -84,7 +104,7 @@ class Journal:
         if seq <= self.acked and not (self.pending and self.pending[0][0] <= seq):
             return
         while self.pending and self.pending[0][0] <= seq:
-            self.pending.popleft()
+            self._uncount(self.pending.popleft()[0])
         self.acked = max(self.acked, seq)
         self._save_state()
         if not self.pending:
@@ -96,6 +116,7 @@ class Journal:
     def drop(self, seq: int) -> None:
         """Forget one frame the gateway refused as malformed (it would be refused forever)."""
         self.pending = deque(item for item in self.pending if item[0] != seq)
+        self._uncount(seq)
         self._rewrite()
 
     def resume(self, last_seq: int) -> None:

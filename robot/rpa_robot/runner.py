@@ -162,6 +162,9 @@ class ScriptRun:
     on_request: RequestHandler | None = None
     screenshot_dir: Path | None = None
     on_screenshot: Callable[[], None] | None = None
+    # Awaited before each line is read from the script: the robot's log buffer is full (the gateway
+    # pushes back, or is away), so the script's next write blocks once its pipe is full.
+    room: Callable[[], Awaitable[None]] | None = None
     output: dict[str, Any] = field(default_factory=dict)
     stop_requested: bool = False
     interrupted: bool = False
@@ -240,8 +243,13 @@ class ScriptRun:
             asyncio.create_task(self._read_stream(self.proc.stderr, "stderr")),
         ]
 
+    async def _next_line(self, reader: asyncio.StreamReader) -> bytes:
+        if self.room is not None:
+            await self.room()
+        return await _readline(reader)
+
     async def _read_sdk(self, reader: asyncio.StreamReader) -> None:
-        while line := await _readline(reader):
+        while line := await self._next_line(reader):
             try:
                 doc = json.loads(line)
             except ValueError:
@@ -293,7 +301,7 @@ class ScriptRun:
         return True
 
     async def _read_stream(self, reader: asyncio.StreamReader, stream: str) -> None:
-        while line := await _readline(reader):
+        while line := await self._next_line(reader):
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             if not text:
                 continue

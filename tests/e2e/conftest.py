@@ -57,6 +57,7 @@ SHORT: dict[str, str] = {
 """Time-driven settings of every service process unless a test says otherwise."""
 
 _SERVICES = {
+    "api": ("rpa_api", "RPA_API_PORT"),
     "scheduler": ("rpa_scheduler", "RPA_SCHEDULER_PORT"),
     "gateway": ("rpa_gateway", "RPA_GATEWAY_PORT"),
     "coordinator": ("rpa_coordinator", "RPA_COORDINATOR_PORT"),

@@ -146,6 +146,17 @@ class Settings(BaseSettings):
         le=16,
         description="Batches of robot frames the gateway has in flight at once (each its own transaction).",
     )
+    gateway_log_pending_max: int = Field(
+        100_000,
+        ge=1000,
+        description=(
+            "Robot log lines a gateway holds received but not yet committed; beyond it the gateway "
+            "stops reading log frames (robots keep buffering) until commits make room."
+        ),
+    )
+    gateway_log_batch_lines: int = Field(
+        20_000, ge=1, description="Log lines the gateway stores in one transaction (COPY on PostgreSQL)."
+    )
     gateway_reconcile_interval_s: float = Field(
         2.0, gt=0, description="Gateway compares its robots' jobs in the database with what it sent them."
     )

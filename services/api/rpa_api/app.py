@@ -17,6 +17,7 @@ from rpa_api.calendars.router import router as calendars_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
+from rpa_api.logs.router import router as logs_router
 from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
 from rpa_api.queues.router import router as queues_router
@@ -147,6 +148,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (terminal_servers_router, "terminal servers"),
         (processes_router, "processes"),
         (jobs_router, "jobs"),
+        (logs_router, "logs"),
         (queues_router, "queues"),
         (tasks_router, "tasks"),
         (resources_router, "resources"),

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
+from pydantic_core import to_json
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -510,45 +511,130 @@ async def create_requested_job(
 # Logs -------------------------------------------------------------------------------------------
 
 
-async def insert_logs(session: AsyncSession, robot: RobotIdentity, entries: list[LogEntry]) -> None:
-    """One multi-row insert per batch; a replayed line (same id) is ignored, not doubled."""
-    job_ids = {e.job_id for e in entries if e.job_id is not None}
-    jobs: dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID, uuid.UUID | None]] = {}
-    if job_ids:
-        rows = await session.execute(
-            sa.select(Job.id, Job.process_id, Job.process_version_id, Job.task_id).where(
-                Job.id.in_(job_ids), Job.robot_id == robot.id
-            )
+async def _log_jobs(
+    session: AsyncSession, batches: list[tuple[RobotIdentity, list[LogEntry]]]
+) -> dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID | None]]:
+    """The jobs the lines name: job id -> (its robot, process, version, task), one query for all."""
+    job_ids = {e.job_id for _, entries in batches for e in entries if e.job_id is not None}
+    if not job_ids:
+        return {}
+    rows = await session.execute(
+        sa.select(Job.id, Job.robot_id, Job.process_id, Job.process_version_id, Job.task_id).where(
+            Job.id.in_(job_ids)
         )
-        jobs = {r.id: (r.process_id, r.process_version_id, r.task_id) for r in rows}
+    )
+    return {r.id: (r.robot_id, r.process_id, r.process_version_id, r.task_id) for r in rows}
+
+
+def _log_rows(
+    batches: list[tuple[RobotIdentity, list[LogEntry]]],
+    jobs: dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID | None]],
+) -> list[tuple[Any, ...]]:
+    """Rows in the column order of ``LOG_COLUMNS``."""
     now = utcnow()
-    values = []
-    for e in entries:
-        # A job id that is not one of this robot's jobs is not trusted: the line is kept, unlinked.
-        job = jobs.get(e.job_id) if e.job_id is not None else None
-        values.append(
-            {
-                "id": e.id,
-                "account_id": robot.account_id,
-                "robot_id": robot.id,
-                "job_id": e.job_id if job else None,
-                "process_id": job[0] if job else None,
-                "process_version_id": job[1] if job else None,
-                "task_id": job[2] if job else None,
-                "level": _LEVELS[e.level],
-                "message": e.message,
-                "fields": e.fields,
-                "at": e.at,
-                "received_at": now,
-                "screenshot_id": None,
-            }
-        )
+    levels = _LEVEL_NUMBERS
+    rows: list[tuple[Any, ...]] = []
+    for robot, entries in batches:
+        robot_id = robot.id
+        account_id = robot.account_id
+        for e in entries:
+            job = jobs.get(e.job_id) if e.job_id is not None else None
+            # A job id that is not one of this robot's jobs is not trusted: the line is kept, unlinked.
+            if job is None or job[0] != robot_id:
+                rows.append(
+                    (
+                        e.id,
+                        account_id,
+                        robot_id,
+                        None,
+                        None,
+                        None,
+                        None,
+                        levels[e.level],
+                        e.message,
+                        e.fields,
+                        e.at,
+                        now,
+                        None,
+                    )
+                )
+            else:
+                rows.append(
+                    (
+                        e.id,
+                        account_id,
+                        robot_id,
+                        job[1],
+                        job[2],
+                        e.job_id,
+                        job[3],
+                        levels[e.level],
+                        e.message,
+                        e.fields,
+                        e.at,
+                        now,
+                        None,
+                    )
+                )
+    return rows
+
+
+LOG_COLUMNS = (
+    "id",
+    "account_id",
+    "robot_id",
+    "process_id",
+    "process_version_id",
+    "job_id",
+    "task_id",
+    "level",
+    "message",
+    "fields",
+    "at",
+    "received_at",
+    "screenshot_id",
+)
+_LEVEL_NUMBERS = {name: int(level) for name, level in _LEVELS.items()}
+
+
+async def insert_logs(session: AsyncSession, robot: RobotIdentity, entries: list[LogEntry]) -> None:
+    """One multi-row insert; a replayed line (same id) is ignored, not doubled (the isolated path)."""
+    await _insert_ignore(session, _log_rows([(robot, entries)], await _log_jobs(session, [(robot, entries)])))
+
+
+async def _insert_ignore(session: AsyncSession, rows: list[tuple[Any, ...]]) -> None:
     table = cast(sa.Table, RobotMessage.__table__)
     if dialect_of(session) == "postgresql":
         stmt: Any = postgresql.insert(table).on_conflict_do_nothing(index_elements=["id"])
     else:
         stmt = mysql.insert(table).prefix_with("IGNORE")
-    await session.execute(stmt, values)
+    await session.execute(stmt, [dict(zip(LOG_COLUMNS, row, strict=True)) for row in rows])
+
+
+async def store_logs(session: AsyncSession, batches: list[tuple[RobotIdentity, list[LogEntry]]]) -> None:
+    """The lines of many log frames at once: COPY on PostgreSQL, a multi-row INSERT IGNORE on MariaDB.
+
+    COPY goes straight into ``robot_message``: a line stored before (same robot-made id, which the
+    ``inbound_seq`` guard makes rare: a frame is applied once) fails the COPY with a unique
+    violation, the writer re-runs the batch with a savepoint per frame, and there ``insert_logs``
+    ignores the duplicate. So the common case costs one COPY and no staging table."""
+    rows = _log_rows(batches, await _log_jobs(session, batches))
+    if not rows:
+        return
+    if dialect_of(session) != "postgresql":
+        await _insert_ignore(session, rows)
+        return
+    connection = await session.connection()
+    raw = (await connection.get_raw_connection()).driver_connection
+    assert raw is not None
+    if not raw.is_in_transaction():
+        # SQLAlchemy begins lazily, with its first statement; COPY must run inside that transaction.
+        await session.execute(sa.text("SELECT 1"))
+    await raw.copy_records_to_table(
+        "robot_message",
+        records=[(*row[:9], None if row[9] is None else to_json(row[9]).decode(), *row[10:]) for row in rows],
+        columns=LOG_COLUMNS,
+    )
 
 
 # Heartbeats -------------------------------------------------------------------------------------

@@ -21,12 +21,21 @@ A batch that fails on a transient error (deadlock, lost connection) is re-run wh
 itself: it is re-run with each frame under a savepoint, so that frame alone is refused (with an
 ``error`` frame) and the others are applied. Running without savepoints first keeps the common
 case at one round trip per statement.
+
+Log batches (``log``) have queues and loops of their own, so that a flood of log lines never delays
+a job's status or a task: their batches are cut at ``gateway_log_batch_lines`` lines, and the lines
+of all their fresh frames are stored at once (``store.store_logs``: COPY on PostgreSQL). Lines
+received and not yet committed are bounded by ``gateway_log_pending_max``: a connection whose log
+frame finds no room waits before reading its next frame, so TCP pushes back on the robot, which
+keeps buffering in its journal (docs/robot-protocol.md, "Backpressure").
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import is_retryable, run_in_transaction
 from rpa_common.jobflow import Transition
+from rpa_common.metrics import LOG_BACKLOG, LOG_COMMIT_LATENCY, LOG_LINES_INGESTED
 from rpa_common.models.enums import RobotStatus
 from rpa_common.nats.messages import JobCreated
 from rpa_common.service import ServiceContext
@@ -46,6 +56,7 @@ from rpa_protocol import (
     JobRequest,
     JobStatus,
     LogBatch,
+    LogEntry,
     ResourceGet,
     ResourceSet,
     TaskAdd,
@@ -88,6 +99,7 @@ class Applied:
     rejected: str | None = None  # the frame itself could not be applied: an ``error`` frame, no ack
     reply: tasks.Reply | None = None  # task/resource frames: sent after the commit (and the ack)
     watch: tasks.Watched | None = None  # resource.get with watch: remembered on the connection
+    logged: Counter[str] | None = None  # log: lines stored, by level (counted after the commit)
 
 
 @dataclass
@@ -101,10 +113,60 @@ class WriterUnavailable(Exception):
     """The batch could not be stored (database down): the frame is not acknowledged."""
 
 
+class LineBudget:
+    """At most ``limit`` log lines received and not yet committed; FIFO, so no frame starves.
+
+    A frame larger than the whole budget waits until nothing else is pending, then goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            LOG_BACKLOG.set(self.used)
+            return n
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted just as we were cancelled: give it back
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((n, future))
+                self._wake()
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._wake()
+        LOG_BACKLOG.set(self.used)
+
+    def _wake(self) -> None:
+        while self._waiters:
+            n, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.used + n > self.limit:
+                return
+            self._waiters.popleft()
+            self.used += n
+            future.set_result(None)
+
+
 class FrameWriter:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._logs: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.log_room = LineBudget(ctx.settings.gateway_log_pending_max)
         self._tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.frames = 0
@@ -114,9 +176,15 @@ class FrameWriter:
         # Several batches in flight: while one waits for the database, the next one gathers and
         # runs. A connection still has one frame in flight, so its frames stay in order; two
         # batches never hold frames of the same connection.
+        settings = self.ctx.settings
         self._tasks = [
-            asyncio.create_task(self._loop(), name=f"gateway-writer-{n}")
-            for n in range(self.ctx.settings.gateway_writers)
+            asyncio.create_task(self._loop(self._queue, None), name=f"gateway-writer-{n}")
+            for n in range(settings.gateway_writers)
+        ] + [
+            asyncio.create_task(
+                self._loop(self._logs, settings.gateway_log_batch_lines), name=f"gateway-log-writer-{n}"
+            )
+            for n in range(settings.gateway_writers)
         ]
 
     async def stop(self) -> None:
@@ -125,36 +193,59 @@ class FrameWriter:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.future.done():
-                pending.future.set_exception(WriterUnavailable("gateway stopping"))
+        for queue in (self._queue, self._logs):
+            while not queue.empty():
+                pending = queue.get_nowait()
+                if not pending.future.done():
+                    pending.future.set_exception(WriterUnavailable("gateway stopping"))
 
     async def apply(self, source: Source, frame: Batched) -> Applied:
         """Apply one frame (with whatever else is waiting); returns after the commit.
 
-        Raises ``WriterUnavailable`` when the frame could not be stored."""
+        Raises ``WriterUnavailable`` when the frame could not be stored. A log frame first waits
+        for room in ``log_room`` (backpressure: its connection reads nothing meanwhile)."""
         future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(source, frame, future))
-        return await future
+        if not isinstance(frame, LogBatch):
+            self._queue.put_nowait(_Pending(source, frame, future))
+            return await future
+        taken = await self.log_room.acquire(len(frame.entries))
+        try:
+            self._logs.put_nowait(_Pending(source, frame, future))
+            return await future
+        finally:
+            self.log_room.release(taken)
 
-    async def _loop(self) -> None:
+    async def _loop(self, queue: asyncio.Queue[_Pending], max_lines: int | None) -> None:
         settings = self.ctx.settings
         limit = settings.gateway_batch_max
         delay = settings.gateway_batch_delay_ms / 1000
+        lines = 0
+
+        def room() -> bool:
+            return len(batch) < limit and (max_lines is None or lines < max_lines)
+
+        def take() -> None:
+            nonlocal lines
+            while room() and not queue.empty():
+                pending = queue.get_nowait()
+                batch.append(pending)
+                if isinstance(pending.frame, LogBatch):
+                    lines += len(pending.frame.entries)
+
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < limit and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            if len(batch) < limit and delay > 0:
+            first = await queue.get()
+            batch = [first]
+            lines = len(first.frame.entries) if isinstance(first.frame, LogBatch) else 0
+            take()
+            if room() and delay > 0:
                 # One short sleep, then whatever came meanwhile: cheaper than waiting per frame.
                 await asyncio.sleep(delay)
-                while len(batch) < limit and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                take()
             await self._run(batch)
 
     async def _run(self, batch: list[_Pending]) -> None:
         attempts = self.ctx.settings.db_retry_attempts
+        started = time.perf_counter()
         try:
             try:
                 results = await run_in_transaction(
@@ -175,6 +266,14 @@ class FrameWriter:
             return
         self.batches += 1
         self.frames += len(batch)
+        logged: Counter[str] = Counter()
+        for result in results:
+            if result.logged:
+                logged.update(result.logged)
+        if logged:
+            LOG_COMMIT_LATENCY.observe(time.perf_counter() - started)
+            for level, n in logged.items():
+                LOG_LINES_INGESTED.labels(level=level).inc(n)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
@@ -293,12 +392,23 @@ class FrameWriter:
                     assert isinstance(frame, TaskFinish)
                     results[i] = Applied(reply=TaskFinished(seq=frame.seq, request_id=frame.request_id))
                     done.add(i)
+        logs: list[tuple[store.RobotIdentity, list[LogEntry]]] = []
         for i in order:
-            if i not in done:
-                pending = batch[i]
-                results[i] = await self._apply_one(
-                    session, pending.source, pending.frame, locked, cache, fresh
-                )
+            if i in done:
+                continue
+            pending = batch[i]
+            frame = pending.frame
+            if isinstance(frame, LogBatch):
+                # Every fresh log frame of the batch in one COPY / one insert, after the rest.
+                if pending.source.control or (pending.source.robot.id, frame.seq) in fresh:
+                    logs.append((pending.source.robot, frame.entries))
+                    results[i] = Applied(logged=Counter(e.level for e in frame.entries))
+                else:
+                    results[i] = Applied()
+                continue
+            results[i] = await self._apply_one(session, pending.source, frame, locked, cache, fresh)
+        if logs:
+            await store.store_logs(session, logs)
         await events.flush(session)
 
     async def _apply_one(
@@ -351,6 +461,7 @@ class FrameWriter:
             pass
         elif isinstance(frame, LogBatch):
             await store.insert_logs(session, robot, frame.entries)
+            out.logged = Counter(e.level for e in frame.entries)
         else:
             out.transitions = await store.apply_job_status(
                 session, robot, frame, self.ctx.settings.job_lease_s, job

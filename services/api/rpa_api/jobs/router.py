@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-import sqlalchemy as sa
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from sqlalchemy.exc import IntegrityError
@@ -18,13 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Transaction, require
 from rpa_api.jobs import service
-from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobLogOut, JobOut
+from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobOut
 from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.kit.schemas import QueryDatetime
 from rpa_common import jobflow
-from rpa_common.errors import Conflict, Unprocessable
-from rpa_common.models import RobotMessage
-from rpa_common.models.enums import JobSource, JobState, LogLevel
+from rpa_common.errors import Conflict
+from rpa_common.models.enums import JobSource, JobState
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.nats import subjects
@@ -167,53 +165,6 @@ async def get_job(job_id: uuid.UUID, tx: Transaction, principal: Reader) -> JobD
                 **JobOut.model_validate(job).model_dump(),
                 "history": [JobEventOut.model_validate(e) for e in events],
             }
-        )
-
-    return await tx.read(work)
-
-
-LogReader = Annotated[Principal, Depends(require(O.LOGS, A.READ))]
-_LEVELS = {level.name.capitalize(): level for level in LogLevel}
-
-
-@router.get(
-    "/{job_id:uuid}/logs",
-    response_model=Page[JobLogOut],
-    summary="The log lines of a job, oldest first",
-    responses={**_PROBLEMS, 422: {"description": "Unknown level or sort field"}},
-)
-async def job_logs(
-    job_id: uuid.UUID,
-    tx: Transaction,
-    principal: LogReader,
-    paging: Annotated[PageParams, Depends(sorted_by("at", "level"))],
-    level: Annotated[
-        str | None, Query(description="Lowest level shown: Debug, Info, Warning, Error or Critical")
-    ] = None,
-) -> Page[JobLogOut]:
-    async def work(session: AsyncSession) -> Page[JobLogOut]:
-        job = await service.get_job(session, principal, job_id)  # 404 for a job the caller cannot see
-        stmt = sa.select(RobotMessage).where(
-            RobotMessage.account_id == principal.account_id, RobotMessage.job_id == job.id
-        )
-        if level is not None:
-            lowest = _LEVELS.get(level.capitalize())
-            if lowest is None:
-                raise Unprocessable(f"unknown level {level!r}; one of {', '.join(_LEVELS)}", field="level")
-            stmt = stmt.where(RobotMessage.level >= lowest)
-        rows, total = await paginate(
-            session,
-            stmt,
-            paging,
-            sortable={"at": RobotMessage.at, "level": RobotMessage.level},
-            default_sort="at",
-            columns_of=JobLogOut,
-        )
-        return Page[JobLogOut](
-            items=[JobLogOut.model_validate(r) for r in rows],
-            total=total,
-            limit=paging.limit,
-            offset=paging.offset,
         )
 
     return await tx.read(work)
