@@ -54,7 +54,7 @@ async def test_upgrade_downgrade_upgrade_and_no_drift(backend: str) -> None:
 async def test_records_written_before_the_chain_are_chained_by_the_upgrade(backend: str) -> None:
     from rpa_common.audit import verify_account
     from rpa_common.db.engine import session_factory
-    from rpa_common.models import Account, AuditRecord
+    from rpa_common.models import AuditRecord
 
     require_backend(backend)
     admin = admin_url_for(backend)
@@ -67,7 +67,20 @@ async def test_records_written_before_the_chain_are_chained_by_the_upgrade(backe
         engine = create_async_engine(normalize_db_url(url))
         account_id = uuid.uuid4()
         async with engine.begin() as conn:
-            await conn.execute(sa.insert(Account.__table__).values(id=account_id, name="old", description=""))
+            # The account table as revision 0007 has it (the model has columns of later revisions).
+            account = sa.table(
+                "account",
+                *(
+                    sa.column(c)
+                    for c in ("id", "name", "description", "is_active", "created_at", "updated_at")
+                ),
+            )
+            now = datetime(2026, 1, 1, tzinfo=UTC)
+            await conn.execute(
+                sa.insert(account).values(
+                    id=account_id, name="old", description="", is_active=True, created_at=now, updated_at=now
+                )
+            )
             for n in range(3):
                 await conn.execute(
                     sa.insert(AuditRecord.__table__).values(
