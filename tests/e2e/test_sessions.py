@@ -159,7 +159,7 @@ async def test_job_for_a_disconnected_unattended_robot_opens_a_session_and_runs_
             row = await session_row(api, job_id)
             return row if row is not None and row.state in ("ended", "failed") else None
 
-        ts = await eventually(closed, 20, "the session to end")
+        ts = await eventually(closed, 45, "the session to end")
         assert (str(ts.state), ts.reason) == ("ended", None), stack.report()
         assert ts.robot_id == uuid.UUID(robot_id)
         assert ts.opened_at is not None and ts.closed_at is not None and ts.opened_at <= ts.closed_at
