@@ -44,7 +44,7 @@ COMPOSE_SCHEMA_MEMBER = "compose/config/compose_spec.json"
 UPSTREAM_IMAGES = {
     "mariadb:11.4": ("MARIADB_", "GALERA_BOOTSTRAP"),
     "postgres:16": ("POSTGRES_",),
-    "nats:2.10": (),
+    "nats:2.10": ("NATS_PASSWORD_",),  # the per-service passwords deploy/nats/nats.conf reads
     "haproxy:2.8": (),
     "prom/prometheus:v2.53.0": (),
     "grafana/grafana:11.1.0": ("GF_",),

@@ -179,3 +179,87 @@ def test_every_subject_has_a_publisher() -> None:
             continue
         publishers = [u for u, p in PERMISSIONS.items() if any(_allows(s, subject) for s in p.publish)]
         assert publishers, f"{subject}: no service may publish it (add it to rpa_common.nats.permissions)"
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def test_the_shipped_auth_file_is_the_generated_one() -> None:
+    assert (DEPLOY / "nats" / "auth.conf").read_text() == authorization_block(), (
+        "deploy/nats/auth.conf is stale: python -m rpa_common.nats.permissions > deploy/nats/auth.conf"
+    )
+
+
+async def test_the_shipped_config_runs_in_a_real_nats_server(tmp_path: Path) -> None:
+    """deploy/nats/nats.conf as the compose files mount it, passwords from the environment (only
+    the ports and the JetStream folder given for this machine, as the compose files give theirs)."""
+    passwords = {user: secrets.token_urlsafe(12) for user in PERMISSIONS}
+    env = {f"NATS_PASSWORD_{user.upper()}": pw for user, pw in passwords.items()}
+    port, monitor = free_port(), free_port()
+    log = (tmp_path / "nats.log").open("w")
+    args = ["-c", str(DEPLOY / "nats" / "nats.conf"), "-p", str(port), "-m", str(monitor)]
+    proc = subprocess.Popen(
+        [str(NATS_BIN), *args, "-js", "-sd", str(tmp_path / "js")],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    try:
+        for _ in range(150):
+            if _answers(port):
+                break
+            assert proc.poll() is None, (tmp_path / "nats.log").read_text()
+            await asyncio.sleep(0.1)
+        url = f"nats://127.0.0.1:{port}"
+        gateway = await Peer().connect(url, "gateway", passwords["gateway"])
+        scheduler = await Peer().connect(url, "scheduler", passwords["scheduler"])
+        try:
+            assert gateway.nc is not None and scheduler.nc is not None
+            assert await _delivered(scheduler.nc, gateway.nc, subjects.gateway_inbox("g-1"))
+            assert not await _delivered(gateway.nc, scheduler.nc, subjects.TRIGGER_CHANGED)
+        finally:
+            await gateway.close()
+            await scheduler.close()
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(url, max_reconnect_attempts=0, allow_reconnect=False)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_every_compose_service_connects_as_its_own_nats_user() -> None:
+    yaml = pytest.importorskip("yaml")
+    users = {
+        "rpa_api": "api",
+        "rpa_gateway": "gateway",
+        "rpa_scheduler": "scheduler",
+        "rpa_coordinator": "coordinator",
+    }
+    for path in sorted((DEPLOY / "compose").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text())
+        seen = set()
+        for name, service in doc["services"].items():
+            command = service.get("command") or []
+            module = (
+                command[2]
+                if len(command) > 3 and command[:2] == ["python", "-m"] and command[3] == "serve"
+                else None
+            )
+            if module not in users:
+                continue
+            env = service.get("environment") or {}
+            user = users[module]
+            assert env.get("RPA_NATS_USER") == user, f"{path.name}: {name} must connect to NATS as {user!r}"
+            assert (
+                env.get("RPA_NATS_PASSWORD")
+                == f"${{RPA_NATS_PASSWORD_{user.upper()}:?set RPA_NATS_PASSWORD_{user.upper()}}}"
+            )
+            seen.add(user)
+        assert {"api", "gateway", "scheduler"} <= seen, (path.name, seen)
+        for name, service in doc["services"].items():
+            if str(service.get("image", "")).startswith("nats:"):
+                assert "/etc/nats/nats.conf" in service["command"], (
+                    f"{path.name}: {name} runs without the users"
+                )
+                assert all(f"NATS_PASSWORD_{u.upper()}" in service["environment"] for u in PERMISSIONS)

@@ -9,7 +9,7 @@ scheduler but the scheduler. Robots never reach NATS: they speak to the gateway 
 The tables below are the contract; ``tests/test_nats_permissions.py`` proves them against a real
 nats-server and checks that every subject of ``rpa_common.nats.subjects`` has a publisher here, so
 a new subject cannot ship without its permission. ``python -m rpa_common.nats.permissions`` prints
-the server's ``authorization`` block (passwords as ``$RPA_NATS_PASSWORD_<USER>`` variables that
+the server's ``authorization`` block (passwords as ``$NATS_PASSWORD_<USER>`` variables that
 nats-server reads from its environment).
 """
 
@@ -88,7 +88,7 @@ PERMISSIONS: Mapping[str, ServicePermissions] = {
 
 
 def password_variable(user: str) -> str:
-    return f"RPA_NATS_PASSWORD_{user.upper()}"
+    return f"NATS_PASSWORD_{user.upper()}"
 
 
 def authorization_block(passwords: Mapping[str, str] | None = None) -> str:
