@@ -55,7 +55,7 @@ lint: venv ## ruff check, ruff format --check, mypy, bandit, pip-audit (all run;
 	@rc=0
 	echo "== ruff check";          $(VENV)/bin/ruff check . || rc=1
 	echo "== ruff format --check"; $(VENV)/bin/ruff format --check . || rc=1
-	echo "== mypy";                $(VENV)/bin/mypy libs services robot || rc=1
+	echo "== mypy";                $(VENV)/bin/mypy libs services robot sdk || rc=1
 	$(PY) scripts/audit_deps.py || rc=1
 	exit $$rc
 

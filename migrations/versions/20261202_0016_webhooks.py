@@ -1,0 +1,24 @@
+"""Webhook subscriptions and deliveries (issue 13): placeholder
+
+Reserved so that parallel work gets a fixed place in the chain; the work that owns it replaces
+this body (and may rename the file's suffix).
+
+Revision ID: 0016
+Revises: 0015
+Create Date: 2026-12-02 18:00:00
+"""
+
+from collections.abc import Sequence
+
+revision: str = "0016"
+down_revision: str | None = "0015"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
