@@ -1,4 +1,4 @@
-"""LDAP/OpenID login, OAuth2 clients, rate limits (issue 12): placeholder
+"""LDAP and OpenID Connect login (issue 12): placeholder
 
 Reserved so that parallel work gets a fixed place in the chain; the work that owns it replaces
 this body (and may rename the file's suffix).
