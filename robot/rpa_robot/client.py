@@ -399,6 +399,9 @@ class RobotClient:
         self.sent_upto = last_seq
         self.ws = ws
         say(f"connected as {welcome.robot_name} (replaying {len(self.journal.pending)} frames)")
+        if welcome.unlicensed:
+            # The gateway keeps the connection but sends no work until a seat is free on a reconnect.
+            say(f"unlicensed: {welcome.unlicensed}; no work is sent to this robot")
         self.requests.on_connected(welcome.server_time)
         tasks = {
             asyncio.create_task(self._sender(ws)),

@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     admin_password: SecretStr | None = Field(None, description="Password of the first `admin` user.")
 
     # Gateway
+    license_required: bool = Field(
+        False,
+        description="Enforce licenses: a robot without a free, unexpired seat of its kind is Unlicensed "
+        "and gets no work. Off: every robot may work (development and community use).",
+    )
+    license_public_keys: str = Field(
+        "",
+        description="Issuer public keys that license keys must be signed with: comma-separated base64 "
+        "of the raw Ed25519 key (python -m rpa_common.licensing keypair prints one).",
+    )
     gateway_host: str = Field("127.0.0.1", description="Robot gateway bind address.")
     gateway_port: int = Field(8001, description="Robot gateway port.")
     gateway_public_url: str | None = Field(None, description="URL robots are given to reach the gateway.")

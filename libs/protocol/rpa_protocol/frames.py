@@ -349,6 +349,11 @@ class Welcome(_GatewayFrame):
         default_factory=list, description="the capabilities of the hello that this gateway grants"
     )
     server_time: AwareDatetime
+    unlicensed: str | None = Field(
+        None,
+        description="why the robot is Unlicensed and gets no work (no free seat, license expired); "
+        "null when it is licensed",
+    )
 
 
 class Ack(_GatewayFrame):

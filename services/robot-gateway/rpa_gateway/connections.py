@@ -145,7 +145,7 @@ class ConnectionHandler:
             if not conn.logged_off:
                 await self._detach(conn)
 
-    def _welcome(self, conn: Connection, resume: Resume | None) -> Welcome:
+    def _welcome(self, conn: Connection, resume: Resume | None, unlicensed: str | None = None) -> Welcome:
         return Welcome(
             protocol=PROTOCOL_VERSION,
             robot_id=conn.robot.id,
@@ -155,6 +155,7 @@ class ConnectionHandler:
             resume=resume,
             capabilities=sorted(conn.capabilities),
             server_time=utcnow(),
+            unlicensed=unlicensed,
         )
 
     async def _receive_hello(self, conn: Connection) -> Hello | None:
@@ -208,6 +209,7 @@ class ConnectionHandler:
                 connection_id=conn.connection_id,
                 hello=hello,
                 lease_s=self.ctx.settings.job_lease_s,
+                license_required=self.ctx.settings.license_required,
             ),
         )
         if attached is None:
@@ -228,9 +230,12 @@ class ConnectionHandler:
             connection_id=str(conn.connection_id),
             robot_version=hello.robot_version,
             attended=hello.attended,
+            unlicensed=attached.unlicensed,
         )
         conn.acked = attached.inbound_seq
-        await conn.send(self._welcome(conn, resume=Resume(last_seq=attached.inbound_seq)))
+        await conn.send(
+            self._welcome(conn, resume=Resume(last_seq=attached.inbound_seq), unlicensed=attached.unlicensed)
+        )
         # Reconciliation on reconnect: every job the database gives the robot, offered again.
         for offer in attached.offers:
             await conn.offer(offer)

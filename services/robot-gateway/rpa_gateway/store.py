@@ -18,7 +18,7 @@ from pydantic_core import to_json
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from rpa_common import jobflow, robot_history, triggerflow
+from rpa_common import jobflow, license_seats, robot_history, triggerflow
 from rpa_common.audit import add_audit_record
 from rpa_common.db.engine import dialect_of
 from rpa_common.jobflow import Actor, Transition, locked_row, transition
@@ -88,6 +88,8 @@ class Attached:
     previous_connection_id: uuid.UUID | None
     is_active: bool
     offers: list[JobOffer] = field(default_factory=list)
+    unlicensed: str | None = None
+    """Why the robot is Unlicensed (it gets no work), or None."""
 
 
 CONFIRMED_JOB_STATES = (JobState.RUNNING, JobState.STOPPING, JobState.INTERRUPTING)
@@ -108,6 +110,7 @@ async def attach(
     connection_id: uuid.UUID,
     hello: Hello,
     lease_s: float,
+    license_required: bool = False,
 ) -> Attached | None:
     """Mark the robot connected through this connection; its own active jobs come back as offers.
 
@@ -128,6 +131,14 @@ async def attach(
     now = utcnow()
     previous = (robot.gateway_id, robot.connection_id)
     status = _status_for(robot.current_job_id)
+    unlicensed = None
+    # A robot coming back to a job it holds finishes it; the seat check is for taking new work.
+    if license_required and robot.current_job_id is None:
+        unlicensed = await license_seats.seat_refusal(
+            session, account_id=robot.account_id, robot_id=robot_id, role=robot.role, now=now
+        )
+        if unlicensed is not None:
+            status = RobotStatus.UNLICENSED
     await session.execute(
         sa.update(Robot)
         .where(Robot.id == robot_id)
@@ -137,6 +148,7 @@ async def attach(
             connected_at=now,
             last_heartbeat_at=now,
             status=status,
+            status_reason=unlicensed,
             machine=hello.machine,
             version=hello.robot_version,
             updated_at=now,
@@ -155,6 +167,7 @@ async def attach(
         previous_connection_id=previous[1],
         is_active=bool(robot.is_active),
         offers=offers,
+        unlicensed=unlicensed,
     )
 
 
@@ -164,7 +177,7 @@ async def detach(session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid
     result = await session.execute(
         sa.update(Robot)
         .where(Robot.id == robot_id, Robot.connection_id == connection_id, Robot.gateway_id.is_not(None))
-        .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=now)
+        .values(status=RobotStatus.DISCONNECTED, status_reason=None, gateway_id=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
     if not result.rowcount:  # type: ignore[attr-defined]

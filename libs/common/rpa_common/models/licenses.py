@@ -13,6 +13,9 @@ from rpa_common.models.enums import LicenseKind
 
 
 class License(IdMixin, TimestampMixin, Base):
+    """An installed license key. ``id`` is the license's own id from the signed document, so a key
+    is installed once (in one account) and a second install of it is a conflict."""
+
     __tablename__ = "license"
     account_id: Mapped[uuid.UUID] = account_fk()
     name: Mapped[str] = mapped_column(sa.String(100))
@@ -20,6 +23,8 @@ class License(IdMixin, TimestampMixin, Base):
     capacity: Mapped[int]
     expires_at: Mapped[datetime | None]
     key: Mapped[str] = mapped_column(sa.Text)
+    licensee: Mapped[str] = mapped_column(sa.String(200), default="")
+    issued_at: Mapped[datetime | None]
 
 
 class LicenseAssignment(Base):

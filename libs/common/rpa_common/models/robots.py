@@ -32,6 +32,8 @@ class Robot(IdMixin, TimestampMixin, Base):
     status: Mapped[RobotStatus] = mapped_column(
         StrEnumType(RobotStatus, 16), default=RobotStatus.DISCONNECTED
     )
+    # Why the robot is Unlicensed (no free seat, license expired); null otherwise.
+    status_reason: Mapped[str | None] = mapped_column(sa.String(200))
     # The key is shown once; lookups go by its public prefix, checks by its hash.
     key_prefix: Mapped[str] = mapped_column(sa.String(16), unique=True)
     key_hash: Mapped[str] = mapped_column(sa.String(128))

@@ -1,0 +1,75 @@
+"""License seats: may a connecting robot work, or is it Unlicensed (and why).
+
+A seat is not stored: the robots of an account holding one are the connected ones of its kind that
+are not Unlicensed (status Ready or Working). A gateway that dies frees its robots' seats when the
+scheduler's heartbeat sweep marks them Disconnected; a robot that disconnects frees its seat at once.
+Two gateways cannot hand out the same last seat: the decision is taken with the account's license
+rows of that kind locked (``FOR UPDATE``), after the robot's own row (the lock order: job, robot,
+license), so the second one waits, then counts the first.
+
+Which kind a robot needs: an unattended robot an Unattended seat, an attended robot an Attended or
+an Attended Floating seat (both counted as concurrent seats here: in use while connected). A
+coordinator needs none. Expired licenses give no seat.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.models import License, Robot
+from rpa_common.models.enums import LicenseKind, RobotRole, RobotStatus
+
+KINDS_FOR_ROLE: dict[RobotRole, tuple[LicenseKind, ...]] = {
+    RobotRole.UNATTENDED: (LicenseKind.UNATTENDED,),
+    RobotRole.ATTENDED: (LicenseKind.ATTENDED, LicenseKind.ATTENDED_FLOATING),
+}
+SEAT_HOLDING = (RobotStatus.READY, RobotStatus.WORKING)
+
+
+def roles_for(kind: LicenseKind) -> list[RobotRole]:
+    return [role for role, kinds in KINDS_FOR_ROLE.items() if kind in kinds]
+
+
+async def seat_refusal(
+    session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, role: RobotRole, now: datetime
+) -> str | None:
+    """None when the robot may hold a seat now, else why not (for the robot and the API).
+
+    Call it with the robot's row locked, in the transaction that writes the robot's status."""
+    kinds = KINDS_FOR_ROLE.get(role)
+    if kinds is None:
+        return None
+    licenses = (
+        await session.execute(
+            sa.select(License.id, License.capacity, License.expires_at)
+            .where(License.account_id == account_id, License.kind.in_(kinds))
+            .order_by(License.id)
+            .with_for_update()
+        )
+    ).all()
+    names = " or ".join(k.value for k in kinds)
+    if not licenses:
+        return f"no {names} license is installed"
+    valid = [row for row in licenses if row.expires_at is None or row.expires_at > now]
+    if not valid:
+        return f"the {names} license expired"
+    capacity = sum(row.capacity for row in valid)
+    in_use = (
+        await session.execute(
+            sa.select(sa.func.count())
+            .select_from(Robot)
+            .where(
+                Robot.account_id == account_id,
+                Robot.role.in_(roles_for(kinds[0])),
+                Robot.status.in_(SEAT_HOLDING),
+                Robot.id != robot_id,
+            )
+        )
+    ).scalar_one()
+    if in_use >= capacity:
+        return f"all {capacity} {names} license seats are in use"
+    return None
