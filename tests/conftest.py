@@ -29,6 +29,7 @@ from rpa_common.nats.client import connect
 from rpa_common.security import hash_password, issue_access_token
 from rpa_common.service import ServiceContext
 from rpa_common.settings import Settings
+from tests.license_keys import PUBLIC_KEY as LICENSE_PUBLIC_KEY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -111,6 +112,7 @@ def make_settings(db_url: str, **overrides: object) -> Settings:
         "log_json": False,
         "login_lockout_s": 1,
         "blob_dir": BLOB_DIR,
+        "license_public_keys": LICENSE_PUBLIC_KEY,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from rpa_common.models.enums import RobotRole
 from tests.api.factories import make_process, make_robot
 from tests.api.helpers import make_package
 from tests.conftest import PASSWORD, Tenant
+from tests.license_keys import issue_key
 
 API = "/api/v1"
 USER_AGENT = "audit-walker/1.0"
@@ -322,6 +323,19 @@ async def _robots_rotate_key(w: World) -> Expect:
     robot = await _robot(w)
     await w.op(robot_id=robot)
     return Expect("rotate_key", "robot", robot)
+
+
+@example("licenses_install")
+async def _licenses_install(w: World) -> Expect:
+    lic = await w.op(json={"key": issue_key()})
+    return Expect("install", "license", lic["id"])
+
+
+@example("licenses_delete")
+async def _licenses_delete(w: World) -> Expect:
+    lic = await w.setup("POST", "/licenses", json={"key": issue_key()})
+    await w.op(license_id=lic["id"])
+    return Expect("delete", "license", lic["id"])
 
 
 @example("robot_groups_create")

@@ -17,6 +17,7 @@ from rpa_api.calendars.router import router as calendars_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
+from rpa_api.licenses.router import router as licenses_router
 from rpa_api.logs.router import router as logs_router
 from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (audit_router, "audit"),
         (triggers_router, "triggers"),
         (webhook_router, "triggers"),
+        (licenses_router, "licenses"),
         (statistics_router, "statistics"),
         (screenshots_router, "screenshots"),
     ):

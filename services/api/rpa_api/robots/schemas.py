@@ -47,6 +47,9 @@ class RobotOut(Out):
     folder_id: uuid.UUID | None
     is_active: bool
     status: RobotStatus = Field(description="Read-only: reported through the gateway.")
+    status_reason: str | None = Field(
+        None, description="Why the robot is Unlicensed (no free seat, license expired); null otherwise."
+    )
     last_heartbeat_at: datetime | None = Field(description="Read-only.")
     machine: str | None = Field(description="Read-only: the machine the robot last connected from.")
     version: str | None = Field(description="Read-only: the robot runtime's version.")

@@ -1,0 +1,1 @@
+"""Licenses: installed license keys (signed documents) and the robot seats they give."""
