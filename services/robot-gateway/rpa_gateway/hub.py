@@ -94,7 +94,7 @@ class Hub:
             await session.execute(
                 sa.update(Robot)
                 .where(Robot.gateway_id == self.gateway_id)
-                .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=now)
+                .values(status=RobotStatus.DISCONNECTED, status_reason=None, gateway_id=None, updated_at=now)
                 .execution_options(synchronize_session=False)
             )
             await robot_history.disconnected(session, [r.id for r in rows], now)

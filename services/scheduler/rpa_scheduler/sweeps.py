@@ -127,7 +127,7 @@ async def sweep_heartbeats(
             await session.execute(
                 sa.update(Robot)
                 .where(Robot.id == row.id, Robot.status != RobotStatus.DISCONNECTED)
-                .values(status=RobotStatus.DISCONNECTED, gateway_id=None, updated_at=at)
+                .values(status=RobotStatus.DISCONNECTED, status_reason=None, gateway_id=None, updated_at=at)
                 .execution_options(synchronize_session=False)
             )
         await robot_history.disconnected(session, [row.id for row in rows], at)

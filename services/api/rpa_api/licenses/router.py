@@ -30,6 +30,7 @@ _SORTABLE = {
     status_code=201,
     summary="Install a license key (verified against the issuer public keys)",
     responses={409: {"description": "the key is already installed"}},
+    name="install",  # the operation ids: ``licenses_install`` (no "license" noun to strip)
 )
 async def install_license(
     body: schemas.LicenseInstall,
@@ -46,7 +47,7 @@ async def install_license(
     return await tx.run(work)
 
 
-@router.get("/licenses", summary="List licenses with capacity, assigned, in use and expiry")
+@router.get("/licenses", summary="List licenses with capacity, assigned, in use and expiry", name="list")
 async def list_licenses(
     tx: Transaction,
     paging: Annotated[PageParams, Depends(sorted_by(*_SORTABLE))],
@@ -64,7 +65,7 @@ async def list_licenses(
     return await tx.read(work)
 
 
-@router.get("/licenses/{license_id:uuid}", summary="A license with its seats")
+@router.get("/licenses/{license_id:uuid}", summary="A license with its seats", name="get")
 async def get_license(
     license_id: uuid.UUID,
     tx: Transaction,
@@ -81,6 +82,7 @@ async def get_license(
     "/licenses/{license_id:uuid}",
     status_code=204,
     summary="Remove a license (connected robots keep their seat until they reconnect)",
+    name="delete",
 )
 async def delete_license(
     license_id: uuid.UUID,
