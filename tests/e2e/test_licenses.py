@@ -85,6 +85,26 @@ async def test_expired_license_gives_no_work_and_says_why(api: Api, stack: Stack
     assert job["state"] == "Successful" and job["robot_id"] == robot_id
 
 
+async def test_license_expiring_while_connected_stops_new_work(api: Api, stack: Stack) -> None:
+    scheduler = stack.service("scheduler", settings=LICENSED)
+    gateway = stack.service("gateway", settings={**LICENSED, "RPA_GATEWAY_RECONCILE_INTERVAL_S": "0.5"})
+    await stack.start(scheduler, gateway)
+    await install(api, LicenseKind.UNATTENDED, 1, datetime.now(UTC) + timedelta(seconds=8))
+    robot_id, key = await api.robot()
+    robot = stack.robot(gateway.ws_url, key)
+    await api.wait_robot(robot_id, "Ready", stack=stack)
+    done = await api.wait_job(await api.job("hello", robot=robot_id, input_args={"count": 1}), stack=stack)
+    assert done["state"] == "Successful"
+
+    shown = await api.wait_robot(robot_id, "Unlicensed", timeout=30, stack=stack)
+    assert shown["status_reason"] == "the Unattended license expired"
+    await told(robot, "the Unattended license expired")
+    job_id = await api.job("hello", robot=robot_id, input_args={"count": 1})
+    await asyncio.sleep(3)
+    assert (await api.get_job(job_id))["state"] == "Pending"
+    assert (await api.get_robot(robot_id))["status"] == "Unlicensed"
+
+
 async def test_seats_of_a_killed_gateway_come_back(api: Api, stack: Stack) -> None:
     scheduler = stack.service("scheduler", settings=LICENSED)
     doomed: Service = stack.service("gateway", settings=LICENSED)

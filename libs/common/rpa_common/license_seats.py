@@ -34,6 +34,40 @@ def roles_for(kind: LicenseKind) -> list[RobotRole]:
     return [role for role, kinds in KINDS_FOR_ROLE.items() if kind in kinds]
 
 
+async def _licenses(
+    session: AsyncSession, account_id: uuid.UUID, kinds: tuple[LicenseKind, ...], *, lock: bool
+) -> list[sa.Row[tuple[uuid.UUID, int, datetime | None]]]:
+    stmt = (
+        sa.select(License.id, License.capacity, License.expires_at)
+        .where(License.account_id == account_id, License.kind.in_(kinds))
+        .order_by(License.id)
+    )
+    return list((await session.execute(stmt.with_for_update() if lock else stmt)).all())
+
+
+def _no_valid_license(
+    rows: list[sa.Row[tuple[uuid.UUID, int, datetime | None]]], names: str, now: datetime
+) -> tuple[str | None, int]:
+    """(why no seat can be had at all, or None; the capacity of the unexpired licenses)."""
+    if not rows:
+        return f"no {names} license is installed", 0
+    valid = [row for row in rows if row.expires_at is None or row.expires_at > now]
+    if not valid:
+        return f"the {names} license expired", 0
+    return None, sum(row.capacity for row in valid)
+
+
+async def expiry_refusal(
+    session: AsyncSession, *, account_id: uuid.UUID, role: RobotRole, now: datetime
+) -> str | None:
+    """Why a robot that holds a seat must give it up now (its licenses expired or were removed)."""
+    kinds = KINDS_FOR_ROLE.get(role)
+    if kinds is None:
+        return None
+    rows = await _licenses(session, account_id, kinds, lock=False)
+    return _no_valid_license(rows, " or ".join(k.value for k in kinds), now)[0]
+
+
 async def seat_refusal(
     session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, role: RobotRole, now: datetime
 ) -> str | None:
@@ -43,21 +77,10 @@ async def seat_refusal(
     kinds = KINDS_FOR_ROLE.get(role)
     if kinds is None:
         return None
-    licenses = (
-        await session.execute(
-            sa.select(License.id, License.capacity, License.expires_at)
-            .where(License.account_id == account_id, License.kind.in_(kinds))
-            .order_by(License.id)
-            .with_for_update()
-        )
-    ).all()
     names = " or ".join(k.value for k in kinds)
-    if not licenses:
-        return f"no {names} license is installed"
-    valid = [row for row in licenses if row.expires_at is None or row.expires_at > now]
-    if not valid:
-        return f"the {names} license expired"
-    capacity = sum(row.capacity for row in valid)
+    refusal, capacity = _no_valid_license(await _licenses(session, account_id, kinds, lock=True), names, now)
+    if refusal is not None:
+        return refusal
     in_use = (
         await session.execute(
             sa.select(sa.func.count())

@@ -31,6 +31,7 @@ from rpa_common.nats.messages import JobOffer
 from rpa_common.service import ServiceContext
 from rpa_gateway import store
 from rpa_gateway.connection import Connection, job_interrupt
+from rpa_protocol.codes import CLOSE_RESTART
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +68,20 @@ class Reconciler:
             except Exception as exc:  # the next round tries again
                 log.warning("reconcile.failed", error=str(exc))
 
+    async def _unlicense_expired(self, live: dict[uuid.UUID, Connection]) -> None:
+        """Idle robots whose license expired: Unlicensed, and their connection closed so that the
+        robot's reconnect ``welcome`` tells it why (it keeps getting no work until a seat is free)."""
+        changed = await run_in_transaction(
+            self.ctx.sessions,
+            lambda s: store.unlicense_expired(s, self.gateway_id),
+            attempts=self.ctx.settings.db_retry_attempts,
+        )
+        for robot_id, reason in changed:
+            log.info("robot.unlicensed", robot_id=str(robot_id), reason=reason)
+            conn = live.get(robot_id)
+            if conn is not None:
+                await conn.close(CLOSE_RESTART, f"unlicensed: {reason}")
+
     def _live(self) -> dict[uuid.UUID, Connection]:
         return {
             robot_id: conn
@@ -78,6 +93,8 @@ class Reconciler:
         live = self._live()
         if not live:
             return
+        if self.ctx.settings.license_required:
+            await self._unlicense_expired(live)
 
         async def read(session: AsyncSession) -> list[tuple[uuid.UUID, JobOffer]]:
             return await store.jobs_of_gateway(session, self.gateway_id)

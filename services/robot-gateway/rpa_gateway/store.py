@@ -186,6 +186,43 @@ async def detach(session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid
     return True
 
 
+async def unlicense_expired(session: AsyncSession, gateway_id: str) -> list[tuple[uuid.UUID, str]]:
+    """This gateway's idle robots whose licenses expired (or were removed) become Unlicensed:
+    (robot id, why) of each. A robot busy with a job finishes it; it is checked again when idle."""
+    rows = (
+        await session.execute(
+            sa.select(Robot.id, Robot.account_id, Robot.role)
+            .where(
+                Robot.gateway_id == gateway_id,
+                Robot.status == RobotStatus.READY,
+                Robot.current_job_id.is_(None),
+                Robot.role.in_(list(license_seats.KINDS_FOR_ROLE)),
+            )
+            .order_by(Robot.id)
+        )
+    ).all()
+    now = utcnow()
+    out = []
+    for row in rows:
+        reason = await license_seats.expiry_refusal(
+            session, account_id=row.account_id, role=row.role, now=now
+        )
+        if reason is None:
+            continue
+        result = await session.execute(
+            sa.update(Robot)
+            .where(Robot.id == row.id, Robot.status == RobotStatus.READY, Robot.current_job_id.is_(None))
+            .values(status=RobotStatus.UNLICENSED, status_reason=reason, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            await robot_history.status_changed(
+                session, account_id=row.account_id, robot_id=row.id, status=RobotStatus.UNLICENSED, at=now
+            )
+            out.append((row.id, reason))
+    return out
+
+
 async def refresh_status(
     session: AsyncSession, robot_id: uuid.UUID, connection_id: uuid.UUID
 ) -> RobotStatus | None:
