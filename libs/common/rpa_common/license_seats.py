@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +37,7 @@ def roles_for(kind: LicenseKind) -> list[RobotRole]:
 
 async def _licenses(
     session: AsyncSession, account_id: uuid.UUID, kinds: tuple[LicenseKind, ...], *, lock: bool
-) -> list[sa.Row[tuple[uuid.UUID, int, datetime | None]]]:
+) -> list[Any]:
     stmt = (
         sa.select(License.id, License.capacity, License.expires_at)
         .where(License.account_id == account_id, License.kind.in_(kinds))
@@ -45,9 +46,7 @@ async def _licenses(
     return list((await session.execute(stmt.with_for_update() if lock else stmt)).all())
 
 
-def _no_valid_license(
-    rows: list[sa.Row[tuple[uuid.UUID, int, datetime | None]]], names: str, now: datetime
-) -> tuple[str | None, int]:
+def _no_valid_license(rows: list[Any], names: str, now: datetime) -> tuple[str | None, int]:
     """(why no seat can be had at all, or None; the capacity of the unexpired licenses)."""
     if not rows:
         return f"no {names} license is installed", 0

@@ -18,9 +18,7 @@ class LicenseInstall(In):
         max_length=MAX_KEY_CHARS,
         description="The license key as issued: RPA1.<payload>.<signature>",
     )
-    name: str | None = Field(
-        None, min_length=1, max_length=100, description='default: "<licensee> <kind>"'
-    )
+    name: str | None = Field(None, min_length=1, max_length=100, description='default: "<licensee> <kind>"')
 
 
 class LicenseOut(Out):

@@ -23,7 +23,7 @@ from rpa_common.models.base import utcnow
 from rpa_common.models.enums import LicenseKind
 
 
-def licenses_query(principal: Principal) -> sa.Select[tuple[License]]:
+def licenses_query(principal: Principal) -> sa.Select[License]:
     return sa.select(License).where(License.account_id == principal.account_id)
 
 
