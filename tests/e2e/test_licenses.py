@@ -16,7 +16,12 @@ from tests.license_keys import PUBLIC_KEY, issue_key
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
-LICENSED = {"RPA_LICENSE_REQUIRED": "true", "RPA_LICENSE_PUBLIC_KEYS": PUBLIC_KEY}
+LICENSED = {
+    "RPA_LICENSE_REQUIRED": "true",
+    "RPA_LICENSE_PUBLIC_KEYS": PUBLIC_KEY,
+    # Licensing is about which robot gets work, not leases: a lease that outlasts a loaded machine.
+    "RPA_JOB_LEASE_S": "15",
+}
 
 
 async def install(api: Api, kind: LicenseKind, capacity: int, expires_at: datetime | None = None) -> str:
