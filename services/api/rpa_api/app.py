@@ -14,6 +14,7 @@ from rpa_api.accounts.router import router as accounts_router
 from rpa_api.audit.router import router as audit_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.calendars.router import router as calendars_router
+from rpa_api.external_apps.router import router as external_apps_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
@@ -142,6 +143,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (accounts_router, "accounts"),
         (users_router, "users"),
         (roles_router, "roles"),
+        (external_apps_router, "external apps"),
         (folders_router, "folders"),
         (robots_router, "robots"),
         (robot_groups_router, "robot groups"),
