@@ -23,6 +23,7 @@ from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
 from rpa_api.queues.router import router as queues_router
 from rpa_api.queues.router import tasks_router
+from rpa_api.ratelimit import RateLimiter, limit_anonymous
 from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     if ctx is not None:
         app.state.ctx = ctx
     app.state.grants = GrantCache()
+    app.state.limiter = RateLimiter()
     install_problem_handlers(app)
     install_contract(app)
 
@@ -162,5 +164,10 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (screenshots_router, "screenshots"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
-        app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
+        app.include_router(
+            router,
+            prefix=API_PREFIX,
+            tags=[tag],
+            dependencies=[Depends(text_guard), Depends(limit_anonymous)],
+        )
     return app

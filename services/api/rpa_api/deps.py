@@ -400,7 +400,12 @@ async def authenticate(
         grant=grant,
     )
     if app is not None:
-        _narrow_to_app(principal, app, claims.get("scp"))
+        _narrow_to_app(principal, app, claims.get("scp") if claims is not None else None)
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is not None:
+        # Per caller: the key, the app, or the user behind a token (rpa_api.ratelimit).
+        who = f"k:{api_key_id}" if api_key_id else f"c:{app.id}" if app is not None else f"u:{grant.user_id}"
+        await limiter.hit(ctx, who, ctx.settings.rate_limit_per_minute)
     if api_key_id is not None and (key_last_used is None or now - key_last_used > KEY_USE_RESOLUTION):
         await _mark_key_used(ctx, api_key_id, now)
         assert prefix is not None and key is not None
