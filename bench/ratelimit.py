@@ -12,7 +12,7 @@ times ``RateLimiter.hit`` for one caller, in one run:
 - the limiter as shipped, for a caller near its limit (every call adds to the shared total);
 - the naive design: one database upsert per call (``slack_fraction`` so large no slice is spent locally).
 
-It prints the mean and p99 cost per call in microseconds and the ratio of the naive design to the shipped one, so the
+``--json PATH`` writes the means. It prints the mean and p99 cost per call in microseconds and the ratio of the naive design to the shipped one, so the
 difference of the shipped design is plain.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ async def _time(limiter: RateLimiter, ctx: Any, key: str, limit: int, calls: int
     return sum(samples) / len(samples), percentile(samples, 99)
 
 
-async def main(calls: int) -> None:
+async def main(calls: int) -> dict[str, float]:
     async with fresh_database("ratelimit") as url:
         settings = Settings(db_url=url, secret_key="bench-" + "x" * 40)  # type: ignore[arg-type]
         engine = create_engine(settings, "api")
@@ -72,6 +73,7 @@ async def main(calls: int) -> None:
     rows.append(("naive / shipped far (mean)", f"{naive[0] / shipped[0]:.0f}x"))
     rows.append(("shipped far - floor (mean us)", f"{shipped[0] - floor[0]:.1f}"))
     print_table("rate limiter: cost per call", rows)
+    return {"floor_us": floor[0], "shipped_us": shipped[0], "near_us": near[0], "naive_us": naive[0]}
 
 
 if __name__ == "__main__":
@@ -79,4 +81,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--calls", type=int, default=3000)
-    asyncio.run(main(parser.parse_args().calls))
+    parser.add_argument("--json", help="write a summary (mean microseconds per call of each variant) here")
+    args = parser.parse_args()
+    summary = asyncio.run(main(args.calls))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
