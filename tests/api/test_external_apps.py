@@ -129,7 +129,7 @@ async def test_token_endpoint_errors_are_oauth2_json(client: httpx.AsyncClient, 
 
 
 async def test_an_app_never_exceeds_its_creator(client: httpx.AsyncClient, tenant: Tenant) -> None:
-    _, _, operator = await tenant.user("Operator")
+    operator_id, _, operator = await tenant.user("Operator")
     resp = await client.post(
         f"{API}/external-apps",
         json={"name": "too-much", "scopes": ["jobs:run", "users:create"]},
@@ -152,6 +152,17 @@ async def test_an_app_never_exceeds_its_creator(client: httpx.AsyncClient, tenan
     every = (await client.get(f"{API}/external-apps?all=true", headers=tenant.headers)).json()["items"]
     assert app["id"] in [a["id"] for a in every]
     assert (await client.get(f"{API}/external-apps?all=true", headers=operator)).status_code == 403
+
+    # A disabled creator ends their apps: no new token, and the tokens they had stop.
+    resp = await _token(client, app)
+    assert resp.status_code == 200, resp.text
+    bearer = {"Authorization": f"Bearer {resp.json()['access_token']}"}
+    assert (await client.get(f"{API}/processes", headers=bearer)).status_code == 200
+    resp = await client.patch(f"{API}/users/{operator_id}", json={"is_active": False}, headers=tenant.headers)
+    assert resp.status_code == 200, resp.text
+    assert (await client.get(f"{API}/processes", headers=bearer)).status_code == 401
+    resp = await _token(client, app)
+    assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
 
 
 async def test_folder_restriction(client: httpx.AsyncClient, tenant: Tenant) -> None:

@@ -22,7 +22,7 @@ from rpa_api.deps import Principal, Tx
 from rpa_api.external_apps.schemas import ClientTokenOut, ExternalAppCreate, ExternalAppUpdate
 from rpa_api.kit import audit
 from rpa_common.errors import NotFound, Unprocessable
-from rpa_common.models import AccessFolder, ExternalApp, Role, RolePermission, User
+from rpa_common.models import AccessFolder, Account, ExternalApp, Role, RolePermission, User
 from rpa_common.models.enums import ActorType, PermissionAction, PermissionObject
 from rpa_common.security import hash_key, issue_access_token
 from rpa_common.service import ServiceContext
@@ -264,8 +264,9 @@ async def client_token(ctx: ServiceContext, tx: Tx, req: TokenRequest) -> Client
     async def find(session: AsyncSession) -> tuple[ExternalApp, bool] | None:
         row = (
             await session.execute(
-                sa.select(ExternalApp, User.is_active)
+                sa.select(ExternalApp, sa.and_(User.is_active, Account.is_active))
                 .join(User, User.id == ExternalApp.user_id)
+                .join(Account, Account.id == ExternalApp.account_id)
                 .where(ExternalApp.client_id == client_id)
             )
         ).first()
@@ -275,7 +276,11 @@ async def client_token(ctx: ServiceContext, tx: Tx, req: TokenRequest) -> Client
     stored = found[0].secret_hash if found is not None else _NO_SECRET_HASH
     # Compared even for an unknown client id, so a miss and a wrong secret take the same time.
     if not hmac.compare_digest(given_hash, stored) or found is None or not found[0].is_active or not found[1]:
-        raise OAuthError(401, "invalid_client", "unknown client, wrong secret, or the app is disabled")
+        raise OAuthError(
+            401,
+            "invalid_client",
+            "unknown client, wrong secret, or the app (its user, its account) is disabled",
+        )
     app = found[0]
     scopes: list[str] | None = None
     if req.scope:
