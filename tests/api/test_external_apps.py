@@ -86,6 +86,8 @@ async def test_client_credentials_flow(client: httpx.AsyncClient, tenant: Tenant
     narrow = {"Authorization": f"Bearer {resp.json()['access_token']}"}
     assert (await client.get(f"{API}/processes", headers=narrow)).status_code == 200
     assert (await client.get(f"{API}/jobs", headers=narrow)).status_code == 403
+    me = (await client.get(f"{API}/auth/me", headers=narrow)).json()
+    assert [f"{p['object']}:{p['action']}" for p in me["permissions"]] == ["processes:read"]
 
     # Requests of the app are audited as the app.
     async with tenant.ctx.sessions() as session:

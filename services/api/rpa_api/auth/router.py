@@ -169,7 +169,14 @@ async def me(principal: CurrentPrincipal) -> Response:
     # serialisation, which makes this the cheapest authenticated read.
     grant = principal.grant
     assert grant is not None  # authenticate always sets it
-    body = grant.memo.get(("me", principal.api_key_id, principal.app_id))
+    # An app's tokens may ask for fewer scopes: its answer depends on the permissions it ends up with.
+    memo_key = (
+        "me",
+        principal.api_key_id,
+        principal.app_id,
+        principal.app_id and frozenset(principal.permissions),
+    )
+    body = grant.memo.get(memo_key)
     if body is None:
         me_out = MeOut(
             user=MeUser(
@@ -193,7 +200,7 @@ async def me(principal: CurrentPrincipal) -> Response:
             folder_ids=sorted(principal.folder_ids, key=str),
             via_api_key=principal.api_key_id,
         )
-        body = grant.memo[("me", principal.api_key_id, principal.app_id)] = me_out.model_dump_json().encode()
+        body = grant.memo[memo_key] = me_out.model_dump_json().encode()
     return Response(body, media_type="application/json")
 
 
