@@ -111,6 +111,9 @@ def make_settings(db_url: str, **overrides: object) -> Settings:
         "db_pool_size": 5,
         "log_json": False,
         "login_lockout_s": 1,
+        # Off in tests (they make many calls from one address); tests/api/test_ratelimit.py turns them on.
+        "rate_limit_per_minute": 0,
+        "rate_limit_anonymous_per_minute": 0,
         "blob_dir": BLOB_DIR,
         "license_public_keys": LICENSE_PUBLIC_KEY,
     }

@@ -198,6 +198,33 @@ async def _api_keys_revoke(w: World) -> Expect:
     return Expect("revoke", "api_key", key["id"])
 
 
+@example("external_apps_create")
+async def _external_apps_create(w: World) -> Expect:
+    app = await w.op(json={"name": _n("app"), "scopes": ["processes:read"]})
+    return Expect("create", "external_app", app["id"])
+
+
+@example("external_apps_update")
+async def _external_apps_update(w: World) -> Expect:
+    app = await w.setup("POST", "/external-apps", json={"name": _n("app"), "scopes": ["processes:read"]})
+    await w.op(app_id=app["id"], json={"is_active": False})
+    return Expect("update", "external_app", app["id"])
+
+
+@example("external_apps_rotate_secret")
+async def _external_apps_rotate_secret(w: World) -> Expect:
+    app = await w.setup("POST", "/external-apps", json={"name": _n("app"), "scopes": ["processes:read"]})
+    await w.op(app_id=app["id"])
+    return Expect("rotate_secret", "external_app", app["id"])
+
+
+@example("external_apps_delete")
+async def _external_apps_delete(w: World) -> Expect:
+    app = await w.setup("POST", "/external-apps", json={"name": _n("app"), "scopes": ["processes:read"]})
+    await w.op(app_id=app["id"])
+    return Expect("delete", "external_app", app["id"])
+
+
 @example("accounts_update_current")
 async def _accounts_update_current(w: World) -> Expect:
     await w.op(json={"description": "audited"})

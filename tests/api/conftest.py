@@ -39,7 +39,9 @@ class Admin:
 
 
 class LiveAPI:
-    def __init__(self, db_url: str, log_path: Path, ctx: ServiceContext) -> None:
+    def __init__(
+        self, db_url: str, log_path: Path, ctx: ServiceContext, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -54,7 +56,11 @@ class LiveAPI:
             RPA_DB_POOL_SIZE="5",
             RPA_API_WORKERS="1",  # one process: the suite's machine runs many at once
             RPA_LOG_LEVEL="WARNING",
+            # Schemathesis and the walkers make many calls from one address: no rate limits unless asked.
+            RPA_RATE_LIMIT_PER_MINUTE="0",
+            RPA_RATE_LIMIT_ANONYMOUS_PER_MINUTE="0",
         )
+        env.update(extra_env or {})
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "rpa_api", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log

@@ -289,6 +289,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         if isinstance(exc, ServiceUnavailable):
             headers = {"Retry-After": str(exc.retry_after_s)}
             body["request_id"] = request_id_of(request.scope)
+        elif exc.status == 429 and isinstance(retry := getattr(exc, "retry_after_s", None), int):
+            headers = {"Retry-After": str(retry)}  # rate limits, the login throttle
         return JSONResponse(body, status_code=exc.status, media_type=PROBLEM_JSON, headers=headers)
 
     @app.exception_handler(RequestValidationError)

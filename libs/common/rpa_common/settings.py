@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     refresh_token_ttl_s: int = Field(14 * 24 * 3600, description="Refresh token lifetime.")
     login_max_failures: int = Field(5, description="Failures per user+address before slowing down.")
     login_lockout_s: int = Field(30, description="Base delay after too many failures (doubles).")
+    client_token_ttl_s: int = Field(
+        3600, ge=60, description="Lifetime of an external application's access token (client credentials)."
+    )
+    rate_limit_per_minute: int = Field(
+        600, ge=0, description="API calls per minute per API key, user or external app (0: no limit)."
+    )
+    rate_limit_anonymous_per_minute: int = Field(
+        120, ge=0, description="API calls per minute per client address without credentials (0: no limit)."
+    )
 
     # API
     api_host: str = Field("127.0.0.1", description="API bind address.")

@@ -14,6 +14,7 @@ from rpa_api.accounts.router import router as accounts_router
 from rpa_api.audit.router import router as audit_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.calendars.router import router as calendars_router
+from rpa_api.external_apps.router import router as external_apps_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.jobs.router import router as jobs_router
@@ -23,6 +24,7 @@ from rpa_api.openapi import API_DESCRIPTION, install_contract, operation_id
 from rpa_api.processes.router import router as processes_router
 from rpa_api.queues.router import router as queues_router
 from rpa_api.queues.router import tasks_router
+from rpa_api.ratelimit import RateLimiter, limit_anonymous
 from rpa_api.resources.router import router as resources_router
 from rpa_api.robot_groups.router import router as robot_groups_router
 from rpa_api.robots.router import router as robots_router
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     if ctx is not None:
         app.state.ctx = ctx
     app.state.grants = GrantCache()
+    app.state.limiter = RateLimiter()
     install_problem_handlers(app)
     install_contract(app)
 
@@ -143,6 +146,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (accounts_router, "accounts"),
         (users_router, "users"),
         (roles_router, "roles"),
+        (external_apps_router, "external apps"),
         (folders_router, "folders"),
         (robots_router, "robots"),
         (robot_groups_router, "robot groups"),
@@ -162,5 +166,10 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (screenshots_router, "screenshots"),
     ):
         # Text no database can store (NUL, invalid UTF-8) is a 422 before any endpoint runs.
-        app.include_router(router, prefix=API_PREFIX, tags=[tag], dependencies=[Depends(text_guard)])
+        app.include_router(
+            router,
+            prefix=API_PREFIX,
+            tags=[tag],
+            dependencies=[Depends(text_guard), Depends(limit_anonymous)],
+        )
     return app

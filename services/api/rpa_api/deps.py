@@ -24,10 +24,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, OAuth2Pas
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
-from rpa_api.grants import GrantCache, KeyGrant, RoleBrief, UserGrant
+from rpa_api.grants import AppGrant, GrantCache, KeyGrant, RoleBrief, UserGrant
 from rpa_common.db.uow import is_unavailable, run_in_transaction
 from rpa_common.errors import Forbidden, ServiceUnavailable, Unauthorized
-from rpa_common.models import Account, ApiKey, Role, RoleFolder, RolePermission, User, UserRole
+from rpa_common.models import Account, ApiKey, ExternalApp, Role, RoleFolder, RolePermission, User, UserRole
 from rpa_common.models.enums import ActorType, PermissionAction, PermissionObject
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import AuthChanged
@@ -142,6 +142,8 @@ class Principal:
     all_folders: bool = False
     folder_ids: set[uuid.UUID] = field(default_factory=set)
     api_key_id: uuid.UUID | None = None
+    app_id: uuid.UUID | None = None
+    """The external application (OAuth2 client) calling for ``user_id``, with at most its scopes."""
     client_address: str | None = None
     user_agent: str | None = None
     grant: UserGrant | None = None
@@ -293,6 +295,40 @@ async def _key_grant(ctx: ServiceContext, grants: GrantCache, prefix: str) -> Ke
     return grant
 
 
+async def _app_grant(ctx: ServiceContext, grants: GrantCache, app_id: uuid.UUID) -> AppGrant | None:
+    grant = grants.app(app_id)
+    if grant is None:
+
+        async def load(session: AsyncSession) -> Any:
+            return (
+                await session.execute(
+                    sa.select(
+                        ExternalApp.account_id,
+                        ExternalApp.user_id,
+                        ExternalApp.is_active,
+                        ExternalApp.token_version,
+                        ExternalApp.scopes,
+                        ExternalApp.folder_ids,
+                    ).where(ExternalApp.id == app_id)
+                )
+            ).first()
+
+        row = await run_db(ctx, load, read_only=True)
+        if row is None:
+            return None
+        grant = AppGrant(
+            id=app_id,
+            account_id=row.account_id,
+            user_id=row.user_id,
+            is_active=row.is_active,
+            token_version=row.token_version,
+            scopes=frozenset(row.scopes),
+            folder_ids=None if row.folder_ids is None else frozenset(uuid.UUID(f) for f in row.folder_ids),
+        )
+        grants.put_app(grant)
+    return grant
+
+
 async def authenticate(
     request: Request,
     ctx: Ctx,
@@ -307,6 +343,7 @@ async def authenticate(
     await grants.subscribe(ctx.nc)
     api_key_id: uuid.UUID | None = None
     key_last_used: datetime | None = None
+    app: AppGrant | None = None
     prefix = split_key(token, API_KEY_KIND)
     if prefix is not None:
         key = await _key_grant(ctx, grants, prefix)
@@ -339,10 +376,14 @@ async def authenticate(
             account_id = uuid.UUID(claims["acc"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise Unauthorized(f"invalid access token: {exc}") from None
-        grant = await _user_grant(ctx, grants, user_id)
-        if grant is None or grant.account_id != account_id or grant.token_version != claims.get("ver"):
-            raise Unauthorized("access token is no longer valid")
-        actor = ActorType.USER
+        if "app" in claims:
+            app, grant = await _app_token_grant(ctx, grants, claims, user_id, account_id)
+            actor = ActorType.EXTERNAL_APP
+        else:
+            grant = await _user_grant(ctx, grants, user_id)
+            if grant is None or grant.account_id != account_id or grant.token_version != claims.get("ver"):
+                raise Unauthorized("access token is no longer valid")
+            actor = ActorType.USER
     if grant is None or not grant.is_active:
         raise Unauthorized("user is disabled")
     principal = Principal(
@@ -358,11 +399,61 @@ async def authenticate(
         user_agent=request.headers.get("user-agent"),
         grant=grant,
     )
+    if app is not None:
+        _narrow_to_app(principal, app, claims.get("scp") if claims is not None else None)
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is not None:
+        # Per caller: the key, the app, or the user behind a token (rpa_api.ratelimit).
+        who = f"k:{api_key_id}" if api_key_id else f"c:{app.id}" if app is not None else f"u:{grant.user_id}"
+        await limiter.hit(ctx, who, ctx.settings.rate_limit_per_minute)
     if api_key_id is not None and (key_last_used is None or now - key_last_used > KEY_USE_RESOLUTION):
         await _mark_key_used(ctx, api_key_id, now)
         assert prefix is not None and key is not None
         grants.put_key(prefix, KeyGrant(**{**key.__dict__, "last_used_at": now}))
     return principal
+
+
+async def _app_token_grant(
+    ctx: ServiceContext,
+    grants: GrantCache,
+    claims: dict[str, Any],
+    user_id: uuid.UUID,
+    account_id: uuid.UUID,
+) -> tuple[AppGrant, UserGrant | None]:
+    """The app and its creator's grant for an app's token; 401 once the app is disabled, deleted or
+    its secret rotated (its ``token_version`` moved on)."""
+    try:
+        app_id = uuid.UUID(claims["app"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise Unauthorized(f"invalid access token: {exc}") from None
+    app = await _app_grant(ctx, grants, app_id)
+    if (
+        app is None
+        or not app.is_active
+        or app.account_id != account_id
+        or app.user_id != user_id
+        or app.token_version != claims.get("ver")
+    ):
+        raise Unauthorized("access token is no longer valid")
+    grant = await _user_grant(ctx, grants, user_id)
+    if grant is not None and grant.account_id != account_id:
+        raise Unauthorized("access token is no longer valid")
+    return app, grant
+
+
+def _narrow_to_app(principal: Principal, app: AppGrant, token_scopes: Any) -> None:
+    """An app may do what its scopes (and its token's, when it asked for fewer) allow and its creator
+    still may, in its folders (when restricted) that its creator still sees."""
+    scopes = set(app.scopes)
+    if isinstance(token_scopes, list):
+        scopes &= set(token_scopes)
+    principal.permissions = {(o, a) for o, a in principal.permissions if f"{o.value}:{a.value}" in scopes}
+    principal.app_id = app.id
+    if app.folder_ids is not None:
+        principal.folder_ids = (
+            set(app.folder_ids) if principal.all_folders else principal.folder_ids & app.folder_ids
+        )
+        principal.all_folders = False
 
 
 # ``last_used_at`` of an API key is kept to this resolution: one write per key per minute at most.

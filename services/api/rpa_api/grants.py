@@ -26,7 +26,7 @@ from rpa_common.nats.messages import AuthChanged
 log = structlog.get_logger(__name__)
 
 TTL_S = 5.0
-IDENTITY_OBJECTS = frozenset({"user", "role", "folder", "api_key", "account"})
+IDENTITY_OBJECTS = frozenset({"user", "role", "folder", "api_key", "account", "external_app"})
 SESSION_KEY = "rpa.auth_changed"
 """``session.info`` entry where ``audit.record`` notes the accounts whose grants a change affects."""
 
@@ -73,12 +73,26 @@ class KeyGrant:
     last_used_at: datetime | None
 
 
+@dataclass(frozen=True)
+class AppGrant:
+    """An external application (OAuth2 client), as authenticating its tokens needs it."""
+
+    id: uuid.UUID
+    account_id: uuid.UUID
+    user_id: uuid.UUID
+    is_active: bool
+    token_version: int
+    scopes: frozenset[str]
+    folder_ids: frozenset[uuid.UUID] | None
+
+
 class GrantCache:
     def __init__(self, ttl_s: float = TTL_S) -> None:
         self.ttl_s = ttl_s
         self._users: dict[uuid.UUID, tuple[float, UserGrant]] = {}
         self._keys: dict[str, tuple[float, KeyGrant]] = {}
         self._claims: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._apps: dict[uuid.UUID, tuple[float, AppGrant]] = {}
         self._subscribed_to: NATS | None = None
 
     def user(self, user_id: uuid.UUID) -> UserGrant | None:
@@ -118,7 +132,19 @@ class GrantCache:
             self._keys.clear()
         self._keys[prefix] = (time.monotonic() + self.ttl_s, grant)
 
+    def app(self, app_id: uuid.UUID) -> AppGrant | None:
+        hit = self._apps.get(app_id)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put_app(self, grant: AppGrant) -> None:
+        if len(self._apps) > 50_000:
+            self._apps.clear()
+        self._apps[grant.id] = (time.monotonic() + self.ttl_s, grant)
+
     def invalidate(self, account_id: uuid.UUID) -> None:
+        self._apps = {k: v for k, v in self._apps.items() if v[1].account_id != account_id}
         self._users = {k: v for k, v in self._users.items() if v[1].account_id != account_id}
         self._keys = {k: v for k, v in self._keys.items() if v[1].account_id != account_id}
 

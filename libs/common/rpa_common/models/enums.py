@@ -57,6 +57,7 @@ class ActorType(enum.StrEnum):
     ROBOT = "robot"
     SYSTEM = "system"
     TRIGGER = "trigger"
+    EXTERNAL_APP = "external_app"
 
 
 class TriggerKind(enum.StrEnum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -115,6 +116,42 @@ class ApiKey(IdMixin, Base):
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class ExternalApp(IdMixin, TimestampMixin, Base):
+    """An OAuth2 client (client credentials grant) a CI pipeline or another application logs in as.
+
+    It acts for its creator (``user_id``), with at most the creator's permissions: what it may do is
+    its ``scopes`` ("object:action" strings) intersected with the creator's current grant, and with
+    ``folder_ids`` (when set) intersected with the creator's folders. The secret is stored hashed;
+    ``token_version`` is in every token it gets, so rotating the secret or disabling the app ends them.
+    """
+
+    __tablename__ = "external_app"
+    account_id: Mapped[uuid.UUID] = account_fk()
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(100))
+    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(sa.String(128))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    folder_ids: Mapped[list[Any] | None]
+    is_active: Mapped[bool] = mapped_column(default=True)
+    token_version: Mapped[int] = mapped_column(default=0)
+    last_token_at: Mapped[datetime | None]
+
+
+class RateLimitWindow(Base):
+    """Requests counted in one fixed window for one caller, shared by every API replica.
+
+    ``key`` is ``"<kind>:<hash of the caller>:<window number>"``; rows are deleted once expired.
+    """
+
+    __tablename__ = "rate_limit_window"
+    key: Mapped[str] = mapped_column(sa.String(120), primary_key=True)
+    hits: Mapped[int] = mapped_column(default=0)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class RefreshToken(IdMixin, Base):

@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.auth import service
@@ -30,6 +29,14 @@ from rpa_api.auth.schemas import (
     TokenOut,
 )
 from rpa_api.deps import CurrentPrincipal, Principal, Transaction, require
+from rpa_api.external_apps.schemas import ClientTokenOut
+from rpa_api.external_apps.token import (
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_PASSWORD,
+    TokenForm,
+    client_credentials,
+    oauth_error,
+)
 from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_common.errors import BadRequest, Forbidden, Unprocessable
 from rpa_common.models import ApiKey
@@ -91,13 +98,26 @@ async def _refresh_token_field(request: Request) -> str:
 
 @router.post(
     "/auth/token",
-    response_model=TokenOut,
-    summary="Log in with a username and password (OAuth2 password flow)",
-    responses={401: _PROBLEM, 429: {**_PROBLEM, "description": "Too many failed logins (see Retry-After)"}},
+    response_model=TokenOut | ClientTokenOut,
+    summary="Log in with a username and password (OAuth2 password flow), or as an external application "
+    "(grant_type=client_credentials)",
+    responses={
+        400: {"description": "OAuth2 error (invalid_request, invalid_scope, unsupported_grant_type)"},
+        401: {**_PROBLEM, "description": "Wrong password (problem+json) or invalid_client (OAuth2 error)"},
+        429: {**_PROBLEM, "description": "Too many failed logins (see Retry-After)"},
+    },
 )
 async def token(
-    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], tx: Transaction
-) -> TokenOut | JSONResponse:
+    request: Request, form: Annotated[TokenForm, Depends()], tx: Transaction
+) -> TokenOut | ClientTokenOut | JSONResponse:
+    if form.grant_type == GRANT_CLIENT_CREDENTIALS:
+        return await client_credentials(request, tx, form)
+    if form.grant_type != GRANT_PASSWORD:
+        return oauth_error(400, "unsupported_grant_type", "grant_type must be password or client_credentials")
+    if not form.username:
+        raise Unprocessable("a username is required", field="username")
+    if not form.password:
+        raise Unprocessable("a password is required", field="password")
     try:
         return await service.login(tx.ctx, tx, form.username, form.password, _client(request))
     except service.LoginThrottled as exc:
@@ -149,7 +169,14 @@ async def me(principal: CurrentPrincipal) -> Response:
     # serialisation, which makes this the cheapest authenticated read.
     grant = principal.grant
     assert grant is not None  # authenticate always sets it
-    body = grant.memo.get(("me", principal.api_key_id))
+    # An app's tokens may ask for fewer scopes: its answer depends on the permissions it ends up with.
+    memo_key = (
+        "me",
+        principal.api_key_id,
+        principal.app_id,
+        principal.app_id and frozenset(principal.permissions),
+    )
+    body = grant.memo.get(memo_key)
     if body is None:
         me_out = MeOut(
             user=MeUser(
@@ -166,13 +193,14 @@ async def me(principal: CurrentPrincipal) -> Response:
             roles=[MeRole(id=r.id, name=r.name, builtin=r.builtin) for r in grant.roles],
             permissions=[
                 PermissionOut(object=o, action=a)
-                for o, a in sorted(grant.permissions, key=lambda p: (p[0], p[1]))
+                # An external app's (narrowed) view; the user's own grant otherwise.
+                for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1]))
             ],
-            all_folders=grant.all_folders,
-            folder_ids=sorted(grant.folder_ids, key=str),
+            all_folders=principal.all_folders,
+            folder_ids=sorted(principal.folder_ids, key=str),
             via_api_key=principal.api_key_id,
         )
-        body = grant.memo[("me", principal.api_key_id)] = me_out.model_dump_json().encode()
+        body = grant.memo[memo_key] = me_out.model_dump_json().encode()
     return Response(body, media_type="application/json")
 
 
