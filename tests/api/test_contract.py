@@ -70,11 +70,11 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 """
 
 
-def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str) -> tuple[int, str]:
+def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str, examples: int = 25) -> tuple[int, str]:
     config = tmp / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [ST, "--config-file", str(config), "run", f"{live.url}/openapi.json"]
-    cmd += ["--checks", "all", "--max-examples", "25", "--workers", "2", "--no-color"]
+    cmd += ["--checks", "all", "--max-examples", str(examples), "--workers", "2", "--no-color"]
     cmd += ["--generation-database", "none", "--request-timeout", "30", "--output-truncate", "false"]
     # No text the API stores may hold NUL (U+0000): it is refused with a 422 naming the field, as the
     # document's description and docs/api-guide.md say; a JSON Schema string cannot state it.
