@@ -234,3 +234,31 @@ async def test_malformed_path_id_is_404(client: httpx.AsyncClient, tenant) -> No
         resp = await client.get(path, headers=tenant.headers)
         assert resp.status_code == 404, path
         assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_creates_link_to_the_operations_on_what_they_created(doc: dict) -> None:  # type: ignore[type-arg]
+    """OpenAPI links (what schemathesis' stateful phase and client tools follow) name real operations
+    and their real path parameter, filled from the created object's id."""
+    from openapi_spec_validator import validate
+
+    validate(doc)
+    ops = _operations(doc)
+    links = {
+        op_id: resp["links"]
+        for op_id, (_, _, op) in ops.items()
+        for resp in op["responses"].values()
+        if "links" in resp
+    }
+    for op_id, named in links.items():
+        for name, link in named.items():
+            _, path, target = ops[link["operationId"]]
+            params = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+            assert set(link["parameters"]) == params, (op_id, name, link, params)
+            assert set(link["parameters"].values()) == {"$response.body#/id"}, (op_id, name)
+    for create, item_ops in {
+        "robots_create": {"robots_get", "robots_update", "robots_delete", "robots_rotate_key"},
+        "users_create": {"users_get", "users_update", "users_delete"},
+        "queues_create": {"queues_get", "tasks_add"},
+        "triggers_create": {"triggers_get", "triggers_delete"},
+    }.items():
+        assert item_ops <= {link["operationId"] for link in links[create].values()}, create
