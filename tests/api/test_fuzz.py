@@ -45,8 +45,11 @@ async def test_schemathesis_at_100_examples_stateful_finds_nothing(
     doc = httpx.get(f"{live_api.url}/openapi.json", timeout=60).json()
     operations = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     links = [
-        link for item in doc["paths"].values() for op in item.values()
-        for resp in op["responses"].values() for link in resp.get("links", {}).values()
+        link
+        for item in doc["paths"].values()
+        for op in item.values()
+        for resp in op["responses"].values()
+        for link in resp.get("links", {}).values()
     ]
     assert links, "the document has no OpenAPI links: the stateful phase would have nothing to follow"
     admin = await live_api.new_admin()

@@ -297,7 +297,7 @@ def _add_links(doc: dict[str, Any]) -> None:
             match = re.fullmatch(re.escape(path) + r"/\{(\w+)\}(/[^{}]*)?", other)
             if match is None:
                 continue
-            for method, op in other_item.items():
+            for op in other_item.values():
                 if not isinstance(op, dict) or "operationId" not in op:
                     continue
                 name = "".join(part.title() for part in op["operationId"].split("_"))
