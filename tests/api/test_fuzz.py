@@ -18,7 +18,8 @@ not ignored, a deleted object gone (``use_after_free``) and a created one there
 
 PostgreSQL only: what this proves is the HTTP contract, the same code on both databases; the
 25-example run of ``tests/api/test_contract.py`` (in ``make test``) covers both. Left out of
-``make test`` by the ``fuzz`` marker; about 6 minutes on an idle 2-core machine.
+``make test`` by the ``fuzz`` marker; measured at 13 minutes on 2 cores shared with seven other
+test runs (load average 17); not yet measured on an idle machine.
 """
 
 from __future__ import annotations
