@@ -70,7 +70,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 """
 
 
-def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str, examples: int = 25) -> tuple[int, str]:
+def _schemathesis(
+    live: LiveAPI, token: str, tmp: Path, *filters: str, examples: int = 25, timeout: int = 900
+) -> tuple[int, str]:
     config = tmp / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [ST, "--config-file", str(config), "run", f"{live.url}/openapi.json"]
@@ -83,7 +85,7 @@ def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str, examples:
         cmd += ["--seed", SEED]
     cmd += list(filters)
     env = {**os.environ, "RPA_ST_TOKEN": token}
-    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return done.returncode, done.stdout + done.stderr
 
 

@@ -35,7 +35,7 @@ from tests.api.test_contract import STREAMS, TOKEN_ENDING, _schemathesis, _teste
 
 EXAMPLES = int(os.environ.get("RPA_FUZZ_EXAMPLES", "100"))
 
-pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(7200)]
 
 
 async def test_schemathesis_at_100_examples_stateful_finds_nothing(
@@ -56,7 +56,9 @@ async def test_schemathesis_at_100_examples_stateful_finds_nothing(
     admin = await live_api.new_admin()
     excluded = [arg for op in TOKEN_ENDING + STREAMS for arg in ("--exclude-operation-id", op)]
     (tmp_path / "main").mkdir()
-    code, output = _schemathesis(live_api, admin.token, tmp_path / "main", *excluded, examples=EXAMPLES)
+    code, output = _schemathesis(
+        live_api, admin.token, tmp_path / "main", *excluded, examples=EXAMPLES, timeout=3000
+    )
     print(output[-6000:])
     assert code == 0, output[-20000:]
     assert _tested(output) == len(operations) - len(TOKEN_ENDING) - len(STREAMS), output[-3000:]
