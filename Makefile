@@ -15,7 +15,7 @@ RUN_ARGS ?=
 
 FAILOVER_ARGS ?=
 
-.PHONY: help venv run test rdp-test tasks-test triggers-test lint fmt migrate bench stop status clean failover-test failover-test-pg
+.PHONY: help venv run test rdp-test tasks-test triggers-test fuzz-test lint fmt migrate bench stop status clean failover-test failover-test-pg
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
@@ -44,6 +44,9 @@ tasks-test: venv ## 20 real robots on 10,000 queue tasks, each taken once, on bo
 
 triggers-test: venv ## Two real scheduler replicas, a per-second trigger for 3 minutes, one killed half-way; both databases
 	@RPA_TRIGGER_REPLICAS_S=180 $(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/e2e/test_trigger_replicas.py -q $(PYTEST_ARGS)
+
+fuzz-test: venv ## schemathesis on the live API: every check, 100 examples per operation, stateful links; PostgreSQL (13 min on a loaded 2-core machine)
+	@$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/api/test_fuzz.py -m fuzz -k postgresql -q $(PYTEST_ARGS)
 
 failover-test: venv ## Failover layout on loopback (Galera, balancer, 3 NATS, 2 replicas each, robots), faults under load; root; FAILOVER_ARGS='--json PATH'
 	@$(PY) -m tests.failover --db mariadb $(FAILOVER_ARGS)

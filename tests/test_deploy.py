@@ -483,3 +483,55 @@ def test_kubernetes_services_share_the_blob_directory(layout: str) -> None:
                 assert pod["securityContext"].get("fsGroup") == pod["securityContext"]["runAsUser"]
                 seen.add((container["command"][2], claim))
     assert {module for module, _ in seen} == set(_BLOB_USERS) and len({c for _, c in seen}) == 1, seen
+
+
+# Each long-running service on Kubernetes is its own NATS user, as in compose: the user named after
+# its module, its password a file holding only its key of the Secret rpa-nats, and the NATS
+# configuration (with the authorization block) the very files of deploy/nats/.
+K8S_NATS_USERS = {"rpa_api": "api", "rpa_gateway": "gateway", "rpa_scheduler": "scheduler"}
+
+
+@pytest.mark.parametrize("layout", ["base", "overlays/failover"])
+def test_kubernetes_services_each_use_their_own_nats_user(layout: str) -> None:
+    from rpa_common.nats.permissions import PERMISSIONS
+
+    docs = _kustomize(K8S / layout)
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for work in (d for d in docs if d["kind"] == "Deployment"):
+        pod = work["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            module = container["command"][2]
+            where = f"{work['metadata']['name']}/{container['name']}"
+            if module not in K8S_NATS_USERS:
+                continue
+            env = {e["name"]: e.get("value") for e in container.get("env", [])}
+            user = env.get("RPA_NATS_USER")
+            if user != K8S_NATS_USERS[module] or user not in PERMISSIONS:
+                problems.append(f"{where}: RPA_NATS_USER is {user!r}, not {K8S_NATS_USERS[module]!r}")
+                continue
+            seen[module] = user
+            if "RPA_NATS_PASSWORD" in env:
+                problems.append(f"{where}: the NATS password must be a file, not a variable")
+            path = Path(env.get("RPA_NATS_PASSWORD_FILE") or "/nowhere")
+            mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == str(path.parent)]
+            if not mounts or not mounts[0].get("readOnly"):
+                problems.append(f"{where}: {path.parent} is not a read-only mount")
+                continue
+            secret = volumes[mounts[0]["name"]].get("secret", {})
+            if secret.get("secretName") != "rpa-nats":
+                problems.append(f"{where}: the password is not from the Secret rpa-nats")
+            if secret.get("items") != [{"key": user, "path": path.name}]:
+                problems.append(f"{where}: it must mount its own key {user!r} of rpa-nats only")
+            if secret.get("defaultMode", 0o644) & 0o007:
+                problems.append(f"{where}: the password file must not be readable by others")
+    assert seen == K8S_NATS_USERS, seen
+    assert not problems, "\n".join(problems)
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rpa-nats-config")
+    for name in ("nats.conf", "auth.conf"):
+        assert config["data"][name] == Path(ROOT, "deploy", "nats", name).read_text(), name
+    assert "include auth.conf" in config["data"]["nats.conf"]
+    for user in PERMISSIONS:
+        assert f"{{user: {user}, password: $NATS_PASSWORD_{user.upper()}," in config["data"]["auth.conf"]
+    assert "`rpa-nats`" in Path(ROOT, "README.md").read_text()

@@ -48,8 +48,8 @@ STREAMS = ("jobs_stream_logs",)
 # *_from not after its *_to, a CSV file that is UTF-8 CSV with a 'name' column; a trigger's fields
 # per its kind, a valid cron, exactly one target; a triggers CSV file naming existing objects; a
 # webhook call's secret or signature, which a generated request cannot know: 401; a robot group's
-# name not blank by Unicode's white space, e.g. U+00A0, as every name; a statistics range's from
-# before its to and no wider than its bucket allows; a log list's from not after its to, its levels
+# name not blank by Unicode's white space, e.g. U+00A0, as every name; an audit list's at_from not
+# after its at_to; a statistics range's from before its to and no wider than its bucket allows; a log list's from not after its to, its levels
 # named in any case, its cursor one the API gave out). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
@@ -64,17 +64,19 @@ include-operation-id = [
     "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list", "logs_list", "jobs_logs",
     "triggers_create", "triggers_update", "triggers_import", "triggers_call_webhook", "robot_groups_create",
     "statistics_jobs_by_state", "statistics_jobs_success_rate", "statistics_jobs_durations",
-    "statistics_robots_utilisation", "statistics_queues",
+    "statistics_robots_utilisation", "statistics_queues", "audit_list",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """
 
 
-def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str) -> tuple[int, str]:
+def _schemathesis(
+    live: LiveAPI, token: str, tmp: Path, *filters: str, examples: int = 25, timeout: int = 900
+) -> tuple[int, str]:
     config = tmp / "schemathesis.toml"
     config.write_text(CONFIG)
     cmd = [ST, "--config-file", str(config), "run", f"{live.url}/openapi.json"]
-    cmd += ["--checks", "all", "--max-examples", "25", "--workers", "2", "--no-color"]
+    cmd += ["--checks", "all", "--max-examples", str(examples), "--workers", "2", "--no-color"]
     cmd += ["--generation-database", "none", "--request-timeout", "30", "--output-truncate", "false"]
     # No text the API stores may hold NUL (U+0000): it is refused with a 422 naming the field, as the
     # document's description and docs/api-guide.md say; a JSON Schema string cannot state it.
@@ -83,7 +85,7 @@ def _schemathesis(live: LiveAPI, token: str, tmp: Path, *filters: str) -> tuple[
         cmd += ["--seed", SEED]
     cmd += list(filters)
     env = {**os.environ, "RPA_ST_TOKEN": token}
-    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -234,3 +236,38 @@ async def test_malformed_path_id_is_404(client: httpx.AsyncClient, tenant) -> No
         resp = await client.get(path, headers=tenant.headers)
         assert resp.status_code == 404, path
         assert resp.headers["content-type"] == "application/problem+json"
+
+
+async def test_creates_link_to_the_operations_on_what_they_created(doc: dict) -> None:  # type: ignore[type-arg]
+    """OpenAPI links (what schemathesis' stateful phase and client tools follow) name real operations
+    and their real path parameter, filled from the created object's id."""
+    from openapi_spec_validator import validate
+
+    validate(doc)
+    ops = _operations(doc)
+    links = {
+        op_id: resp["links"]
+        for op_id, (_, _, op) in ops.items()
+        for resp in op["responses"].values()
+        if "links" in resp
+    }
+    for op_id, named in links.items():
+        for name, link in named.items():
+            _, _, target = ops[link["operationId"]]
+            params = {p["name"] for p in target.get("parameters", []) if p["in"] == "path"}
+            assert set(link["parameters"]) == params, (op_id, name, link, params)
+            assert list(link["parameters"].values()).count("$response.body#/id") == 1, (op_id, name)
+            assert all(
+                v == "$response.body#/id" or v == f"$request.path.{k}" for k, v in link["parameters"].items()
+            ), (op_id, name, link)
+    for create, item_ops in {
+        "robots_create": {"robots_get", "robots_update", "robots_delete", "robots_rotate_key"},
+        "users_create": {"users_get", "users_update", "users_delete"},
+        "queues_create": {"queues_get", "tasks_add"},
+        "triggers_create": {"triggers_get", "triggers_delete"},
+        "terminal_servers_create_account": {
+            "terminal_servers_get_account",
+            "terminal_servers_delete_account",
+        },
+    }.items():
+        assert item_ops <= {link["operationId"] for link in links[create].values()}, create

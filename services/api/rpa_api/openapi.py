@@ -272,7 +272,43 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         schemas.pop(unused, None)
     schemas.update(_SCHEMAS)
     doc["components"]["schemas"] = dict(sorted(schemas.items()))
+    _add_links(doc)
     return doc
+
+
+def _add_links(doc: dict[str, Any]) -> None:
+    """OpenAPI links from each create to the created item's operations: ``POST /x`` answering an
+    object with an ``id`` links to every operation on ``/x/{param}`` (and below it, ``/x/{param}/...``)
+    whose path parameters are that one and the create's own, ``param`` taken from
+    ``$response.body#/id`` and the others from the create's path (``POST /x/{a}/y`` links to
+    ``/x/{a}/y/{b}``). Clients and stateful testers (schemathesis) follow them: create, then get,
+    update, delete what was created."""
+    schemas = doc.get("components", {}).get("schemas", {})
+    paths = doc.get("paths", {})
+    for path, item in paths.items():
+        create = item.get("post")
+        if create is None or path.endswith("}"):
+            continue
+        ok = create.get("responses", {}).get("201") or create.get("responses", {}).get("200")
+        ref = ((ok or {}).get("content", {}).get("application/json", {}).get("schema", {})).get("$ref", "")
+        created = schemas.get(ref.rsplit("/", 1)[-1], {}) if ref else {}
+        if "id" not in created.get("properties", {}):
+            continue
+        own = re.findall(r"\{(\w+)\}", path)
+        links: dict[str, Any] = {}
+        for other, other_item in paths.items():
+            match = re.fullmatch(re.escape(path) + r"/\{(\w+)\}(/[^{}]*)?", other)
+            if match is None:
+                continue
+            parameters = {name: f"$request.path.{name}" for name in own}
+            parameters[match.group(1)] = "$response.body#/id"
+            for op in other_item.values():
+                if not isinstance(op, dict) or "operationId" not in op:
+                    continue
+                name = "".join(part.title() for part in op["operationId"].split("_"))
+                links[name] = {"operationId": op["operationId"], "parameters": dict(parameters)}
+        if links:
+            ok["links"] = dict(sorted(links.items()))
 
 
 # 405 ----------------------------------------------------------------------------------------------
