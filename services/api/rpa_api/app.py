@@ -32,6 +32,7 @@ from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.text_guard import text_guard
 from rpa_api.triggers.router import router as triggers_router
 from rpa_api.triggers.router import webhook_router
+from rpa_api.webhooks.router import router as webhooks_router
 from rpa_api.users.router import router as users_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (audit_router, "audit"),
         (triggers_router, "triggers"),
         (webhook_router, "triggers"),
+        (webhooks_router, "webhooks"),
         (statistics_router, "statistics"),
         (screenshots_router, "screenshots"),
     ):

@@ -177,6 +177,7 @@ class PermissionObject(enum.StrEnum):
     PROCESSES = "processes"
     JOBS = "jobs"
     TRIGGERS = "triggers"
+    WEBHOOKS = "webhooks"
     QUEUES = "queues"
     TASKS = "tasks"
     RESOURCES = "resources"

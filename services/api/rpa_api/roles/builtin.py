@@ -30,6 +30,7 @@ BUILTIN_ROLES: dict[str, tuple[str, set[tuple[O, A]]]] = {
         | {(O.RESOURCES, a) for a in CRUD}
         | {(O.CALENDARS, a) for a in CRUD}
         | {(O.TRIGGERS, a) for a in (*CRUD, A.RUN)}
+        | {(O.WEBHOOKS, a) for a in CRUD}
         | {(O.JOBS, A.RUN), (O.JOBS, A.CREATE)}
         | {(O.API_KEYS, a) for a in CRUD},
     ),
