@@ -54,6 +54,7 @@ CONSUMER = "rpa-webhooks"
 """The durable consumer's name: one for all replicas."""
 FETCH_BATCH = 100
 LEASE_MARGIN_S = 5.0
+"""Added to the send timeouts for the lease (at most the send timeout itself)."""
 
 
 async def ensure_stream(js: JetStreamContext) -> None:
@@ -169,7 +170,8 @@ async def claim(ctx: ServiceContext, *, limit: int | None = None, now: datetime 
     """Due deliveries, one per subscription (its oldest pending event), leased to this worker."""
     settings = ctx.settings
     moment = now or utcnow()
-    lease = timedelta(seconds=settings.webhook_timeout_s + settings.webhook_connect_timeout_s + LEASE_MARGIN_S)
+    margin = min(LEASE_MARGIN_S, settings.webhook_timeout_s)
+    lease = timedelta(seconds=settings.webhook_timeout_s + settings.webhook_connect_timeout_s + margin)
     token = uuid.uuid4().hex
     earlier = aliased(WebhookDelivery)
     active = sa.select(WebhookSubscription.id).where(

@@ -28,7 +28,7 @@ Creator = Annotated[Principal, Depends(require(O.WEBHOOKS, A.CREATE))]
 Updater = Annotated[Principal, Depends(require(O.WEBHOOKS, A.UPDATE))]
 Deleter = Annotated[Principal, Depends(require(O.WEBHOOKS, A.DELETE))]
 
-_BASE = "/webhooks/subscriptions"
+_BASE = "/webhooks"
 
 
 @router.post(
@@ -37,7 +37,7 @@ _BASE = "/webhooks/subscriptions"
     summary="Subscribe a URL to events (the secret is in this answer only)",
     responses=errors(s404="The folder does not exist in your account"),
 )
-async def create_subscription(
+async def create_webhook(
     body: schemas.SubscriptionCreate, ctx: Ctx, tx: Transaction, principal: Creator
 ) -> schemas.SubscriptionCreated:
     async def work(session: AsyncSession) -> schemas.SubscriptionCreated:
@@ -49,7 +49,7 @@ async def create_subscription(
 
 
 @router.get(_BASE, summary="List webhook subscriptions")
-async def list_subscriptions(
+async def list_webhooks(
     tx: Transaction, paging: Paging, principal: Reader
 ) -> Page[schemas.SubscriptionOut]:
     async def work(session: AsyncSession) -> Page[schemas.SubscriptionOut]:
@@ -73,7 +73,7 @@ async def list_subscriptions(
 
 
 @router.get(f"{_BASE}/{{subscription_id:uuid}}", summary="A webhook subscription")
-async def get_subscription(
+async def get_webhook(
     subscription_id: uuid.UUID, tx: Transaction, principal: Reader
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
@@ -84,7 +84,7 @@ async def get_subscription(
 
 
 @router.patch(f"{_BASE}/{{subscription_id:uuid}}", summary="Change a webhook subscription")
-async def update_subscription(
+async def update_webhook(
     subscription_id: uuid.UUID, body: schemas.SubscriptionUpdate, tx: Transaction, principal: Updater
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
@@ -99,7 +99,7 @@ async def update_subscription(
     status_code=204,
     summary="Delete a webhook subscription and its delivery log",
 )
-async def delete_subscription(subscription_id: uuid.UUID, tx: Transaction, principal: Deleter) -> Response:
+async def delete_webhook(subscription_id: uuid.UUID, tx: Transaction, principal: Deleter) -> Response:
     await tx.run(lambda session: service.delete_subscription(session, principal, subscription_id))
     return Response(status_code=204)
 
@@ -108,7 +108,7 @@ async def delete_subscription(subscription_id: uuid.UUID, tx: Transaction, princ
     f"{_BASE}/{{subscription_id:uuid}}/secret",
     summary="A new signing secret (the old one stops at once); shown only in this answer",
 )
-async def rotate_secret(
+async def rotate_webhook_secret(
     subscription_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Updater
 ) -> schemas.SecretRotated:
     secret = await tx.run(
@@ -121,7 +121,7 @@ async def rotate_secret(
     f"{_BASE}/{{subscription_id:uuid}}/pause",
     summary="Stop sending (events still queue up as pending deliveries)",
 )
-async def pause_subscription(
+async def pause_webhook(
     subscription_id: uuid.UUID, tx: Transaction, principal: Updater
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
@@ -134,7 +134,7 @@ async def pause_subscription(
     f"{_BASE}/{{subscription_id:uuid}}/resume",
     summary="Send again, starting with every delivery that waited (oldest event first)",
 )
-async def resume_subscription(
+async def resume_webhook(
     subscription_id: uuid.UUID, tx: Transaction, principal: Updater
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
@@ -147,7 +147,7 @@ async def resume_subscription(
     f"{_BASE}/{{subscription_id:uuid}}/ping",
     summary="POST a signed test event (type `ping`, id 0) to the URL now and say what it answered",
 )
-async def ping_subscription(
+async def ping_webhook(
     subscription_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Updater
 ) -> schemas.PingResult:
     async def work(session: AsyncSession) -> tuple[uuid.UUID, str, bytes]:
@@ -155,14 +155,17 @@ async def ping_subscription(
         return sub.account_id, sub.url, await service.secret_of(session, ctx.settings, sub)
 
     account_id, url, secret = await tx.read(work)
-    return await service.send_ping(ctx.settings, subscription_id, account_id, url, secret)
+    result = await service.send_ping(ctx.settings, subscription_id, account_id, url, secret)
+    changes = {"ok": result.ok, "status_code": result.status_code, "error": result.error}
+    await tx.run(lambda session: service.record_ping(session, principal, subscription_id, changes))
+    return result
 
 
 @router.get(
     f"{_BASE}/{{subscription_id:uuid}}/deliveries",
     summary="A subscription's deliveries, newest event first",
 )
-async def list_deliveries(
+async def list_webhook_deliveries(
     subscription_id: uuid.UUID,
     tx: Transaction,
     paging: Paging,

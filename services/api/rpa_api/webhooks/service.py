@@ -142,6 +142,12 @@ async def resume(session: AsyncSession, principal: Principal, subscription_id: u
     return sub
 
 
+async def record_ping(
+    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, changes: dict[str, object]
+) -> None:
+    record(session, principal, "ping", "webhook_subscription", subscription_id, changes)
+
+
 async def secret_of(session: AsyncSession, settings: Settings, sub: WebhookSubscription) -> bytes:
     return await webhooks.unseal(session, settings, sub.account_id, sub.id, sub.secret_wrapped, sub.secret_key_id)
 
