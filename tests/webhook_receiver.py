@@ -39,6 +39,8 @@ class Receiver:
     always_fail: bool = False
     hang: asyncio.Event | None = None
     calls: list[Received] = field(default_factory=list)
+    arrived: list[int] = field(default_factory=list)
+    """Event ids of every request as it came in (answered or not)."""
     url: str = ""
 
     @property
@@ -53,9 +55,10 @@ class Receiver:
         parsed = json.loads(body)
         failing = self.always_fail or len(self.calls) < self.fail_first
         status = self.fail_status if failing else (200 if signed else 401)
-        self.calls.append(Received(parsed["id"], parsed["type"], parsed, signed, status))
+        self.arrived.append(parsed["id"])
         if self.hang is not None:
             await self.hang.wait()
+        self.calls.append(Received(parsed["id"], parsed["type"], parsed, signed, status))
         headers = {"Retry-After": self.retry_after} if failing and self.retry_after else {}
         return Response(status_code=status, headers=headers)
 

@@ -9,8 +9,11 @@ adds nothing. The message is acked after the commit.
 **Sending.** Every replica runs a worker that claims due rows under ``FOR UPDATE SKIP LOCKED`` and
 a lease (``claimed_until``, a token): two replicas never send the same row at once, and a row whose
 sender died is sent again once its lease expired (at least once: receivers dedupe by event id).
-Ordering is strict per subscription: only the oldest pending event of a subscription can be
-claimed, so a failing event holds back the later ones of that subscription (and only those).
+Ordering per subscription: only the oldest pending event of a subscription can be claimed, so a
+failing event holds back the later ones of that subscription (and only those), and what waited
+(a pause, an outage) goes out in event order. With several replicas the intake itself runs in
+parallel, so an event may be recorded just after a later one was already sent: the order is strict
+among recorded events, not a global guarantee; a receiver that needs order uses the event id.
 
 Network errors, 408, 429 and 5xx are retried with exponential backoff (``webhook_retry_base_s``
 doubling, capped at ``webhook_retry_max_s``, with jitter; a ``Retry-After`` is honoured up to the
