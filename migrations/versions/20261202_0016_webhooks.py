@@ -81,7 +81,9 @@ def upgrade() -> None:
             ["account_id"], ["account.id"], name="fk_webhook_delivery_account_id_account", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_delivery"),
-        sa.UniqueConstraint("subscription_id", "event_id", name="uq_webhook_delivery_subscription_id_event_id"),
+        sa.UniqueConstraint(
+            "subscription_id", "event_id", name="uq_webhook_delivery_subscription_id_event_id"
+        ),
     )
     op.create_index("ix_webhook_delivery_subscription_id", "webhook_delivery", ["subscription_id"])
     op.create_index("ix_webhook_delivery_account_id", "webhook_delivery", ["account_id"])

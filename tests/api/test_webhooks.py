@@ -50,7 +50,9 @@ async def test_secret_is_shown_once_and_stored_wrapped(client: httpx.AsyncClient
     assert rotated.json()["secret"].startswith("whsec_") and rotated.json()["secret"] != secret
 
 
-async def test_unknown_event_type_is_a_422_naming_the_field(client: httpx.AsyncClient, tenant: Tenant) -> None:
+async def test_unknown_event_type_is_a_422_naming_the_field(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
     resp = await _create(client, tenant, event_types=["job.state", "job.exploded"])
     assert resp.status_code == 422
     assert "event_types" in resp.text and "job.exploded" in resp.text
@@ -86,9 +88,7 @@ async def test_pause_and_resume_are_audited(client: httpx.AsyncClient, tenant: T
     assert resumed.status_code == 200 and resumed.json()["state"] == "active"
     async with tenant.ctx.sessions() as session:
         actions = (
-            await session.scalars(
-                sa.select(AuditRecord.action).where(AuditRecord.object_id == created["id"])
-            )
+            await session.scalars(sa.select(AuditRecord.action).where(AuditRecord.object_id == created["id"]))
         ).all()
     assert {"create", "pause", "resume"} <= set(actions)
 
@@ -119,6 +119,8 @@ async def test_a_viewer_cannot_read_or_create(client: httpx.AsyncClient, tenant:
     _, _, headers = await tenant.user("Viewer")
     assert (await client.get(f"{API}/webhooks", headers=headers)).status_code == 403
     resp = await client.post(
-        f"{API}/webhooks", json={"url": "https://x.example.com/h", "event_types": ["job.state"]}, headers=headers
+        f"{API}/webhooks",
+        json={"url": "https://x.example.com/h", "event_types": ["job.state"]},
+        headers=headers,
     )
     assert resp.status_code == 403

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-
 import nats
 import pytest
 import sqlalchemy as sa
@@ -99,12 +98,16 @@ async def _publish(c: ServiceContext, tenant: Tenant, event_type: str, **data: A
     event = events.Event(
         type=event_type, account_id=tenant.account_id, object_id=uuid.uuid4(), at=datetime.now(UTC), data=data
     )
-    ack = await c.nc.jetstream().publish(events.subject(tenant.account_id, event_type), event.model_dump_json().encode())
+    ack = await c.nc.jetstream().publish(
+        events.subject(tenant.account_id, event_type), event.model_dump_json().encode()
+    )
     return int(ack.seq)
 
 
 async def _deliveries(tenant: Tenant, sub_id: str) -> list[dict[str, Any]]:
-    resp = await tenant.client.get(f"{API}/webhooks/{sub_id}/deliveries", params={"limit": 200}, headers=tenant.headers)
+    resp = await tenant.client.get(
+        f"{API}/webhooks/{sub_id}/deliveries", params={"limit": 200}, headers=tenant.headers
+    )
     assert resp.status_code == 200, resp.text
     items: list[dict[str, Any]] = resp.json()["items"]
     return items
@@ -116,7 +119,9 @@ async def _service(c: ServiceContext, consumer: str, *, intake: bool = True) -> 
     return service
 
 
-async def test_events_are_delivered_signed_in_order_and_filtered(jctx: ServiceContext, tenant: Tenant) -> None:
+async def test_events_are_delivered_signed_in_order_and_filtered(
+    jctx: ServiceContext, tenant: Tenant
+) -> None:
     async with receiving() as receiver:
         sub = await _subscribe(tenant, receiver, ["job.state"])
         service = await _service(jctx, f"c-{uuid.uuid4().hex[:8]}")
@@ -205,7 +210,9 @@ async def test_paused_after_failures_and_resume_delivers_everything_in_order(
     async with tenant.ctx.sessions() as session:
         audit = (
             await session.execute(
-                sa.select(AuditRecord.action, AuditRecord.actor_type).where(AuditRecord.object_id == sub["id"])
+                sa.select(AuditRecord.action, AuditRecord.actor_type).where(
+                    AuditRecord.object_id == sub["id"]
+                )
             )
         ).all()
     assert ("pause", "system") in {(a, str(t)) for a, t in audit}
@@ -214,7 +221,9 @@ async def test_paused_after_failures_and_resume_delivers_everything_in_order(
 async def test_a_redelivered_event_adds_no_second_delivery(jctx: ServiceContext, tenant: Tenant) -> None:
     async with receiving() as receiver:
         sub = await _subscribe(tenant, receiver, ["trigger.fired"])
-        event = events.Event(id=987654, type="trigger.fired", account_id=tenant.account_id, at=datetime.now(UTC))
+        event = events.Event(
+            id=987654, type="trigger.fired", account_id=tenant.account_id, at=datetime.now(UTC)
+        )
         assert await record_event(jctx, event) == 1
         assert await record_event(jctx, event) == 0
         both = await asyncio.gather(record_event(jctx, event), record_event(jctx, event))
@@ -232,7 +241,9 @@ async def test_folder_filter(jctx: ServiceContext, tenant: Tenant) -> None:
     folder = await make_folder(tenant.ctx, tenant.account_id)
     async with receiving() as receiver:
         sub = await _subscribe(tenant, receiver, ["job.state"], folder_id=str(folder.id))
-        inside = events.Event(id=1001, type="job.state", account_id=tenant.account_id, folder_id=folder.id, at=datetime.now(UTC))
+        inside = events.Event(
+            id=1001, type="job.state", account_id=tenant.account_id, folder_id=folder.id, at=datetime.now(UTC)
+        )
         outside = events.Event(id=1002, type="job.state", account_id=tenant.account_id, at=datetime.now(UTC))
         assert await record_event(jctx, inside) == 1
         assert await record_event(jctx, outside) == 0
@@ -302,6 +313,3 @@ def test_signature_verification_refuses_tampering_and_old_timestamps() -> None:
     old = webhooks.sign(secret.encode(), body, timestamp=1_000_000)
     assert not webhooks.verify(secret, old, body)
     assert webhooks.verify(secret, old, body, now=1_000_100)
-
-
-

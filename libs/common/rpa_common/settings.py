@@ -308,11 +308,15 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(
         10.0, gt=0, description="Webhooks: time a receiver has to answer one delivery (and a test ping)."
     )
-    webhook_connect_timeout_s: float = Field(5.0, gt=0, description="Webhooks: time to connect to a receiver.")
+    webhook_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Webhooks: time to connect to a receiver."
+    )
     webhook_poll_interval_s: float = Field(
         1.0, gt=0, description="Webhooks: how often the scheduler looks for due deliveries."
     )
-    webhook_batch: int = Field(50, ge=1, le=1000, description="Webhooks: deliveries one worker claims at once.")
+    webhook_batch: int = Field(
+        50, ge=1, le=1000, description="Webhooks: deliveries one worker claims at once."
+    )
     webhook_retry_base_s: float = Field(
         5.0, gt=0, description="Webhooks: first retry delay; doubles per attempt, with jitter."
     )

@@ -72,7 +72,12 @@ def sign(secret: bytes, body: bytes, timestamp: int | None = None) -> str:
 
 
 def verify(
-    secret: bytes | str, header: str, body: bytes, *, window_s: int = REPLAY_WINDOW_S, now: float | None = None
+    secret: bytes | str,
+    header: str,
+    body: bytes,
+    *,
+    window_s: int = REPLAY_WINDOW_S,
+    now: float | None = None,
 ) -> bool:
     """What a receiver does (documented algorithm): True when ``header`` signs ``body`` recently."""
     key = secret.encode() if isinstance(secret, str) else secret

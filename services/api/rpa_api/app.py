@@ -32,8 +32,8 @@ from rpa_api.terminal_servers.router import router as terminal_servers_router
 from rpa_api.text_guard import text_guard
 from rpa_api.triggers.router import router as triggers_router
 from rpa_api.triggers.router import webhook_router
-from rpa_api.webhooks.router import router as webhooks_router
 from rpa_api.users.router import router as users_router
+from rpa_api.webhooks.router import router as webhooks_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
     BodySizeLimit,

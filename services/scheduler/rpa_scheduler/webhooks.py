@@ -169,7 +169,9 @@ class Outcome:
         return code is None or code in (408, 429) or code >= 500
 
 
-async def claim(ctx: ServiceContext, *, limit: int | None = None, now: datetime | None = None) -> list[Claimed]:
+async def claim(
+    ctx: ServiceContext, *, limit: int | None = None, now: datetime | None = None
+) -> list[Claimed]:
     """Due deliveries, one per subscription (its oldest pending event), leased to this worker."""
     settings = ctx.settings
     moment = now or utcnow()
@@ -270,7 +272,9 @@ async def send(http: httpx.AsyncClient, item: Claimed) -> Outcome:
     except httpx.HTTPError as exc:
         # The exception's class only: its text may echo the URL's credentials or query.
         return Outcome(error=type(exc).__name__)
-    return Outcome(status_code=response.status_code, retry_after_s=_retry_after(response.headers.get("retry-after")))
+    return Outcome(
+        status_code=response.status_code, retry_after_s=_retry_after(response.headers.get("retry-after"))
+    )
 
 
 def backoff_s(ctx: ServiceContext, attempts: int, retry_after_s: float | None) -> float:
@@ -278,7 +282,7 @@ def backoff_s(ctx: ServiceContext, attempts: int, retry_after_s: float | None) -
     when it asks for longer (up to the cap)."""
     settings = ctx.settings
     delay = min(settings.webhook_retry_max_s, settings.webhook_retry_base_s * 2 ** max(0, attempts - 1))
-    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+    delay *= random.uniform(0.5, 1.0)
     if retry_after_s is not None:
         delay = max(delay, min(retry_after_s, settings.webhook_retry_max_s))
     return delay

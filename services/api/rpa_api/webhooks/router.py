@@ -49,9 +49,7 @@ async def create_webhook(
 
 
 @router.get(_BASE, summary="List webhook subscriptions")
-async def list_webhooks(
-    tx: Transaction, paging: Paging, principal: Reader
-) -> Page[schemas.SubscriptionOut]:
+async def list_webhooks(tx: Transaction, paging: Paging, principal: Reader) -> Page[schemas.SubscriptionOut]:
     async def work(session: AsyncSession) -> Page[schemas.SubscriptionOut]:
         stmt = service.subscriptions_query(principal)
         total = await session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
@@ -125,7 +123,9 @@ async def pause_webhook(
     subscription_id: uuid.UUID, tx: Transaction, principal: Updater
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
-        return schemas.SubscriptionOut.model_validate(await service.pause(session, principal, subscription_id))
+        return schemas.SubscriptionOut.model_validate(
+            await service.pause(session, principal, subscription_id)
+        )
 
     return await tx.run(work)
 
@@ -138,7 +138,9 @@ async def resume_webhook(
     subscription_id: uuid.UUID, tx: Transaction, principal: Updater
 ) -> schemas.SubscriptionOut:
     async def work(session: AsyncSession) -> schemas.SubscriptionOut:
-        return schemas.SubscriptionOut.model_validate(await service.resume(session, principal, subscription_id))
+        return schemas.SubscriptionOut.model_validate(
+            await service.resume(session, principal, subscription_id)
+        )
 
     return await tx.run(work)
 

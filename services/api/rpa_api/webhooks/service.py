@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from rpa_common.models.base import utcnow
 from rpa_common.settings import Settings
 
 
-def subscriptions_query(principal: Principal) -> sa.Select[tuple[WebhookSubscription]]:
+def subscriptions_query(principal: Principal) -> sa.Select[WebhookSubscription]:
     return sa.select(WebhookSubscription).where(
         WebhookSubscription.account_id == principal.account_id,
         principal.folder_clause(WebhookSubscription.folder_id),
@@ -92,7 +93,9 @@ async def update_subscription(
     return sub
 
 
-async def delete_subscription(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> None:
+async def delete_subscription(
+    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID
+) -> None:
     sub = await get_subscription(session, principal, subscription_id, lock=True)
     await session.execute(sa.delete(WebhookDelivery).where(WebhookDelivery.subscription_id == sub.id))
     await session.delete(sub)
@@ -114,7 +117,9 @@ async def rotate_secret(
     return secret
 
 
-async def pause(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> WebhookSubscription:
+async def pause(
+    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID
+) -> WebhookSubscription:
     sub = await get_subscription(session, principal, subscription_id, lock=True)
     if sub.state != "paused":
         sub.state, sub.paused_at, sub.paused_reason = "paused", utcnow(), "paused by a person"
@@ -124,7 +129,9 @@ async def pause(session: AsyncSession, principal: Principal, subscription_id: uu
     return sub
 
 
-async def resume(session: AsyncSession, principal: Principal, subscription_id: uuid.UUID) -> WebhookSubscription:
+async def resume(
+    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID
+) -> WebhookSubscription:
     sub = await get_subscription(session, principal, subscription_id, lock=True)
     if sub.state != "active":
         was = sub.paused_reason
@@ -143,16 +150,20 @@ async def resume(session: AsyncSession, principal: Principal, subscription_id: u
 
 
 async def record_ping(
-    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, changes: dict[str, object]
+    session: AsyncSession, principal: Principal, subscription_id: uuid.UUID, changes: dict[str, Any]
 ) -> None:
     record(session, principal, "ping", "webhook_subscription", subscription_id, changes)
 
 
 async def secret_of(session: AsyncSession, settings: Settings, sub: WebhookSubscription) -> bytes:
-    return await webhooks.unseal(session, settings, sub.account_id, sub.id, sub.secret_wrapped, sub.secret_key_id)
+    return await webhooks.unseal(
+        session, settings, sub.account_id, sub.id, sub.secret_wrapped, sub.secret_key_id
+    )
 
 
-async def send_ping(settings: Settings, sub_id: uuid.UUID, account_id: uuid.UUID, url: str, secret: bytes) -> schemas.PingResult:
+async def send_ping(
+    settings: Settings, sub_id: uuid.UUID, account_id: uuid.UUID, url: str, secret: bytes
+) -> schemas.PingResult:
     """One signed ``ping`` (event id 0) to the URL, outside any transaction; nothing is stored."""
     event = Event(id=0, type="ping", account_id=account_id, object_id=sub_id, at=utcnow())
     body = event.model_dump_json().encode()
