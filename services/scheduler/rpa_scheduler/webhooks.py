@@ -421,6 +421,9 @@ class WebhookService:
                 raise
             except Exception:
                 log.exception("webhooks.intake_failed")
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
                 sub = None
                 await asyncio.sleep(1.0)
 
