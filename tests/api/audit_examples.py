@@ -789,3 +789,61 @@ async def _triggers_import(w: World) -> Expect:
     imported = await w.op(files=files)
     del process
     return Expect("create", "trigger", imported["items"][0]["id"])
+
+
+# Webhook subscriptions: the URL is a closed port on loopback (a ping answers "not delivered").
+_HOOK_URL = "http://127.0.0.1:9/hook"
+
+
+async def _webhook(w: World) -> dict[str, Any]:
+    body = {"url": _HOOK_URL, "event_types": ["job.state"]}
+    return await w.setup("POST", "/webhooks", json=body)  # type: ignore[no-any-return]
+
+
+@example("webhooks_create")
+async def _webhooks_create(w: World) -> Expect:
+    created = await w.op(json={"url": _HOOK_URL, "event_types": ["job.state", "robot.status"]})
+    return Expect("create", "webhook_subscription", created["id"])
+
+
+@example("webhooks_update")
+async def _webhooks_update(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.op(subscription_id=hook["id"], json={"description": "audited"})
+    return Expect("update", "webhook_subscription", hook["id"])
+
+
+@example("webhooks_delete")
+async def _webhooks_delete(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.op(subscription_id=hook["id"])
+    return Expect("delete", "webhook_subscription", hook["id"])
+
+
+@example("webhooks_rotate_secret")
+async def _webhooks_rotate_secret(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.op(subscription_id=hook["id"])
+    return Expect("rotate_secret", "webhook_subscription", hook["id"])
+
+
+@example("webhooks_pause")
+async def _webhooks_pause(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.op(subscription_id=hook["id"])
+    return Expect("pause", "webhook_subscription", hook["id"])
+
+
+@example("webhooks_resume")
+async def _webhooks_resume(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.setup("POST", f"/webhooks/{hook['id']}/pause")
+    await w.op(subscription_id=hook["id"])
+    return Expect("resume", "webhook_subscription", hook["id"])
+
+
+@example("webhooks_ping")
+async def _webhooks_ping(w: World) -> Expect:
+    hook = await _webhook(w)
+    await w.op(subscription_id=hook["id"])
+    return Expect("ping", "webhook_subscription", hook["id"])

@@ -324,6 +324,30 @@ class Settings(BaseSettings):
     retention_batch: int = Field(
         1000, ge=1, le=10000, description="Scheduler: rows removed per retention transaction."
     )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Webhooks: time a receiver has to answer one delivery (and a test ping)."
+    )
+    webhook_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Webhooks: time to connect to a receiver."
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, description="Webhooks: how often the scheduler looks for due deliveries."
+    )
+    webhook_batch: int = Field(
+        50, ge=1, le=1000, description="Webhooks: deliveries one worker claims at once."
+    )
+    webhook_retry_base_s: float = Field(
+        5.0, gt=0, description="Webhooks: first retry delay; doubles per attempt, with jitter."
+    )
+    webhook_retry_max_s: float = Field(
+        3600.0, gt=0, description="Webhooks: longest retry delay (also caps a receiver's Retry-After)."
+    )
+    webhook_pause_after_failures: int = Field(
+        20, ge=1, description="Webhooks: consecutive failed attempts after which a subscription is paused."
+    )
+    webhook_pause_after_s: float = Field(
+        86400.0, gt=0, description="Webhooks: a subscription failing (no success) this long is paused."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:

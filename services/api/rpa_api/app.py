@@ -36,6 +36,7 @@ from rpa_api.text_guard import text_guard
 from rpa_api.triggers.router import router as triggers_router
 from rpa_api.triggers.router import webhook_router
 from rpa_api.users.router import router as users_router
+from rpa_api.webhooks.router import router as webhooks_router
 from rpa_common.logging import configure_logging
 from rpa_common.service import (
     BodySizeLimit,
@@ -162,6 +163,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (triggers_router, "triggers"),
         (webhook_router, "triggers"),
         (licenses_router, "licenses"),
+        (webhooks_router, "webhooks"),
         (statistics_router, "statistics"),
         (screenshots_router, "screenshots"),
     ):

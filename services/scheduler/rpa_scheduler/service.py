@@ -30,6 +30,7 @@ from rpa_scheduler.gauges import GaugeSampler
 from rpa_scheduler.retention import retention_pass
 from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
+from rpa_scheduler.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ class Scheduler:
         triggers: bool = True,
         sweeps: bool = True,
         gauges: bool = True,
+        webhooks: bool = True,
         queue: str = subjects.SCHEDULER_QUEUE,
     ) -> None:
         self.ctx = ctx
@@ -62,6 +64,7 @@ class Scheduler:
         self.triggers = TriggerScheduler(ctx) if triggers else None
         self.sweeps = sweeps
         self.gauges = GaugeSampler(ctx) if gauges else None
+        self.webhooks = WebhookService(ctx) if webhooks else None
         self.passes = 0
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -93,6 +96,8 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
         if self.gauges is not None:
             self._tasks.append(asyncio.create_task(self.gauges.run(), name="gauges"))
+        if self.webhooks is not None:
+            self.webhooks.start()
         self.wake.set()  # recover whatever waited while no scheduler ran
         log.info("scheduler.started")
 
@@ -111,6 +116,8 @@ class Scheduler:
             self._wake_soon.cancel()
         if self.triggers is not None:
             await self.triggers.aclose()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         log.info("scheduler.stopped", dispatch_passes=self.passes)
 
     # NATS handlers: decode, decide, set the event. Never raise into the NATS client.

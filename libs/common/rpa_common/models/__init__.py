@@ -33,6 +33,7 @@ from rpa_common.models.robots import (
 )
 from rpa_common.models.stats import RobotStatusInterval
 from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
+from rpa_common.models.webhooks import WebhookDelivery, WebhookSubscription
 
 __all__ = [
     "AccessFolder",
@@ -78,6 +79,8 @@ __all__ = [
     "UnattendedAccount",
     "User",
     "UserRole",
+    "WebhookDelivery",
+    "WebhookSubscription",
     "new_id",
     "utcnow",
 ]

@@ -178,6 +178,7 @@ class PermissionObject(enum.StrEnum):
     PROCESSES = "processes"
     JOBS = "jobs"
     TRIGGERS = "triggers"
+    WEBHOOKS = "webhooks"
     QUEUES = "queues"
     TASKS = "tasks"
     RESOURCES = "resources"

@@ -14,8 +14,11 @@ from rpa_common.models.enums import PermissionObject as O
 # "reveal" is an action of credentials only, and credentials have no other action (people manage
 # them as resources): see a password only with credentials:reveal, which only Administrator has.
 ALL: set[tuple[O, A]] = {(o, a) for o in O for a in A if (o is O.CREDENTIALS) == (a is A.REVEAL)}
+# Webhooks are not "operational": a receiver's URL often carries its own token.
 READ_ALL_OPERATIONAL: set[tuple[O, A]] = {
-    (o, A.READ) for o in O if o not in (O.ACCOUNTS, O.USERS, O.ROLES, O.API_KEYS, O.AUDIT, O.CREDENTIALS)
+    (o, A.READ)
+    for o in O
+    if o not in (O.ACCOUNTS, O.USERS, O.ROLES, O.API_KEYS, O.AUDIT, O.CREDENTIALS, O.WEBHOOKS)
 }
 CRUD = (A.READ, A.CREATE, A.UPDATE, A.DELETE)
 
@@ -30,6 +33,7 @@ BUILTIN_ROLES: dict[str, tuple[str, set[tuple[O, A]]]] = {
         | {(O.RESOURCES, a) for a in CRUD}
         | {(O.CALENDARS, a) for a in CRUD}
         | {(O.TRIGGERS, a) for a in (*CRUD, A.RUN)}
+        | {(O.WEBHOOKS, a) for a in CRUD}
         | {(O.JOBS, A.RUN), (O.JOBS, A.CREATE)}
         | {(O.API_KEYS, a) for a in CRUD},
     ),

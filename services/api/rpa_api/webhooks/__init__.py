@@ -1,0 +1,1 @@
+"""Outgoing webhooks: subscriptions, their secrets, their delivery log (issue 13)."""
