@@ -209,7 +209,17 @@ class Client:
 class Named:
     """A resource with the usual list/get/create/update/delete operations (``{prefix}_{action}``)."""
 
-    def __init__(self, client: Client, prefix: str, id_param: str, *, get: bool = True, delete: str = "delete"):
+    def __init__(
+        self,
+        client: Client,
+        prefix: str,
+        id_param: str,
+        *,
+        get: bool = True,
+        delete: str = "delete",
+        noun: str | None = None,
+    ) -> None:
+        self.noun = noun or id_param.removesuffix("_id").replace("_", " ")
         self.client = client
         self.prefix = prefix
         self.id_param = id_param
@@ -249,7 +259,7 @@ class Named:
                 return item
         raise ApiError(
             404,
-            {"title": "Not Found", "status": 404, "detail": f"no {self.prefix.rstrip('s')} named {name_or_id!r}"},
+            {"title": "Not Found", "status": 404, "detail": f"no {self.noun} named {name_or_id!r}"},
         )
 
 
@@ -440,7 +450,7 @@ class Robots(Named):
 
 class RobotGroups(Named):
     def __init__(self, client: Client) -> None:
-        super().__init__(client, "robot_groups", "group_id")
+        super().__init__(client, "robot_groups", "group_id", noun="robot group")
 
     def add_member(self, group_id: str, robot_id: str) -> None:
         self.client.call("robot_groups_add_member", group_id=group_id, robot_id=robot_id)
