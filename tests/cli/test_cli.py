@@ -62,7 +62,10 @@ class Live:
 @pytest.fixture
 async def live(stack: Stack, api: Api, tmp_path: Path) -> Live:
     api_svc, scheduler, gateway = stack.service("api", RPA_API_WORKERS="1"), stack.service("scheduler"), stack.service("gateway")
-    await stack.start(api_svc, scheduler, gateway)
+    for svc in (api_svc, scheduler, gateway):
+        svc.start()
+    # The machine may be busy: more time than Stack.start's default to come up.
+    await asyncio.gather(*(asyncio.to_thread(svc.wait_ready, 120) for svc in (api_svc, scheduler, gateway)))
     name = f"cli-bot-{uuid.uuid4().hex[:6]}"
     robot_id, key = await api.robot(name=name)
     stack.robot(gateway.ws_url, key)
@@ -171,6 +174,8 @@ async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack, e
         RPA_SERVER=live.server, RPA_API_KEY=key, RPA_ROBOT_GROUP=group,
         GITHUB_SHA="0123abc", CI_COMMIT_SHA="0123abc",
     )
+    # As after the pipeline's `pip install`: `rpa` on the PATH.
+    env["PATH"] = f"{Path(RPA).parent}{os.pathsep}{env.get('PATH', '')}"
     script = "set -eu\n" + "\n".join(commands) + "\n"
     result = await asyncio.to_thread(
         subprocess.run, ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=150, cwd=ROOT
