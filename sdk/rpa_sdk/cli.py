@@ -92,7 +92,9 @@ def client_for(profile_name: str | None) -> Client:
         try:
             fresh = client.call("auth_refresh", json={"refresh_token": tokens["refresh_token"]})
         except ApiError as exc:
-            raise CliError(f"the session of profile {profile.name!r} ended ({exc.detail}): run 'rpa login'") from exc
+            raise CliError(
+                f"the session of profile {profile.name!r} ended ({exc.detail}): run 'rpa login'"
+            ) from exc
         client.token = fresh["access_token"]
         config.store_secret(profile.name, json.dumps(_tokens(fresh)))
     return client
@@ -110,7 +112,9 @@ def _secret_input(env_var: str, stdin: bool, prompt: str) -> str:
     elif sys.stdin.isatty():
         value = typer.prompt(prompt, hide_input=True)
     else:
-        raise CliError(f"no {prompt.lower()}: set {env_var}, pass it on stdin with --*-stdin, or run in a terminal")
+        raise CliError(
+            f"no {prompt.lower()}: set {env_var}, pass it on stdin with --*-stdin, or run in a terminal"
+        )
     if not value:
         raise CliError(f"empty {prompt.lower()}")
     return value
@@ -123,7 +127,9 @@ def login(
     api_key: Annotated[
         bool, typer.Option("--api-key", help="Log in with an API key (RPA_API_KEY, stdin or prompt)")
     ] = False,
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password or key from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password or key from stdin")
+    ] = False,
     profile: ProfileOpt = None,
 ) -> None:
     """Log in and keep the session as a profile (the secret in the OS keyring, else a 0600 file)."""
@@ -201,8 +207,12 @@ def publish(
     manifest, package = build_package(folder)
     client = client_for(profile)
     with Progress(
-        TextColumn("Uploading {task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        console=err, transient=True,
+        TextColumn("Uploading {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task(f"{manifest['name']} {manifest['version']}", total=len(package))
         result = client.processes.publish(
@@ -235,9 +245,15 @@ def jobs_start(
     process: Annotated[str, typer.Argument(help="Process name or id")],
     robot: Annotated[str | None, typer.Option(help="Robot name or id")] = None,
     group: Annotated[str | None, typer.Option(help="Robot group name or id")] = None,
-    arg: Annotated[list[str] | None, typer.Option("--arg", help="Input argument KEY=VALUE (repeatable)")] = None,
-    wait: Annotated[bool, typer.Option(help="Print the job's logs until it ends; exit 0 only if Successful")] = False,
-    timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds")] = None,
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="Input argument KEY=VALUE (repeatable)")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option(help="Print the job's logs until it ends; exit 0 only if Successful")
+    ] = False,
+    timeout: Annotated[
+        float | None, typer.Option(help="With --wait: give up after this many seconds")
+    ] = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Start a job of PROCESS on a robot or on any robot of a group."""
@@ -322,7 +338,9 @@ def jobs_wait(job: str, timeout: float | None = None, profile: ProfileOpt = None
 @logs_app.command("tail")
 def logs_tail(
     job: str,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until the job ends")
+    ] = False,
     as_json: JsonOpt = False,
     profile: ProfileOpt = None,
 ) -> None:
@@ -349,7 +367,8 @@ def logs_list(
     """Newest log lines matching the filters."""
     client = client_for(profile)
     page = client.call(
-        "logs_list", params={"job_id": job, "robot_id": robot, "min_level": min_level, "text": text, "limit": limit}
+        "logs_list",
+        params={"job_id": job, "robot_id": robot, "min_level": min_level, "text": text, "limit": limit},
     )
     _print_list(page["items"], ["at", "level", "message", "job_id"], as_json, "Logs")
 
@@ -375,7 +394,9 @@ def queues_list(as_json: JsonOpt = False, profile: ProfileOpt = None) -> None:
 def queues_add_task(
     queue: Annotated[str, typer.Argument(help="Queue name or id")],
     name: Annotated[str, typer.Option(help="The task's name")],
-    param: Annotated[list[str] | None, typer.Option("--param", help="Parameter KEY=VALUE (repeatable)")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="Parameter KEY=VALUE (repeatable)")
+    ] = None,
     priority: Annotated[int | None, typer.Option(help="The task's priority")] = None,
     profile: ProfileOpt = None,
 ) -> None:
@@ -398,7 +419,9 @@ def resources_list(as_json: JsonOpt = False, profile: ProfileOpt = None) -> None
 def resources_set(
     name: str,
     value: str,
-    group: Annotated[str, typer.Option(help="Resource group of a new resource (created if needed)")] = "default",
+    group: Annotated[
+        str, typer.Option(help="Resource group of a new resource (created if needed)")
+    ] = "default",
     profile: ProfileOpt = None,
 ) -> None:
     """Set the text resource NAME to VALUE for every robot (created when new). Not for secrets: use
@@ -411,7 +434,9 @@ def resources_set(
 def resources_set_credentials(
     name: str,
     login: Annotated[str, typer.Option(help="The login")],
-    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from stdin")
+    ] = False,
     group: Annotated[str, typer.Option(help="Resource group of a new resource")] = "default",
     profile: ProfileOpt = None,
 ) -> None:

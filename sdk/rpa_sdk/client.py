@@ -226,12 +226,15 @@ class Named:
         self._get = get
         self._delete = delete
 
+    def _path(self, item_id: str | uuid.UUID) -> dict[str, Any]:
+        return {self.id_param: item_id}
+
     def list(self, **filters: Any) -> Iterator[dict[str, Any]]:
         """Every item (all pages)."""
         return self.client.iterate(f"{self.prefix}_list", params=filters)
 
     def get(self, item_id: str | uuid.UUID) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call(f"{self.prefix}_get", **{self.id_param: item_id})
+        result: dict[str, Any] = self.client.call(f"{self.prefix}_get", **self._path(item_id))
         return result
 
     def create(self, **body: Any) -> dict[str, Any]:
@@ -239,11 +242,11 @@ class Named:
         return result
 
     def update(self, item_id: str | uuid.UUID, **body: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.client.call(f"{self.prefix}_update", json=body, **{self.id_param: item_id})
+        result: dict[str, Any] = self.client.call(f"{self.prefix}_update", json=body, **self._path(item_id))
         return result
 
     def delete(self, item_id: str | uuid.UUID) -> None:
-        self.client.call(f"{self.prefix}_{self._delete}", **{self.id_param: item_id})
+        self.client.call(f"{self.prefix}_{self._delete}", **self._path(item_id))
 
     def find(self, name_or_id: str) -> dict[str, Any]:
         """The item whose id or name (exactly, any case) is ``name_or_id``; ``ApiError`` 404 otherwise."""
@@ -401,7 +404,8 @@ class Jobs(Named):
                     if response.status_code >= 400:
                         response.read()
                         raise ApiError(response.status_code, _problem(response))
-                    event, data, event_id = "message", [], None
+                    event, event_id = "message", None
+                    data: list[str] = []
                     for raw in response.iter_lines():
                         if raw == "":
                             if event == "end":
@@ -410,7 +414,7 @@ class Jobs(Named):
                                 yield json.loads("\n".join(data))
                                 if event_id:
                                     last_id = event_id
-                            event, data, event_id = "message", [], None
+                            event, data, event_id = "message", [], None  # next event
                         elif raw.startswith(":"):
                             continue
                         else:
@@ -463,7 +467,9 @@ class Queues(Named):
     def __init__(self, client: Client) -> None:
         super().__init__(client, "queues", "queue_id")
 
-    def add_task(self, queue_id: str, name: str, parameters: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    def add_task(
+        self, queue_id: str, name: str, parameters: dict[str, Any] | None = None, **fields: Any
+    ) -> dict[str, Any]:
         result: dict[str, Any] = self.client.call(
             "tasks_add", json={"name": name, "parameters": parameters or {}, **fields}, queue_id=queue_id
         )
@@ -503,7 +509,9 @@ class Resources(Named):
         )
         return result
 
-    def set_text(self, name: str, text: str, *, group: str = "default", description: str = "") -> dict[str, Any]:
+    def set_text(
+        self, name: str, text: str, *, group: str = "default", description: str = ""
+    ) -> dict[str, Any]:
         """Set the text resource ``name`` (all robots' value), creating it (and its group) when new."""
         resource = self._by_name(name)
         if resource is None:
@@ -512,7 +520,14 @@ class Resources(Named):
         return self.set_value(resource["id"], scope="all", text=text)
 
     def set_credentials(
-        self, name: str, login: str, password: str, *, group: str = "default", scope: str = "all", **fields: Any
+        self,
+        name: str,
+        login: str,
+        password: str,
+        *,
+        group: str = "default",
+        scope: str = "all",
+        **fields: Any,
     ) -> dict[str, Any]:
         """Set the credentials resource ``name`` (created when new). The answer never holds the password."""
         resource = self._by_name(name)

@@ -70,7 +70,11 @@ def _keyring() -> Any | None:
         from keyring.backends import fail
 
         backend = keyring.get_keyring()
-        if isinstance(backend, fail.Keyring) or "fail" in type(backend).__module__ or "null" in type(backend).__module__:
+        if (
+            isinstance(backend, fail.Keyring)
+            or "fail" in type(backend).__module__
+            or "null" in type(backend).__module__
+        ):
             return None
         return keyring
     except Exception:  # any keyring import or backend failure means: no keyring
@@ -83,9 +87,10 @@ def store_secret(profile_name: str, secret: str) -> str:
     if kr is not None:
         try:
             kr.set_password(KEYRING_SERVICE, profile_name, secret)
-            return "keyring"
         except Exception:  # a keyring that refuses (locked, no D-Bus...): fall back to the file
-            pass
+            kr = None
+        else:
+            return "keyring"
     path = secrets_file()
     data = _read(path)
     data[profile_name] = secret
@@ -99,10 +104,10 @@ def load_secret(profile: Profile) -> str | None:
         if kr is not None:
             try:
                 value = kr.get_password(KEYRING_SERVICE, profile.name)
-                if value:
-                    return str(value)
             except Exception:  # unreadable keyring: try the file
-                pass
+                value = None
+            if value:
+                return str(value)
     value = _read(secrets_file()).get(profile.name)
     return str(value) if value else None
 

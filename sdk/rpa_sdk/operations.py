@@ -59,8 +59,14 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "terminal_servers_create_account": ("POST", "/api/v1/terminal-servers/{server_id}/accounts"),
     "terminal_servers_list_accounts": ("GET", "/api/v1/terminal-servers/{server_id}/accounts"),
     "terminal_servers_get_account": ("GET", "/api/v1/terminal-servers/{server_id}/accounts/{account_id}"),
-    "terminal_servers_update_account": ("PATCH", "/api/v1/terminal-servers/{server_id}/accounts/{account_id}"),
-    "terminal_servers_delete_account": ("DELETE", "/api/v1/terminal-servers/{server_id}/accounts/{account_id}"),
+    "terminal_servers_update_account": (
+        "PATCH",
+        "/api/v1/terminal-servers/{server_id}/accounts/{account_id}",
+    ),
+    "terminal_servers_delete_account": (
+        "DELETE",
+        "/api/v1/terminal-servers/{server_id}/accounts/{account_id}",
+    ),
     "processes_publish": ("POST", "/api/v1/processes/publish"),
     "processes_publish_version": ("POST", "/api/v1/processes/{process_id}/versions"),
     "processes_list_versions": ("GET", "/api/v1/processes/{process_id}/versions"),

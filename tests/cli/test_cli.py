@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PASSWORD, ROOT, Tenant
-from tests.e2e.conftest import Api, Service, Stack, clean_env
+from tests.e2e.conftest import Api, Stack, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -46,7 +46,9 @@ class Live:
             **extra,
         )
 
-    async def rpa(self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    async def rpa(
+        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return await asyncio.to_thread(
             subprocess.run,
             [RPA, *args],
@@ -61,7 +63,11 @@ class Live:
 
 @pytest.fixture
 async def live(stack: Stack, api: Api, tmp_path: Path) -> Live:
-    api_svc, scheduler, gateway = stack.service("api", RPA_API_WORKERS="1"), stack.service("scheduler"), stack.service("gateway")
+    api_svc, scheduler, gateway = (
+        stack.service("api", RPA_API_WORKERS="1"),
+        stack.service("scheduler"),
+        stack.service("gateway"),
+    )
     for svc in (api_svc, scheduler, gateway):
         svc.start()
     # The machine may be busy: more time than Stack.start's default to come up.
@@ -83,14 +89,25 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-async def test_login_publish_run_with_wait_logs_and_failures(live: Live, tenant: Tenant, stack: Stack) -> None:
+async def test_login_publish_run_with_wait_logs_and_failures(
+    live: Live, tenant: Tenant, stack: Stack
+) -> None:
     # Not logged in: one clear line.
     assert "not logged in" in one_error_line(await live.rpa("robots", "list"))
 
     # A wrong password: the API's problem, in one line; then the right one, from the environment.
-    bad = await live.rpa("login", "--server", live.server, "-u", tenant.admin_username, env=live.env(RPA_PASSWORD="wrong password!"))
+    bad = await live.rpa(
+        "login",
+        "--server",
+        live.server,
+        "-u",
+        tenant.admin_username,
+        env=live.env(RPA_PASSWORD="wrong password!"),
+    )
     assert "401" in one_error_line(bad)
-    ok = await live.rpa("login", "--server", live.server, "-u", tenant.admin_username, env=live.env(RPA_PASSWORD=PASSWORD))
+    ok = await live.rpa(
+        "login", "--server", live.server, "-u", tenant.admin_username, env=live.env(RPA_PASSWORD=PASSWORD)
+    )
     assert ok.returncode == 0, ok.stderr
     assert f"as {tenant.admin_username}" in ok.stdout
     # This machine has no OS keyring: the session is kept in a file of the user's only, and it says so.
@@ -100,7 +117,10 @@ async def test_login_publish_run_with_wait_logs_and_failures(live: Live, tenant:
     assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
     assert PASSWORD not in secrets.read_text() and PASSWORD not in (config_dir / "config.json").read_text()
     profile = json.loads((config_dir / "config.json").read_text())
-    assert profile["profiles"]["default"]["server"] == live.server and profile["profiles"]["default"]["store"] == "file"
+    assert (
+        profile["profiles"]["default"]["server"] == live.server
+        and profile["profiles"]["default"]["store"] == "file"
+    )
 
     # Publish a folder: a new process, then (same folder, same version label) the API's 409 in one line.
     published = await live.rpa("publish", str(EXAMPLES / "hello"), "--notes", "from the cli")
@@ -110,9 +130,22 @@ async def test_login_publish_run_with_wait_logs_and_failures(live: Live, tenant:
     assert "409" in one_error_line(again)
 
     # A job with --wait prints its logs and exits 0 when Successful.
-    run = await live.rpa("jobs", "start", "hello", "--robot", live.robot_name, "--arg", "name=Ada", "--arg", "count=3", "--wait")
+    run = await live.rpa(
+        "jobs",
+        "start",
+        "hello",
+        "--robot",
+        live.robot_name,
+        "--arg",
+        "name=Ada",
+        "--arg",
+        "count=3",
+        "--wait",
+    )
     assert run.returncode == 0, run.stdout + run.stderr + stack.report()
-    assert [line.split(None, 3)[-1] for line in run.stdout.splitlines()] == [f"hello Ada #{n}" for n in range(3)]
+    assert [line.split(None, 3)[-1] for line in run.stdout.splitlines()] == [
+        f"hello Ada #{n}" for n in range(3)
+    ]
     assert "Successful" in run.stderr and '"greeting": "Hello, Ada!"' in run.stderr
     job_id = re.search(r"Job (\S+) Pending", run.stderr).group(1)  # type: ignore[union-attr]
 
@@ -121,7 +154,9 @@ async def test_login_publish_run_with_wait_logs_and_failures(live: Live, tenant:
     assert tail.returncode == 0 and "hello Ada #2" in tail.stdout
     follow = await live.rpa("logs", "tail", job_id, "-f")
     assert follow.returncode == 0, follow.stderr
-    assert [line.split(None, 3)[-1] for line in follow.stdout.splitlines()] == [f"hello Ada #{n}" for n in range(3)]
+    assert [line.split(None, 3)[-1] for line in follow.stdout.splitlines()] == [
+        f"hello Ada #{n}" for n in range(3)
+    ]
 
     # A failing script: non-zero exit code, the state and error on stderr.
     assert (await live.rpa("publish", str(EXAMPLES / "fail"))).returncode == 0
@@ -149,8 +184,12 @@ async def test_login_publish_run_with_wait_logs_and_failures(live: Live, tenant:
     assert {j["state"] for j in jobs} == {"Successful", "Failed", "Stopped"}
 
     # Unknown names and bad input: one line, non-zero.
-    assert "no process named 'nope'" in one_error_line(await live.rpa("jobs", "start", "nope", "--robot", live.robot_name))
-    assert "KEY=VALUE" in one_error_line(await live.rpa("jobs", "start", "hello", "--robot", live.robot_name, "--arg", "oops"))
+    assert "no process named 'nope'" in one_error_line(
+        await live.rpa("jobs", "start", "nope", "--robot", live.robot_name)
+    )
+    assert "KEY=VALUE" in one_error_line(
+        await live.rpa("jobs", "start", "hello", "--robot", live.robot_name, "--arg", "oops")
+    )
 
 
 def ci_commands(path: Path) -> list[str]:
@@ -171,8 +210,11 @@ async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack, e
     group = f"ci-{uuid.uuid4().hex[:6]}"
     await live.api.group([live.robot_id], name=group)
     env = live.env(
-        RPA_SERVER=live.server, RPA_API_KEY=key, RPA_ROBOT_GROUP=group,
-        GITHUB_SHA="0123abc", CI_COMMIT_SHA="0123abc",
+        RPA_SERVER=live.server,
+        RPA_API_KEY=key,
+        RPA_ROBOT_GROUP=group,
+        GITHUB_SHA="0123abc",
+        CI_COMMIT_SHA="0123abc",
     )
     # As after the pipeline's `pip install`: `rpa` on the PATH.
     env["PATH"] = f"{Path(RPA).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -187,7 +229,18 @@ async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack, e
 
     # The same key drives the other commands a pipeline may use.
     queue = (await live.api.call("POST", "/queues", 201, json={"name": f"q-{group}"}))["name"]
-    added = await live.rpa("queues", "add-task", queue, "--name", "invoice 1", "--param", "amount=12.5", "--param", "who=Ada", env=env)
+    added = await live.rpa(
+        "queues",
+        "add-task",
+        queue,
+        "--name",
+        "invoice 1",
+        "--param",
+        "amount=12.5",
+        "--param",
+        "who=Ada",
+        env=env,
+    )
     assert added.returncode == 0, added.stderr
     queue_id = (await live.api.call("GET", f"/queues?name={queue}", 200))["items"][0]["id"]
     tasks = (await live.api.call("GET", f"/queues/{queue_id}/tasks", 200))["items"]
