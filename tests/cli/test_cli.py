@@ -63,11 +63,11 @@ class Live:
 
 @pytest.fixture
 async def live(stack: Stack, api: Api, tmp_path: Path) -> Live:
-    api_svc, scheduler, gateway = (
-        stack.service("api", RPA_API_WORKERS="1"),
-        stack.service("scheduler"),
-        stack.service("gateway"),
-    )
+    # Nothing here is about time: leases and heartbeats long enough for a busy machine.
+    calm = {"RPA_JOB_LEASE_S": "30", "RPA_HEARTBEAT_INTERVAL_S": "2", "RPA_SWEEP_INTERVAL_S": "1"}
+    api_svc = stack.service("api", settings=calm, RPA_API_WORKERS="1")
+    scheduler, gateway = stack.service("scheduler", settings=calm), stack.service("gateway", settings=calm)
+
     for svc in (api_svc, scheduler, gateway):
         svc.start()
     # The machine may be busy: more time than Stack.start's default to come up.
