@@ -192,6 +192,19 @@ async def test_login_publish_run_with_wait_logs_and_failures(
     )
 
 
+async def _bumped(home: Path, version: str) -> Path:
+    """A checkout whose examples/hello has another version label."""
+    root = home / "checkout"
+    target = root / "examples" / "hello"
+    target.mkdir(parents=True)
+    for path in (EXAMPLES / "hello").iterdir():
+        if path.is_file() and path.suffix in (".py", ".json"):
+            (target / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((target / "rpa.json").read_text())
+    (target / "rpa.json").write_text(json.dumps({**manifest, "version": version}))
+    return root
+
+
 def ci_commands(path: Path) -> list[str]:
     """The ``rpa`` lines of a CI file (``run: rpa ...`` of a GitHub step, ``- rpa ...`` of a GitLab script)."""
     lines = []
@@ -202,10 +215,7 @@ def ci_commands(path: Path) -> list[str]:
     return lines
 
 
-@pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
-async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack, example: str) -> None:
-    commands = ci_commands(Path(ROOT) / "examples" / "ci" / example)
-    assert [c.split()[:2] for c in commands] == [["rpa", "publish"], ["rpa", "jobs"]]
+async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack) -> None:
     key = (await live.api.call("POST", "/api-keys", 201, json={"name": "ci"}))["key"]
     group = f"ci-{uuid.uuid4().hex[:6]}"
     await live.api.group([live.robot_id], name=group)
@@ -218,13 +228,23 @@ async def test_the_ci_examples_publish_and_run_a_job(live: Live, stack: Stack, e
     )
     # As after the pipeline's `pip install`: `rpa` on the PATH.
     env["PATH"] = f"{Path(RPA).parent}{os.pathsep}{env.get('PATH', '')}"
-    script = "set -eu\n" + "\n".join(commands) + "\n"
-    result = await asyncio.to_thread(
-        subprocess.run, ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=150, cwd=ROOT
-    )
-    assert result.returncode == 0, result.stdout + result.stderr + stack.report()
-    assert "hello CI #1" in result.stdout and "Successful" in result.stderr
-    assert key not in result.stdout + result.stderr
+    for example in ("github-actions.yml", "gitlab-ci.yml"):
+        commands = ci_commands(Path(ROOT) / "examples" / "ci" / example)
+        assert [c.split()[:2] for c in commands] == [["rpa", "publish"], ["rpa", "jobs"]], example
+        # The second pipeline publishes the same version label: make it a new one, as a new commit would.
+        script = "set -eu\n" + "\n".join(commands) + "\n"
+        result = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=150,
+            cwd=ROOT if example.startswith("github") else str(await _bumped(live.home, "2.0.0")),
+        )
+        assert result.returncode == 0, example + result.stdout + result.stderr + stack.report()
+        assert "hello CI #1" in result.stdout and "Successful" in result.stderr, example
+        assert key not in result.stdout + result.stderr
     assert not (live.home / ".config" / "rpa").exists()  # no login needed, nothing stored
 
     # The same key drives the other commands a pipeline may use.
