@@ -30,7 +30,7 @@ class LdapConfig(BaseModel):
     group_name_attribute: str = Field(default="cn", min_length=1, max_length=64)
     email_attribute: str = Field(default="mail", min_length=1, max_length=64)
     display_name_attribute: str = Field(default="cn", min_length=1, max_length=64)
-    timeout_s: float = Field(default=5.0, gt=0, le=60)
+    timeout_s: int = Field(default=5, ge=1, le=60)
 
     @field_validator("user_filter")
     @classmethod

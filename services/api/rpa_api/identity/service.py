@@ -251,7 +251,7 @@ def ldap_authenticate(cfg: schemas.LdapConfig, bind_password: str | None, userna
             )
         finally:
             svc.unbind()
-    except LDAPException as exc:
+    except (LDAPException, OSError) as exc:
         log.warning("identity.ldap_unreachable", url=cfg.url, error=type(exc).__name__)
         raise ServiceUnavailable(
             "the identity provider's directory cannot be reached; try again later", retry_after_s=30
