@@ -19,7 +19,7 @@ from rpa_common.models import IdentityProvider
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 
-router = APIRouter(tags=["identity-providers"])
+router = APIRouter()
 
 Read = Annotated[Principal, Depends(require(O.ACCOUNTS, A.READ))]
 Admin = Annotated[Principal, Depends(require(O.ACCOUNTS, A.UPDATE))]
