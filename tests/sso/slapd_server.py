@@ -16,7 +16,7 @@ from pathlib import Path
 
 SUFFIX = "dc=rpa,dc=test"
 ROOT_DN = f"cn=admin,{SUFFIX}"
-ROOT_PW = "admin-secret-pw"  # noqa: S105 - a throwaway test directory
+ROOT_PW = "admin-secret-pw"
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
 
@@ -82,7 +82,7 @@ class Slapd:
         )
         data = workdir / "data.ldif"
         data.write_text(_ldif(users, groups))
-        subprocess.run(  # noqa: S603 - fixed arguments
+        subprocess.run(
             [binary.replace("slapd", "slapadd"), "-f", str(conf), "-l", str(data)],
             check=True,
             capture_output=True,
@@ -92,7 +92,7 @@ class Slapd:
             self.port = s.getsockname()[1]
         self.url = f"ldap://127.0.0.1:{self.port}"
         self.log = open(workdir / "slapd.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed arguments
+        self.proc = subprocess.Popen(
             [binary, "-f", str(conf), "-h", f"{self.url}/", "-d", "0"],
             stdout=self.log,
             stderr=subprocess.STDOUT,

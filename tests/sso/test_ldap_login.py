@@ -87,12 +87,16 @@ async def _me(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
     return body
 
 
-async def test_ldap_provider_config_and_logins(slapd: Slapd, client: httpx.AsyncClient, tenant: Tenant) -> None:
+async def test_ldap_provider_config_and_logins(
+    slapd: Slapd, client: httpx.AsyncClient, tenant: Tenant
+) -> None:
     admin = tenant.headers
 
     # Configuring: accounts:update only; roles must exist; the secret never comes back.
     _, _, operator = await tenant.user("Operator")
-    assert (await client.post("/api/v1/identity-providers", json=_provider_body(slapd.url), headers=operator)).status_code == 403
+    assert (
+        await client.post("/api/v1/identity-providers", json=_provider_body(slapd.url), headers=operator)
+    ).status_code == 403
     bad = _provider_body(slapd.url)
     bad["group_roles"] = {"rpa-admins": ["No Such Role"]}
     _problem(await client.post("/api/v1/identity-providers", json=bad, headers=admin), 422, "group_roles")
@@ -109,7 +113,11 @@ async def test_ldap_provider_config_and_logins(slapd: Slapd, client: httpx.Async
     listing = await client.get("/api/v1/identity-providers", headers=admin)
     assert listing.status_code == 200 and [p["id"] for p in listing.json()] == [pid]
     assert ROOT_PW not in listing.text
-    _problem(await client.post("/api/v1/identity-providers", json=_provider_body(slapd.url), headers=admin), 409, "name")
+    _problem(
+        await client.post("/api/v1/identity-providers", json=_provider_body(slapd.url), headers=admin),
+        409,
+        "name",
+    )
     async with tenant.ctx.sessions() as session:
         row = await session.get(IdentityProvider, uuid.UUID(pid))
         assert row is not None and row.secret_encrypted is not None
@@ -131,7 +139,9 @@ async def test_ldap_provider_config_and_logins(slapd: Slapd, client: httpx.Async
     resp = await _login(client, pid, "alice", "alice-pw-1")
     assert resp.status_code == 200, resp.text
     assert (await _me(client, resp.json()["access_token"]))["user"]["id"] == alice_id
-    refreshed = await client.post("/api/v1/auth/refresh", data={"refresh_token": resp.json()["refresh_token"]})
+    refreshed = await client.post(
+        "/api/v1/auth/refresh", data={"refresh_token": resp.json()["refresh_token"]}
+    )
     assert refreshed.status_code == 200, refreshed.text
 
     resp = await _login(client, pid, "bob", "bob-pw-1")
@@ -168,13 +178,17 @@ async def test_ldap_provider_config_and_logins(slapd: Slapd, client: httpx.Async
     assert "cannot be reached" in body["detail"]
 
     # A wrong service password is the administrator's problem: 503, not a user's 401.
-    resp = await client.patch(f"/api/v1/identity-providers/{pid}", json={"bind_password": "nope"}, headers=admin)
+    resp = await client.patch(
+        f"/api/v1/identity-providers/{pid}", json={"bind_password": "nope"}, headers=admin
+    )
     assert resp.status_code == 200, resp.text
     _problem(await _login(client, pid, "alice", "alice-pw-1"), 503)
 
     # A disabled provider logs nobody in; deleting it works.
     resp = await client.patch(
-        f"/api/v1/identity-providers/{pid}", json={"is_active": False, "bind_password": ROOT_PW}, headers=admin
+        f"/api/v1/identity-providers/{pid}",
+        json={"is_active": False, "bind_password": ROOT_PW},
+        headers=admin,
     )
     assert resp.status_code == 200 and resp.json()["is_active"] is False
     _problem(await _login(client, pid, "alice", "alice-pw-1"), 404)

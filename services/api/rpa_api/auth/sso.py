@@ -127,7 +127,13 @@ async def ldap_login(
             await session.flush()
             principal = service._user_principal(user, client)
             audit.record(
-                session, principal, "create", "user", user.id, {"via": "ldap", "provider": str(provider.id)}, kind="auth"
+                session,
+                principal,
+                "create",
+                "user",
+                user.id,
+                {"via": "ldap", "provider": str(provider.id)},
+                kind="auth",
             )
         elif not user.is_active:
             return user, -1
@@ -139,12 +145,16 @@ async def ldap_login(
             role_ids = set(
                 (
                     await session.execute(
-                        sa.select(Role.id).where(Role.account_id == provider.account_id, Role.name.in_(wanted_roles))
+                        sa.select(Role.id).where(
+                            Role.account_id == provider.account_id, Role.name.in_(wanted_roles)
+                        )
                     )
                 ).scalars()
             )
             current = set(
-                (await session.execute(sa.select(UserRole.role_id).where(UserRole.user_id == user.id))).scalars()
+                (
+                    await session.execute(sa.select(UserRole.role_id).where(UserRole.user_id == user.id))
+                ).scalars()
             )
             if role_ids != current:
                 await session.execute(
@@ -154,7 +164,9 @@ async def ldap_login(
                 )
                 for rid in role_ids - current:
                     session.add(UserRole(user_id=user.id, role_id=rid))
-                audit.record(session, principal, "update", "user", user.id, {"roles": wanted_roles}, kind="auth")
+                audit.record(
+                    session, principal, "update", "user", user.id, {"roles": wanted_roles}, kind="auth"
+                )
         if await session.get(RefreshToken, token_id) is None:
             session.add(
                 RefreshToken(
@@ -170,7 +182,9 @@ async def ldap_login(
         await throttle.reset(session, addr_key)
         audit.record(session, principal, "login", "user", user.id, {"via": "ldap"}, kind="auth")
         await session.flush()
-        version = (await session.execute(sa.select(User.token_version).where(User.id == user.id))).scalar_one()
+        version = (
+            await session.execute(sa.select(User.token_version).where(User.id == user.id))
+        ).scalar_one()
         return user, int(version)
 
     user, version = await tx.run(succeed)

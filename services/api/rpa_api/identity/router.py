@@ -25,8 +25,15 @@ Read = Annotated[Principal, Depends(require(O.ACCOUNTS, A.READ))]
 Admin = Annotated[Principal, Depends(require(O.ACCOUNTS, A.UPDATE))]
 
 
-@router.post("/identity-providers", status_code=201, summary="Add an LDAP directory to log in with", responses={409: {}})
-async def create_provider(body: schemas.ProviderCreate, tx: Transaction, principal: Admin) -> schemas.ProviderOut:
+@router.post(
+    "/identity-providers",
+    status_code=201,
+    summary="Add an LDAP directory to log in with",
+    responses={409: {}},
+)
+async def create_provider(
+    body: schemas.ProviderCreate, tx: Transaction, principal: Admin
+) -> schemas.ProviderOut:
     provider_id = uuid.uuid4()
 
     async def work(session: AsyncSession) -> schemas.ProviderOut:
@@ -58,7 +65,9 @@ async def get_provider(provider_id: uuid.UUID, tx: Transaction, principal: Read)
     return await tx.read(work)
 
 
-@router.patch("/identity-providers/{provider_id:uuid}", summary="Change an identity provider", responses={409: {}})
+@router.patch(
+    "/identity-providers/{provider_id:uuid}", summary="Change an identity provider", responses={409: {}}
+)
 async def update_provider(
     provider_id: uuid.UUID, body: schemas.ProviderUpdate, tx: Transaction, principal: Admin
 ) -> schemas.ProviderOut:
@@ -68,7 +77,9 @@ async def update_provider(
     return await tx.run(work)
 
 
-@router.delete("/identity-providers/{provider_id:uuid}", status_code=204, summary="Remove an identity provider")
+@router.delete(
+    "/identity-providers/{provider_id:uuid}", status_code=204, summary="Remove an identity provider"
+)
 async def delete_provider(provider_id: uuid.UUID, tx: Transaction, principal: Admin) -> Response:
     async def work(session: AsyncSession) -> None:
         await service.delete(session, principal, provider_id)

@@ -57,7 +57,9 @@ def to_out(row: IdentityProvider) -> schemas.ProviderOut:
     )
 
 
-async def _check_roles(session: AsyncSession, account_id: uuid.UUID, group_roles: dict[str, list[str]]) -> None:
+async def _check_roles(
+    session: AsyncSession, account_id: uuid.UUID, group_roles: dict[str, list[str]]
+) -> None:
     wanted = {name for names in group_roles.values() for name in names}
     if not wanted:
         return
@@ -91,7 +93,11 @@ async def get(session: AsyncSession, account_id: uuid.UUID, provider_id: uuid.UU
 
 
 async def create(
-    session: AsyncSession, settings: Settings, principal: Principal, provider_id: uuid.UUID, body: schemas.ProviderCreate
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    provider_id: uuid.UUID,
+    body: schemas.ProviderCreate,
 ) -> IdentityProvider:
     existing = await session.get(IdentityProvider, provider_id)
     if existing is not None:  # a re-run after a lost commit
@@ -129,7 +135,11 @@ async def create(
 
 
 async def update(
-    session: AsyncSession, settings: Settings, principal: Principal, provider_id: uuid.UUID, body: schemas.ProviderUpdate
+    session: AsyncSession,
+    settings: Settings,
+    principal: Principal,
+    provider_id: uuid.UUID,
+    body: schemas.ProviderUpdate,
 ) -> IdentityProvider:
     row = await get(session, principal.account_id, provider_id)
     changes: dict[str, Any] = {}
@@ -145,7 +155,7 @@ async def update(
         row.group_roles = changes["group_roles"] = body.group_roles
     if body.bind_password is not None:
         row.secret_encrypted = seal_secret(settings, row.account_id, body.bind_password.get_secret_value())
-        changes["bind_password"] = "(changed)"
+        changes["bind_password_changed"] = True
     row.updated_at = datetime.now(UTC)
     await session.flush()
     audit.record(session, principal, "update", "identity_provider", row.id, changes)
@@ -196,7 +206,9 @@ def _expired(shadow_expire: str | None, today_days: int) -> bool:
     return days != -1 and days <= today_days
 
 
-def ldap_authenticate(cfg: schemas.LdapConfig, bind_password: str | None, username: str, password: str) -> DirectoryUser:
+def ldap_authenticate(
+    cfg: schemas.LdapConfig, bind_password: str | None, username: str, password: str
+) -> DirectoryUser:
     """Search the user's DN with the service account, bind as the user, read their groups.
 
     Blocking (ldap3 is synchronous): call it in a thread. Raises ``DirectoryRefused`` for a refusal
@@ -216,8 +228,12 @@ def ldap_authenticate(cfg: schemas.LdapConfig, bind_password: str | None, userna
             read_only=True,
         )
         if not svc.bind():
-            log.warning("identity.ldap_service_bind_failed", url=cfg.url, result=svc.result.get("description"))
-            raise ServiceUnavailable("the directory refused the orchestrator's service account", retry_after_s=30)
+            log.warning(
+                "identity.ldap_service_bind_failed", url=cfg.url, result=svc.result.get("description")
+            )
+            raise ServiceUnavailable(
+                "the directory refused the orchestrator's service account", retry_after_s=30
+            )
         try:
             flt = cfg.user_filter.replace("{username}", escape_filter_chars(username))
             attrs = [cfg.email_attribute, cfg.display_name_attribute, "shadowExpire"]
