@@ -50,7 +50,8 @@ STREAMS = ("jobs_stream_logs",)
 # webhook call's secret or signature, which a generated request cannot know: 401; a robot group's
 # name not blank by Unicode's white space, e.g. U+00A0, as every name; a statistics range's from
 # before its to and no wider than its bucket allows; a log list's from not after its to, its levels
-# named in any case, its cursor one the API gave out). The last
+# named in any case, its cursor one the API gave out; an identity provider's group_roles naming roles
+# the account has). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields
 # (openapi-python-client makes JobCreateType0/Type1), so the field descriptions say them in words.
 # Everything else (lengths, enums, patterns, nullability, bounds) the schema says.
@@ -64,7 +65,7 @@ include-operation-id = [
     "tasks_add", "tasks_add_bulk", "tasks_upload_csv", "tasks_update", "tasks_list", "logs_list", "jobs_logs",
     "triggers_create", "triggers_update", "triggers_import", "triggers_call_webhook", "robot_groups_create",
     "statistics_jobs_by_state", "statistics_jobs_success_rate", "statistics_jobs_durations",
-    "statistics_robots_utilisation", "statistics_queues",
+    "statistics_robots_utilisation", "statistics_queues", "identity_providers_create", "identity_providers_update",
 ]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 """

@@ -16,9 +16,8 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse
-from fastapi.security import OAuth2PasswordRequestForm
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.auth import service, throttle
@@ -54,11 +53,12 @@ _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 async def ldap_token(
     provider_id: uuid.UUID,
     request: Request,
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    username: Annotated[str, Form(min_length=1, max_length=150)],
+    password: Annotated[str, Form(min_length=1, max_length=1024)],
     tx: Transaction,
 ) -> TokenOut | JSONResponse:
     try:
-        return await ldap_login(tx, provider_id, form.username, form.password, _client(request))
+        return await ldap_login(tx, provider_id, username, password, _client(request))
     except service.LoginThrottled as exc:
         resp = problem(exc.status, exc.title, exc.detail, instance=request.url.path, **exc.extra)
         resp.headers["Retry-After"] = str(exc.retry_after_s)

@@ -6,9 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-
-_FILTER = Field(min_length=3, max_length=500)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool
 
 
 class LdapConfig(BaseModel):
@@ -24,27 +22,17 @@ class LdapConfig(BaseModel):
     url: str = Field(min_length=8, max_length=300, pattern=r"^ldaps?://[^\s/]+/?$")
     bind_dn: str | None = Field(default=None, max_length=500)
     user_base_dn: str = Field(min_length=3, max_length=500)
-    user_filter: str = Field(default="(uid={username})", min_length=3, max_length=500)
+    user_filter: str = Field(
+        default="(uid={username})", min_length=12, max_length=500, pattern=r"^\(.*\{username\}.*\)$"
+    )
     group_base_dn: str | None = Field(default=None, max_length=500)
-    group_filter: str = Field(default="(member={dn})", min_length=3, max_length=500)
+    group_filter: str = Field(
+        default="(member={dn})", min_length=6, max_length=500, pattern=r"^\(.*\{dn\}.*\)$"
+    )
     group_name_attribute: str = Field(default="cn", min_length=1, max_length=64)
     email_attribute: str = Field(default="mail", min_length=1, max_length=64)
     display_name_attribute: str = Field(default="cn", min_length=1, max_length=64)
     timeout_s: int = Field(default=5, ge=1, le=60)
-
-    @field_validator("user_filter")
-    @classmethod
-    def _has_username(cls, v: str) -> str:
-        if "{username}" not in v or not (v.startswith("(") and v.endswith(")")):
-            raise ValueError("a filter in parentheses containing {username}")
-        return v
-
-    @field_validator("group_filter")
-    @classmethod
-    def _has_dn(cls, v: str) -> str:
-        if "{dn}" not in v or not (v.startswith("(") and v.endswith(")")):
-            raise ValueError("a filter in parentheses containing {dn}")
-        return v
 
 
 class ProviderCreate(BaseModel):
@@ -52,7 +40,7 @@ class ProviderCreate(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     kind: Literal["ldap"] = "ldap"
-    is_active: bool = True
+    is_active: StrictBool = True
     ldap: LdapConfig
     bind_password: SecretStr | None = Field(default=None, max_length=500)
     group_roles: dict[str, list[str]] = Field(
@@ -64,7 +52,7 @@ class ProviderUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, min_length=1, max_length=100)
-    is_active: bool | None = None
+    is_active: StrictBool | None = None
     ldap: LdapConfig | None = None
     bind_password: SecretStr | None = Field(default=None, max_length=500)
     group_roles: dict[str, list[str]] | None = None
