@@ -34,6 +34,9 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # Pending for ever): no answer within the request timeout. Tested as a client uses them, in
 # tests/e2e/test_logs.py.
 STREAMS = ("jobs_stream_logs",)
+# A login through an account's LDAP directory answers 503 while the directory is unreachable, as the
+# generated providers' are: tested against a real slapd in tests/sso (make sso-test).
+OUTSIDE = ("auth_ldap_token",)
 
 
 # The token goes through the environment, never a command line. Some operations check rules that the
@@ -100,11 +103,11 @@ async def test_schemathesis_finds_nothing(live_api: LiveAPI, tmp_path: Path) -> 
     doc = httpx.get(f"{live_api.url}/openapi.json", timeout=60).json()
     operations = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     admin = await live_api.new_admin()
-    excluded = [arg for op in TOKEN_ENDING + STREAMS for arg in ("--exclude-operation-id", op)]
+    excluded = [arg for op in TOKEN_ENDING + STREAMS + OUTSIDE for arg in ("--exclude-operation-id", op)]
     (tmp_path / "main").mkdir()
     code, output = _schemathesis(live_api, admin.token, tmp_path / "main", *excluded)
     assert code == 0, output[-20000:]
-    assert _tested(output) == len(operations) - len(TOKEN_ENDING) - len(STREAMS), output[-3000:]
+    assert _tested(output) == len(operations) - len(TOKEN_ENDING) - len(STREAMS) - len(OUTSIDE), output[-3000:]
 
     last = await live_api.new_admin()
     included = [arg for op in TOKEN_ENDING for arg in ("--include-operation-id", op)]
