@@ -15,7 +15,7 @@ RUN_ARGS ?=
 
 FAILOVER_ARGS ?=
 
-.PHONY: help venv run test rdp-test tasks-test triggers-test fuzz-test lint fmt migrate bench stop status clean failover-test failover-test-pg
+.PHONY: help venv run test rdp-test sso-test tasks-test triggers-test fuzz-test lint fmt migrate bench stop status clean failover-test failover-test-pg
 
 help: ## List the targets
 	@echo "Usage: make <target> [PYTEST_ARGS='-k jobs -x'] [RUN_ARGS='--skip coordinator']"
@@ -37,6 +37,14 @@ rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp fre
 	@rc=0
 	$(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/rdp -m rdp $(PYTEST_ARGS) || rc=$$?
 	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
+	exit $$rc
+
+sso-test: venv ## LDAP login against a real slapd on loopback (root; installs slapd ldap-utils if missing); both databases
+	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils >/dev/null; }; } \
+		|| echo "make sso-test: could not install slapd" >&2
+	rc=0; $(PY) scripts/test_env.py -- $(VENV)/bin/pytest tests/sso -m sso -q $(PYTEST_ARGS) || rc=$$?
+	if [ $$rc -eq 5 ]; then echo "make sso-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 
 tasks-test: venv ## 20 real robots on 10,000 queue tasks, each taken once, on both databases (about 3 min each)

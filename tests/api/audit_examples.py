@@ -847,3 +847,60 @@ async def _webhooks_ping(w: World) -> Expect:
     hook = await _webhook(w)
     await w.op(subscription_id=hook["id"])
     return Expect("ping", "webhook_subscription", hook["id"])
+# Identity providers (LDAP) ------------------------------------------------------------------------
+
+
+def _ldap_body(url: str) -> dict[str, Any]:
+    from tests.sso.slapd_server import ROOT_DN, SUFFIX
+
+    return {
+        "name": _n("ldap"),
+        "ldap": {"url": url, "bind_dn": ROOT_DN, "user_base_dn": f"ou=people,{SUFFIX}", "timeout_s": 2},
+        "bind_password": SECRET,
+    }
+
+
+@example("identity_providers_create")
+async def _identity_providers_create(w: World) -> Expect:
+    idp = await w.op(json=_ldap_body("ldap://127.0.0.1:1"))
+    return Expect("create", "identity_provider", idp["id"])
+
+
+@example("identity_providers_update")
+async def _identity_providers_update(w: World) -> Expect:
+    idp = await w.setup("POST", "/identity-providers", json=_ldap_body("ldap://127.0.0.1:1"))
+    await w.op(provider_id=idp["id"], json={"is_active": False, "bind_password": SECRET})
+    return Expect("update", "identity_provider", idp["id"])
+
+
+@example("identity_providers_delete")
+async def _identity_providers_delete(w: World) -> Expect:
+    idp = await w.setup("POST", "/identity-providers", json=_ldap_body("ldap://127.0.0.1:1"))
+    await w.op(provider_id=idp["id"])
+    return Expect("delete", "identity_provider", idp["id"])
+
+
+@example("auth_ldap_token")
+async def _auth_ldap_token(w: World) -> Expect:
+    """Needs Debian's slapd (.ci/run installs it; `apt-get install slapd` on a developer's machine)."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.sso.slapd_server import ROOT_PW, Slapd, slapd_binary
+
+    assert slapd_binary() is not None, "slapd is not installed: apt-get install slapd ldap-utils"
+    with tempfile.TemporaryDirectory() as tmp:
+        user = _n("ldapuser")
+        server = Slapd(Path(tmp), [{"uid": user, "cn": "Walker Ldap", "password": SECRET}], {})
+        try:
+            body = _ldap_body(server.url)
+            body["bind_password"] = ROOT_PW
+            idp = await w.setup("POST", "/identity-providers", json=body)
+            await w.op(headers={}, provider_id=idp["id"], data={"username": user, "password": SECRET})
+        finally:
+            server.stop()
+    async with w.tenant.ctx.sessions() as session:
+        from rpa_common.models import User
+
+        user_id = (await session.execute(sa.select(User.id).where(User.username == user))).scalar_one()
+    return Expect("login", "user", user_id)

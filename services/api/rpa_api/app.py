@@ -13,10 +13,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from rpa_api.accounts.router import router as accounts_router
 from rpa_api.audit.router import router as audit_router
 from rpa_api.auth.router import router as auth_router
+from rpa_api.auth.sso import router as sso_router
 from rpa_api.calendars.router import router as calendars_router
 from rpa_api.external_apps.router import router as external_apps_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
+from rpa_api.identity.router import router as identity_router
 from rpa_api.jobs.router import router as jobs_router
 from rpa_api.licenses.router import router as licenses_router
 from rpa_api.logs.router import router as logs_router
@@ -54,7 +56,7 @@ API_PREFIX = "/api/v1"
 
 # Endpoints that take a form or a multipart upload instead of JSON.
 _FORM_PATHS = re.compile(
-    r"^/api/v1/(auth/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish"
+    r"^/api/v1/(auth/token|auth/ldap/[^/]+/token|auth/refresh|auth/revoke|processes(/[^/]+)?/versions|processes/publish"
     r"|queues/[^/]+/tasks/csv|triggers/import)$"
 )
 _CSV_PATHS = re.compile(r"^/api/v1/(queues/[^/]+/tasks/csv|triggers/import)$")
@@ -144,6 +146,8 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.include_router(health_router(_ctx))
     for router, tag in (
         (auth_router, "auth"),
+        (sso_router, "auth"),
+        (identity_router, "identity providers"),
         (accounts_router, "accounts"),
         (users_router, "users"),
         (roles_router, "roles"),

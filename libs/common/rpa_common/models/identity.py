@@ -177,3 +177,23 @@ class LoginThrottle(Base):
     failures: Mapped[int] = mapped_column(default=0)
     last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
     blocked_until: Mapped[datetime | None]
+
+
+class IdentityProvider(IdMixin, TimestampMixin, Base):
+    """An account's external login (issue 12): an LDAP directory today.
+
+    ``config`` holds the non-secret settings (server URL, base DNs, filters, attribute names) and
+    ``group_roles`` maps directory group names to the account's role names. The one secret (the
+    service bind password) is kept encrypted in ``secret_encrypted``, the account id bound as
+    associated data, and is never returned by the API.
+    """
+
+    __tablename__ = "identity_provider"
+    __table_args__ = (sa.UniqueConstraint("account_id", "name"),)
+    account_id: Mapped[uuid.UUID] = account_fk()
+    name: Mapped[str] = mapped_column(sa.String(100))
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    is_active: Mapped[bool] = mapped_column(default=True)
+    config: Mapped[dict[str, Any]]
+    group_roles: Mapped[dict[str, Any]]
+    secret_encrypted: Mapped[bytes | None]
