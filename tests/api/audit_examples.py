@@ -847,6 +847,8 @@ async def _webhooks_ping(w: World) -> Expect:
     hook = await _webhook(w)
     await w.op(subscription_id=hook["id"])
     return Expect("ping", "webhook_subscription", hook["id"])
+
+
 # Identity providers (LDAP) ------------------------------------------------------------------------
 
 
