@@ -30,7 +30,26 @@ def upgrade() -> None:
         sa.Column("data", rt.JSONType(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_event_outbox")),
     )
+    op.create_table(
+        "event_ticket",
+        sa.Column("ticket_hash", sa.String(length=64), nullable=False),
+        sa.Column("account_id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("api_key_id", sa.Uuid(), nullable=True),
+        sa.Column("expires_at", rt.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["account.id"], name=op.f("fk_event_ticket_account_id_account"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["user_account.id"], name=op.f("fk_event_ticket_user_id_user_account"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("ticket_hash", name=op.f("pk_event_ticket")),
+    )
+    op.create_index(op.f("ix_event_ticket_account_id"), "event_ticket", ["account_id"], unique=False)
+    op.create_index(op.f("ix_event_ticket_user_id"), "event_ticket", ["user_id"], unique=False)
+    op.create_index(op.f("ix_event_ticket_expires_at"), "event_ticket", ["expires_at"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_table("event_ticket")
     op.drop_table("event_outbox")

@@ -28,3 +28,17 @@ class EventOutbox(Base):
     object_id: Mapped[uuid.UUID | None]
     at: Mapped[datetime]
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class EventTicket(Base):
+    """A single-use, short-lived ticket opening one event stream (a browser's ``EventSource`` cannot
+    send ``Authorization``). Only the ticket's SHA-256 is stored; using it deletes the row."""
+
+    __tablename__ = "event_ticket"
+    ticket_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    account_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("account.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    api_key_id: Mapped[uuid.UUID | None]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
