@@ -62,7 +62,11 @@ class JetStreamServer:
 
 async def connect(url: str) -> NATS:
     return await nats.connect(
-        url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, allow_reconnect=True, name=f"t-{uuid.uuid4().hex[:6]}"
+        url,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+        allow_reconnect=True,
+        name=f"t-{uuid.uuid4().hex[:6]}",
     )
 
 

@@ -36,7 +36,9 @@ async def _folder_world(ctx: ServiceContext) -> tuple[World, uuid.UUID]:
     async def work(session):  # type: ignore[no-untyped-def]
         session.add(AccessFolder(id=folder_id, account_id=world.account_id, name=f"f-{folder_id.hex[:8]}"))
         await session.flush()
-        await session.execute(sa.update(Process).where(Process.id == world.process_id).values(folder_id=folder_id))
+        await session.execute(
+            sa.update(Process).where(Process.id == world.process_id).values(folder_id=folder_id)
+        )
 
     await run_in_transaction(ctx.sessions, work)
     return world, folder_id

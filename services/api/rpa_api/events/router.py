@@ -28,7 +28,7 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, Field
 
@@ -230,7 +230,10 @@ async def stream_events(
         if after + 1 < first and after < info.state.last_seq:
             reset = True  # what was missed is gone: the client reloads, then follows from now
         else:
-            kwargs = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+            kwargs = {
+                "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                "config": ConsumerConfig(opt_start_seq=after + 1),
+            }
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1000)
 
     async def on_msg(msg: Any) -> None:
