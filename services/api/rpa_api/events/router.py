@@ -240,7 +240,11 @@ async def stream_events(
         await queue.put(msg)
 
     sub = await js.subscribe(
-        events.account_subjects(principal.account_id), cb=on_msg, ordered_consumer=True, **kwargs
+        events.account_subjects(principal.account_id),
+        stream=events.STREAM,
+        cb=on_msg,
+        ordered_consumer=True,
+        **kwargs,
     )
     heartbeat = ctx.settings.events_heartbeat_s
 
