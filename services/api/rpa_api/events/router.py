@@ -43,6 +43,7 @@ from rpa_api.deps import (
     get_grants,
     run_db,
 )
+from rpa_api.kit.audit import record
 from rpa_api.openapi import errors
 from rpa_common import events
 from rpa_common.errors import BadRequest, Unauthorized
@@ -89,6 +90,14 @@ async def create_ticket(ctx: Ctx, principal: CurrentPrincipal) -> Ticket:
             sa.delete(EventTicket).where(
                 EventTicket.account_id == principal.account_id, EventTicket.expires_at <= datetime.now(UTC)
             )
+        )
+        record(
+            session,
+            principal,
+            "create_event_ticket",
+            "user",
+            principal.user_id,
+            {"expires_at": expires_at.isoformat()},
         )
         session.add(
             EventTicket(
