@@ -38,10 +38,16 @@ def upgrade() -> None:
         sa.Column("api_key_id", sa.Uuid(), nullable=True),
         sa.Column("expires_at", rt.UTCDateTime(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["account_id"], ["account.id"], name=op.f("fk_event_ticket_account_id_account"), ondelete="CASCADE"
+            ["account_id"],
+            ["account.id"],
+            name=op.f("fk_event_ticket_account_id_account"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["user_account.id"], name=op.f("fk_event_ticket_user_id_user_account"), ondelete="CASCADE"
+            ["user_id"],
+            ["user_account.id"],
+            name=op.f("fk_event_ticket_user_id_user_account"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("ticket_hash", name=op.f("pk_event_ticket")),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess  # nosec B404: the test's own nats-server
 import tempfile
@@ -83,7 +82,7 @@ async def stored(nc: NATS, account_id: uuid.UUID, timeout: float = 1.0) -> list[
         while True:
             try:
                 msg = await sub.next_msg(timeout=timeout)
-            except (TimeoutError, asyncio.TimeoutError, nats.errors.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 return out
             out.append((msg.metadata.sequence.stream, json.loads(msg.data)))
     finally:

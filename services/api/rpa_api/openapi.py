@@ -323,7 +323,7 @@ def live_document() -> str:
     from rpa_api.app import create_app
     from rpa_common.settings import Settings
 
-    app = create_app(Settings(environment="test"))  # type: ignore[call-arg]
+    app = create_app(Settings(environment="test"))
     return json.dumps(app.openapi(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
 
 
