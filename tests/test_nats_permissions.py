@@ -19,7 +19,7 @@ from nats.aio.client import Client
 
 from rpa_common.nats import subjects
 from rpa_common.nats.client import connect
-from rpa_common.nats.permissions import PERMISSIONS, authorization_block
+from rpa_common.nats.permissions import JETSTREAM_SUBJECTS, PERMISSIONS, authorization_block
 from rpa_common.settings import Settings
 from tests.e2e.nats_outage import NATS_BIN, _answers
 from tests.support import free_port
@@ -115,6 +115,8 @@ async def _delivered(publisher: Client, subscriber: Client, subject: str) -> boo
 async def test_every_permitted_flow_is_delivered(peers: dict[str, Peer]) -> None:
     for user, perms in PERMISSIONS.items():
         for pattern in perms.publish:
+            if pattern in JETSTREAM_SUBJECTS:  # JetStream's: see the event stream test below
+                continue
             subject = _concrete(pattern)
             consumers = [u for u, p in PERMISSIONS.items() if any(_allows(s, subject) for s in p.subscribe)]
             assert consumers, f"{user} publishes {subject}, which no service subscribes to"
@@ -263,3 +265,59 @@ def test_every_compose_service_connects_as_its_own_nats_user() -> None:
                     f"{path.name}: {name} runs without the users"
                 )
                 assert all(f"NATS_PASSWORD_{u.upper()}" in service["environment"] for u in PERMISSIONS)
+
+
+async def test_the_scheduler_feeds_the_event_stream_and_the_api_reads_it(tmp_path: Path) -> None:
+    """With JetStream on and the product's users: the scheduler creates the stream and publishes
+    events (publish acks on its inbox); the API reads them with an ordered consumer; a gateway can
+    do neither."""
+    import json as _json
+
+    from nats.js.api import DeliverPolicy
+
+    from rpa_common import events as ev
+    from rpa_scheduler.relay import ensure_stream
+
+    passwords = {user: secrets.token_urlsafe(16) for user in PERMISSIONS}
+    port = free_port()
+    config = tmp_path / "nats.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\njetstream {{store_dir: {_json.dumps(str(tmp_path / 'js'))}}}\n"
+        + authorization_block(passwords)
+    )
+    proc = subprocess.Popen(
+        [str(NATS_BIN), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(150):
+            if _answers(port):
+                break
+            await asyncio.sleep(0.1)
+        url = f"nats://127.0.0.1:{port}"
+        peers = {u: await Peer().connect(url, u, passwords[u]) for u in ("scheduler", "api", "gateway")}
+        try:
+            sched, api, gw = (peers[u].nc for u in ("scheduler", "api", "gateway"))
+            assert sched is not None and api is not None and gw is not None
+            await ensure_stream(sched, 3600)
+            account = "00000000-0000-0000-0000-000000000001"
+            ack = await sched.jetstream().publish(
+                ev.subject(account, "job.state"), b"{}", headers={"Nats-Msg-Id": "1"}
+            )
+            assert ack.seq == 1
+            sub = await api.jetstream().subscribe(
+                ev.account_subjects(account),
+                stream=ev.STREAM,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
+            msg = await sub.next_msg(timeout=5)
+            assert msg.metadata.sequence.stream == 1
+            await sub.unsubscribe()
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await gw.jetstream().publish(ev.subject(account, "job.state"), b"{}", timeout=1)
+        finally:
+            for peer in peers.values():
+                await peer.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -185,6 +185,12 @@ async def _auth_logout_all(w: World) -> Expect:
     return Expect("logout_all", "user", user_id)
 
 
+@example("events_create_ticket")
+async def _events_create_ticket(w: World) -> Expect:
+    await w.op()
+    return Expect("create_event_ticket", "user", w.tenant.admin_id)
+
+
 @example("api_keys_create")
 async def _api_keys_create(w: World) -> Expect:
     key = await w.op(json={"name": _n("key")})

@@ -32,8 +32,8 @@ SEED = os.environ.get("RPA_SCHEMATHESIS_SEED", "20261202")
 TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 # Server-Sent Events streams stay open while what they follow goes on (a job that no robot takes is
 # Pending for ever): no answer within the request timeout. Tested as a client uses them, in
-# tests/e2e/test_logs.py.
-STREAMS = ("jobs_stream_logs",)
+# tests/e2e/test_logs.py and tests/events/test_stream.py.
+STREAMS = ("jobs_stream_logs", "events_stream")
 # A login through an account's LDAP directory answers 503 while the directory is unreachable, as the
 # generated providers' are: tested against a real slapd in tests/sso (make sso-test).
 OUTSIDE = ("auth_ldap_token",)

@@ -48,6 +48,9 @@ def account_subjects(account_id: uuid.UUID | str) -> str:
 
 ALL_SUBJECTS = f"{PREFIX}.events.>"
 
+WEBHOOK_CONSUMER = "rpa-webhooks"
+"""The scheduler's durable consumer feeding webhook deliveries: one for all replicas."""
+
 
 class Event(BaseModel):
     """One change. ``data`` holds the object's fields a client needs to update its view without a
@@ -61,3 +64,36 @@ class Event(BaseModel):
     object_id: uuid.UUID | None = Field(None, description="The job, robot, task, trigger or session")
     at: dt.datetime
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+# Producers: one outbox row in the transaction of the change ---------------------------------------
+
+
+def record(
+    session: Any,
+    event_type: str,
+    *,
+    account_id: uuid.UUID,
+    object_id: uuid.UUID | None,
+    at: dt.datetime,
+    data: dict[str, Any],
+    folder_id: uuid.UUID | None = None,
+) -> None:
+    """Add the event of a change to ``session`` (an ``AsyncSession``): it is inserted with the
+    session's next flush, so a caller changing many rows in one transaction gets one multi-row
+    insert, and it exists only if the change commits. ``folder_id`` may be left to the relay, which
+    looks it up from the object (a job's process, a task's queue, a robot, a trigger)."""
+    from rpa_common.models.events import EventOutbox
+
+    if event_type not in EVENT_TYPES:
+        raise ValueError(f"not an event type: {event_type!r}")
+    session.add(
+        EventOutbox(
+            type=event_type,
+            account_id=account_id,
+            folder_id=folder_id,
+            object_id=object_id,
+            at=at,
+            data=data,
+        )
+    )

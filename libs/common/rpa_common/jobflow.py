@@ -16,6 +16,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rpa_common import events
 from rpa_common.models import Job, JobEvent, Robot, Trigger
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobPriority, JobSource, JobState, TriggerKind
@@ -137,6 +138,21 @@ async def transition(
         )
     )
     robot_id = update_values.get("robot_id", row.robot_id)
+    events.record(
+        session,
+        "job.state",
+        account_id=row.account_id,
+        object_id=job_id,
+        at=now,
+        data={
+            "job_id": str(job_id),
+            "process_id": str(row.process_id),
+            "robot_id": robot_id and str(robot_id),
+            "from_state": row.state.value,
+            "to_state": to_state.value,
+            "attempt": new_attempt,
+        },
+    )
     if (to_state.is_final or to_state == S.PENDING) and row.robot_id is not None:
         await session.execute(
             sa.update(Robot)
@@ -361,4 +377,19 @@ def record_creation(session: AsyncSession, job: Job, actor: Actor, reason: str |
             actor_id=actor.id,
             reason=reason,
         )
+    )
+    events.record(
+        session,
+        "job.created",
+        account_id=job.account_id,
+        object_id=job.id,
+        at=job.created_at or utcnow(),
+        data={
+            "job_id": str(job.id),
+            "process_id": str(job.process_id),
+            "robot_id": job.robot_id and str(job.robot_id),
+            "robot_group_id": job.robot_group_id and str(job.robot_group_id),
+            "state": job.state.value,
+            "source": job.source.value if job.source is not None else None,
+        },
     )

@@ -347,6 +347,29 @@ class Settings(BaseSettings):
     )
     webhook_pause_after_s: float = Field(
         86400.0, gt=0, description="Webhooks: a subscription failing (no success) this long is paused."
+    # Event stream (issue 13)
+    events_retention_s: float = Field(
+        86400.0, ge=60, description="How long the event stream (JetStream RPA_EVENTS) keeps events."
+    )
+    events_relay_interval_s: float = Field(
+        1.0, gt=0, description="Scheduler: period of the event outbox relay when nothing wakes it."
+    )
+    events_relay_batch: int = Field(
+        500, ge=1, le=10000, description="Scheduler: outbox rows relayed per transaction."
+    )
+    events_ticket_ttl_s: float = Field(
+        60.0, ge=5, le=600, description="API: lifetime of an event stream ticket (single use)."
+    )
+    events_heartbeat_s: float = Field(
+        15.0, gt=0, description="API: period of the event stream's heartbeat comments."
+    )
+    cors_origins: str = Field(
+        "",
+        description="API: comma-separated origins allowed by CORS (e.g. https://rpa.example.com); none by default.",
+    )
+    cors_allow_credentials: bool = Field(False, description="API: CORS Access-Control-Allow-Credentials.")
+    cors_max_age_s: int = Field(
+        600, ge=0, description="API: CORS preflight cache lifetime (Access-Control-Max-Age)."
     )
 
     @model_validator(mode="after")

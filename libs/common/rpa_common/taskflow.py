@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
+from rpa_common import events
 from rpa_common.db.engine import dialect_of
 from rpa_common.models import Queue, Task, TaskEvent
 from rpa_common.models.base import utcnow
@@ -169,6 +170,19 @@ def event(
             related_task_id=related_task_id,
         )
     )
+    if kind in (TaskEventKind.CREATED, TaskEventKind.STATE):
+        events.record(
+            session,
+            "task.created" if kind == TaskEventKind.CREATED else "task.state",
+            account_id=account_id,
+            object_id=task_id,
+            at=at,
+            data={
+                "task_id": str(task_id),
+                "from_state": from_state and from_state.value,
+                "to_state": to_state and to_state.value,
+            },
+        )
 
 
 # Queues ------------------------------------------------------------------------------------------
@@ -398,6 +412,20 @@ async def add_tasks(
             for v in values
         ],
     )
+    for v in values:
+        events.record(
+            session,
+            "task.created",
+            account_id=account_id,
+            object_id=v["id"],
+            at=now,
+            data={
+                "task_id": str(v["id"]),
+                "queue_id": str(queue.id),
+                "from_state": None,
+                "to_state": v["state"].value,
+            },
+        )
     return tasks
 
 

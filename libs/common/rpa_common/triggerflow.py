@@ -38,6 +38,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from rpa_common import metrics
 from rpa_common.db.engine import dialect_of
 from rpa_common.errors import Unprocessable
+from rpa_common.events import record as record_event
 from rpa_common.models import Job, JobEvent, Process, Trigger, TriggerFire
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, JobSource, JobState, MisfirePolicy, TriggerKind
@@ -193,6 +194,7 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
         if (t.id, o.fire_key) not in won:
             outcomes.append(FireOutcome(None, False, ALREADY_FIRED))
             continue
+        _fired_event(session, t, o, job_id, result, now)
         if job_id is None:
             outcomes.append(FireOutcome(None, False, result))
             last[t.id] = (o, None, result)
@@ -243,6 +245,21 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
             robot_group_id=robot_group_id,
             created_at=now,
         )
+        record_event(
+            session,
+            "job.created",
+            account_id=t.account_id,
+            object_id=job_id,
+            at=now,
+            data={
+                "job_id": str(job_id),
+                "process_id": str(t.process_id),
+                "robot_id": t.robot_id and str(t.robot_id),
+                "robot_group_id": robot_group_id and str(robot_group_id),
+                "state": JobState.PENDING.value,
+                "source": str(_SOURCES.get(t.kind, JobSource.TRIGGER)),
+            },
+        )
         outcomes.append(FireOutcome(job_id, True, None, message))
         last[t.id] = (o, job_id, CREATED)
     if jobs:
@@ -252,6 +269,25 @@ async def fire_many(session: AsyncSession, occurrences: Sequence[Occurrence]) ->
     for kind, count in kinds.items():
         metrics.TRIGGER_FIRES.labels(kind).inc(count)
     return outcomes
+
+
+def _fired_event(
+    session: AsyncSession, t: Trigger, o: Occurrence, job_id: uuid.UUID | None, result: str, now: datetime
+) -> None:
+    record_event(
+        session,
+        "trigger.fired",
+        account_id=t.account_id,
+        object_id=t.id,
+        folder_id=t.folder_id,
+        at=now,
+        data={
+            "trigger_id": str(t.id),
+            "fire_key": o.fire_key,
+            "job_id": job_id and str(job_id),
+            "result": result[:300],
+        },
+    )
 
 
 _T = cast(sa.Table, Trigger.__table__)

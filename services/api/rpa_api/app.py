@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,6 +17,7 @@ from rpa_api.auth.router import router as auth_router
 from rpa_api.auth.sso import router as sso_router
 from rpa_api.calendars.router import router as calendars_router
 from rpa_api.external_apps.router import router as external_apps_router
+from rpa_api.events.router import router as events_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.identity.router import router as identity_router
@@ -138,6 +140,18 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     app.add_middleware(BodySizeLimit, limit_for=limit_for)
     app.add_middleware(RequestLog, service="api")
     install_metrics(app, "api", settings)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        # Outermost, so preflights and error answers carry the headers too (the SPA on its own origin).
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_credentials=settings.cors_allow_credentials,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "If-Match"],
+            expose_headers=["Location", "Retry-After", "ETag"],
+            max_age=settings.cors_max_age_s,
+        )
 
     def _ctx(request: Request) -> ServiceContext:
         c: ServiceContext = request.app.state.ctx
@@ -163,6 +177,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
         (tasks_router, "tasks"),
         (resources_router, "resources"),
         (calendars_router, "calendars"),
+        (events_router, "events"),
         (audit_router, "audit"),
         (triggers_router, "triggers"),
         (webhook_router, "triggers"),

@@ -17,8 +17,12 @@ docs/api-guide.md explains the same rules to the API's users.
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, routing
@@ -342,3 +346,37 @@ def install_contract(app: FastAPI) -> None:
         return resp
 
     app.add_exception_handler(405, method_not_allowed)
+
+
+# The committed document (docs/openapi.json) ------------------------------------------------------
+
+DOCUMENT = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"
+REGENERATE = ".venv/bin/python -m rpa_api.openapi --write"
+
+
+def live_document() -> str:
+    """The API's OpenAPI document as the app serves it, in the committed file's form."""
+    from rpa_api.app import create_app
+    from rpa_common.settings import Settings
+
+    app = create_app(Settings(environment="test"))
+    return json.dumps(app.openapi(), indent=2, sort_keys=False, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rpa_api.openapi",
+        description="Print the API's OpenAPI document, or --write it to docs/openapi.json (CI compares them).",
+    )
+    parser.add_argument("--write", action="store_true", help=f"write {DOCUMENT.name} instead of printing it")
+    args = parser.parse_args(argv)
+    text = live_document()
+    if args.write:
+        DOCUMENT.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

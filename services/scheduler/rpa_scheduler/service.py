@@ -27,6 +27,7 @@ from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, Sessio
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
 from rpa_scheduler.gauges import GaugeSampler
+from rpa_scheduler.relay import ensure_stream, relay_pass
 from rpa_scheduler.retention import retention_pass
 from rpa_scheduler.sweeps import SWEEP_BATCH, apply_session_report, next_deadline, sweep_all, sweep_deadlines
 from rpa_scheduler.triggers import TriggerScheduler
@@ -56,6 +57,7 @@ class Scheduler:
         sweeps: bool = True,
         gauges: bool = True,
         webhooks: bool = True,
+        relay: bool = True,
         queue: str = subjects.SCHEDULER_QUEUE,
     ) -> None:
         self.ctx = ctx
@@ -65,6 +67,8 @@ class Scheduler:
         self.sweeps = sweeps
         self.gauges = GaugeSampler(ctx) if gauges else None
         self.webhooks = WebhookService(ctx) if webhooks else None
+        self.relay = relay
+        self.relay_wake = asyncio.Event()
         self.passes = 0
         self._subs: list[Subscription] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -98,6 +102,8 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(self.gauges.run(), name="gauges"))
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.relay:
+            self._tasks.append(asyncio.create_task(self._relay_loop(), name="events-relay"))
         self.wake.set()  # recover whatever waited while no scheduler ran
         log.info("scheduler.started")
 
@@ -124,6 +130,7 @@ class Scheduler:
 
     async def _on_job_created(self, msg: Msg) -> None:
         self.wake.set()
+        self.relay_wake.set()
 
     def _wake_shortly(self) -> None:
         if self._wake_soon is None:
@@ -135,6 +142,7 @@ class Scheduler:
             self._wake_soon = asyncio.get_running_loop().call_later(FREED_WAKE_DELAY_S, fire)
 
     async def _on_job_state(self, msg: Msg) -> None:
+        self.relay_wake.set()
         try:
             event = JobStateChanged.decode(msg.data)
         except ValueError:
@@ -147,6 +155,7 @@ class Scheduler:
             self._wake_shortly()
 
     async def _on_robot_status(self, msg: Msg) -> None:
+        self.relay_wake.set()
         try:
             event = RobotStatusChanged.decode(msg.data)
         except ValueError:
@@ -168,6 +177,7 @@ class Scheduler:
             log.exception("session_state.apply_failed", session_id=str(report.session_id))
 
     async def _on_trigger_changed(self, msg: Msg) -> None:
+        self.relay_wake.set()
         if self.triggers is None:
             return
         try:
@@ -244,6 +254,28 @@ class Scheduler:
             except Exception:
                 log.exception("deadlines.failed")
                 await asyncio.sleep(min(1.0, every))
+
+    async def _relay_loop(self) -> None:
+        """The event outbox to the stream (``relay``): woken by the changes' NATS messages, and every
+        ``events_relay_interval_s`` for the changes that sent none (or whose message was lost)."""
+        settings = self.ctx.settings
+        stream_ready = False
+        while True:
+            try:
+                if not stream_ready:
+                    await ensure_stream(self.ctx.nc, settings.events_retention_s)
+                    stream_ready = True
+                while True:
+                    async with self.ctx.sessions() as session, session.begin():
+                        relayed = await relay_pass(session, self.ctx.nc, settings.events_relay_batch)
+                    if relayed < settings.events_relay_batch:
+                        break
+            except Exception as exc:
+                log.warning("events.relay_failed", error=type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.relay_wake.wait(), settings.events_relay_interval_s)
+            self.relay_wake.clear()
+            await asyncio.sleep(0.01)  # let a burst of changes commit: one batch for them
 
     async def _retention_loop(self) -> None:
         """Old robot messages and screenshots out, every ``retention_interval_s`` (``retention``)."""

@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from rpa_common import webhooks
+from rpa_common import events, webhooks
 from rpa_common.audit import add_audit_record
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.events import ALL_SUBJECTS, STREAM, Event
@@ -53,7 +53,7 @@ from rpa_common.service import ServiceContext
 
 log = structlog.get_logger(__name__)
 
-CONSUMER = "rpa-webhooks"
+CONSUMER = events.WEBHOOK_CONSUMER
 """The durable consumer's name: one for all replicas."""
 FETCH_BATCH = 100
 LEASE_MARGIN_S = 5.0

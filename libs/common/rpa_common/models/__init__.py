@@ -3,6 +3,7 @@
 from rpa_common.models.audit import AuditChain, AuditRecord
 from rpa_common.models.base import Base, new_id, utcnow
 from rpa_common.models.blobs import BlobDeletion
+from rpa_common.models.events import EventOutbox, EventTicket
 from rpa_common.models.identity import (
     AccessFolder,
     Account,
@@ -48,6 +49,8 @@ __all__ = [
     "CalendarDay",
     "ExternalApp",
     "IdentityProvider",
+    "EventOutbox",
+    "EventTicket",
     "Job",
     "JobEvent",
     "License",

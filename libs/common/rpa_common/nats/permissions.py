@@ -21,10 +21,44 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from rpa_common import events
 from rpa_common.nats import subjects
 
 ANY_GATEWAY_INBOX = subjects.gateway_inbox("*")
 ANY_COORDINATOR_INBOX = subjects.coordinator_inbox("*")
+
+# The event stream (issue 13, ``rpa_common.events``): JetStream's API is request/reply on
+# ``$JS.API.<verb>.<stream>``, its answers, publish acks and a consumer's deliveries come to the
+# client's ``_INBOX`` subjects, and an ordered consumer answers flow control on ``$JS.FC``.
+_JS_API = "$JS.API"
+REPLY_INBOXES = "_INBOX.>"
+EVENTS_STREAM_ADMIN = (
+    f"{_JS_API}.STREAM.INFO.{events.STREAM}",
+    f"{_JS_API}.STREAM.CREATE.{events.STREAM}",
+    f"{_JS_API}.STREAM.UPDATE.{events.STREAM}",
+)
+EVENTS_READ = (
+    f"{_JS_API}.STREAM.INFO.{events.STREAM}",
+    f"{_JS_API}.CONSUMER.CREATE.{events.STREAM}",
+    f"{_JS_API}.CONSUMER.CREATE.{events.STREAM}.>",
+    f"{_JS_API}.CONSUMER.DELETE.{events.STREAM}.>",
+    f"{_JS_API}.CONSUMER.INFO.{events.STREAM}.>",
+    f"$JS.FC.{events.STREAM}.>",
+)
+_HOOKS = f"{events.STREAM}.{events.WEBHOOK_CONSUMER}"
+EVENTS_WEBHOOK_INTAKE = (
+    f"{_JS_API}.CONSUMER.INFO.{_HOOKS}",
+    f"{_JS_API}.CONSUMER.CREATE.{_HOOKS}",
+    f"{_JS_API}.CONSUMER.CREATE.{_HOOKS}.>",
+    f"{_JS_API}.CONSUMER.DURABLE.CREATE.{_HOOKS}",
+    f"{_JS_API}.CONSUMER.MSG.NEXT.{_HOOKS}",
+    f"$JS.ACK.{_HOOKS}.>",
+)
+"""The scheduler's durable pull consumer for webhook deliveries: create it, fetch, ack."""
+JETSTREAM_SUBJECTS = frozenset(
+    {*EVENTS_STREAM_ADMIN, *EVENTS_READ, *EVENTS_WEBHOOK_INTAKE, events.ALL_SUBJECTS}
+)
+"""Subjects the NATS server itself answers or stores (JetStream), not another service."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +77,9 @@ PERMISSIONS: Mapping[str, ServicePermissions] = {
             subjects.RESOURCE_CHANGED,
             subjects.ROBOT_CHANGED,
             subjects.TRIGGER_CHANGED,
+            *EVENTS_READ,
         ),
-        subscribe=(subjects.AUTH_CHANGED,),
+        subscribe=(subjects.AUTH_CHANGED, REPLY_INBOXES),
     ),
     "scheduler": ServicePermissions(
         publish=(
@@ -54,6 +89,9 @@ PERMISSIONS: Mapping[str, ServicePermissions] = {
             subjects.ROBOT_STATUS,
             ANY_GATEWAY_INBOX,
             ANY_COORDINATOR_INBOX,
+            events.ALL_SUBJECTS,
+            *EVENTS_STREAM_ADMIN,
+            *EVENTS_WEBHOOK_INTAKE,
         ),
         subscribe=(
             subjects.JOB_CREATED,
@@ -61,6 +99,7 @@ PERMISSIONS: Mapping[str, ServicePermissions] = {
             subjects.ROBOT_STATUS,
             subjects.SESSION_STATE,
             subjects.TRIGGER_CHANGED,
+            REPLY_INBOXES,
         ),
     ),
     "gateway": ServicePermissions(

@@ -25,10 +25,11 @@ from rpa_api.kit.pagination import Page, PageParams, Paging, page_json, paginate
 from rpa_api.openapi import errors
 from rpa_api.queues.router import require_multipart
 from rpa_api.triggers import csv_io, schemas, service, webhook
-from rpa_common import triggerflow
+from rpa_common import events, triggerflow
 from rpa_common.audit import add_audit_record
 from rpa_common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, Unprocessable
 from rpa_common.models import Trigger, TriggerFire
+from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, TriggerKind
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
@@ -61,6 +62,19 @@ async def _changed(ctx: ServiceContext, account_id: uuid.UUID, trigger_id: uuid.
     await ctx.publish(subjects.TRIGGER_CHANGED, message.encode())
 
 
+def _event(session: AsyncSession, account_id: uuid.UUID, trigger: Trigger, change: str) -> None:
+    """The ``trigger.changed`` event, in the transaction of the change (the outbox, issue 13)."""
+    events.record(
+        session,
+        "trigger.changed",
+        account_id=account_id,
+        object_id=trigger.id,
+        folder_id=trigger.folder_id,
+        at=utcnow(),
+        data={"trigger_id": str(trigger.id), "name": trigger.name, "change": change},
+    )
+
+
 async def _announce(ctx: ServiceContext, outcome: triggerflow.FireOutcome) -> None:
     if outcome.message is not None:
         await ctx.publish(subjects.JOB_CREATED, outcome.message.encode())
@@ -79,6 +93,7 @@ async def create_trigger(
 
     async def work(session: AsyncSession) -> schemas.TriggerCreated:
         saved = await service.create_trigger(session, ctx.settings, principal, trigger_id, body)
+        _event(session, principal.account_id, saved.trigger, "created")
         out = schemas.TriggerOut.model_validate(saved.trigger).model_dump()
         return schemas.TriggerCreated(**out, webhook_secret=saved.secret)
 
@@ -168,7 +183,10 @@ async def import_triggers(file: CsvFile, ctx: Ctx, tx: Transaction, principal: C
     ids = [uuid.uuid4() for _ in rows]
 
     async def work(session: AsyncSession) -> list[service.Saved]:
-        return await service.import_rows(session, ctx.settings, principal, rows, ids)
+        saved = await service.import_rows(session, ctx.settings, principal, rows, ids)
+        for one in saved:
+            _event(session, principal.account_id, one.trigger, "created")
+        return saved
 
     saved = await tx.run(work)
     for s in saved:
@@ -199,9 +217,9 @@ async def update_trigger(
     trigger_id: uuid.UUID, body: schemas.TriggerUpdate, ctx: Ctx, tx: Transaction, principal: Updater
 ) -> schemas.TriggerOut:
     async def work(session: AsyncSession) -> schemas.TriggerOut:
-        return schemas.TriggerOut.model_validate(
-            await service.update_trigger(session, principal, trigger_id, body)
-        )
+        trigger = await service.update_trigger(session, principal, trigger_id, body)
+        _event(session, principal.account_id, trigger, "updated")
+        return schemas.TriggerOut.model_validate(trigger)
 
     out = await tx.run(work)
     await _changed(ctx, principal.account_id, out.id, "updated")
@@ -210,7 +228,11 @@ async def update_trigger(
 
 @router.delete("/triggers/{trigger_id:uuid}", status_code=204, summary="Delete a trigger")
 async def delete_trigger(trigger_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Deleter) -> Response:
-    await tx.run(lambda session: service.delete_trigger(session, principal, trigger_id))
+    async def work(session: AsyncSession) -> None:
+        trigger = await service.delete_trigger(session, principal, trigger_id)
+        _event(session, principal.account_id, trigger, "deleted")
+
+    await tx.run(work)
     await _changed(ctx, principal.account_id, trigger_id, "deleted")
     return Response(status_code=204)
 

@@ -1,0 +1,1 @@
+"""The event stream for the SPA: Server-Sent Events read from JetStream (issue 13)."""
