@@ -67,7 +67,9 @@ async def test_account_b_cannot_reach_account_a(
     writes = walks.operations(doc, walks.MUTATING)
     missing = sorted(set(writes) - set(ex.EXAMPLES) - set(NOT_WALKED))
     assert not missing, f"writes without an example in tests/api/audit_examples.py: {missing}"
-    assert not (stale := sorted(set(NOT_WALKED) - set(writes))), f"NOT_WALKED names unknown operations: {stale}"
+    assert not (stale := sorted(set(NOT_WALKED) - set(writes))), (
+        f"NOT_WALKED names unknown operations: {stale}"
+    )
     for op_id, (method, path) in sorted(writes.items()):
         if op_id in NOT_WALKED:
             continue
@@ -79,10 +81,16 @@ async def test_account_b_cannot_reach_account_a(
             continue
         if w.params:
             if resp.status_code != 404:
-                failures.append(f"{op_id}: B's call on A's object answers {resp.status_code}: {resp.text[:200]}")
+                failures.append(
+                    f"{op_id}: B's call on A's object answers {resp.status_code}: {resp.text[:200]}"
+                )
         elif w.body_ids and resp.status_code not in (404, 422):
-            failures.append(f"{op_id}: B's call naming A's objects answers {resp.status_code}: {resp.text[:200]}")
-        if resp.status_code >= 400 and not resp.headers["content-type"].startswith("application/problem+json"):
+            failures.append(
+                f"{op_id}: B's call naming A's objects answers {resp.status_code}: {resp.text[:200]}"
+            )
+        if resp.status_code >= 400 and not resp.headers["content-type"].startswith(
+            "application/problem+json"
+        ):
             failures.append(f"{op_id}: a {resp.status_code} that is not problem+json")
         if await walks.snapshot(w) != w.before:
             failures.append(f"{op_id}: B's call changed A's object or audit chain")

@@ -62,7 +62,9 @@ async def chain_seq(tenant: Tenant) -> int:
     """The account's audit chain head: every write writes a record, so an unchanged head means
     nothing was written."""
     async with tenant.ctx.sessions() as session:
-        seq = await session.scalar(sa.select(AuditChain.seq).where(AuditChain.account_id == tenant.account_id))
+        seq = await session.scalar(
+            sa.select(AuditChain.seq).where(AuditChain.account_id == tenant.account_id)
+        )
         return int(seq or 0)
 
 
@@ -158,7 +160,9 @@ async def build_objects(client: httpx.AsyncClient, tenant: Tenant) -> Objects:
     ids["user_id"] = str(user_id)
     ids["key_id"] = (await w.setup("POST", "/api-keys", json={"name": ex._n("key")}))["id"]
     role = await w.setup(
-        "POST", "/roles", json={"name": ex._n("role"), "permissions": [{"object": "robots", "action": "read"}]}
+        "POST",
+        "/roles",
+        json={"name": ex._n("role"), "permissions": [{"object": "robots", "action": "read"}]},
     )
     ids["role_id"] = role["id"]
     ids["folder_id"] = (await w.setup("POST", "/folders", json={"name": ex._n("f")}))["id"]
@@ -231,6 +235,7 @@ STREAMS = {
     "jobs_stream_logs": "a server-sent event stream that stays open while the job runs (test_job_logs)"
 }
 """Reads whose 200 answer never ends: only their refusals are walked."""
+
 
 def query_for(path: str) -> dict[str, str]:
     """The required query parameters of the reads that have some: statistics span the last day."""
