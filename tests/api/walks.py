@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from rpa_common.blobs import shared_blob_store
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import AuditChain, Screenshot
-from rpa_common.models.enums import RobotRole
 from rpa_common.models.base import utcnow
+from rpa_common.models.enums import RobotRole
 from tests.api import audit_examples as ex
 from tests.conftest import Tenant
 
@@ -68,7 +68,7 @@ async def chain_seq(tenant: Tenant) -> int:
         return int(seq or 0)
 
 
-class Probed(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Probed(Exception):
     """Stops an example once its call under test has been made."""
 
 
@@ -106,9 +106,10 @@ async def snapshot(w: Probe) -> Any:
     account's audit chain head."""
     best = None
     for get_path in _GET_PATHS:
-        if w.path.startswith(get_path) and set(path_params(get_path)) <= set(w.params):
-            if path_params(get_path) and (best is None or len(get_path) > len(best)):
-                best = get_path
+        names = path_params(get_path)
+        fits = w.path.startswith(get_path) and names and set(names) <= set(w.params)
+        if fits and (best is None or len(get_path) > len(best)):
+            best = get_path
     seq = await chain_seq(w.tenant)
     if best is None:
         return (seq, None)
