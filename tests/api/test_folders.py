@@ -129,6 +129,55 @@ async def test_folder_limited_role_sees_only_its_folders(client: httpx.AsyncClie
     )
     me = (await client.get("/api/v1/auth/me", headers=headers)).json()
     assert me["all_folders"] is False and me["folder_ids"] == [mine["id"]]
+    assert (await client.get("/api/v1/me", headers=headers)).json() == me
+    assert me["folders"] == [{"id": mine["id"], "name": "Mine"}]
+    assert me["can"] == {"folders": ["read", "update"]}
+    admin = (await client.get("/api/v1/me", headers=tenant.headers)).json()
+    assert admin["folders"] == "all" and "delete" in admin["can"]["robots"]
+    assert [r["name"] for r in admin["roles"]] == ["Administrator"]
+    assert admin["account"]["id"] == str(tenant.account_id)
+
+
+async def test_objects_in_no_folder_are_visible_to_every_role(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    """The rule for folder-limited roles: their folders plus objects in no folder; a robot in another
+    folder is absent from the list and 404 to read, change and delete."""
+    from tests.api.factories import make_robot
+
+    mine = (await client.post("/api/v1/folders", json={"name": "Mine"}, headers=tenant.headers)).json()
+    hidden = (await client.post("/api/v1/folders", json={"name": "Hidden"}, headers=tenant.headers)).json()
+    in_mine = await make_robot(tenant.ctx, tenant.account_id, folder_id=uuid.UUID(mine["id"]))
+    in_none = await make_robot(tenant.ctx, tenant.account_id)
+    in_hidden = await make_robot(tenant.ctx, tenant.account_id, folder_id=uuid.UUID(hidden["id"]))
+    readers = await tenant.folder_user("Robot readers", [{"object": "robots", "action": "read"}], mine["id"])
+    editors = await tenant.folder_user(
+        "Robot editors",
+        [{"object": "robots", "action": a} for a in ("read", "update", "delete")],
+        mine["id"],
+    )
+
+    listed = (await client.get("/api/v1/robots", headers=readers)).json()
+    assert {r["id"] for r in listed["items"]} == {str(in_mine.id), str(in_none.id)}
+    assert (await client.get(f"/api/v1/robots/{in_none.id}", headers=readers)).status_code == 200
+    # Visible is not writable: the permission still decides.
+    assert_problem(
+        await client.patch(f"/api/v1/robots/{in_none.id}", json={"description": "x"}, headers=readers), 403
+    )
+    resp = await client.patch(f"/api/v1/robots/{in_none.id}", json={"description": "x"}, headers=editors)
+    assert resp.status_code == 200, resp.text
+    # Moving an object out of one's folders into none is allowed; into a hidden folder is not.
+    assert_problem(
+        await client.patch(f"/api/v1/robots/{in_mine.id}", json={"folder_id": hidden["id"]}, headers=editors),
+        403,
+        "folder_id",
+    )
+    for method, kw in (("GET", {}), ("PATCH", {"json": {"description": "x"}}), ("DELETE", {})):
+        assert_problem(
+            await client.request(method, f"/api/v1/robots/{in_hidden.id}", headers=editors, **kw), 404
+        )
+    shown = (await client.get(f"/api/v1/robots/{in_hidden.id}", headers=tenant.headers)).json()
+    assert shown["description"] == "" or shown["description"] is None
 
 
 async def test_folder_in_use_cannot_be_deleted(client: httpx.AsyncClient, tenant: Tenant) -> None:

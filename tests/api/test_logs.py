@@ -182,7 +182,11 @@ async def test_lines_are_scoped_to_account_folders_and_permission(
     assert folder.status_code == 201, folder.text
     folder_id = folder.json()["id"]
     inside, _ = await make_process(tenant.ctx, tenant.account_id, folder_id=uuid.UUID(folder_id))
-    outside, _ = await make_process(tenant.ctx, tenant.account_id)
+    # A process of another folder (one in no folder would be visible to every role).
+    other = await tenant.client.post(
+        "/api/v1/folders", json={"name": f"g-{uuid.uuid4().hex[:6]}"}, headers=tenant.headers
+    )
+    outside, _ = await make_process(tenant.ctx, tenant.account_id, folder_id=uuid.UUID(other.json()["id"]))
     robot = await make_robot(tenant.ctx, tenant.account_id)
     await _lines(
         tenant,

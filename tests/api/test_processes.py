@@ -451,16 +451,20 @@ async def test_folder_restricted_publisher(
     from tests.api.test_robots import folder_user
 
     folder_id, headers = await folder_user(ctx, tenant, ("processes", "read"), ("processes", "create"))
-    hidden = await published(client, tenant, make_package("unfiled-bot", "1"))
+    other_folder, _ = await folder_user(ctx, tenant, ("processes", "read"))
+    hidden = await published(client, tenant, make_package("hidden-bot", "1"), folder_id=other_folder)
     r = await publish(client, headers, make_package("filed-bot", "1"), folder_id=folder_id)
     assert r.status_code == 201, r.text
     assert r.json()["process"]["folder_id"] == folder_id
-    r = await publish(client, headers, make_package("loose-bot", "1"))
+    r = await publish(client, headers, make_package("elsewhere-bot", "1"), folder_id=other_folder)
     assert r.status_code == 403 and r.json()["errors"][0]["field"] == "folder_id"
+    # A process in no folder is visible to every role (issue 12), so the caller may publish one.
+    r = await publish(client, headers, make_package("loose-bot", "1"))
+    assert r.status_code == 201, r.text
     # A version of a process in a folder the caller cannot use is refused, and nothing is written.
-    r = await publish(client, headers, make_package("unfiled-bot", "2"))
+    r = await publish(client, headers, make_package("hidden-bot", "2"))
     assert r.status_code == 403
     listing = (await client.get(PROCESSES, headers=headers)).json()
-    assert [p["name"] for p in listing["items"]] == ["filed-bot"]
+    assert sorted(p["name"] for p in listing["items"]) == ["filed-bot", "loose-bot"]
     assert (await client.get(f"{PROCESSES}/{hidden['process']['id']}", headers=headers)).status_code == 404
-    assert await row_counts(ctx, tenant.account_id) == (2, 2, 2)
+    assert await row_counts(ctx, tenant.account_id) == (3, 3, 3)

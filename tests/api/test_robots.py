@@ -312,13 +312,20 @@ async def test_folder_restricted_roles_see_only_their_folders(
     client: httpx.AsyncClient, ctx: ServiceContext, tenant: Tenant
 ) -> None:
     folder_id, headers = await folder_user(ctx, tenant, ("robots", "read"), ("robots", "create"))
+    # Objects in no folder are visible to every role of the account (the rule changed with issue 12:
+    # they used to be hidden from folder-limited roles); those of another folder are not.
+    other_folder, _ = await folder_user(ctx, tenant, ("robots", "read"))
     unfiled = await create_robot(client, tenant, name="unfiled")
     filed = await create_robot(client, tenant, name="filed", folder_id=folder_id)
+    hidden = await create_robot(client, tenant, name="hidden", folder_id=other_folder)
     listing = (await client.get(ROBOTS, headers=headers)).json()
-    assert [r["name"] for r in listing["items"]] == ["filed"]
-    assert (await client.get(f"{ROBOTS}/{unfiled['id']}", headers=headers)).status_code == 404
+    assert [r["name"] for r in listing["items"]] == ["filed", "unfiled"]
+    assert (await client.get(f"{ROBOTS}/{hidden['id']}", headers=headers)).status_code == 404
+    assert (await client.get(f"{ROBOTS}/{unfiled['id']}", headers=headers)).status_code == 200
     assert (await client.get(f"{ROBOTS}/{filed['id']}", headers=headers)).status_code == 200
     r = await client.post(ROBOTS, json={"name": "mine", "folder_id": folder_id}, headers=headers)
     assert r.status_code == 201
-    r = await client.post(ROBOTS, json={"name": "nowhere"}, headers=headers)
+    r = await client.post(ROBOTS, json={"name": "elsewhere", "folder_id": other_folder}, headers=headers)
     assert r.status_code == 403 and r.json()["errors"][0]["field"] == "folder_id"
+    r = await client.post(ROBOTS, json={"name": "nowhere"}, headers=headers)
+    assert r.status_code == 201, r.text

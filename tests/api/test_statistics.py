@@ -255,11 +255,21 @@ async def test_a_folder_role_counts_only_its_folder(client, tenant) -> None:  # 
     _, h = await make_folder_user(
         ctx, tenant.account_id, [folder.id], [(PermissionObject.STATISTICS, PermissionAction.READ)]
     )
+    # Objects in no folder (process a, robot r1, the queue) count for every role.
     states = await _get(client, "jobs", h, group="process")
-    assert {r["process_id"] for r in states["rows"]} == {ids["b"]}
+    assert {r["process_id"] for r in states["rows"]} == {ids["a"], ids["b"]}
     use = await _get(client, "robots/utilisation", h)
-    assert {r["robot_id"] for r in use["rows"]} == {ids["r2"]}
-    assert (await _get(client, "queues", h))["rows"] == []  # the queue is in no folder
+    assert {r["robot_id"] for r in use["rows"]} == {ids["r1"], ids["r2"]}
+    assert (await _get(client, "queues", h))["rows"] != []
+    # A role of another folder sees only those: nothing of the folder's process b and robot r2.
+    elsewhere = await make_folder(ctx, tenant.account_id)
+    _, other = await make_folder_user(
+        ctx, tenant.account_id, [elsewhere.id], [(PermissionObject.STATISTICS, PermissionAction.READ)]
+    )
+    states = await _get(client, "jobs", other, group="process")
+    assert {r["process_id"] for r in states["rows"]} == {ids["a"]}
+    use = await _get(client, "robots/utilisation", other)
+    assert {r["robot_id"] for r in use["rows"]} == {ids["r1"]}
 
     _, nothing = await make_folder_user(ctx, tenant.account_id, [folder.id], [])
     resp = await client.get("/api/v1/statistics/jobs", params=RANGE, headers=nothing)

@@ -157,15 +157,18 @@ class Principal:
             raise Forbidden(f"missing permission {obj.value}:{action.value}")
 
     def folder_clause(self, column: Any) -> sa.ColumnElement[bool]:
-        """Rows this principal may see, by their folder column."""
+        """Rows this principal may see, by their folder column: those in the folders of its roles, and
+        those in no folder (visible to every role of the account; changing them still needs the
+        permission)."""
         if self.all_folders:
             return sa.true()
         if not self.folder_ids:
-            return sa.false()
-        return column.in_(self.folder_ids)
+            return column.is_(None)
+        return sa.or_(column.is_(None), column.in_(self.folder_ids))
 
     def may_use_folder(self, folder_id: uuid.UUID | None) -> bool:
-        return self.all_folders or (folder_id is not None and folder_id in self.folder_ids)
+        """An object may be put in (or left in) ``folder_id``: one of the caller's folders, or none."""
+        return self.all_folders or folder_id is None or folder_id in self.folder_ids
 
 
 # Two schemes read the same ``Authorization: Bearer`` header. Both appear in the OpenAPI document as

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -22,6 +22,7 @@ from rpa_api.auth.schemas import (
     ApiKeyCreate,
     ApiKeyCreated,
     ApiKeyOut,
+    MeFolder,
     MeOut,
     MeRole,
     MeUser,
@@ -39,7 +40,7 @@ from rpa_api.external_apps.token import (
 )
 from rpa_api.kit.pagination import Page, PageParams, paginate, sorted_by
 from rpa_common.errors import BadRequest, Forbidden, Unprocessable
-from rpa_common.models import ApiKey
+from rpa_common.models import AccessFolder, ApiKey
 from rpa_common.models.enums import PermissionAction as A
 from rpa_common.models.enums import PermissionObject as O
 from rpa_common.service import problem
@@ -162,8 +163,16 @@ async def logout_all(principal: CurrentPrincipal, tx: Transaction) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
+@router.get("/me", response_model=MeOut, summary="The caller: account, user, roles, folders, permissions")
+async def me_root(principal: CurrentPrincipal, tx: Transaction) -> Response:
+    """What a user interface needs to shape itself: the caller's account, user, roles, the access
+    folders it sees (ids and names, or ``"all"``) and its effective permissions (``can``: object to
+    actions). ``/auth/me`` answers the same."""
+    return await me(principal, tx)
+
+
 @router.get("/auth/me", response_model=MeOut, summary="The caller: user, account, roles, permissions")
-async def me(principal: CurrentPrincipal) -> Response:
+async def me(principal: CurrentPrincipal, tx: Transaction) -> Response:
     # Everything shown here is in the caller's cached grant (kept fresh like the permissions that
     # authorise every request), so the answer is made once per grant and kept with it: no query, no
     # serialisation, which makes this the cheapest authenticated read.
@@ -178,6 +187,12 @@ async def me(principal: CurrentPrincipal) -> Response:
     )
     body = grant.memo.get(memo_key)
     if body is None:
+        folders: list[MeFolder] | Literal["all"] = "all"
+        if not principal.all_folders:
+            folders = await tx.read(lambda session: _folders(session, principal.account_id, principal.folder_ids))
+        can: dict[str, list[str]] = {}
+        for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1])):
+            can.setdefault(o.value, []).append(a.value)
         me_out = MeOut(
             user=MeUser(
                 id=grant.user_id,
@@ -196,12 +211,25 @@ async def me(principal: CurrentPrincipal) -> Response:
                 # An external app's (narrowed) view; the user's own grant otherwise.
                 for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1]))
             ],
+            can=can,
             all_folders=principal.all_folders,
             folder_ids=sorted(principal.folder_ids, key=str),
+            folders=folders,
             via_api_key=principal.api_key_id,
         )
         body = grant.memo[memo_key] = me_out.model_dump_json().encode()
     return Response(body, media_type="application/json")
+
+
+async def _folders(session: AsyncSession, account_id: uuid.UUID, ids: Any) -> list[MeFolder]:
+    if not ids:
+        return []
+    rows = await session.execute(
+        sa.select(AccessFolder.id, AccessFolder.name)
+        .where(AccessFolder.account_id == account_id, AccessFolder.id.in_(list(ids)))
+        .order_by(AccessFolder.name)
+    )
+    return [MeFolder(id=r.id, name=r.name) for r in rows]
 
 
 # API keys -----------------------------------------------------------------------------------------

@@ -60,13 +60,23 @@ class MeUser(_Out):
     last_login_at: datetime | None
 
 
+class MeFolder(_Out):
+    id: uuid.UUID
+    name: str
+
+
 class MeOut(BaseModel):
     user: MeUser
     account: AccountRef
     roles: list[MeRole]
     permissions: list[PermissionOut]
+    can: dict[str, list[str]]
+    """The effective permissions by object: ``{"robots": ["read", "update"], ...}``."""
     all_folders: bool
     folder_ids: list[uuid.UUID]
+    folders: list[MeFolder] | Literal["all"]
+    """The access folders the caller's roles give (ids and names), or ``"all"``. Objects in no folder
+    are visible to every role of the account."""
     via_api_key: uuid.UUID | None
 
 
