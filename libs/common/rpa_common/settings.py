@@ -347,6 +347,7 @@ class Settings(BaseSettings):
     )
     webhook_pause_after_s: float = Field(
         86400.0, gt=0, description="Webhooks: a subscription failing (no success) this long is paused."
+    )
     # Event stream (issue 13)
     events_retention_s: float = Field(
         86400.0, ge=60, description="How long the event stream (JetStream RPA_EVENTS) keeps events."

@@ -16,8 +16,8 @@ from rpa_api.audit.router import router as audit_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.auth.sso import router as sso_router
 from rpa_api.calendars.router import router as calendars_router
-from rpa_api.external_apps.router import router as external_apps_router
 from rpa_api.events.router import router as events_router
+from rpa_api.external_apps.router import router as external_apps_router
 from rpa_api.folders.router import router as folders_router
 from rpa_api.grants import GrantCache
 from rpa_api.identity.router import router as identity_router

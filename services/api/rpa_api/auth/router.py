@@ -189,7 +189,9 @@ async def me(principal: CurrentPrincipal, tx: Transaction) -> Response:
     if body is None:
         folders: list[MeFolder] | Literal["all"] = "all"
         if not principal.all_folders:
-            folders = await tx.read(lambda session: _folders(session, principal.account_id, principal.folder_ids))
+            folders = await tx.read(
+                lambda session: _folders(session, principal.account_id, principal.folder_ids)
+            )
         can: dict[str, list[str]] = {}
         for o, a in sorted(principal.permissions, key=lambda p: (p[0], p[1])):
             can.setdefault(o.value, []).append(a.value)
