@@ -29,6 +29,8 @@ VIEWER_MAY_WRITE: dict[str, str] = {
     "auth_logout_all": "ending all of one's own sessions needs no permission",
     "accounts_create": "made by the installation admin (its example brings that token)",
     "triggers_call_webhook": "authenticated by the trigger's secret, not by a user",
+    "auth_ldap_token": "logging in through a directory needs no permission",
+    "events_create_ticket": "a ticket to follow the events the caller may already read",
 }
 
 _ADMIN = "administration: the Viewer reads operational objects only (READ_ALL_OPERATIONAL, roles/builtin.py)"
@@ -42,6 +44,13 @@ VIEWER_MAY_NOT_READ: dict[str, str] = {
     "roles_list": _ADMIN,
     "users_get": _ADMIN,
     "users_list": _ADMIN,
+    "external_apps_get": _ADMIN,
+    "external_apps_list": _ADMIN,
+    "identity_providers_get": _ADMIN,
+    "identity_providers_list": _ADMIN,
+    "webhooks_get": "a receiver's URL often carries its own token: Developer and Administrator only",
+    "webhooks_list": "a receiver's URL often carries its own token: Developer and Administrator only",
+    "webhooks_list_deliveries": "a receiver's URL often carries its own token: Developer and Administrator only",
 }
 
 

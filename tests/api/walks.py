@@ -198,6 +198,13 @@ async def build_objects(client: httpx.AsyncClient, tenant: Tenant) -> Objects:
     )
     ids["trigger_id"] = trigger["id"]
     ids["screenshot_id"] = str(await _screenshot(tenant, job["id"], str(robot)))
+    ids["license_id"] = (await w.setup("POST", "/licenses", json={"key": ex.issue_key()}))["id"]
+    app = await w.setup("POST", "/external-apps", json={"name": ex._n("app"), "scopes": ["processes:read"]})
+    ids["app_id"] = app["id"]
+    hook = await w.setup("POST", "/webhooks", json={"url": ex._HOOK_URL, "event_types": ["job.state"]})
+    ids["subscription_id"] = hook["id"]
+    idp = await w.setup("POST", "/identity-providers", json=ex._ldap_body("ldap://127.0.0.1:1"))
+    ids["provider_id"] = idp["id"]
     return Objects(ids)
 
 
@@ -233,7 +240,8 @@ async def _screenshot(tenant: Tenant, job_id: str, robot_id: str) -> uuid.UUID:
 
 
 STREAMS = {
-    "jobs_stream_logs": "a server-sent event stream that stays open while the job runs (test_job_logs)"
+    "jobs_stream_logs": "a server-sent event stream that stays open while the job runs (test_job_logs)",
+    "events_stream": "the account's server-sent event stream never ends (tests/events/test_stream.py)",
 }
 """Reads whose 200 answer never ends: only their refusals are walked."""
 
