@@ -66,6 +66,8 @@ async def test_schemathesis_at_100_examples_stateful_finds_nothing(
 
     last = await live_api.new_admin()
     included = [arg for op in TOKEN_ENDING for arg in ("--include-operation-id", op)]
+    # No link joins the operations that end the token: no stateful phase for them.
+    included += ["--phases", "examples,coverage,fuzzing"]
     (tmp_path / "last").mkdir()
     code, output = _schemathesis(live_api, last.token, tmp_path / "last", *included, examples=EXAMPLES)
     print(output[-3000:])

@@ -269,7 +269,12 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 description = declared.get("description")
                 if status == 422 and description == "Validation Error":  # FastAPI's own default
                     description = None
-                responses[str(status)] = _problem_response(status, description)
+                answer = _problem_response(status, description)
+                # An answer in another media type too (the token endpoint's OAuth2 errors, RFC 6749).
+                for media, content in declared.get("content", {}).items():
+                    if media != PROBLEM_JSON:
+                        answer["content"][media] = content
+                responses[str(status)] = answer
             op["responses"] = dict(sorted(responses.items()))
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):

@@ -48,6 +48,21 @@ from rpa_common.service import problem
 router = APIRouter()
 
 _PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+# The token endpoint answers a client-credentials request's errors as RFC 6749 section 5.2 says.
+_OAUTH2_ERROR: dict[str, Any] = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {"type": "string", "description": "The OAuth2 error code"},
+                    "error_description": {"type": "string"},
+                },
+            }
+        }
+    }
+}
 # What _refresh_token_field accepts, stated in the schema.
 _REFRESH_TOKEN = {"type": "string", "minLength": 1, "maxLength": 512}
 _TOKEN_BODY = {
@@ -103,8 +118,14 @@ async def _refresh_token_field(request: Request) -> str:
     summary="Log in with a username and password (OAuth2 password flow), or as an external application "
     "(grant_type=client_credentials)",
     responses={
-        400: {"description": "OAuth2 error (invalid_request, invalid_scope, unsupported_grant_type)"},
-        401: {**_PROBLEM, "description": "Wrong password (problem+json) or invalid_client (OAuth2 error)"},
+        400: {
+            **_OAUTH2_ERROR,
+            "description": "OAuth2 error (invalid_request, invalid_scope, unsupported_grant_type)",
+        },
+        401: {
+            **_OAUTH2_ERROR,
+            "description": "Wrong password (problem+json) or invalid_client (OAuth2 error)",
+        },
         429: {**_PROBLEM, "description": "Too many failed logins (see Retry-After)"},
     },
 )
