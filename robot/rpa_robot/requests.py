@@ -217,7 +217,8 @@ class Requests:
             return _invalid(exc)
         end = time.monotonic() + timeout
         try:
-            await asyncio.wait_for(self.connected.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                await self.connected.wait()
         except TimeoutError:
             return _error("offline", f"not connected to the orchestrator within {timeout:g} s")
         ws = self.client.ws

@@ -20,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from rpa_common import metrics
+from rpa_common.aio import wait_event
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
@@ -247,8 +248,7 @@ class Scheduler:
                         await asyncio.sleep(DEADLINE_RETRY_S)
                     continue
                 delay = every if due is None else min(every, (due - utcnow()).total_seconds())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.deadline_wake.wait(), max(delay, 0.0) + DEADLINE_SLACK_S)
+                await wait_event(self.deadline_wake, max(delay, 0.0) + DEADLINE_SLACK_S)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -272,8 +272,7 @@ class Scheduler:
                         break
             except Exception as exc:
                 log.warning("events.relay_failed", error=type(exc).__name__)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.relay_wake.wait(), settings.events_relay_interval_s)
+            await wait_event(self.relay_wake, settings.events_relay_interval_s)
             self.relay_wake.clear()
             await asyncio.sleep(0.01)  # let a burst of changes commit: one batch for them
 

@@ -35,6 +35,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from rpa_common.aio import wait_event
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import Job, Task, Trigger
 from rpa_common.models.base import utcnow
@@ -260,8 +261,7 @@ class TriggerScheduler:
             times = [e.next_at for e in self.entries.values() if e.next_at is not None]
             if times:
                 delay = min(delay, max(0.0, (min(times) - utcnow()).total_seconds()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), delay)
+            await wait_event(self._changed, delay)
 
     async def fire_due(self, now: datetime) -> list[FireOutcome]:
         """Fire every occurrence due at ``now`` (in batches); returns the outcomes."""

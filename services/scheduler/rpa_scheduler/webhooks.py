@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from rpa_common import events, webhooks
+from rpa_common.aio import wait_event
 from rpa_common.audit import add_audit_record
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.events import ALL_SUBJECTS, STREAM, Event
@@ -435,8 +436,7 @@ class WebhookService:
                 self.wake.clear()
                 if await delivery_pass(self.ctx, self.http):
                     continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), every)
+                await wait_event(self.wake, every)
             except asyncio.CancelledError:
                 raise
             except Exception:

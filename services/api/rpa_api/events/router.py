@@ -46,6 +46,7 @@ from rpa_api.deps import (
 from rpa_api.kit.audit import record
 from rpa_api.openapi import errors
 from rpa_common import events
+from rpa_common.aio import get_within
 from rpa_common.errors import BadRequest, Unauthorized
 from rpa_common.models import EventTicket
 from rpa_common.models.enums import ActorType
@@ -263,9 +264,8 @@ async def stream_events(
             if reset:
                 yield sse("reset", json.dumps({"reason": "Last-Event-ID is older than the stream keeps"}))
             while True:
-                try:
-                    msg = await asyncio.wait_for(queue.get(), heartbeat)
-                except TimeoutError:
+                msg = await get_within(queue, heartbeat)
+                if msg is None:
                     yield b": heartbeat\n\n"
                     continue
                 try:
