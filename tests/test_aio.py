@@ -6,6 +6,7 @@ the scheduler's ``stop()`` waited for it forever (a hang seen in CI on the event
 import asyncio
 
 import pytest
+
 from rpa_common.aio import get_within, wait_event
 
 

@@ -27,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 TTL_S = 5.0
 IDENTITY_OBJECTS = frozenset({"user", "role", "folder", "api_key", "account", "external_app"})
+SIGN_IN_ACTIONS = frozenset({"login", "login_failed", "refresh", "token"})
+"""Audited actions on identity objects that hand out (or refuse) credentials but change nothing a
+grant holds (roles, folders, ``is_active``, ``token_version``): they keep the account's grants, so a
+busy CI pipeline taking a token per run does not empty every replica's cache."""
 SESSION_KEY = "rpa.auth_changed"
 """``session.info`` entry where ``audit.record`` notes the accounts whose grants a change affects."""
 

@@ -9,7 +9,7 @@ from fastapi.encoders import jsonable_encoder
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
-from rpa_api.grants import IDENTITY_OBJECTS
+from rpa_api.grants import IDENTITY_OBJECTS, SIGN_IN_ACTIONS
 from rpa_api.grants import SESSION_KEY as GRANTS_SESSION_KEY
 from rpa_common.audit import add_audit_record, redact
 from rpa_common.models.enums import ActorType
@@ -26,7 +26,7 @@ def record(
     changes: dict[str, Any] | None = None,
     kind: str = "api",
 ) -> None:
-    if object_type in IDENTITY_OBJECTS:
+    if object_type in IDENTITY_OBJECTS and action not in SIGN_IN_ACTIONS:
         # Who may do what changed: cached grants of this account go once this commits (deps.Tx).
         session.info.setdefault(GRANTS_SESSION_KEY, set()).add(principal.account_id)
     add_audit_record(
