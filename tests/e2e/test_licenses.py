@@ -43,7 +43,7 @@ async def test_second_robot_beyond_capacity_is_unlicensed_and_gets_no_work(api: 
     await install(api, LicenseKind.UNATTENDED, 1)
 
     first_id, first_key = await api.robot()
-    stack.robot(gateway.ws_url, first_key)
+    first = stack.robot(gateway.ws_url, first_key)
     await api.wait_robot(first_id, "Ready", stack=stack)
     second_id, second_key = await api.robot()
     second = stack.robot(gateway.ws_url, second_key)
@@ -64,6 +64,12 @@ async def test_second_robot_beyond_capacity_is_unlicensed_and_gets_no_work(api: 
     assert job["state"] == "Pending" and job["robot_id"] in (None, second_id), job
     assert (await api.get_robot(second_id))["status"] == "Unlicensed"
 
+    # The licensed robot goes away: the unlicensed one, still running, takes its seat and the job.
+    first.stop()
+    done = await api.wait_job(held, stack=stack)
+    assert done["state"] == "Successful" and done["robot_id"] == second_id
+    assert (await api.get_robot(second_id))["status_reason"] is None
+
 
 async def test_expired_license_gives_no_work_and_says_why(api: Api, stack: Stack) -> None:
     scheduler = stack.service("scheduler", settings=LICENSED)
@@ -81,13 +87,11 @@ async def test_expired_license_gives_no_work_and_says_why(api: Api, stack: Stack
     await asyncio.sleep(3)
     assert (await api.get_job(job_id))["state"] == "Pending"
 
-    # A valid license installed: the robot's next connection takes the seat and runs the job.
+    # A valid license installed: the robot, still running, takes the seat and runs the job.
     await install(api, LicenseKind.UNATTENDED, 1)
-    robot.stop()
-    await api.wait_robot(robot_id, "Disconnected", stack=stack)
-    stack.robot(gateway.ws_url, key, name="robot-again")
     job = await api.wait_job(job_id, stack=stack)
     assert job["state"] == "Successful" and job["robot_id"] == robot_id
+    assert (await api.get_robot(robot_id))["status_reason"] is None
 
 
 async def test_license_expiring_while_connected_stops_new_work(api: Api, stack: Stack) -> None:

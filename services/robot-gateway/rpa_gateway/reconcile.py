@@ -82,6 +82,21 @@ class Reconciler:
             if conn is not None:
                 await conn.close(CLOSE_RESTART, f"unlicensed: {reason}")
 
+    async def _license_freed(self, live: dict[uuid.UUID, Connection]) -> None:
+        """Unlicensed robots that a seat is free for now take it, without restarting: their
+        connection is closed so that the reconnect's ``welcome`` no longer says Unlicensed (the seat
+        is theirs from this commit; attach checks it again)."""
+        licensed = await run_in_transaction(
+            self.ctx.sessions,
+            lambda s: store.license_freed(s, self.gateway_id),
+            attempts=self.ctx.settings.db_retry_attempts,
+        )
+        for robot_id in licensed:
+            log.info("robot.licensed", robot_id=str(robot_id))
+            conn = live.get(robot_id)
+            if conn is not None:
+                await conn.close(CLOSE_RESTART, "licensed: a seat is free")
+
     def _live(self) -> dict[uuid.UUID, Connection]:
         return {
             robot_id: conn
@@ -95,6 +110,7 @@ class Reconciler:
             return
         if self.ctx.settings.license_required:
             await self._unlicense_expired(live)
+            await self._license_freed(live)
 
         async def read(session: AsyncSession) -> list[tuple[uuid.UUID, JobOffer]]:
             return await store.jobs_of_gateway(session, self.gateway_id)

@@ -39,6 +39,7 @@ from rpa_common.models.enums import (
     JobSource,
     JobState,
     LogLevel,
+    RobotRole,
     RobotStatus,
     TriggerKind,
 )
@@ -220,6 +221,48 @@ async def unlicense_expired(session: AsyncSession, gateway_id: str) -> list[tupl
                 session, account_id=row.account_id, robot_id=row.id, status=RobotStatus.UNLICENSED, at=now
             )
             out.append((row.id, reason))
+    return out
+
+
+async def license_freed(session: AsyncSession, gateway_id: str) -> list[uuid.UUID]:
+    """This gateway's idle Unlicensed robots that a seat is free for now (a license installed, a
+    robot gone): each one's seat is taken here (status Ready), oldest connection first, with the
+    license rows locked as at attach; the robots it found seats for."""
+    rows = (
+        await session.execute(
+            sa.select(Robot.id, Robot.account_id, Robot.role)
+            .where(
+                Robot.gateway_id == gateway_id,
+                Robot.status == RobotStatus.UNLICENSED,
+                Robot.current_job_id.is_(None),
+                Robot.role.in_(list(license_seats.KINDS_FOR_ROLE)),
+            )
+            .order_by(Robot.connected_at, Robot.id)
+        )
+    ).all()
+    now = utcnow()
+    out: list[uuid.UUID] = []
+    full: set[tuple[uuid.UUID, RobotRole]] = set()
+    for row in rows:
+        if (row.account_id, row.role) in full:
+            continue
+        refusal = await license_seats.seat_refusal(
+            session, account_id=row.account_id, robot_id=row.id, role=row.role, now=now
+        )
+        if refusal is not None:
+            full.add((row.account_id, row.role))
+            continue
+        result = await session.execute(
+            sa.update(Robot)
+            .where(Robot.id == row.id, Robot.status == RobotStatus.UNLICENSED, Robot.gateway_id == gateway_id)
+            .values(status=RobotStatus.READY, status_reason=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            await robot_history.status_changed(
+                session, account_id=row.account_id, robot_id=row.id, status=RobotStatus.READY, at=now
+            )
+            out.append(row.id)
     return out
 
 
