@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common import metrics, robot_history
 from rpa_common.db.uow import run_in_transaction
+from rpa_common.dispatch_rules import CONNECTED_STATUSES, LIVE_SESSION_STATES
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import (
     Job,
@@ -55,19 +56,6 @@ ROBOT_KEY_KIND = "rbk"
 NO_PUBLIC_KEY = (
     "terminal server has no coordinator public key: start its coordinator (it registers its key) "
     "or set public_key on the terminal server"
-)
-
-# A robot is connected when a gateway holds it. Working with no current job is the short moment
-# between the end of a job and the gateway's next status update: it may take work too.
-CONNECTED_STATUSES = (RobotStatus.READY, RobotStatus.WORKING)
-
-# Sessions that occupy a seat on their terminal server.
-LIVE_SESSION_STATES = (
-    SessionState.REQUESTED,
-    SessionState.CONNECTING,
-    SessionState.LOGGED_ON,
-    SessionState.ROBOT_CONNECTED,
-    SessionState.LOGGING_OFF,
 )
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common import robot_history
 from rpa_common.db.uow import run_in_transaction
+from rpa_common.dispatch_rules import CONNECTED_STATUSES, LIVE_SESSION_STATES
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import Job, Robot, TerminalServer, TerminalSession, UnattendedAccount
 from rpa_common.models.base import utcnow
@@ -45,8 +46,6 @@ from rpa_common.nats.messages import (
 from rpa_common.offers import offers_for
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import (
-    CONNECTED_STATUSES,
-    LIVE_SESSION_STATES,
     Outbox,
     decrypt_session_key,
     open_session_command,
