@@ -383,3 +383,21 @@ async def test_another_accounts_or_folders_job_is_a_404(
     assert (await client.get(f"{JOBS}/{unseen['id']}/explain", headers=h)).status_code == 404
     _, no_read = await make_folder_user(ctx, tenant.account_id, [folder.id], [])
     assert (await client.get(f"{JOBS}/{job}/explain", headers=no_read)).status_code == 403
+
+
+async def test_robots_in_folders_the_caller_cannot_see_are_not_named(
+    ctx: ServiceContext, client: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    mine, hidden = await make_folder(ctx, tenant.account_id), await make_folder(ctx, tenant.account_id)
+    process, _ = await make_process(ctx, tenant.account_id, folder_id=mine.id)
+    robot = await make_robot(ctx, tenant.account_id, folder_id=hidden.id)
+    job = await create(client, tenant.headers, {"process_id": str(process.id), "robot_id": str(robot.id)})
+    _, h = await make_folder_user(
+        ctx, tenant.account_id, [mine.id], [(PermissionObject.JOBS, PermissionAction.READ)]
+    )
+    [reason] = (await explain(client, h, job["id"]))["reasons"]
+    assert reason["code"] == "robot_disconnected" and reason["robot_id"] == str(robot.id)
+    assert reason["robot_name"] == "(in a folder you cannot see)"
+    assert robot.name not in reason["message"]
+    [admin] = (await explain(client, tenant.headers, job["id"]))["reasons"]
+    assert admin["robot_name"] == robot.name

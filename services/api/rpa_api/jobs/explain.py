@@ -14,6 +14,7 @@ Every reason has a stable ``code`` (docs/api-guide.md lists them); when nothing 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -37,6 +38,17 @@ from rpa_common.settings import Settings
 
 R = ExplainReason
 
+Seen = Callable[[Any], sa.ColumnElement[bool]]
+"""The caller's folder filter (``Principal.folder_clause``): names of robots and groups in folders the
+caller cannot see are not shown (their ids are, as in the job itself)."""
+
+HIDDEN = "(in a folder you cannot see)"
+
+
+def _named(model: Any, seen: Seen) -> Any:
+    return sa.case((seen(model.folder_id), model.name), else_=sa.literal(HIDDEN)).label("name")
+
+
 _WAITING = (JobState.PENDING, JobState.STARTING)
 
 
@@ -48,26 +60,26 @@ def _free(robot: Any) -> bool:
     return bool(robot.is_active) and robot.current_job_id is None
 
 
-async def explain(session: AsyncSession, settings: Settings, job: Job) -> JobExplain:
+async def explain(session: AsyncSession, settings: Settings, job: Job, seen: Seen) -> JobExplain:
     if job.state == JobState.PENDING:
-        reasons = await _pending(session, settings, job)
+        reasons = await _pending(session, settings, job, seen)
     else:
-        reasons = [await _not_pending(session, job)]
+        reasons = [await _not_pending(session, job, seen)]
     return JobExplain(job_id=job.id, state=job.state, waiting=job.state in _WAITING, reasons=reasons)
 
 
 # Jobs that are not Pending: their state in words ----------------------------------------------------
 
 
-async def _robot_name(session: AsyncSession, robot_id: uuid.UUID | None) -> str:
+async def _robot_name(session: AsyncSession, robot_id: uuid.UUID | None, seen: Seen) -> str:
     if robot_id is None:
         return "(deleted robot)"
-    name = await session.scalar(sa.select(Robot.name).where(Robot.id == robot_id))
+    name = await session.scalar(sa.select(_named(Robot, seen)).where(Robot.id == robot_id))
     return name or "(deleted robot)"
 
 
-async def _not_pending(session: AsyncSession, job: Job) -> ExplainReason:
-    name = await _robot_name(session, job.robot_id)
+async def _not_pending(session: AsyncSession, job: Job, seen: Seen) -> ExplainReason:
+    name = await _robot_name(session, job.robot_id, seen)
     if job.state == JobState.STARTING:
         live = (
             await session.execute(
@@ -126,27 +138,28 @@ async def _not_pending(session: AsyncSession, job: Job) -> ExplainReason:
 # Pending jobs: what the dispatcher waits for -------------------------------------------------------
 
 
-_ROBOT_COLUMNS = (
-    Robot.id,
-    Robot.name,
-    Robot.role,
-    Robot.status,
-    Robot.status_reason,
-    Robot.is_active,
-    Robot.current_job_id,
-    Robot.gateway_id,
-    Robot.account_id,
-)
+def _robot_columns(seen: Seen) -> tuple[Any, ...]:
+    return (
+        Robot.id,
+        _named(Robot, seen),
+        Robot.role,
+        Robot.status,
+        Robot.status_reason,
+        Robot.is_active,
+        Robot.current_job_id,
+        Robot.gateway_id,
+        Robot.account_id,
+    )
 
 
-async def _pending(session: AsyncSession, settings: Settings, job: Job) -> list[ExplainReason]:
+async def _pending(session: AsyncSession, settings: Settings, job: Job, seen: Seen) -> list[ExplainReason]:
     if job.robot_id is not None:
         robot = (
-            await session.execute(sa.select(*_ROBOT_COLUMNS).where(Robot.id == job.robot_id))
+            await session.execute(sa.select(*_robot_columns(seen)).where(Robot.id == job.robot_id))
         ).one_or_none()
         blocked = await _robot_blocks(session, settings, robot) if robot is not None else []
     elif job.robot_group_id is not None:
-        blocked = await _group_blocks(session, job.robot_group_id)
+        blocked = await _group_blocks(session, job.robot_group_id, seen)
     else:
         blocked = [
             R(code="target_deleted", message="its robot or robot group was deleted: no robot can take it")
@@ -339,12 +352,12 @@ async def _session_blocks(
     return out
 
 
-async def _group_blocks(session: AsyncSession, group_id: uuid.UUID) -> list[ExplainReason]:
+async def _group_blocks(session: AsyncSession, group_id: uuid.UUID, seen: Seen) -> list[ExplainReason]:
     """A group's job goes to a member that is active, free and connected (never through a session)."""
-    name = await session.scalar(sa.select(RobotGroup.name).where(RobotGroup.id == group_id))
+    name = await session.scalar(sa.select(_named(RobotGroup, seen)).where(RobotGroup.id == group_id))
     members = (
         await session.execute(
-            sa.select(*_ROBOT_COLUMNS)
+            sa.select(*_robot_columns(seen))
             .join(RobotGroupMember, RobotGroupMember.robot_id == Robot.id)
             .where(RobotGroupMember.group_id == group_id)
             .order_by(Robot.name)

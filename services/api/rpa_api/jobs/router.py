@@ -182,7 +182,7 @@ async def get_job(job_id: uuid.UUID, tx: Transaction, principal: Reader) -> JobD
 async def explain_job(job_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Reader) -> JobExplain:
     async def work(session: AsyncSession) -> JobExplain:
         job = await service.get_job(session, principal, job_id)
-        return await explain.explain(session, ctx.settings, job)
+        return await explain.explain(session, ctx.settings, job, principal.folder_clause)
 
     return await tx.read(work)
 
