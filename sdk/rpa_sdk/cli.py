@@ -323,6 +323,19 @@ def jobs_interrupt(job: str, profile: ProfileOpt = None) -> None:
     out.print(f"Job {job} {answer.get('state', 'interrupting')}")
 
 
+@jobs_app.command("explain")
+def jobs_explain(job: str, as_json: JsonOpt = False, profile: ProfileOpt = None) -> None:
+    """Why is JOB pending? What it waits for (or what it does now), one reason a line."""
+    answer = client_for(profile).jobs.explain(job)
+    if as_json:
+        out.print_json(json.dumps(answer, default=str))
+        return
+    waiting = "waiting" if answer["waiting"] else "not waiting"
+    out.print(f"Job {answer['job_id']} {answer['state']} ({waiting})", markup=False)
+    for reason in answer["reasons"]:
+        out.print(f"  {reason['code']}: {reason['message']}", markup=False)
+
+
 @jobs_app.command("wait")
 def jobs_wait(job: str, timeout: float | None = None, profile: ProfileOpt = None) -> None:
     """Print a job's logs until it ends; exit 0 only if it ends Successful."""

@@ -357,6 +357,12 @@ class Jobs(Named):
         result: dict[str, Any] = self.client.call("jobs_interrupt", job_id=job_id)
         return result
 
+    def explain(self, job_id: str) -> dict[str, Any]:
+        """Why the job is pending (or what it does now): ``{job_id, state, waiting, reasons}``, each
+        reason a stable ``code``, a ``message`` and the fields it names."""
+        result: dict[str, Any] = self.client.call("jobs_explain", job_id=job_id)
+        return result
+
     def logs(self, job_id: str, **filters: Any) -> Iterator[dict[str, Any]]:
         """The job's log lines so far, oldest first (all pages)."""
         return self.client.iterate("jobs_logs", params=filters, page_size=1000, job_id=job_id)

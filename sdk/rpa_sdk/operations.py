@@ -94,6 +94,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "jobs_create": ("POST", "/api/v1/jobs"),
     "jobs_list": ("GET", "/api/v1/jobs"),
     "jobs_get": ("GET", "/api/v1/jobs/{job_id}"),
+    "jobs_explain": ("GET", "/api/v1/jobs/{job_id}/explain"),
     "jobs_stop": ("POST", "/api/v1/jobs/{job_id}/stop"),
     "jobs_interrupt": ("POST", "/api/v1/jobs/{job_id}/interrupt"),
     "logs_list": ("GET", "/api/v1/logs"),

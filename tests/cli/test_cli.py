@@ -170,6 +170,10 @@ async def test_login_publish_run_with_wait_logs_and_failures(
     assert started.returncode == 0, started.stderr
     long_id = started.stdout.strip()
     await live.api.wait_job(long_id, "Running", stack=stack)
+    explained = await live.rpa("jobs", "explain", long_id)
+    assert explained.returncode == 0, explained.stderr
+    assert f"Job {long_id} Running (not waiting)" in explained.stdout
+    assert f"running: running on robot {live.robot_name!r} since" in explained.stdout
     stopped = await live.rpa("jobs", "stop", long_id)
     assert stopped.returncode == 0, stopped.stderr
     waited = await live.rpa("jobs", "wait", long_id, "--timeout", "60")

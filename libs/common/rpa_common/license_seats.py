@@ -15,6 +15,7 @@ coordinator needs none. Expired licenses give no seat.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -67,19 +68,35 @@ async def expiry_refusal(
     return _no_valid_license(rows, " or ".join(k.value for k in kinds), now)[0]
 
 
-async def seat_refusal(
-    session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, role: RobotRole, now: datetime
-) -> str | None:
-    """None when the robot may hold a seat now, else why not (for the robot and the API).
+@dataclass(frozen=True)
+class Seats:
+    """What a robot's kind of seat looks like in its account: why it cannot have one (or None),
+    the capacity of the unexpired licenses, and the seats other robots hold."""
 
-    Call it with the robot's row locked, in the transaction that writes the robot's status."""
+    refusal: str | None
+    capacity: int
+    in_use: int
+    kinds: str
+
+
+async def seats_for(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    robot_id: uuid.UUID,
+    role: RobotRole,
+    now: datetime,
+    lock: bool = True,
+) -> Seats | None:
+    """The seat check of ``seat_refusal``; None for a role that needs no seat. ``lock=False``: a
+    read that decides nothing (``GET /jobs/{id}/explain``)."""
     kinds = KINDS_FOR_ROLE.get(role)
     if kinds is None:
         return None
     names = " or ".join(k.value for k in kinds)
-    refusal, capacity = _no_valid_license(await _licenses(session, account_id, kinds, lock=True), names, now)
+    refusal, capacity = _no_valid_license(await _licenses(session, account_id, kinds, lock=lock), names, now)
     if refusal is not None:
-        return refusal
+        return Seats(refusal, capacity, 0, names)
     in_use = (
         await session.execute(
             sa.select(sa.func.count())
@@ -93,5 +110,15 @@ async def seat_refusal(
         )
     ).scalar_one()
     if in_use >= capacity:
-        return f"all {capacity} {names} license seats are in use"
-    return None
+        return Seats(f"all {capacity} {names} license seats are in use", capacity, in_use, names)
+    return Seats(None, capacity, in_use, names)
+
+
+async def seat_refusal(
+    session: AsyncSession, *, account_id: uuid.UUID, robot_id: uuid.UUID, role: RobotRole, now: datetime
+) -> str | None:
+    """None when the robot may hold a seat now, else why not (for the robot and the API).
+
+    Call it with the robot's row locked, in the transaction that writes the robot's status."""
+    seats = await seats_for(session, account_id=account_id, robot_id=robot_id, role=role, now=now)
+    return None if seats is None else seats.refusal

@@ -23,8 +23,9 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_common import metrics, robot_history
+from rpa_common import events, metrics, robot_history
 from rpa_common.db.uow import run_in_transaction
+from rpa_common.dispatch_rules import CONNECTED_STATUSES, LIVE_SESSION_STATES
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import (
     Job,
@@ -55,19 +56,6 @@ ROBOT_KEY_KIND = "rbk"
 NO_PUBLIC_KEY = (
     "terminal server has no coordinator public key: start its coordinator (it registers its key) "
     "or set public_key on the terminal server"
-)
-
-# A robot is connected when a gateway holds it. Working with no current job is the short moment
-# between the end of a job and the gateway's next status update: it may take work too.
-CONNECTED_STATUSES = (RobotStatus.READY, RobotStatus.WORKING)
-
-# Sessions that occupy a seat on their terminal server.
-LIVE_SESSION_STATES = (
-    SessionState.REQUESTED,
-    SessionState.CONNECTING,
-    SessionState.LOGGED_ON,
-    SessionState.ROBOT_CONNECTED,
-    SessionState.LOGGING_OFF,
 )
 
 
@@ -375,6 +363,17 @@ async def _open_session_for(
     )
     ts.robot_key_encrypted = encrypt_session_key(settings, ts.id, key.full)
     session.add(ts)
+    record_session_state(
+        session,
+        account_id=job.account_id,
+        session_id=ts.id,
+        robot_id=robot_id,
+        terminal_server_id=server.id,
+        job_id=job.id,
+        state=SessionState.REQUESTED,
+        reason=None,
+        at=utcnow(),
+    )
     await session.flush()
     out.started.append(t)
     assert server.coordinator_id is not None
@@ -383,6 +382,37 @@ async def _open_session_for(
         open_session_command(settings, ts, ua, server, key.full),
     )
     return True
+
+
+def record_session_state(
+    session: AsyncSession,
+    *,
+    account_id: uuid.UUID,
+    session_id: uuid.UUID,
+    robot_id: uuid.UUID | None,
+    terminal_server_id: uuid.UUID,
+    job_id: uuid.UUID | None,
+    state: SessionState,
+    reason: str | None,
+    at: datetime,
+) -> None:
+    """The ``session.state`` event of a terminal session's change, in the change's transaction.
+    No folder: a session is the account's (``terminal_servers:read`` sees it)."""
+    events.record(
+        session,
+        "session.state",
+        account_id=account_id,
+        object_id=session_id,
+        at=at,
+        data={
+            "session_id": str(session_id),
+            "robot_id": str(robot_id) if robot_id else None,
+            "terminal_server_id": str(terminal_server_id),
+            "job_id": str(job_id) if job_id else None,
+            "state": state.value,
+            "reason": reason[:1000] if reason else None,
+        },
+    )
 
 
 def encrypt_session_key(settings: Settings, session_id: uuid.UUID, key: str) -> bytes:

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common import robot_history
 from rpa_common.db.uow import run_in_transaction
+from rpa_common.dispatch_rules import CONNECTED_STATUSES, LIVE_SESSION_STATES
 from rpa_common.jobflow import Actor, Transition, transition
 from rpa_common.models import Job, Robot, TerminalServer, TerminalSession, UnattendedAccount
 from rpa_common.models.base import utcnow
@@ -45,11 +46,10 @@ from rpa_common.nats.messages import (
 from rpa_common.offers import offers_for
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import (
-    CONNECTED_STATUSES,
-    LIVE_SESSION_STATES,
     Outbox,
     decrypt_session_key,
     open_session_command,
+    record_session_state,
 )
 from rpa_scheduler.task_sweeps import TASK_SWEEP_BATCH, TASK_SWEEPS
 
@@ -591,7 +591,31 @@ async def _set_session_state(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    # The session.state event, in this transaction (the row is ours now: one primary-key read).
+    row = (
+        await session.execute(
+            sa.select(
+                TerminalSession.account_id,
+                TerminalSession.robot_id,
+                TerminalSession.terminal_server_id,
+                TerminalSession.job_id,
+            ).where(TerminalSession.id == session_id)
+        )
+    ).one()
+    record_session_state(
+        session,
+        account_id=row.account_id,
+        session_id=session_id,
+        robot_id=row.robot_id,
+        terminal_server_id=row.terminal_server_id,
+        job_id=row.job_id,
+        state=state,
+        reason=reason,
+        at=at,
+    )
+    return True
 
 
 async def apply_session_report(ctx: ServiceContext, report: SessionStateReport) -> bool:

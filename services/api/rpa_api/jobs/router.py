@@ -16,8 +16,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Ctx, Principal, Transaction, require
-from rpa_api.jobs import service
-from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobOut
+from rpa_api.jobs import explain, service
+from rpa_api.jobs.schemas import JobCreate, JobDetail, JobEventOut, JobExplain, JobOut
 from rpa_api.kit.pagination import Page, PageParams, page_json, paginate, sorted_by
 from rpa_api.kit.schemas import QueryDatetime
 from rpa_common import jobflow
@@ -166,6 +166,23 @@ async def get_job(job_id: uuid.UUID, tx: Transaction, principal: Reader) -> JobD
                 "history": [JobEventOut.model_validate(e) for e in events],
             }
         )
+
+    return await tx.read(work)
+
+
+@router.get(
+    "/{job_id:uuid}/explain",
+    response_model=JobExplain,
+    response_model_exclude_none=True,
+    summary="Why is this job pending? What it waits for, in words and in fields",
+    description="Reads the robots, groups, terminal servers and licenses with the dispatcher's rules. "
+    "Each reason has a stable `code` (see the API guide); a job that is not Pending answers its state.",
+    responses=_PROBLEMS,
+)
+async def explain_job(job_id: uuid.UUID, ctx: Ctx, tx: Transaction, principal: Reader) -> JobExplain:
+    async def work(session: AsyncSession) -> JobExplain:
+        job = await service.get_job(session, principal, job_id)
+        return await explain.explain(session, ctx.settings, job, principal.folder_clause)
 
     return await tx.read(work)
 

@@ -151,3 +151,49 @@ class JobLogOut(BaseModel):
     @classmethod
     def _level_name(cls, value: Any) -> str:
         return LogLevel(value).name.capitalize() if not isinstance(value, str) else value
+
+
+class RobotStateOut(BaseModel):
+    """A robot as the dispatcher sees it (a member of the job's group)."""
+
+    robot_id: uuid.UUID
+    name: str
+    status: str
+    is_active: bool
+    busy_with_job_id: uuid.UUID | None = Field(None, description="The job this robot is busy with")
+    status_reason: str | None = Field(None, description="Why it is Unlicensed")
+
+
+class ExplainReason(BaseModel):
+    """One reason, as a stable ``code`` (docs/api-guide.md, "Why is this job pending?"), a sentence,
+    and the fields it names (only those that apply are present)."""
+
+    code: str = Field(description="Stable snake_case code, e.g. `robot_busy`, `session_limit_reached`")
+    message: str
+    robot_id: uuid.UUID | None = None
+    robot_name: str | None = None
+    robot_status: str | None = None
+    robot_group_id: uuid.UUID | None = None
+    busy_with_job_id: uuid.UUID | None = Field(None, description="`robot_busy`: the job holding the robot")
+    status_reason: str | None = None
+    license_kinds: str | None = None
+    license_capacity: int | None = None
+    license_in_use: int | None = None
+    terminal_server_id: uuid.UUID | None = None
+    coordinator_id: uuid.UUID | None = None
+    live_sessions: int | None = None
+    max_sessions: int | None = None
+    session_id: uuid.UUID | None = None
+    session_state: str | None = None
+    jobs_ahead: int | None = Field(None, description="`queued`: Pending jobs that go first")
+    since: datetime | None = None
+    robots: list[RobotStateOut] | None = Field(None, description="`no_robot_ready`: the group's robots")
+
+
+class JobExplain(BaseModel):
+    """``GET /jobs/{id}/explain``: what the job waits for, in words and in fields."""
+
+    job_id: uuid.UUID
+    state: JobState
+    waiting: bool = Field(description="True while the job has not started running (Pending or Starting)")
+    reasons: list[ExplainReason]
