@@ -18,14 +18,15 @@ CI=true).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess  # nosec B404: Chromium and apt-get, fixed argv
+import tempfile
 import threading
-import time
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -37,9 +38,9 @@ import httpx
 import pytest
 
 from rpa_common import events
-from tests.conftest import IN_CI, NATS_URL, PASSWORD
+from tests.conftest import IN_CI, PASSWORD, Tenant
 from tests.e2e.conftest import Api, Child, Service, Stack, clean_env, eventually, history
-from tests.events.jetstream import connect, stored
+from tests.events.jetstream import JetStreamServer, connect, stored
 from tests.support import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -215,7 +216,9 @@ class PageServer:
                 elif self.path == "/command":
                     with owner.lock:
                         seq, command = owner.command
-                    self._answer(200, "application/json", json.dumps({"seq": seq, "command": command}).encode())
+                    self._answer(
+                        200, "application/json", json.dumps({"seq": seq, "command": command}).encode()
+                    )
                 else:
                     self._answer(404, "text/plain", b"not found")
 
@@ -247,32 +250,52 @@ class Browsing:
     stack: Stack
     robot_id: str
     page: PageServer
+    nats_url: str
 
 
 @pytest.fixture
-async def browsing(api: Api, stack: Stack, tmp_path: Path) -> AsyncIterator[Browsing]:
+async def browsing(tenant: Tenant, stack: Stack, tmp_path: Path) -> AsyncIterator[Browsing]:
     browser = chromium()
+    # A NATS of the test's own: the shared one's stream also holds other sessions' events, and an
+    # outbox row's Nats-Msg-Id (its id in *its* database) may be one of theirs in the duplicate window.
+    nats = JetStreamServer()
+    nats.start()
     page = PageServer(config={})
+    own = {"RPA_NATS_URL": nats.url}
     api_svc: Service = stack.service(
-        "api", RPA_API_WORKERS="1", RPA_CORS_ORIGINS=page.origin, RPA_EVENTS_HEARTBEAT_S="1"
+        "api", settings=own, RPA_API_WORKERS="1", RPA_CORS_ORIGINS=page.origin, RPA_EVENTS_HEARTBEAT_S="1"
     )
-    scheduler, gateway = stack.service("scheduler"), stack.service("gateway")
-    await stack.start(api_svc, scheduler, gateway)
-    robot_id, key = await api.robot()
-    stack.robot(gateway.ws_url, key)
-    await api.wait_robot(robot_id, "Ready", stack=stack)
-    page.config = {
-        "api": api_svc.http_url,
-        "username": api.tenant.admin_username,
-        "password": PASSWORD,
-        "types": list(events.EVENT_TYPES),
-    }
-    with page.serving():
-        argv = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"{page.origin}/"]
-        child = Child("chromium", argv, clean_env(HOME=str(tmp_path)), tmp_path / "chromium.log")
-        stack.children.append(child)  # stopped (with its descendants) by the stack
-        child.start()
-        yield Browsing(api, stack, robot_id, page)
+    scheduler, gateway = stack.service("scheduler", settings=own), stack.service("gateway", settings=own)
+    try:
+        await stack.start(api_svc, scheduler, gateway)
+        # People's side through the API process (its NATS is the one the scheduler listens to).
+        async with httpx.AsyncClient(base_url=api_svc.http_url, timeout=30) as client:
+            api = Api(client, tenant)
+            robot_id, key = await api.robot()
+            stack.robot(gateway.ws_url, key)
+            await api.wait_robot(robot_id, "Ready", stack=stack)
+            page.config = {
+                "api": api_svc.http_url,
+                "username": tenant.admin_username,
+                "password": PASSWORD,
+                "types": list(events.EVENT_TYPES),
+            }
+            # The profile outside the test's folder: its own *.log files are no process's output.
+            with (
+                page.serving(),
+                tempfile.TemporaryDirectory(prefix="rpa-chromium-", ignore_cleanup_errors=True) as profile,
+            ):
+                argv = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"{page.origin}/"]
+                child = Child("chromium", argv, clean_env(HOME=profile), tmp_path / "chromium.log")
+                stack.children.append(child)
+                child.start()
+                try:
+                    yield Browsing(api, stack, robot_id, page, nats.url)
+                finally:
+                    child.stop(timeout=10)  # with its descendants, before its profile goes
+    finally:
+        await asyncio.to_thread(stack.close)
+        nats.close()
 
 
 async def until(b: Browsing, what: str, check: Any, timeout: float = 30) -> Any:
@@ -326,7 +349,7 @@ async def test_a_page_of_another_origin_follows_jobs_and_misses_nothing_across_a
     job2 = await b.api.wait_job(second, stack=b.stack)
     assert job2["state"] == "Successful"
     states2 = [to for _, to in history(job2)]
-    nc = await connect(NATS_URL)
+    nc = await connect(b.nats_url)
     try:
 
         async def relayed() -> list[tuple[int, dict[str, Any]]] | None:
@@ -350,14 +373,18 @@ async def test_a_page_of_another_origin_follows_jobs_and_misses_nothing_across_a
         async def complete() -> tuple[list[int], list[int]] | None:
             seen_ids = [r["id"] for r in page.seen("event")]
             start = seen_ids[0]
-            in_stream = [seq for seq, _ in await stored(nc, b.api.tenant.account_id, timeout=0.5) if seq >= start]
+            in_stream = [
+                seq for seq, _ in await stored(nc, b.api.tenant.account_id, timeout=0.5) if seq >= start
+            ]
             return (seen_ids, in_stream) if seen_ids == in_stream else None
 
         try:
-            seen_ids, in_stream = await eventually(complete, 20, "the page has every event of the stream")
+            seen_ids, _ = await eventually(complete, 20, "the page has every event of the stream")
         except AssertionError:
             seen_ids = [r["id"] for r in page.seen("event")]
-            raise AssertionError(f"page {seen_ids} vs stream {await stored(nc, b.api.tenant.account_id)}") from None
+            raise AssertionError(
+                f"page {seen_ids} vs stream {await stored(nc, b.api.tenant.account_id)}"
+            ) from None
     finally:
         await nc.close()
     before = [r["id"] for r in page.seen("event") if r["phase"] == 1]
@@ -371,8 +398,11 @@ async def test_a_page_of_another_origin_follows_jobs_and_misses_nothing_across_a
     # The API's answers carried CORS for the page's origin (preflights included, or the page failed).
     preflight = httpx.options(
         f"{page.config['api']}/api/v1/jobs",
-        headers={"Origin": page.origin, "Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "authorization"},
+        headers={
+            "Origin": page.origin,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
         timeout=10,
     )
     assert preflight.status_code == 200
