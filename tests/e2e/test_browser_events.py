@@ -292,7 +292,7 @@ async def browsing(tenant: Tenant, stack: Stack, tmp_path: Path) -> AsyncIterato
                 try:
                     yield Browsing(api, stack, robot_id, page, nats.url)
                 finally:
-                    child.stop(timeout=10)  # with its descendants, before its profile goes
+                    child.stop(timeout=3)  # with its descendants, before its profile goes
     finally:
         await asyncio.to_thread(stack.close)
         nats.close()
