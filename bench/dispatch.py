@@ -212,7 +212,7 @@ async def environment(
 ) -> AsyncIterator[tuple[Settings, dict[str, str], str]]:
     """Private NATS, a fresh database, and the API, scheduler and gateway as real processes, with the
     event outbox on or off (``RPA_EVENTS_ENABLED``)."""
-    nats_url = await start_nats(services)
+    nats_url = await start_nats(services, jetstream=True)  # the scheduler relays events to a stream
     async with fresh_database("dispatch") as db_url:
         ports = {name: free_port() for name in SERVICES}
         env = service_env(
@@ -389,7 +389,7 @@ async def _events_published(nats_url: str) -> int:
     nc = await nats.connect(nats_url)
     try:
         return int((await nc.jetstream().stream_info(events.STREAM)).state.messages)
-    except NotFoundError:
+    except (NotFoundError, nats.js.errors.ServiceUnavailableError):
         return 0
     finally:
         await nc.close()

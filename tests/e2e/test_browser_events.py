@@ -267,7 +267,12 @@ async def browsing(tenant: Tenant, stack: Stack, tmp_path: Path) -> AsyncIterato
     )
     scheduler, gateway = stack.service("scheduler", settings=own), stack.service("gateway", settings=own)
     try:
-        await stack.start(api_svc, scheduler, gateway)
+        for svc in (api_svc, scheduler, gateway):
+            svc.start()
+        # The machine may be busy: more time than Stack.start's default to come up.
+        await asyncio.gather(
+            *(asyncio.to_thread(svc.wait_ready, 120) for svc in (api_svc, scheduler, gateway))
+        )
         # People's side through the API process (its NATS is the one the scheduler listens to).
         async with httpx.AsyncClient(base_url=api_svc.http_url, timeout=30) as client:
             api = Api(client, tenant)
