@@ -208,10 +208,11 @@ async def server_side(settings: Settings, job_ids: list[str]) -> dict[str, float
 
 @contextlib.asynccontextmanager
 async def environment(
-    services: Services, events_enabled: bool = True
+    services: Services, events_enabled: bool = True, pool: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[Settings, dict[str, str], str]]:
     """Private NATS, a fresh database, and the API, scheduler and gateway as real processes, with the
-    event outbox on or off (``RPA_EVENTS_ENABLED``)."""
+    event outbox on or off (``RPA_EVENTS_ENABLED``) and ``pool`` (``RPA_DB_POOL_SIZE``...) if given."""
+    pool = pool or {}
     nats_url = await start_nats(services, jetstream=True)  # the scheduler relays events to a stream
     async with fresh_database("dispatch") as db_url:
         ports = {name: free_port() for name in SERVICES}
@@ -223,6 +224,7 @@ async def environment(
             RPA_SCHEDULER_PORT=str(ports["scheduler"]),
             RPA_HEARTBEAT_INTERVAL_S="15",
             RPA_EVENTS_ENABLED="true" if events_enabled else "false",
+            **pool,
         )
         settings = bench_settings(db_url, nats_url)
         for name, module in (("api", "rpa_api"), ("scheduler", "rpa_scheduler"), ("gateway", "rpa_gateway")):
@@ -400,7 +402,12 @@ async def measure(
 ) -> tuple[Measure, Floor | None]:
     pids: dict[str, int] = {}
     floor: Floor | None = None
-    async with environment(services, events_enabled) as (settings, urls, db_url):
+    pool = {}
+    if args.db_pool_size is not None:
+        pool["RPA_DB_POOL_SIZE"] = str(args.db_pool_size)
+    if args.db_max_overflow is not None:
+        pool["RPA_DB_MAX_OVERFLOW"] = str(args.db_max_overflow)
+    async with environment(services, events_enabled, pool) as (settings, urls, db_url):
         pids = {name: services.pid(name) for name in SERVICES}
         s = await seed(settings, args.robots)
         results = Results()
@@ -546,6 +553,16 @@ def main() -> None:
         choices=("both", "on", "off"),
         default="both",
         help="the event outbox (RPA_EVENTS_ENABLED) on, off, or both one after the other (default)",
+    )
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=None,
+        help="RPA_DB_POOL_SIZE of each service (a database server shared with other work may be short"
+        " of connections: each service may open pool + overflow)",
+    )
+    parser.add_argument(
+        "--db-max-overflow", type=int, default=None, help="RPA_DB_MAX_OVERFLOW of each service"
     )
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     args = parser.parse_args()
