@@ -14,10 +14,17 @@ was received (both on this process's monotonic clock). A robot may receive the j
 HTTP response has reached the client; such jobs count as 0 ms (and are counted). CPU per job is
 the user + system CPU of the three services over the run, divided by the jobs received.
 
+By default (``--events both``) the real path runs twice, each time on a fresh database and NATS:
+with the event outbox on (``RPA_EVENTS_ENABLED=true``: every job and robot state change also
+inserts an outbox row in its transaction, and the scheduler relays the rows to the JetStream stream)
+and off. The table gives CPU per job, throughput and latency for both and the ratios on / off: what
+the event stream costs the job path. ``--events on`` or ``off`` runs one pass only.
+
 Then, in the same run and with the services stopped, the floor: the same create -> claim ->
 notify -> receive path with bare asyncpg and nats-py (see ``run_floor``), and the ratios.
 ``--json`` writes p50/p95/p99, throughput, robots, ``cpu_ms_per_job``, ``floor_p50_ms`` and
-``floor_p99_ms``.
+``floor_p99_ms`` (of the events-on pass), and with both passes ``events_on``, ``events_off`` (the
+same fields each) and ``cpu_ms_per_job_ratio_on_off``, ``jobs_per_s_ratio_on_off``.
 """
 
 from __future__ import annotations
@@ -200,9 +207,13 @@ async def server_side(settings: Settings, job_ids: list[str]) -> dict[str, float
 
 
 @contextlib.asynccontextmanager
-async def environment(services: Services) -> AsyncIterator[tuple[Settings, dict[str, str], str]]:
-    """Private NATS, a fresh database, and the API, scheduler and gateway as real processes."""
-    nats_url = await start_nats(services)
+async def environment(
+    services: Services, events_enabled: bool = True, pool: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Settings, dict[str, str], str]]:
+    """Private NATS, a fresh database, and the API, scheduler and gateway as real processes, with the
+    event outbox on or off (``RPA_EVENTS_ENABLED``) and ``pool`` (``RPA_DB_POOL_SIZE``...) if given."""
+    pool = pool or {}
+    nats_url = await start_nats(services, jetstream=True)  # the scheduler relays events to a stream
     async with fresh_database("dispatch") as db_url:
         ports = {name: free_port() for name in SERVICES}
         env = service_env(
@@ -212,6 +223,8 @@ async def environment(services: Services) -> AsyncIterator[tuple[Settings, dict[
             RPA_GATEWAY_PORT=str(ports["gateway"]),
             RPA_SCHEDULER_PORT=str(ports["scheduler"]),
             RPA_HEARTBEAT_INTERVAL_S="15",
+            RPA_EVENTS_ENABLED="true" if events_enabled else "false",
+            **pool,
         )
         settings = bench_settings(db_url, nats_url)
         for name, module in (("api", "rpa_api"), ("scheduler", "rpa_scheduler"), ("gateway", "rpa_gateway")):
@@ -225,6 +238,7 @@ async def environment(services: Services) -> AsyncIterator[tuple[Settings, dict[
         finally:
             for name in SERVICES:
                 services.stop(name)
+            services.stop("nats")
 
 
 # The floor: the same path with bare asyncpg and nats-py ------------------------------------------
@@ -343,9 +357,57 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         services.stop()
 
 
-async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Measure:
+    """One pass of the real path: jobs through the API, scheduler and gateway to simulated robots."""
+
+    events: bool
+    report: dict[str, Any]
+    rows: list[tuple[str, Any]]
+    outbox_rows: int
+
+
+async def _outbox_rows(settings: Settings) -> int:
+    """Outbox rows left (events not relayed yet) at the end of a pass."""
+    from rpa_common.models.events import EventOutbox
+
+    engine = create_engine(settings, "bench", pool_size=1)
+    try:
+        async with session_factory(engine)() as session:
+            return int(
+                (await session.execute(sa.select(sa.func.count()).select_from(EventOutbox))).scalar_one()
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _events_published(nats_url: str) -> int:
+    """Messages in the event stream (0 when it does not exist)."""
+    import nats
+    from nats.js.errors import NotFoundError
+
+    from rpa_common import events
+
+    nc = await nats.connect(nats_url)
+    try:
+        return int((await nc.jetstream().stream_info(events.STREAM)).state.messages)
+    except (NotFoundError, nats.js.errors.ServiceUnavailableError):
+        return 0
+    finally:
+        await nc.close()
+
+
+async def measure(
+    services: Services, args: argparse.Namespace, events_enabled: bool, floor_too: bool
+) -> tuple[Measure, Floor | None]:
     pids: dict[str, int] = {}
-    async with environment(services) as (settings, urls, db_url):
+    floor: Floor | None = None
+    pool = {}
+    if args.db_pool_size is not None:
+        pool["RPA_DB_POOL_SIZE"] = str(args.db_pool_size)
+    if args.db_max_overflow is not None:
+        pool["RPA_DB_MAX_OVERFLOW"] = str(args.db_max_overflow)
+    async with environment(services, events_enabled, pool) as (settings, urls, db_url):
         pids = {name: services.pid(name) for name in SERVICES}
         s = await seed(settings, args.robots)
         results = Results()
@@ -373,7 +435,11 @@ async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
             crashed = [t for t in robots if t.done() and not t.cancelled() and t.exception()]
         for t in crashed[:3]:
             print(f"robot failed: {t.exception()!r}", file=sys.stderr)
+        if results.robot_errors:
+            print(f"robot saw {len(results.robot_errors)} error frames, e.g. {results.robot_errors[0]}")
         server = await server_side(settings, list(results.accepted))
+        outbox = await _outbox_rows(settings)
+        published = await _events_published(settings.nats_url)
         latencies = [
             (results.received[j] - t) * 1000 for j, t in results.accepted.items() if j in results.received
         ]
@@ -383,7 +449,8 @@ async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
         # The services are stopped before the floor runs: it gets the machine to itself, as they did.
         for name in SERVICES:
             services.stop(name)
-        floor = await run_floor(services, db_url, settings.nats_url, args)
+        if floor_too:
+            floor = await run_floor(services, db_url, settings.nats_url, args)
     cpu = {name: (cpu_after[name] - cpu_before[name]) * 1000 / max(1, len(latencies)) for name in SERVICES}
     cpu_total = sum(cpu.values())
     report = {
@@ -393,8 +460,8 @@ async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
         "jobs_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
         "robots": args.robots,
         "cpu_ms_per_job": round(cpu_total, 2),
-        "floor_p50_ms": floor.p50_ms,
-        "floor_p99_ms": floor.p99_ms,
+        "cpu_ms_per_job_by_service": {name: round(cpu[name], 2) for name in SERVICES},
+        "events_published": published,
     }
     rows: list[tuple[str, Any]] = [
         ("jobs accepted by the API", len(results.accepted)),
@@ -410,9 +477,44 @@ async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
         ("db: created -> Starting p50/p99", f"{server['pending_p50']}/{server['pending_p99']}"),
         ("db: Starting -> Running p50/p99", f"{server['starting_p50']}/{server['starting_p99']}"),
         ("db: Running -> Successful p50/p99", f"{server['running_p50']}/{server['running_p99']}"),
+        ("events in the stream / outbox rows left", f"{published}/{outbox}"),
     ]
     rows += [(f"CPU per job: {name} (ms)", round(cpu[name], 2)) for name in SERVICES]
     rows.append(("CPU per job: api + scheduler + gateway (ms)", round(cpu_total, 2)))
+    return Measure(events_enabled, report, rows, outbox), floor
+
+
+async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
+    wanted = {"both": (True, False), "on": (True,), "off": (False,)}[args.events]
+    passes: dict[bool, Measure] = {}
+    floor: Floor | None = None
+    for i, events_enabled in enumerate(wanted):
+        last = i == len(wanted) - 1
+        passes[events_enabled], got = await measure(services, args, events_enabled, floor_too=last)
+        floor = got or floor
+    assert floor is not None
+    main_pass = passes.get(True) or passes[False]
+    report = dict(main_pass.report)
+    report["events"] = args.events
+    report["floor_p50_ms"] = floor.p50_ms
+    report["floor_p99_ms"] = floor.p99_ms
+    rows: list[tuple[str, Any]] = []
+    for events_enabled, m in passes.items():
+        label = "events on" if events_enabled else "events off"
+        rows += [(f"[{label}] {name}", value) for name, value in m.rows]
+    if True in passes and False in passes:
+        on, off = passes[True].report, passes[False].report
+        report["events_on"] = on
+        report["events_off"] = off
+        report["cpu_ms_per_job_ratio_on_off"] = _ratio_value(on["cpu_ms_per_job"], off["cpu_ms_per_job"])
+        report["jobs_per_s_ratio_on_off"] = _ratio_value(on["jobs_per_s"], off["jobs_per_s"])
+        rows += [
+            ("CPU per job, events on / off (ms)", f"{on['cpu_ms_per_job']} / {off['cpu_ms_per_job']}"),
+            ("ratio CPU per job on / off", ratio(on["cpu_ms_per_job"], off["cpu_ms_per_job"])),
+            ("throughput, events on / off (jobs/s)", f"{on['jobs_per_s']} / {off['jobs_per_s']}"),
+            ("ratio throughput on / off", ratio(on["jobs_per_s"], off["jobs_per_s"])),
+            ("p50 latency, events on / off (ms)", f"{on['p50_ms']} / {off['p50_ms']}"),
+        ]
     if floor.skipped:
         rows.append(("floor", f"skipped: {floor.skipped}"))
     else:
@@ -426,16 +528,19 @@ async def _run(services: Services, args: argparse.Namespace) -> dict[str, Any]:
             ("ratio p99 / floor p99", ratio(report["p99_ms"], floor.p99_ms)),
         ]
     print_table(
-        f"Dispatch benchmark: {args.robots} robots, {args.rate:g} jobs/s offered for {args.seconds:g} s",
+        f"Dispatch benchmark: {args.robots} robots, {args.rate:g} jobs/s offered for {args.seconds:g} s,"
+        f" events {args.events}",
         rows,
     )
     print(
         "goal: p50 <= 10 ms, p99 <= 50 ms at 100 jobs/s, CPU per job (api + scheduler + gateway) <= 8 ms;"
         f" service logs in {services.log_dir}"
     )
-    if results.robot_errors:
-        print(f"robot saw {len(results.robot_errors)} error frames, e.g. {results.robot_errors[0]}")
     return report
+
+
+def _ratio_value(value: float, base: float) -> float | None:
+    return round(value / base, 3) if base else None
 
 
 def main() -> None:
@@ -443,6 +548,22 @@ def main() -> None:
     parser.add_argument("--robots", type=int, default=20, help="simulated robots (one group)")
     parser.add_argument("--rate", type=float, default=100.0, help="jobs created per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="how long jobs are created")
+    parser.add_argument(
+        "--events",
+        choices=("both", "on", "off"),
+        default="both",
+        help="the event outbox (RPA_EVENTS_ENABLED) on, off, or both one after the other (default)",
+    )
+    parser.add_argument(
+        "--db-pool-size",
+        type=int,
+        default=None,
+        help="RPA_DB_POOL_SIZE of each service (a database server shared with other work may be short"
+        " of connections: each service may open pool + overflow)",
+    )
+    parser.add_argument(
+        "--db-max-overflow", type=int, default=None, help="RPA_DB_MAX_OVERFLOW of each service"
+    )
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     args = parser.parse_args()
     report = asyncio.run(run(args))

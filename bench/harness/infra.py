@@ -178,12 +178,14 @@ async def wait_port(port: int, within_s: float = 10) -> None:
     raise RuntimeError(f"nothing listens on port {port}")
 
 
-async def start_nats(services: Services) -> str:
-    """A private NATS server: other processes on a shared NATS would take the services' messages."""
+async def start_nats(services: Services, jetstream: bool = False) -> str:
+    """A private NATS server: other processes on a shared NATS would take the services' messages.
+    ``jetstream``: with JetStream (a store in the log folder), for the event stream's relay."""
     port = free_port()
-    services.start(
-        "nats", [str(ROOT / ".venv/bin/nats-server"), "-a", "127.0.0.1", "-p", str(port)], dict(os.environ)
-    )
+    argv = [str(ROOT / ".venv/bin/nats-server"), "-a", "127.0.0.1", "-p", str(port)]
+    if jetstream:
+        argv += ["-js", "-sd", tempfile.mkdtemp(prefix="jetstream-", dir=services.log_dir)]
+    services.start("nats", argv, dict(os.environ))
     await wait_port(port)
     return f"nats://127.0.0.1:{port}"
 

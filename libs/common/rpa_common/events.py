@@ -82,11 +82,15 @@ def record(
     """Add the event of a change to ``session`` (an ``AsyncSession``): it is inserted with the
     session's next flush, so a caller changing many rows in one transaction gets one multi-row
     insert, and it exists only if the change commits. ``folder_id`` may be left to the relay, which
-    looks it up from the object (a job's process, a task's queue, a robot, a trigger)."""
+    looks it up from the object (a job's process, a task's queue, a robot, a trigger). With
+    ``RPA_EVENTS_ENABLED=false`` it records nothing."""
     from rpa_common.models.events import EventOutbox
+    from rpa_common.settings import get_settings
 
     if event_type not in EVENT_TYPES:
         raise ValueError(f"not an event type: {event_type!r}")
+    if not get_settings().events_enabled:
+        return  # RPA_EVENTS_ENABLED=false: no outbox row, no event (bench/dispatch.py's comparison)
     session.add(
         EventOutbox(
             type=event_type,

@@ -352,6 +352,11 @@ class Settings(BaseSettings):
     events_retention_s: float = Field(
         86400.0, ge=60, description="How long the event stream (JetStream RPA_EVENTS) keeps events."
     )
+    events_enabled: bool = Field(
+        True,
+        description="All services: record an event (outbox row) with each job, robot, task, trigger and session "
+        "change. False turns the event stream and webhooks off (for measuring what they cost).",
+    )
     events_relay_interval_s: float = Field(
         1.0, gt=0, description="Scheduler: period of the event outbox relay when nothing wakes it."
     )
