@@ -197,3 +197,31 @@ class IdentityProvider(IdMixin, TimestampMixin, Base):
     config: Mapped[dict[str, Any]]
     group_roles: Mapped[dict[str, Any]]
     secret_encrypted: Mapped[bytes | None]
+
+
+class OidcLogin(IdMixin, Base):
+    """One browser's OpenID Connect login through an account's provider, from redirect to token.
+
+    Started by ``/auth/oidc/{provider}/login`` (the state's hash, the nonce, the PKCE verifier
+    encrypted), ended at the callback (``callback_at``: a state is good once), which leaves the user
+    and a one-time hand-off code (hashed) that the web application trades for its tokens once
+    (``redeemed_at``). Rows live minutes; the login throttle's cleanup is not needed: each is tiny and
+    expired ones are deleted when a new login starts.
+    """
+
+    __tablename__ = "oidc_login"
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("identity_provider.id", ondelete="CASCADE"), index=True
+    )
+    state_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    nonce: Mapped[str] = mapped_column(sa.String(64))
+    verifier_encrypted: Mapped[bytes]
+    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    callback_at: Mapped[datetime | None]
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    handoff_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    redeemed_at: Mapped[datetime | None]
