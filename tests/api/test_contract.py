@@ -36,7 +36,9 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 STREAMS = ("jobs_stream_logs", "events_stream")
 # A login through an account's LDAP directory answers 503 while the directory is unreachable, as the
 # generated providers' are: tested against a real slapd in tests/sso (make sso-test).
-OUTSIDE = ("auth_ldap_token",)
+# The OpenID login's steps redirect a browser to and from a real provider, or trade the one-time code
+# its callback made: tested against a real OpenID provider in tests/sso/test_oidc.py.
+OUTSIDE = ("auth_ldap_token", "auth_oidc_login", "auth_oidc_callback", "auth_oidc_token")
 
 
 # The token goes through the environment, never a command line. Some operations check rules that the

@@ -19,6 +19,7 @@ import hmac
 import secrets
 import time
 import uuid
+import warnings
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -26,7 +27,6 @@ import httpx
 import sqlalchemy as sa
 import structlog
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oidc.core import CodeIDToken
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse
@@ -46,6 +46,12 @@ from rpa_api.kit import audit
 from rpa_common.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable, Unauthorized
 from rpa_common.models import Account, IdentityProvider, OidcLogin, RefreshToken, User
 from rpa_common.security import Encryptor, hash_key
+
+with warnings.catch_warnings():
+    # authlib 1.9 warns that it would rather use the httpx2 fork; it works with httpx, which the
+    # whole project uses. Without this the warning would be printed at every start of the API.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 log = structlog.get_logger(__name__)
 router = APIRouter()
