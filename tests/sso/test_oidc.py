@@ -41,9 +41,10 @@ CALLBACK = f"{API}/api/v1/auth/oidc/callback"
 CLIENT_ID = "rpa-orchestrator"
 CLIENT_SECRET = "oidc-client-secret-" + "x" * 12
 APP_URL = "https://app.rpa.test/login"
+# Names of their own: the LDAP tests of the same session already made an "alice" and a "bob".
 USERS: dict[str, dict[str, object]] = {
-    "alice": {"name": "Alice Admin", "email": "alice@rpa.test", "groups": ["rpa-admins", "unrelated"]},
-    "bob": {"name": "Bob Builder", "email": "bob@rpa.test", "groups": ["rpa-devs"]},
+    "oidc-alice": {"name": "Alice Admin", "email": "alice@rpa.test", "groups": ["rpa-admins", "unrelated"]},
+    "oidc-bob": {"name": "Bob Builder", "email": "bob@rpa.test", "groups": ["rpa-devs"]},
 }
 
 
@@ -178,14 +179,14 @@ async def test_oidc_login(provider: OidcProvider, client: httpx.AsyncClient, ten
         assert row and all(query["state"][0] not in r.state_hash for r in row)  # only its hash is kept
 
     # The happy path: the user is created with the mapped role; the token works on /me.
-    callback = await _at_provider(authorize, "alice")
+    callback = await _at_provider(authorize, "oidc-alice")
     hand_off = await _finish(client, callback)
     assert "rpa_oidc_state" not in client.cookies
     resp = await client.post("/api/v1/auth/oidc/token", json={"code": hand_off})
     assert resp.status_code == 200, resp.text
     tokens = resp.json()
     me = await _me(client, tokens["access_token"])
-    assert me["user"]["username"] == "alice"
+    assert me["user"]["username"] == "oidc-alice"
     assert me["user"]["email"] == "alice@rpa.test" and me["user"]["display_name"] == "Alice Admin"
     assert me["account"]["id"] == str(tenant.account_id)
     assert [r["name"] for r in me["roles"]] == ["Administrator"]
@@ -202,7 +203,7 @@ async def test_oidc_login(provider: OidcProvider, client: httpx.AsyncClient, ten
 
     # A state this browser did not start (login CSRF) is refused before anything else.
     authorize = await _start(client, pid)
-    callback = await _at_provider(authorize, "alice")
+    callback = await _at_provider(authorize, "oidc-alice")
     client.cookies.set("rpa_oidc_state", "someone-elses-state", domain="api.test", path="/api/v1/auth/oidc")
     _problem(await client.get(callback.removeprefix(API)), 400, "state")
 
@@ -228,20 +229,20 @@ async def test_oidc_login(provider: OidcProvider, client: httpx.AsyncClient, ten
     assert "invalid_request" in body["detail"]
 
     # Bob: the Developer role; then the administrator maps his group to Operator instead.
-    bob = await _me(client, (await _login(client, pid, "bob"))["access_token"])
+    bob = await _me(client, (await _login(client, pid, "oidc-bob"))["access_token"])
     assert [r["name"] for r in bob["roles"]] == ["Developer"]
     resp = await client.patch(
         f"/api/v1/identity-providers/{pid}", json={"group_roles": {"rpa-devs": ["Operator"]}}, headers=admin
     )
     assert resp.status_code == 200, resp.text
-    bob2 = await _me(client, (await _login(client, pid, "bob"))["access_token"])
+    bob2 = await _me(client, (await _login(client, pid, "oidc-bob"))["access_token"])
     assert bob2["user"]["id"] == bob["user"]["id"]
     assert [r["name"] for r in bob2["roles"]] == ["Operator"]
 
     # A disabled user is refused at the callback (403 problem+json) and the refusal is audited.
     async with tenant.ctx.sessions() as session, session.begin():
         await session.execute(sa.update(User).where(User.id == uuid.UUID(alice_id)).values(is_active=False))
-    callback = await _at_provider(await _start(client, pid), "alice")
+    callback = await _at_provider(await _start(client, pid), "oidc-alice")
     body = _problem(await client.get(callback.removeprefix(API)), 403)
     assert "disabled" in body["detail"]
     async with tenant.ctx.sessions() as session:
