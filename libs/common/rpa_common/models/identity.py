@@ -180,11 +180,12 @@ class LoginThrottle(Base):
 
 
 class IdentityProvider(IdMixin, TimestampMixin, Base):
-    """An account's external login (issue 12): an LDAP directory today.
+    """An account's external login (issue 12): an LDAP directory or an OpenID provider (``kind``).
 
-    ``config`` holds the non-secret settings (server URL, base DNs, filters, attribute names) and
-    ``group_roles`` maps directory group names to the account's role names. The one secret (the
-    service bind password) is kept encrypted in ``secret_encrypted``, the account id bound as
+    ``config`` holds the non-secret settings (LDAP: server URL, base DNs, filters, attribute names;
+    OIDC: issuer, client id, scopes, claims) and ``group_roles`` maps group names to the account's
+    role names. The one secret (the LDAP service bind password or the OpenID client secret) is kept
+    encrypted in ``secret_encrypted``, the account id bound as
     associated data, and is never returned by the API.
     """
 
@@ -205,8 +206,7 @@ class OidcLogin(IdMixin, Base):
     Started by ``/auth/oidc/{provider}/login`` (the state's hash, the nonce, the PKCE verifier
     encrypted), ended at the callback (``callback_at``: a state is good once), which leaves the user
     and a one-time hand-off code (hashed) that the web application trades for its tokens once
-    (``redeemed_at``). Rows live minutes; the login throttle's cleanup is not needed: each is tiny and
-    expired ones are deleted when a new login starts.
+    (``redeemed_at``). Rows live minutes: those expired for an hour are deleted when a new login starts.
     """
 
     __tablename__ = "oidc_login"
