@@ -259,6 +259,15 @@ async def test_oidc_login(provider: OidcProvider, client: httpx.AsyncClient, ten
         )
         assert failed and failed[-1].changes["reason"] == "disabled"
 
+    # An oidc provider takes no LDAP settings; a provider that cannot be reached is a 503.
+    patch = {"bind_password": "x"}
+    _problem(await client.patch(f"/api/v1/identity-providers/{pid}", json=patch, headers=admin), 422, "ldap")
+    down = _body(f"http://127.0.0.1:{free_port()}", name="down")
+    resp = await client.post("/api/v1/identity-providers", json=down, headers=admin)
+    assert resp.status_code == 201, resp.text
+    body = _problem(await client.get(f"/api/v1/auth/oidc/{resp.json()['id']}/login"), 503)
+    assert "cannot be read" in body["detail"]
+
     # A provider of another kind or unknown id: 404; a deleted provider logs nobody in.
     _problem(await client.get(f"/api/v1/auth/oidc/{uuid.uuid4()}/login"), 404, "provider_id")
     assert (await client.delete(f"/api/v1/identity-providers/{pid}", headers=admin)).status_code == 204
