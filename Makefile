@@ -39,7 +39,7 @@ rdp-test: venv ## Real RDP sessions end to end (root; installs xrdp xorgxrdp fre
 	if [ $$rc -eq 5 ]; then echo "make rdp-test: pytest collected no tests (exit 5): treated as a failure" >&2; fi
 	exit $$rc
 
-sso-test: venv ## LDAP login against a real slapd on loopback (root; installs slapd ldap-utils if missing); both databases
+sso-test: venv ## LDAP login against a real slapd, OpenID Connect login against a real oidc-provider (node), on loopback (root; installs slapd ldap-utils if missing); both databases
 	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils >/dev/null 2>&1 \
 		|| { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slapd ldap-utils >/dev/null; }; } \
 		|| echo "make sso-test: could not install slapd" >&2

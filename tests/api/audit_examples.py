@@ -912,3 +912,42 @@ async def _auth_ldap_token(w: World) -> Expect:
 
         user_id = (await session.execute(sa.select(User.id).where(User.username == user))).scalar_one()
     return Expect("login", "user", user_id)
+
+
+def _oidc_body() -> dict[str, Any]:
+    return {
+        "name": _n("oidc"),
+        "kind": "oidc",
+        "oidc": {"issuer": "https://idp.rpa.test", "client_id": "rpa", "app_url": "https://app.rpa.test/"},
+        "client_secret": SECRET,
+    }
+
+
+@example("auth_oidc_token")
+async def _auth_oidc_token(w: World) -> Expect:
+    """The hand-off after a callback (the whole flow against a real provider: tests/sso/test_oidc.py)."""
+    from datetime import UTC, datetime, timedelta
+
+    from rpa_common.models import OidcLogin
+    from rpa_common.security import hash_key
+
+    idp = await w.setup("POST", "/identity-providers", json=_oidc_body())
+    code = uuid.uuid4().hex + uuid.uuid4().hex
+    async with w.tenant.ctx.sessions() as session, session.begin():
+        now = datetime.now(UTC)
+        session.add(
+            OidcLogin(
+                provider_id=uuid.UUID(idp["id"]),
+                state_hash=hash_key(code + "-state"),
+                nonce="n",
+                verifier_encrypted=b"-",
+                redirect_uri="https://api.rpa.test/api/v1/auth/oidc/callback",
+                created_at=now,
+                expires_at=now + timedelta(minutes=2),
+                callback_at=now,
+                user_id=w.tenant.admin_id,
+                handoff_hash=hash_key(code),
+            )
+        )
+    await w.op(headers={}, json={"code": code})
+    return Expect("login", "user", w.tenant.admin_id)

@@ -36,7 +36,9 @@ TOKEN_ENDING = ("auth_logout_all", "users_reset_password")
 STREAMS = ("jobs_stream_logs", "events_stream")
 # A login through an account's LDAP directory answers 503 while the directory is unreachable, as the
 # generated providers' are: tested against a real slapd in tests/sso (make sso-test).
-OUTSIDE = ("auth_ldap_token",)
+# The OpenID login's steps redirect a browser to and from a real provider, or trade the one-time code
+# its callback made: tested against a real OpenID provider in tests/sso/test_oidc.py.
+OUTSIDE = ("auth_ldap_token", "auth_oidc_login", "auth_oidc_callback", "auth_oidc_token")
 
 
 # The token goes through the environment, never a command line. Some operations check rules that the
@@ -54,7 +56,8 @@ OUTSIDE = ("auth_ldap_token",)
 # name not blank by Unicode's white space, e.g. U+00A0, as every name; an audit list's at_from not
 # after its at_to; a statistics range's from before its to and no wider than its bucket allows; a log
 # list's from not after its to, its levels named in any case, its cursor one the API gave out; an
-# identity provider's group_roles naming roles the account has; a webhook's URL http(s) and its event
+# identity provider's group_roles naming roles the account has and its settings those of its kind
+# (ldap or oidc); a webhook's URL http(s) and its event
 # types known ones; an external app's scopes permissions or roles of the account; a license key one
 # signed by a configured issuer). The last
 # ones a oneOf/anyOf could state, but client generators then lose the model's fields

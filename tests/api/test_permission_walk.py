@@ -30,6 +30,7 @@ VIEWER_MAY_WRITE: dict[str, str] = {
     "accounts_create": "made by the installation admin (its example brings that token)",
     "triggers_call_webhook": "authenticated by the trigger's secret, not by a user",
     "auth_ldap_token": "logging in through a directory needs no permission",
+    "auth_oidc_token": "ending an OpenID login needs no permission",
     "events_create_ticket": "a ticket to follow the events the caller may already read",
 }
 
@@ -63,6 +64,8 @@ async def test_viewer_reads_everything_and_changes_nothing(client: httpx.AsyncCl
 
     reads = walks.operations(doc, ("get",))
     for op_id, (_, path) in sorted(reads.items()):
+        if op_id in walks.BROWSER_STEPS:
+            continue
         params = objects.params(path)
         if params is None:
             failures.append(f"{op_id}: no object for a parameter of {path} (see tests/api/walks.py)")

@@ -245,6 +245,12 @@ STREAMS = {
 }
 """Reads whose 200 answer never ends: only their refusals are walked."""
 
+BROWSER_STEPS = {
+    "auth_oidc_login": "a browser's step of an OpenID login (a redirect to the provider, no token): tests/sso",
+    "auth_oidc_callback": "the OpenID provider's redirect back (state cookie, no token): tests/sso",
+}
+"""Reads that are steps of a browser's login, not reads of an object: walked in tests/sso/test_oidc.py."""
+
 
 def query_for(path: str) -> dict[str, str]:
     """The required query parameters of the reads that have some: statistics span the last day."""

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from rpa_api.accounts.router import router as accounts_router
 from rpa_api.audit.router import router as audit_router
+from rpa_api.auth.oidc import router as oidc_router
 from rpa_api.auth.router import router as auth_router
 from rpa_api.auth.sso import router as sso_router
 from rpa_api.calendars.router import router as calendars_router
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
     for router, tag in (
         (auth_router, "auth"),
         (sso_router, "auth"),
+        (oidc_router, "auth"),
         (identity_router, "identity providers"),
         (accounts_router, "accounts"),
         (users_router, "users"),

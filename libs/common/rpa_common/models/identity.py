@@ -180,11 +180,12 @@ class LoginThrottle(Base):
 
 
 class IdentityProvider(IdMixin, TimestampMixin, Base):
-    """An account's external login (issue 12): an LDAP directory today.
+    """An account's external login (issue 12): an LDAP directory or an OpenID provider (``kind``).
 
-    ``config`` holds the non-secret settings (server URL, base DNs, filters, attribute names) and
-    ``group_roles`` maps directory group names to the account's role names. The one secret (the
-    service bind password) is kept encrypted in ``secret_encrypted``, the account id bound as
+    ``config`` holds the non-secret settings (LDAP: server URL, base DNs, filters, attribute names;
+    OIDC: issuer, client id, scopes, claims) and ``group_roles`` maps group names to the account's
+    role names. The one secret (the LDAP service bind password or the OpenID client secret) is kept
+    encrypted in ``secret_encrypted``, the account id bound as
     associated data, and is never returned by the API.
     """
 
@@ -197,3 +198,30 @@ class IdentityProvider(IdMixin, TimestampMixin, Base):
     config: Mapped[dict[str, Any]]
     group_roles: Mapped[dict[str, Any]]
     secret_encrypted: Mapped[bytes | None]
+
+
+class OidcLogin(IdMixin, Base):
+    """One browser's OpenID Connect login through an account's provider, from redirect to token.
+
+    Started by ``/auth/oidc/{provider}/login`` (the state's hash, the nonce, the PKCE verifier
+    encrypted), ended at the callback (``callback_at``: a state is good once), which leaves the user
+    and a one-time hand-off code (hashed) that the web application trades for its tokens once
+    (``redeemed_at``). Rows live minutes: those expired for an hour are deleted when a new login starts.
+    """
+
+    __tablename__ = "oidc_login"
+    provider_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("identity_provider.id", ondelete="CASCADE"), index=True
+    )
+    state_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    nonce: Mapped[str] = mapped_column(sa.String(64))
+    verifier_encrypted: Mapped[bytes]
+    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    callback_at: Mapped[datetime | None]
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        sa.ForeignKey("user_account.id", ondelete="CASCADE"), index=True
+    )
+    handoff_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    redeemed_at: Mapped[datetime | None]

@@ -20,15 +20,15 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rpa_api.auth import service, throttle
+from rpa_api.auth import external, service, throttle
 from rpa_api.auth.router import _client
 from rpa_api.auth.schemas import TokenOut
 from rpa_api.deps import Transaction
 from rpa_api.identity import schemas as idp_schemas
 from rpa_api.identity import service as idp
 from rpa_api.kit import audit
-from rpa_common.errors import Conflict, NotFound, Unauthorized
-from rpa_common.models import Account, IdentityProvider, RefreshToken, Role, User, UserRole
+from rpa_common.errors import NotFound, Unauthorized
+from rpa_common.models import Account, IdentityProvider, RefreshToken, User
 from rpa_common.security import hash_key
 from rpa_common.service import problem
 
@@ -105,68 +105,22 @@ async def ldap_login(
         log.info("auth.ldap_login_failed", reason=reason, provider=str(provider.id), client=client.address)
         raise Unauthorized(service.BAD_CREDENTIALS) from None
 
-    wanted_roles = sorted({r for g in found.groups for r in provider.group_roles.get(g, [])})
     token_id, family_id, raw = uuid.uuid4(), uuid.uuid4(), service._new_refresh_token()
     now = datetime.now(UTC)
 
     async def succeed(session: AsyncSession) -> tuple[User, int]:
-        user = (await session.execute(sa.select(User).where(User.username == username))).scalar_one_or_none()
-        if user is not None and user.account_id != provider.account_id:
-            raise Conflict("this username belongs to another account", field="username")
-        principal = None
-        if user is None:
-            user = User(
-                id=uuid.uuid4(),
-                account_id=provider.account_id,
-                username=username,
-                display_name=found.display_name[:200],
-                email=(found.email or None) and found.email[:320],
-                password_hash=None,
-            )
-            session.add(user)
-            await session.flush()
-            principal = service._user_principal(user, client)
-            audit.record(
-                session,
-                principal,
-                "create",
-                "user",
-                user.id,
-                {"via": "ldap", "provider": str(provider.id)},
-                kind="auth",
-            )
-        elif not user.is_active:
+        user, principal = await external.link_user(
+            session,
+            provider,
+            username=username,
+            display_name=found.display_name,
+            email=found.email,
+            groups=found.groups,
+            client=client,
+            via="ldap",
+        )
+        if not user.is_active:
             return user, -1
-        principal = principal or service._user_principal(user, client)
-        user.display_name = found.display_name[:200] or user.display_name
-        if found.email:
-            user.email = found.email[:320]
-        if provider.group_roles:
-            role_ids = set(
-                (
-                    await session.execute(
-                        sa.select(Role.id).where(
-                            Role.account_id == provider.account_id, Role.name.in_(wanted_roles)
-                        )
-                    )
-                ).scalars()
-            )
-            current = set(
-                (
-                    await session.execute(sa.select(UserRole.role_id).where(UserRole.user_id == user.id))
-                ).scalars()
-            )
-            if role_ids != current:
-                await session.execute(
-                    sa.delete(UserRole).where(UserRole.user_id == user.id, UserRole.role_id.not_in(role_ids))
-                    if role_ids
-                    else sa.delete(UserRole).where(UserRole.user_id == user.id)
-                )
-                for rid in role_ids - current:
-                    session.add(UserRole(user_id=user.id, role_id=rid))
-                audit.record(
-                    session, principal, "update", "user", user.id, {"roles": wanted_roles}, kind="auth"
-                )
         if await session.get(RefreshToken, token_id) is None:
             session.add(
                 RefreshToken(

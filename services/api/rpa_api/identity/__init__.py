@@ -1,1 +1,1 @@
-"""Per-account identity providers (LDAP) and the login through them (issue 12)."""
+"""Per-account identity providers (LDAP, OpenID Connect) and the login through them (issue 12)."""

@@ -1,7 +1,8 @@
-"""Identity provider endpoints: an account's LDAP directory, configured by its administrators.
+"""Identity provider endpoints: an account's LDAP directories and OpenID providers, configured by its
+administrators.
 
-Reading needs ``accounts:read``, changing ``accounts:update``. The bind password is write-only: the
-answers say ``has_bind_password`` and nothing more.
+Reading needs ``accounts:read``, changing ``accounts:update``. Secrets (bind password, client secret) are write-only:
+the answers say ``has_bind_password`` / ``has_client_secret`` and nothing more.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ Admin = Annotated[Principal, Depends(require(O.ACCOUNTS, A.UPDATE))]
 @router.post(
     "/identity-providers",
     status_code=201,
-    summary="Add an LDAP directory to log in with",
+    summary="Add an LDAP directory or an OpenID provider to log in with",
     responses={409: {}},
 )
 async def create_provider(

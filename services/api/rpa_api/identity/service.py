@@ -1,6 +1,7 @@
-"""Identity providers of an account, and the directory side of an LDAP login.
+"""Identity providers of an account (LDAP directories, OpenID providers), and the directory side of
+an LDAP login.
 
-The service bind password is encrypted with the account id bound as associated data
+The one secret of a provider (an LDAP service bind password, an OpenID client secret) is encrypted with the account id bound as associated data
 (``rpa_common.security.Encryptor``); it is decrypted only to bind, never returned nor logged.
 """
 
@@ -49,8 +50,10 @@ def to_out(row: IdentityProvider) -> schemas.ProviderOut:
         name=row.name,
         kind=row.kind,
         is_active=row.is_active,
-        ldap=schemas.LdapConfig.model_validate(row.config),
-        has_bind_password=row.secret_encrypted is not None,
+        ldap=schemas.LdapConfig.model_validate(row.config) if row.kind == "ldap" else None,
+        has_bind_password=row.kind == "ldap" and row.secret_encrypted is not None,
+        oidc=schemas.OidcConfig.model_validate(row.config) if row.kind == "oidc" else None,
+        has_client_secret=row.kind == "oidc" and row.secret_encrypted is not None,
         group_roles=row.group_roles,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -105,17 +108,20 @@ async def create(
     await _name_free(session, principal.account_id, body.name, None)
     await _check_roles(session, principal.account_id, body.group_roles)
     now = datetime.now(UTC)
+    config = body.ldap or body.oidc
+    assert config is not None  # ProviderCreate checks one matches the kind
+    secret = body.bind_password or body.client_secret
     row = IdentityProvider(
         id=provider_id,
         account_id=principal.account_id,
         name=body.name,
         kind=body.kind,
         is_active=body.is_active,
-        config=body.ldap.model_dump(mode="json"),
+        config=config.model_dump(mode="json"),
         group_roles=body.group_roles,
         secret_encrypted=(
-            seal_secret(settings, principal.account_id, body.bind_password.get_secret_value())
-            if body.bind_password is not None
+            seal_secret(settings, principal.account_id, secret.get_secret_value())
+            if secret is not None
             else None
         ),
         created_at=now,
@@ -142,6 +148,10 @@ async def update(
     body: schemas.ProviderUpdate,
 ) -> IdentityProvider:
     row = await get(session, principal.account_id, provider_id)
+    if row.kind == "ldap" and (body.oidc is not None or body.client_secret is not None):
+        raise Unprocessable("an ldap provider takes ldap settings and bind_password", field="oidc")
+    if row.kind == "oidc" and (body.ldap is not None or body.bind_password is not None):
+        raise Unprocessable("an oidc provider takes oidc settings and client_secret", field="ldap")
     changes: dict[str, Any] = {}
     if body.name is not None and body.name != row.name:
         await _name_free(session, principal.account_id, body.name, row.id)
@@ -150,12 +160,17 @@ async def update(
         row.is_active = changes["is_active"] = body.is_active
     if body.ldap is not None:
         row.config = changes["config"] = body.ldap.model_dump(mode="json")
+    if body.oidc is not None:
+        row.config = changes["config"] = body.oidc.model_dump(mode="json")
     if body.group_roles is not None:
         await _check_roles(session, principal.account_id, body.group_roles)
         row.group_roles = changes["group_roles"] = body.group_roles
     if body.bind_password is not None:
         row.secret_encrypted = seal_secret(settings, row.account_id, body.bind_password.get_secret_value())
         changes["bind_password_changed"] = True
+    if body.client_secret is not None:
+        row.secret_encrypted = seal_secret(settings, row.account_id, body.client_secret.get_secret_value())
+        changes["client_secret_changed"] = True
     row.updated_at = datetime.now(UTC)
     await session.flush()
     audit.record(session, principal, "update", "identity_provider", row.id, changes)
