@@ -1,4 +1,5 @@
-"""What the statistics API reads besides jobs and tasks: the history of each robot's status."""
+"""What the statistics API reads besides jobs and tasks: the history of each robot's status, and the
+hourly job rollups the scheduler keeps."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rpa_common.models.base import Base, IdMixin, StrEnumType
-from rpa_common.models.enums import RobotStatus
+from rpa_common.models.enums import JobState, RobotStatus
 
 
 class RobotStatusInterval(IdMixin, Base):
@@ -35,3 +36,54 @@ class RobotStatusInterval(IdMixin, Base):
     status: Mapped[RobotStatus] = mapped_column(StrEnumType(RobotStatus, 16))
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+HIST_BINS = 64
+"""Run-time histogram bins of a job rollup row: bin 0 is [0, 1 s); bin k (1-62) is
+[2^((k-1)/4), 2^(k/4)) s, each 19 % wider than the last; bin 63 is 2^15.5 s (12.9 h) and longer."""
+
+
+class JobRollup(Base):
+    """Jobs of one account created in one UTC hour, in a final state, counted per process or per
+    robot (``kind``) and state, with a histogram of their run times: what the statistics endpoints
+    add up for hours the scheduler has aggregated (``rpa_common.rollups``) instead of reading every
+    job. A final job's row never changes, so a recomputed hour is the same unless a job changed."""
+
+    __tablename__ = "job_rollup"
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+    """``process`` (key_id: the process) or ``robot`` (key_id: the robot; the nil UUID for none)."""
+    key_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    state: Mapped[JobState] = mapped_column(StrEnumType(JobState, 16), primary_key=True)
+    jobs: Mapped[int]
+    timed: Mapped[int]
+    """Of ``jobs``, those with a start and an end: the ones the histogram counts."""
+    d_min: Mapped[float | None] = mapped_column(sa.Float)
+    d_max: Mapped[float | None] = mapped_column(sa.Float)
+    # One column per bin (h0 ... h63), so adding up hours' histograms is one SUM per column; read
+    # them as ``JobRollup.__table__.c[f"h{k}"]`` (``hist_columns``).
+    for _k in range(HIST_BINS):
+        locals()[f"h{_k}"] = mapped_column(f"h{_k}", sa.Integer, nullable=False, default=0)
+    del _k
+
+
+class JobRollupState(Base):
+    """How far an account's jobs are aggregated: every hour before ``sealed_until`` has its
+    ``job_rollup`` rows, and they count exactly the final jobs of the hour whose ``updated_at`` is
+    before ``cutoff``; the statistics read every other job of those hours themselves."""
+
+    __tablename__ = "job_rollup_state"
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    sealed_until: Mapped[datetime | None]
+    cutoff: Mapped[datetime | None]
+    passed_at: Mapped[datetime | None]
+
+
+def hist_columns() -> list[sa.Column[int]]:
+    table: sa.Table = JobRollup.__table__  # type: ignore[assignment]
+    return [table.c[f"h{k}"] for k in range(HIST_BINS)]

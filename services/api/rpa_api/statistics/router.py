@@ -111,7 +111,10 @@ async def jobs_durations(
     bucket: BucketQ = "hour",
     group: GroupQ = "process",
 ) -> schemas.Durations:
-    return await _read(tx, principal, start, to, bucket, lambda s, p, w: service.durations(s, p, w, group))
+    exact = tx.ctx.settings.statistics_exact_durations_h
+    return await _read(
+        tx, principal, start, to, bucket, lambda s, p, w: service.durations(s, p, w, group, exact)
+    )
 
 
 @router.get(
