@@ -88,7 +88,7 @@ def hour_of(session: AsyncSession, column: Any) -> Any:
     if dialect_of(session) == "postgresql":
         return sa.func.to_timestamp(sa.func.floor(sa.func.date_part("epoch", column) / 3600) * 3600)
     # DATETIME holds UTC; whole hours since a base before any storable time, added back.
-    base = sa.literal_column("'1900-01-01 00:00:00'")
+    base: Any = sa.literal_column("'1900-01-01 00:00:00'")
     return sa.func.timestampadd(
         sa.literal_column("HOUR"), sa.func.timestampdiff(sa.literal_column("HOUR"), base, column), base
     )
@@ -192,7 +192,7 @@ async def _recompute(
         )
         .subquery("src")
     )
-    table: sa.Table = JobRollup.__table__  # type: ignore[assignment]
+    table: sa.Table = JobRollup.__table__
     for kind, key in (("process", src.c.process_id), ("robot", src.c.robot_id)):
         sums = [sa.func.sum(sa.case((src.c.bin == k, 1), else_=0)) for k in range(HIST_BINS)]
         select = sa.select(
@@ -232,9 +232,7 @@ async def rollup_account(
     sealed = state.sealed_until
     if sealed is None:
         first = (
-            await session.execute(
-                sa.select(sa.func.min(Job.created_at)).where(Job.account_id == account_id)
-            )
+            await session.execute(sa.select(sa.func.min(Job.created_at)).where(Job.account_id == account_id))
         ).scalar_one_or_none()
         if first is None:
             return 0, True  # no jobs yet: nothing to seal

@@ -335,7 +335,10 @@ class Settings(BaseSettings):
         description="Scheduler: the rollups count job changes older than this (longer than any job transaction).",
     )
     statistics_rollup_max_hours: int = Field(
-        168, ge=1, le=8784, description="Scheduler: hours a rollup pass aggregates per account and transaction."
+        168,
+        ge=1,
+        le=8784,
+        description="Scheduler: hours a rollup pass aggregates per account and transaction.",
     )
     statistics_exact_durations_h: int = Field(
         48,

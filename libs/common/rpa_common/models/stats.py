@@ -9,7 +9,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rpa_common.models.base import Base, IdMixin, StrEnumType
+from rpa_common.models.base import Base, IdMixin, StrEnumType, UTCDateTime
 from rpa_common.models.enums import JobState, RobotStatus
 
 
@@ -47,27 +47,38 @@ class JobRollup(Base):
     """Jobs of one account created in one UTC hour, in a final state, counted per process or per
     robot (``kind``) and state, with a histogram of their run times: what the statistics endpoints
     add up for hours the scheduler has aggregated (``rpa_common.rollups``) instead of reading every
-    job. A final job's row never changes, so a recomputed hour is the same unless a job changed."""
+    job. A final job's row never changes, so a recomputed hour is the same unless a job changed.
 
-    __tablename__ = "job_rollup"
-    account_id: Mapped[uuid.UUID] = mapped_column(
-        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    ``kind`` is ``process`` (``key_id``: the process) or ``robot`` (``key_id``: the robot, the nil
+    UUID for none). ``timed``: of ``jobs``, those with a start and an end, which the histogram
+    counts; ``d_min``/``d_max`` their shortest and longest run. The histogram is one column per bin
+    (``h0`` ... ``h63``, read through ``hist_columns``), so adding up hours is one SUM per column."""
+
+    __table__ = sa.Table(
+        "job_rollup",
+        Base.metadata,
+        sa.Column(
+            "account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+        ),
+        sa.Column("hour", UTCDateTime(), primary_key=True),
+        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("key_id", sa.Uuid(), primary_key=True),
+        sa.Column("state", StrEnumType(JobState, 16), primary_key=True),
+        sa.Column("jobs", sa.Integer(), nullable=False),
+        sa.Column("timed", sa.Integer(), nullable=False),
+        sa.Column("d_min", sa.Float(), nullable=True),
+        sa.Column("d_max", sa.Float(), nullable=True),
+        *[sa.Column(f"h{k}", sa.Integer(), nullable=False, default=0) for k in range(HIST_BINS)],
     )
-    hour: Mapped[datetime] = mapped_column(primary_key=True)
-    kind: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
-    """``process`` (key_id: the process) or ``robot`` (key_id: the robot; the nil UUID for none)."""
-    key_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    state: Mapped[JobState] = mapped_column(StrEnumType(JobState, 16), primary_key=True)
+    account_id: Mapped[uuid.UUID]
+    hour: Mapped[datetime]
+    kind: Mapped[str]
+    key_id: Mapped[uuid.UUID]
+    state: Mapped[JobState]
     jobs: Mapped[int]
     timed: Mapped[int]
-    """Of ``jobs``, those with a start and an end: the ones the histogram counts."""
-    d_min: Mapped[float | None] = mapped_column(sa.Float)
-    d_max: Mapped[float | None] = mapped_column(sa.Float)
-    # One column per bin (h0 ... h63), so adding up hours' histograms is one SUM per column; read
-    # them as ``JobRollup.__table__.c[f"h{k}"]`` (``hist_columns``).
-    for _k in range(HIST_BINS):
-        locals()[f"h{_k}"] = mapped_column(f"h{_k}", sa.Integer, nullable=False, default=0)
-    del _k
+    d_min: Mapped[float | None]
+    d_max: Mapped[float | None]
 
 
 class JobRollupState(Base):
@@ -85,5 +96,5 @@ class JobRollupState(Base):
 
 
 def hist_columns() -> list[sa.Column[int]]:
-    table: sa.Table = JobRollup.__table__  # type: ignore[assignment]
+    table: sa.Table = JobRollup.__table__
     return [table.c[f"h{k}"] for k in range(HIST_BINS)]

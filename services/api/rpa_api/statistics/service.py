@@ -194,7 +194,9 @@ async def _consistent(
     return await compute(None)
 
 
-def _live_parts(principal: Principal, w: Window, r: Rolled | None, final_only: bool = False) -> list[list[Any]]:
+def _live_parts(
+    principal: Principal, w: Window, r: Rolled | None, final_only: bool = False
+) -> list[list[Any]]:
     """WHERE clauses of the jobs to read live: all of the range without rollups; else the parts of
     the range outside the aggregated hours, and inside them the jobs not final yet and the final
     ones changed since the cut-off (each read by its own index)."""
@@ -229,6 +231,11 @@ def _rollup_where(principal: Principal, group: str, r: Rolled) -> list[Any]:
             )
         )
     return where
+
+
+def _union(parts: list[Any]) -> Any:
+    union_all: Any = sa.union_all  # (mypy 2.4 crashes inferring its overloads from a list)
+    return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 def _key(group: str, key: Any) -> Any:
@@ -267,7 +274,7 @@ async def _state_counts(
                 .where(*_rollup_where(principal, group, r))
                 .group_by(ridx, JobRollup.key_id, JobRollup.state)
             )
-        stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+        stmt = _union(parts)
         rows: dict[tuple[int, Any], dict[str, int]] = {}
         for row in await session.execute(stmt):
             counts = rows.setdefault((int(row.idx), _key(group, row.key)), {})
@@ -372,11 +379,13 @@ async def _histogram_durations(
         sa.select(
             idx, key, b, sa.func.count().label("n"), sa.func.min(d).label("lo"), sa.func.max(d).label("hi")
         )
-        .where(*where, Job.state.in_(FINAL_JOB_STATES), Job.started_at.is_not(None), Job.ended_at.is_not(None))
+        .where(
+            *where, Job.state.in_(FINAL_JOB_STATES), Job.started_at.is_not(None), Job.ended_at.is_not(None)
+        )
         .group_by(idx, key, b)
         for where in _live_parts(principal, w, r, final_only=True)
     ]
-    for row in await session.execute(parts[0] if len(parts) == 1 else sa.union_all(*parts)):
+    for row in await session.execute(_union(parts)):
         entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
         entry[3][int(row.bin)] += int(row.n)
     starts = w.starts()
