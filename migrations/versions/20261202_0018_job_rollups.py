@@ -25,8 +25,8 @@ def upgrade() -> None:
     op.create_table(
         "job_rollup",
         sa.Column("account_id", sa.Uuid(), nullable=False),
-        sa.Column("hour", rt.UTCDateTime(), nullable=False),
         sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("hour", rt.UTCDateTime(), nullable=False),
         sa.Column("key_id", sa.Uuid(), nullable=False),
         sa.Column("state", sa.String(length=16), nullable=False),
         sa.Column("jobs", sa.Integer(), nullable=False),
@@ -40,7 +40,7 @@ def upgrade() -> None:
             name=op.f("fk_job_rollup_account_id_account"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("account_id", "hour", "kind", "key_id", "state", name=op.f("pk_job_rollup")),
+        sa.PrimaryKeyConstraint("account_id", "kind", "hour", "key_id", "state", name=op.f("pk_job_rollup")),
     )
     op.create_table(
         "job_rollup_state",

@@ -56,6 +56,7 @@ log = structlog.get_logger(__name__)
 NO_ROBOT = uuid.UUID(int=0)
 """``key_id`` of robot rows for jobs that never had a robot (e.g. stopped while Pending)."""
 HOUR = timedelta(hours=1)
+KINDS = ("process", "robot")
 FINAL = sorted(s.value for s in FINAL_JOB_STATES)
 STEPS_PER_DOUBLING = 4
 BIN_RATIO = 2 ** (1 / STEPS_PER_DOUBLING)
@@ -169,7 +170,10 @@ async def _recompute(
     """The rows of the hours in ``[start, end)``, deleted and made again from the jobs."""
     await session.execute(
         sa.delete(JobRollup).where(
-            JobRollup.account_id == account_id, JobRollup.hour >= start, JobRollup.hour < end
+            JobRollup.account_id == account_id,
+            JobRollup.kind.in_(KINDS),  # the key's second column: the delete reads only these hours
+            JobRollup.hour >= start,
+            JobRollup.hour < end,
         )
     )
     d = seconds_between(session, Job.started_at, Job.ended_at)

@@ -60,8 +60,9 @@ class JobRollup(Base):
         sa.Column(
             "account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
         ),
-        sa.Column("hour", UTCDateTime(), primary_key=True),
+        # Key order: a call reads one account's rows of one kind over a range of hours.
         sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("hour", UTCDateTime(), primary_key=True),
         sa.Column("key_id", sa.Uuid(), primary_key=True),
         sa.Column("state", StrEnumType(JobState, 16), primary_key=True),
         sa.Column("jobs", sa.Integer(), nullable=False),

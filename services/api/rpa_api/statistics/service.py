@@ -289,7 +289,9 @@ async def job_states(session: AsyncSession, principal: Principal, w: Window, gro
     rows = await _state_counts(session, principal, w, group)
     starts = w.starts()
     out = [
-        schemas.JobStateRow(bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k))
+        schemas.JobStateRow.model_construct(
+            bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k)
+        )
         for (i, k), counts in sorted(rows.items(), key=_order)
     ]
     return schemas.JobStates(**w.range_fields(), group=group, rows=out)
@@ -313,7 +315,7 @@ async def success_rates(
             continue
         successful = counts.get(JobState.SUCCESSFUL.value, 0)
         out.append(
-            schemas.SuccessRow(
+            schemas.SuccessRow.model_construct(
                 bucket=starts[i],
                 finished=finished,
                 successful=successful,
@@ -390,7 +392,7 @@ async def _histogram_durations(
         entry[3][int(row.bin)] += int(row.n)
     starts = w.starts()
     out = [
-        schemas.DurationRow(
+        schemas.DurationRow.model_construct(
             bucket=starts[i],
             jobs=n,
             p50_s=round(hist_percentile(bins, 0.5, lo, hi), 6),
@@ -441,7 +443,7 @@ async def _exact_durations(
         stmt = sa.select(per_row).distinct()
     starts = w.starts()
     out = [
-        schemas.DurationRow(
+        schemas.DurationRow.model_construct(
             bucket=starts[int(r.idx)],
             jobs=int(r.n),
             p50_s=round(float(r.p50), 6),
@@ -520,7 +522,7 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
         if c <= 0:
             continue
         out.append(
-            schemas.UtilisationRow(
+            schemas.UtilisationRow.model_construct(
                 bucket=starts[int(r.n)],
                 robot_id=r.robot_id,
                 connected_s=round(c, 3),
@@ -598,7 +600,7 @@ async def queues(session: AsyncSession, principal: Principal, w: Window) -> sche
         for index in reversed(range(w.count)):
             b = buckets.get(index)
             rows.append(
-                schemas.QueueRow(
+                schemas.QueueRow.model_construct(
                     bucket=starts[index],
                     queue_id=queue_id,
                     added=int(b.added) if b else 0,
