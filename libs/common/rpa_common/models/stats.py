@@ -57,9 +57,7 @@ class JobRollup(Base):
     __table__ = sa.Table(
         "job_rollup",
         Base.metadata,
-        sa.Column(
-            "account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
-        ),
+        sa.Column("account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True),
         # Key order: a call reads one account's rows of one kind over a range of hours.
         sa.Column("kind", sa.String(8), primary_key=True),
         sa.Column("hour", UTCDateTime(), primary_key=True),
