@@ -42,6 +42,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("account_id", "kind", "hour", "key_id", "state", name=op.f("pk_job_rollup")),
     )
+    op.create_index(
+        "ix_job_rollup_counts",
+        "job_rollup",
+        ["account_id", "kind", "hour", "key_id", "state", "jobs"],
+        unique=False,
+    )
     op.create_table(
         "job_rollup_state",
         sa.Column("account_id", sa.Uuid(), nullable=False),
@@ -66,4 +72,5 @@ def downgrade() -> None:
     op.drop_index("ix_job_account_id_updated_at", table_name="job")
     op.drop_index("ix_job_open", table_name="job")
     op.drop_table("job_rollup_state")
+    op.drop_index("ix_job_rollup_counts", table_name="job_rollup")
     op.drop_table("job_rollup")
