@@ -3,7 +3,7 @@
 Runs on its own::
 
     .venv/bin/python bench/stats.py [--db postgresql|mariadb] [--jobs 1000000] [--days 30]
-                                    [--repeat 15] [--json PATH]
+                                    [--repeat 15] [--no-rollups] [--json PATH]
 
 It starts a private NATS server, a fresh database built from the migrations on the local
 PostgreSQL or MariaDB (``--db``; ``RPA_DB_URL`` names another server), and ONE API process
@@ -16,7 +16,9 @@ on PostgreSQL, multi-row INSERTs on MariaDB):
   the same days (about 100,000 intervals), the last one open;
 - 10 queues with 100,000 tasks, each added, taken and ended (300,000 history entries).
 
-Then it updates the planner's statistics (``VACUUM ANALYZE`` / ``ANALYZE TABLE``), warms up, and
+Then it fills the hourly job rollups as the scheduler's rollup pass does (``rpa_common.rollups``,
+the same function, up to now less the margin; ``--no-rollups`` leaves them empty, to measure the
+jobs read alone), updates the planner's statistics (``VACUUM ANALYZE`` / ``ANALYZE TABLE``), warms up, and
 calls each statistics endpoint ``--repeat`` times, one request at a time, over three ranges: the
 whole ``--days`` by day (every job), the last 7 days by hour, the last 24 hours by hour. It prints a
 table of p50/p95 per endpoint and range, and the floor measured in the same run: a plain
@@ -59,7 +61,8 @@ from harness.infra import bulk_robots as make_robots
 
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Process, ProcessVersion, Queue
+from rpa_common.models import JobRollupState, Process, ProcessVersion, Queue
+from rpa_common.rollups import rollup_account
 
 ADMIN_URLS = {
     "postgresql": "postgresql://postgres@127.0.0.1:5432/postgres",
@@ -363,6 +366,42 @@ async def load_mariadb(
         await engine.dispose()
 
 
+async def fill_rollups(settings: Any, db: str, account: uuid.UUID, now: datetime) -> tuple[float, int]:
+    """The account's hourly rollups, by the scheduler's own pass function: seconds taken, rows made."""
+    engine = create_engine(settings, "bench", pool_size=1)
+    sessions = session_factory(engine)
+    try:
+
+        async def ensure(session: Any) -> None:
+            session.add(JobRollupState(account_id=account))
+
+        await run_in_transaction(sessions, ensure)
+        t0 = time.perf_counter()
+        while True:
+
+            async def work(session: Any) -> Any:
+                return await rollup_account(
+                    session,
+                    account,
+                    now=now,
+                    margin_s=settings.statistics_rollup_margin_s,
+                    max_hours=settings.statistics_rollup_max_hours,
+                )
+
+            done = await run_in_transaction(sessions, work)
+            if done is None or done[1]:
+                break
+        took = time.perf_counter() - t0
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            rows = int((await conn.execute(sa.text("SELECT count(*) FROM job_rollup"))).scalar_one())
+            analyze = "VACUUM ANALYZE job_rollup" if db == "postgresql" else "ANALYZE TABLE job_rollup"
+            await conn.execute(sa.text(analyze))
+    finally:
+        await engine.dispose()
+    return took, rows
+
+
 # Timing ------------------------------------------------------------------------------------------
 
 
@@ -416,6 +455,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"{len(events)} task events in {load_s:.1f}s",
                 flush=True,
             )
+            rollup_s, rollup_rows = 0.0, 0
+            if not args.no_rollups:
+                rollup_s, rollup_rows = await fill_rollups(settings, args.db, account.account_id, now)
+                print(f"rollups: {rollup_rows} rows in {rollup_s:.1f}s", flush=True)
             port = free_port()
             env = service_env(db_url, nats_url, RPA_API_PORT=str(port))
             await start_service(services, "api", "rpa_api", env, port)
@@ -463,6 +506,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         ("database", args.db),
         ("jobs in the account", jobs_counted),
         ("load time", f"{load_s:.1f} s"),
+        ("rollups", "none (--no-rollups)" if args.no_rollups else f"{rollup_rows} rows in {rollup_s:.1f} s"),
     ]
     for key, f in figures.items():
         if f["failed"]:
@@ -477,7 +521,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     max_p95 = max(timed) if len(timed) == len(figures) else None
     rows_out.append(("worst p95 (goal < 200 ms)", "a call failed" if max_p95 is None else f"{max_p95} ms"))
     print_table(f"statistics endpoints through the API ({args.db})", rows_out)
-    return {"db": args.db, "jobs": jobs_counted, "endpoints": figures, "max_p95_ms": max_p95}
+    return {
+        "db": args.db,
+        "jobs": jobs_counted,
+        "rollups": not args.no_rollups,
+        "rollup_rows": rollup_rows,
+        "rollup_fill_s": round(rollup_s, 1),
+        "endpoints": figures,
+        "max_p95_ms": max_p95,
+    }
 
 
 async def floor_count(db_url: str, account: uuid.UUID) -> int:
@@ -506,6 +558,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=30, help="the jobs span this many days up to now")
     parser.add_argument("--repeat", type=int, default=15, help="timed calls per endpoint and range")
+    parser.add_argument("--no-rollups", action="store_true", help="measure without the hourly rollups")
     parser.add_argument("--json", type=str, default=None, help="also write the figures as JSON here")
     args = parser.parse_args()
     result = asyncio.run(run(args))

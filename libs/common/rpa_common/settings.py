@@ -324,6 +324,28 @@ class Settings(BaseSettings):
     retention_batch: int = Field(
         1000, ge=1, le=10000, description="Scheduler: rows removed per retention transaction."
     )
+    statistics_rollup_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="Scheduler: period of the statistics rollup pass (hourly job rollups); 0: no passes.",
+    )
+    statistics_rollup_margin_s: float = Field(
+        120.0,
+        ge=1,
+        description="Scheduler: the rollups count job changes older than this (longer than any job transaction).",
+    )
+    statistics_rollup_max_hours: int = Field(
+        168,
+        ge=1,
+        le=8784,
+        description="Scheduler: hours a rollup pass aggregates per account and transaction.",
+    )
+    statistics_exact_durations_h: int = Field(
+        48,
+        ge=0,
+        le=744,
+        description="API: ranges up to this many hours get exact run-time percentiles; wider ones use the rollups' histograms.",
+    )
     webhook_timeout_s: float = Field(
         10.0, gt=0, description="Webhooks: time a receiver has to answer one delivery (and a test ping)."
     )

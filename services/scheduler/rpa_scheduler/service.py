@@ -25,6 +25,7 @@ from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
 from rpa_common.nats.messages import JobStateChanged, RobotStatusChanged, SessionStateReport, TriggerChanged
+from rpa_common.rollups import rollup_pass
 from rpa_common.service import ServiceContext
 from rpa_scheduler.dispatch import dispatch_pass
 from rpa_scheduler.gauges import GaugeSampler
@@ -99,6 +100,8 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(self._sweep_loop(), name="sweeps"))
             self._tasks.append(asyncio.create_task(self._deadline_loop(), name="deadlines"))
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+            if self.ctx.settings.statistics_rollup_interval_s > 0:
+                self._tasks.append(asyncio.create_task(self._rollup_loop(), name="rollups"))
         if self.gauges is not None:
             self._tasks.append(asyncio.create_task(self.gauges.run(), name="gauges"))
         if self.webhooks is not None:
@@ -284,6 +287,15 @@ class Scheduler:
                 await retention_pass(self.ctx)
             except Exception:
                 log.exception("retention.failed")
+
+    async def _rollup_loop(self) -> None:
+        """Hourly job rollups for the statistics, every ``statistics_rollup_interval_s`` (``rollups``)."""
+        while True:
+            await asyncio.sleep(self.ctx.settings.statistics_rollup_interval_s)
+            try:
+                await rollup_pass(self.ctx)
+            except Exception:
+                log.exception("statistics.rollup_failed")
 
     async def _sweep_loop(self) -> None:
         interval = self.ctx.settings.sweep_interval_s

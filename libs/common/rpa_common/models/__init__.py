@@ -34,7 +34,7 @@ from rpa_common.models.robots import (
     TerminalSession,
     UnattendedAccount,
 )
-from rpa_common.models.stats import RobotStatusInterval
+from rpa_common.models.stats import JobRollup, JobRollupState, RobotStatusInterval
 from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
 from rpa_common.models.webhooks import WebhookDelivery, WebhookSubscription
 
@@ -54,6 +54,8 @@ __all__ = [
     "IdentityProvider",
     "Job",
     "JobEvent",
+    "JobRollup",
+    "JobRollupState",
     "License",
     "LicenseAssignment",
     "LoginThrottle",

@@ -32,6 +32,10 @@ class Job(IdMixin, TimestampMixin, Base):
             "started_at",
             "ended_at",
         ),
+        # Statistics over aggregated hours (rpa_common.rollups): an account's jobs not in a final
+        # state (covering), and its jobs changed since the rollups' cut-off.
+        sa.Index("ix_job_open", "account_id", "state", "created_at", "process_id", "robot_id"),
+        sa.Index("ix_job_account_id_updated_at", "account_id", "updated_at"),
     )
     account_id: Mapped[uuid.UUID] = account_fk()
     process_id: Mapped[uuid.UUID] = mapped_column(

@@ -1,4 +1,5 @@
-"""What the statistics API reads besides jobs and tasks: the history of each robot's status."""
+"""What the statistics API reads besides jobs and tasks: the history of each robot's status, and the
+hourly job rollups the scheduler keeps."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from rpa_common.models.base import Base, IdMixin, StrEnumType
-from rpa_common.models.enums import RobotStatus
+from rpa_common.models.base import Base, IdMixin, StrEnumType, UTCDateTime
+from rpa_common.models.enums import JobState, RobotStatus
 
 
 class RobotStatusInterval(IdMixin, Base):
@@ -35,3 +36,67 @@ class RobotStatusInterval(IdMixin, Base):
     status: Mapped[RobotStatus] = mapped_column(StrEnumType(RobotStatus, 16))
     started_at: Mapped[datetime]
     ended_at: Mapped[datetime | None]
+
+
+HIST_BINS = 64
+"""Run-time histogram bins of a job rollup row: bin 0 is [0, 1 s); bin k (1-62) is
+[2^((k-1)/4), 2^(k/4)) s, each 19 % wider than the last; bin 63 is 2^15.5 s (12.9 h) and longer."""
+
+
+class JobRollup(Base):
+    """Jobs of one account created in one UTC hour, in a final state, counted per process or per
+    robot (``kind``) and state, with a histogram of their run times: what the statistics endpoints
+    add up for hours the scheduler has aggregated (``rpa_common.rollups``) instead of reading every
+    job. A final job's row never changes, so a recomputed hour is the same unless a job changed.
+
+    ``kind`` is ``process`` (``key_id``: the process) or ``robot`` (``key_id``: the robot, the nil
+    UUID for none). ``timed``: of ``jobs``, those with a start and an end, which the histogram
+    counts; ``d_min``/``d_max`` their shortest and longest run. The histogram is one column per bin
+    (``h0`` ... ``h63``, read through ``hist_columns``), so adding up hours is one SUM per column."""
+
+    __table__ = sa.Table(
+        "job_rollup",
+        Base.metadata,
+        sa.Column("account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True),
+        # Key order: a call reads one account's rows of one kind over a range of hours.
+        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("hour", UTCDateTime(), primary_key=True),
+        sa.Column("key_id", sa.Uuid(), primary_key=True),
+        sa.Column("state", StrEnumType(JobState, 16), primary_key=True),
+        sa.Column("jobs", sa.Integer(), nullable=False),
+        sa.Column("timed", sa.Integer(), nullable=False),
+        sa.Column("d_min", sa.Float(), nullable=True),
+        sa.Column("d_max", sa.Float(), nullable=True),
+        *[sa.Column(f"h{k}", sa.Integer(), nullable=False, default=0) for k in range(HIST_BINS)],
+        # Counts and success rates read only these columns: from this narrow index alone, not
+        # from the rows, which the 64 histogram columns make wide.
+        sa.Index("ix_job_rollup_counts", "account_id", "kind", "hour", "key_id", "state", "jobs"),
+    )
+    account_id: Mapped[uuid.UUID]
+    hour: Mapped[datetime]
+    kind: Mapped[str]
+    key_id: Mapped[uuid.UUID]
+    state: Mapped[JobState]
+    jobs: Mapped[int]
+    timed: Mapped[int]
+    d_min: Mapped[float | None]
+    d_max: Mapped[float | None]
+
+
+class JobRollupState(Base):
+    """How far an account's jobs are aggregated: every hour before ``sealed_until`` has its
+    ``job_rollup`` rows, and they count exactly the final jobs of the hour whose ``updated_at`` is
+    before ``cutoff``; the statistics read every other job of those hours themselves."""
+
+    __tablename__ = "job_rollup_state"
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    sealed_until: Mapped[datetime | None]
+    cutoff: Mapped[datetime | None]
+    passed_at: Mapped[datetime | None]
+
+
+def hist_columns() -> list[sa.Column[int]]:
+    table: sa.Table = JobRollup.__table__
+    return [table.c[f"h{k}"] for k in range(HIST_BINS)]

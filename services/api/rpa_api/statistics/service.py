@@ -9,9 +9,10 @@ database session matters. The seconds between two times is the one function that
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,15 +21,29 @@ from rpa_api.deps import Principal
 from rpa_api.statistics import schemas
 from rpa_common.db.engine import dialect_of
 from rpa_common.errors import Unprocessable
-from rpa_common.models import Job, Process, Queue, Robot, RobotStatusInterval, Task, TaskEvent
+from rpa_common.models import (
+    Job,
+    JobRollup,
+    JobRollupState,
+    Process,
+    Queue,
+    Robot,
+    RobotStatusInterval,
+    Task,
+    TaskEvent,
+)
 from rpa_common.models.base import UTCDateTime, utcnow
 from rpa_common.models.enums import FINAL_TASK_STATES, JobState, RobotStatus, TaskEventKind, TaskState
+from rpa_common.models.stats import HIST_BINS, hist_columns
+from rpa_common.rollups import NO_ROBOT, ceil_hour, floor_hour, hist_bin, hist_percentile
 
 WIDTH_S = {"hour": 3600, "day": 86400}
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=366)}
 """The widest range per bucket: 744 hourly or 366 daily buckets at most."""
 
 FINAL_JOB_STATES = tuple(s for s in JobState if s.is_final)
+OPEN_JOB_STATES = tuple(s for s in JobState if not s.is_final)
+T = TypeVar("T")
 WAITING_TASK_STATES = (TaskState.CREATED, TaskState.POSTPONED)
 
 
@@ -129,20 +144,154 @@ def _keys(group: str, key: Any) -> dict[str, Any]:
     return {"process_id": key if group == "process" else None, "robot_id": key if group == "robot" else None}
 
 
+# Rollups: hours the scheduler aggregated (rpa_common.rollups) --------------------------------------
+
+
+@dataclass(frozen=True)
+class Rolled:
+    """The whole hours of a range whose final jobs changed before ``cutoff`` are in ``job_rollup``."""
+
+    start: datetime
+    end: datetime
+    cutoff: datetime
+
+
+async def _rollup_state(session: AsyncSession, account_id: uuid.UUID) -> tuple[Any, Any] | None:
+    row = (
+        await session.execute(
+            sa.select(JobRollupState.sealed_until, JobRollupState.cutoff).where(
+                JobRollupState.account_id == account_id
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def _span(w: Window, state: tuple[Any, Any] | None) -> Rolled | None:
+    if state is None or state[0] is None or state[1] is None:
+        return None
+    start, end = ceil_hour(w.start), min(floor_hour(w.end), state[0])
+    return Rolled(start, end, state[1]) if start < end else None
+
+
+async def _consistent(
+    session: AsyncSession,
+    principal: Principal,
+    w: Window,
+    use: bool,
+    compute: Callable[[Rolled | None], Awaitable[T]],
+) -> T:
+    """``compute`` with the aggregated part of the range, checked to come from one rollup pass: the
+    state row read before and after, again if a pass committed in between (its cut-off only grows).
+    Without rollups (``use`` false, none yet, or passes all the time) everything is read live."""
+    if not use:
+        return await compute(None)
+    for _ in range(3):
+        before = await _rollup_state(session, principal.account_id)
+        result = await compute(_span(w, before))
+        if before is None or before == await _rollup_state(session, principal.account_id):
+            return result
+    return await compute(None)
+
+
+def _live_parts(
+    principal: Principal, w: Window, r: Rolled | None, final_only: bool = False
+) -> list[list[Any]]:
+    """WHERE clauses of the jobs to read live: all of the range without rollups; else the parts of
+    the range outside the aggregated hours, and inside them the jobs not final yet and the final
+    ones changed since the cut-off (each read by its own index)."""
+    where = _jobs_where(principal, w)
+    if r is None:
+        return [where]
+    parts = []
+    if w.start < r.start:
+        parts.append([*where, Job.created_at < r.start])
+    if r.end < w.end:
+        parts.append([*where, Job.created_at >= r.end])
+    inside = [*where, Job.created_at >= r.start, Job.created_at < r.end]
+    if not final_only:
+        parts.append([*inside, Job.state.in_(OPEN_JOB_STATES)])
+    parts.append([*inside, Job.state.in_(FINAL_JOB_STATES), Job.updated_at >= r.cutoff])
+    return parts
+
+
+def _rollup_where(principal: Principal, group: str, r: Rolled) -> list[Any]:
+    where: list[Any] = [
+        JobRollup.account_id == principal.account_id,
+        JobRollup.kind == group,
+        JobRollup.hour >= r.start,
+        JobRollup.hour < r.end,
+    ]
+    if not principal.all_folders:  # group=process only: robot rows do not know the job's folder
+        where.append(
+            JobRollup.key_id.in_(
+                sa.select(Process.id).where(
+                    Process.account_id == principal.account_id, principal.folder_clause(Process.folder_id)
+                )
+            )
+        )
+    return where
+
+
+def _union(parts: list[Any]) -> Any:
+    union_all: Any = sa.union_all  # (mypy 2.4 crashes inferring its overloads from a list)
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def _key(group: str, key: Any) -> Any:
+    return None if group == "robot" and key == NO_ROBOT else key
+
+
+def _use_rollups(principal: Principal, group: str) -> bool:
+    # Robot rows have no folder: a role limited to folders, grouping by robot, reads the jobs.
+    return principal.all_folders or group == "process"
+
+
+async def _state_counts(
+    session: AsyncSession, principal: Principal, w: Window, group: str
+) -> dict[tuple[int, Any], dict[str, int]]:
+    """Jobs per (bucket index, group key) and state: rollup rows plus the jobs read live, in one
+    statement."""
+
+    async def compute(r: Rolled | None) -> dict[tuple[int, Any], dict[str, int]]:
+        idx = bucket_of(session, w, Job.created_at).label("idx")
+        key = _group_column(group).label("key")
+        parts: list[Any] = [
+            sa.select(idx, key, Job.state.label("state"), sa.func.count().label("n"))
+            .where(*where)
+            .group_by(idx, key, Job.state)
+            for where in _live_parts(principal, w, r)
+        ]
+        if r is not None:
+            ridx = bucket_of(session, w, JobRollup.hour).label("idx")
+            parts.append(
+                sa.select(
+                    ridx,
+                    JobRollup.key_id.label("key"),
+                    JobRollup.state.label("state"),
+                    sa.func.sum(JobRollup.jobs).label("n"),
+                )
+                .where(*_rollup_where(principal, group, r))
+                .group_by(ridx, JobRollup.key_id, JobRollup.state)
+            )
+        stmt = _union(parts)
+        rows: dict[tuple[int, Any], dict[str, int]] = {}
+        for row in await session.execute(stmt):
+            counts = rows.setdefault((int(row.idx), _key(group, row.key)), {})
+            name = JobState(row.state).value
+            counts[name] = counts.get(name, 0) + int(row.n)
+        return rows
+
+    return await _consistent(session, principal, w, _use_rollups(principal, group), compute)
+
+
 async def job_states(session: AsyncSession, principal: Principal, w: Window, group: str) -> schemas.JobStates:
-    idx = bucket_of(session, w, Job.created_at).label("idx")
-    key = _group_column(group).label("key")
-    stmt = (
-        sa.select(idx, key, Job.state, sa.func.count().label("n"))
-        .where(*_jobs_where(principal, w))
-        .group_by(idx, key, Job.state)
-    )
-    rows: dict[tuple[int, Any], dict[str, int]] = {}
-    for r in await session.execute(stmt):
-        rows.setdefault((int(r.idx), r.key), {})[JobState(r.state).value] = int(r.n)
+    rows = await _state_counts(session, principal, w, group)
     starts = w.starts()
     out = [
-        schemas.JobStateRow(bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k))
+        schemas.JobStateRow.model_construct(
+            bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k)
+        )
         for (i, k), counts in sorted(rows.items(), key=_order)
     ]
     return schemas.JobStates(**w.range_fields(), group=group, rows=out)
@@ -156,36 +305,109 @@ def _order(item: tuple[tuple[int, Any], Any]) -> tuple[int, str]:
 async def success_rates(
     session: AsyncSession, principal: Principal, w: Window, group: str
 ) -> schemas.SuccessRates:
-    idx = bucket_of(session, w, Job.created_at).label("idx")
-    key = _group_column(group).label("key")
-    finished = sa.func.count()
-    successful = sa.func.sum(sa.case((Job.state == JobState.SUCCESSFUL, 1), else_=0))
-    stmt = (
-        sa.select(
-            idx,
-            key,
-            finished.label("finished"),
-            successful.label("successful"),
-            (sa.cast(successful, sa.Float) / finished).label("rate"),
-        )
-        .where(*_jobs_where(principal, w), Job.state.in_(FINAL_JOB_STATES))
-        .group_by(idx, key)
-    )
+    rows = await _state_counts(session, principal, w, group)
     starts = w.starts()
-    out = [
-        schemas.SuccessRow(
-            bucket=starts[int(r.idx)],
-            finished=int(r.finished),
-            successful=int(r.successful),
-            success_rate=round(float(r.rate), 6),
-            **_keys(group, r.key),
+    final = {s.value for s in FINAL_JOB_STATES}
+    out = []
+    for (i, k), counts in sorted(rows.items(), key=_order):
+        finished = sum(n for name, n in counts.items() if name in final)
+        if not finished:
+            continue
+        successful = counts.get(JobState.SUCCESSFUL.value, 0)
+        out.append(
+            schemas.SuccessRow.model_construct(
+                bucket=starts[i],
+                finished=finished,
+                successful=successful,
+                success_rate=round(float(successful) / finished, 6),
+                **_keys(group, k),
+            )
         )
-        for r in sorted(await session.execute(stmt), key=lambda r: (int(r.idx), str(r.key or "")))
-    ]
     return schemas.SuccessRates(**w.range_fields(), group=group, rows=out)
 
 
-async def durations(session: AsyncSession, principal: Principal, w: Window, group: str) -> schemas.Durations:
+async def durations(
+    session: AsyncSession, principal: Principal, w: Window, group: str, exact_hours: int = 48
+) -> schemas.Durations:
+    """Exact percentiles (PERCENTILE_CONT over every run) for ranges up to ``exact_hours``; wider
+    ranges add up the rollups' run-time histograms and estimate them (``hist_percentile``: off by
+    less than one histogram bin, under 19 % for runs of 1 s to 12.9 h)."""
+    if w.end - w.start <= timedelta(hours=exact_hours) or not _use_rollups(principal, group):
+        return await _exact_durations(session, principal, w, group)
+
+    async def compute(r: Rolled | None) -> schemas.Durations | None:
+        if r is None:
+            return None
+        return await _histogram_durations(session, principal, w, group, r)
+
+    got = await _consistent(session, principal, w, True, compute)
+    return got if got is not None else await _exact_durations(session, principal, w, group)
+
+
+async def _histogram_durations(
+    session: AsyncSession, principal: Principal, w: Window, group: str, r: Rolled
+) -> schemas.Durations:
+    # (bucket index, key) -> [jobs, shortest, longest, bin counts]
+    acc: dict[tuple[int, Any], list[Any]] = {}
+
+    def add(i: int, k: Any, n: int, lo: float, hi: float) -> list[Any]:
+        entry = acc.setdefault((i, _key(group, k)), [0, lo, hi, [0] * HIST_BINS])
+        entry[0] += n
+        entry[1], entry[2] = min(entry[1], lo), max(entry[2], hi)
+        return entry
+
+    ridx = bucket_of(session, w, JobRollup.hour).label("idx")
+    rolled = (
+        sa.select(
+            ridx,
+            JobRollup.key_id.label("key"),
+            sa.func.sum(JobRollup.timed).label("n"),
+            sa.func.min(JobRollup.d_min).label("lo"),
+            sa.func.max(JobRollup.d_max).label("hi"),
+            *[sa.func.sum(c).label(c.name) for c in hist_columns()],
+        )
+        .where(*_rollup_where(principal, group, r), JobRollup.timed > 0)
+        .group_by(ridx, JobRollup.key_id)
+    )
+    for row in await session.execute(rolled):
+        entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
+        for b in range(HIST_BINS):
+            entry[3][b] += int(row[5 + b])
+    d = seconds_between(session, Job.started_at, Job.ended_at)
+    idx = bucket_of(session, w, Job.created_at).label("idx")
+    key = _group_column(group).label("key")
+    b = hist_bin(d).label("bin")
+    parts = [
+        sa.select(
+            idx, key, b, sa.func.count().label("n"), sa.func.min(d).label("lo"), sa.func.max(d).label("hi")
+        )
+        .where(
+            *where, Job.state.in_(FINAL_JOB_STATES), Job.started_at.is_not(None), Job.ended_at.is_not(None)
+        )
+        .group_by(idx, key, b)
+        for where in _live_parts(principal, w, r, final_only=True)
+    ]
+    for row in await session.execute(_union(parts)):
+        entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
+        entry[3][int(row.bin)] += int(row.n)
+    starts = w.starts()
+    out = [
+        schemas.DurationRow.model_construct(
+            bucket=starts[i],
+            jobs=n,
+            p50_s=round(hist_percentile(bins, 0.5, lo, hi), 6),
+            p95_s=round(hist_percentile(bins, 0.95, lo, hi), 6),
+            **_keys(group, k),
+        )
+        for (i, k), (n, lo, hi, bins) in sorted(acc.items(), key=_order)
+        if n > 0
+    ]
+    return schemas.Durations(**w.range_fields(), group=group, rows=out)
+
+
+async def _exact_durations(
+    session: AsyncSession, principal: Principal, w: Window, group: str
+) -> schemas.Durations:
     ended = (
         sa.select(
             bucket_of(session, w, Job.created_at).label("idx"),
@@ -221,7 +443,7 @@ async def durations(session: AsyncSession, principal: Principal, w: Window, grou
         stmt = sa.select(per_row).distinct()
     starts = w.starts()
     out = [
-        schemas.DurationRow(
+        schemas.DurationRow.model_construct(
             bucket=starts[int(r.idx)],
             jobs=int(r.n),
             p50_s=round(float(r.p50), 6),
@@ -300,7 +522,7 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
         if c <= 0:
             continue
         out.append(
-            schemas.UtilisationRow(
+            schemas.UtilisationRow.model_construct(
                 bucket=starts[int(r.n)],
                 robot_id=r.robot_id,
                 connected_s=round(c, 3),
@@ -378,7 +600,7 @@ async def queues(session: AsyncSession, principal: Principal, w: Window) -> sche
         for index in reversed(range(w.count)):
             b = buckets.get(index)
             rows.append(
-                schemas.QueueRow(
+                schemas.QueueRow.model_construct(
                     bucket=starts[index],
                     queue_id=queue_id,
                     added=int(b.added) if b else 0,

@@ -1,0 +1,334 @@
+"""Hourly job rollups: what the statistics endpoints add up for past hours instead of every job.
+
+For each account, ``job_rollup_state`` holds ``sealed_until`` (an hour boundary) and ``cutoff`` (a
+time). The invariant: for every hour before ``sealed_until``, the ``job_rollup`` rows count exactly
+the account's jobs created in that hour that are in a final state and were last changed
+(``updated_at``) before ``cutoff``, per process and per robot, by state, with a histogram of their
+run times. The statistics read every other job of those hours themselves (not final yet, or changed
+since ``cutoff``: the ``ix_job_open`` and ``ix_job_account_id_updated_at`` indexes), and every job of
+later hours. Counts and success rates are therefore exact at all times, also for a job ending, late,
+in an hour aggregated long ago; only run-time percentiles over wide ranges use the histograms.
+
+A pass (``rollup_pass``, every ``RPA_STATISTICS_ROLLUP_INTERVAL_S`` on each scheduler replica), per
+account, in one transaction holding the account's state row ``FOR UPDATE SKIP LOCKED`` (a second
+replica skips the account instead of counting it twice):
+
+1. the new cut-off is now less ``RPA_STATISTICS_ROLLUP_MARGIN_S``, longer than any transaction that
+   changes a job runs, so every change stamped before it is committed and visible to the pass;
+2. the hours to (re)compute: those of jobs changed since the previous cut-off (any change moves a job
+   out of the old rows' set), and the new hours up to the hour the cut-off falls in (at most
+   ``RPA_STATISTICS_ROLLUP_MAX_HOURS`` more per pass, so the first pass over a long history is cut
+   into steps);
+3. each of those hours is deleted and inserted again from the jobs (``INSERT ... SELECT``): a whole
+   recomputation, so running it again, or after a crash, gives the same rows;
+4. the state row gets the new ``sealed_until`` and ``cutoff``, in the same commit as the rows.
+
+A reader reads the state row before and after its queries and runs them again if a pass committed
+in between (``cutoff`` only grows), so it never mixes rows of two passes.
+
+Run-time histograms: bin 0 holds runs under 1 s, bin k (1-62) runs in [2^((k-1)/4), 2^(k/4)) s,
+bin 63 runs of 2^15.5 s (12.9 h) and more; each row also keeps its shortest and longest run.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.db.engine import dialect_of
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.models import Account, Job, JobRollup, JobRollupState
+from rpa_common.models.base import UTCDateTime, utcnow
+from rpa_common.models.enums import FINAL_JOB_STATES
+from rpa_common.models.stats import HIST_BINS, hist_columns
+from rpa_common.service import ServiceContext
+
+log = structlog.get_logger(__name__)
+
+NO_ROBOT = uuid.UUID(int=0)
+"""``key_id`` of robot rows for jobs that never had a robot (e.g. stopped while Pending)."""
+HOUR = timedelta(hours=1)
+KINDS = ("process", "robot")
+FINAL = sorted(s.value for s in FINAL_JOB_STATES)
+STEPS_PER_DOUBLING = 4
+BIN_RATIO = 2 ** (1 / STEPS_PER_DOUBLING)
+"""Width of a histogram bin: its upper edge over its lower edge (about 1.19)."""
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def floor_hour(value: datetime) -> datetime:
+    value = value.astimezone(UTC)
+    return value.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(value: datetime) -> datetime:
+    down = floor_hour(value)
+    return down if down == value else down + HOUR
+
+
+# SQL pieces, per dialect ---------------------------------------------------------------------------
+
+
+def seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
+    """``end - start`` in seconds (a float), on either database."""
+    if dialect_of(session) == "postgresql":
+        return sa.func.date_part("epoch", end - start)
+    return sa.func.timestampdiff(sa.literal_column("MICROSECOND"), start, end) / sa.literal_column("1e6")
+
+
+def hour_of(session: AsyncSession, column: Any) -> Any:
+    """The UTC hour ``column`` falls in, as a timestamp of the column's type."""
+    if dialect_of(session) == "postgresql":
+        return sa.func.to_timestamp(sa.func.floor(sa.func.date_part("epoch", column) / 3600) * 3600)
+    # DATETIME holds UTC; whole hours since a base before any storable time, added back.
+    base: Any = sa.literal_column("'1900-01-01 00:00:00'")
+    return sa.func.timestampadd(
+        sa.literal_column("HOUR"), sa.func.timestampdiff(sa.literal_column("HOUR"), base, column), base
+    )
+
+
+def hist_bin(d: Any) -> Any:
+    """The histogram bin of a run time ``d`` in seconds (see the module's docstring)."""
+    k = sa.func.floor(sa.func.ln(d) * (STEPS_PER_DOUBLING / math.log(2))) + 1
+    return sa.case((d < 1, 0), else_=sa.func.least(k, HIST_BINS - 1))
+
+
+def bin_edges(k: int) -> tuple[float, float]:
+    """Lower and upper edge of bin ``k`` in seconds (the last one's upper edge is infinite)."""
+    if k == 0:
+        return 0.0, 1.0
+    upper = math.inf if k == HIST_BINS - 1 else BIN_RATIO**k
+    return BIN_RATIO ** (k - 1), upper
+
+
+def hist_percentile(counts: list[int], p: float, d_min: float, d_max: float) -> float:
+    """PERCENTILE_CONT ``p`` estimated from bin counts: the values of a bin are taken as spread evenly
+    (geometrically; linearly in bin 0) over it, between ``d_min`` and ``d_max``, and the two values
+    around the position ``p * (n - 1)`` interpolated as PERCENTILE_CONT does. The estimate lies in
+    the bins of the true values, so it is off by less than one bin: under 19 % for runs of 1 s to
+    12.9 h, under 1 s below that, and at most up to ``d_max`` above."""
+    n = sum(counts)
+    pos = p * (n - 1)
+    lo_rank, hi_rank = math.floor(pos), math.ceil(pos)
+
+    def value(rank: int) -> float:
+        seen = 0
+        for k, c in enumerate(counts):
+            if rank < seen + c:
+                lo, hi = bin_edges(k)
+                lo, hi = max(lo, d_min), min(hi, d_max)
+                frac = (rank - seen + 0.5) / c
+                # Linear in bin 0 (its lower edge is 0), geometric in the log-spaced bins.
+                v = lo + (hi - lo) * frac if k == 0 or lo <= 0 else lo * (hi / lo) ** frac
+                return min(max(v, d_min), d_max)
+            seen += c
+        return d_max
+
+    a = value(lo_rank)
+    return a if hi_rank == lo_rank else a + (value(hi_rank) - a) * (pos - lo_rank)
+
+
+# The pass ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollupResult:
+    accounts: int = 0
+    hours: int = 0
+    skipped: int = 0
+    """Accounts another replica was aggregating at the same time."""
+
+
+def _insert_ignore(session: AsyncSession, table: Any) -> Any:
+    if dialect_of(session) == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hours as ``[start, end)`` runs of consecutive hours."""
+    out: list[tuple[datetime, datetime]] = []
+    for h in sorted(set(hours)):
+        if out and out[-1][1] == h:
+            out[-1] = (out[-1][0], h + HOUR)
+        else:
+            out.append((h, h + HOUR))
+    return out
+
+
+async def _recompute(
+    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime, cutoff: datetime
+) -> None:
+    """The rows of the hours in ``[start, end)``, deleted and made again from the jobs."""
+    await session.execute(
+        sa.delete(JobRollup).where(
+            JobRollup.account_id == account_id,
+            JobRollup.kind.in_(KINDS),  # the key's second column: the delete reads only these hours
+            JobRollup.hour >= start,
+            JobRollup.hour < end,
+        )
+    )
+    d = seconds_between(session, Job.started_at, Job.ended_at)
+    timed = sa.and_(Job.started_at.is_not(None), Job.ended_at.is_not(None))
+    src = (
+        sa.select(
+            hour_of(session, Job.created_at).label("hour"),
+            Job.process_id.label("process_id"),
+            sa.func.coalesce(Job.robot_id, sa.literal(NO_ROBOT, sa.Uuid())).label("robot_id"),
+            Job.state.label("state"),
+            sa.case((timed, d)).label("d"),
+            sa.case((timed, hist_bin(d))).label("bin"),
+        )
+        .where(
+            Job.account_id == account_id,
+            Job.created_at >= start,
+            Job.created_at < end,
+            Job.state.in_(FINAL),
+            Job.updated_at < cutoff,
+        )
+        .subquery("src")
+    )
+    table: sa.Table = JobRollup.__table__
+    for kind, key in (("process", src.c.process_id), ("robot", src.c.robot_id)):
+        sums = [sa.func.sum(sa.case((src.c.bin == k, 1), else_=0)) for k in range(HIST_BINS)]
+        select = sa.select(
+            sa.literal(account_id, sa.Uuid()),
+            sa.cast(src.c.hour, UTCDateTime()) if dialect_of(session) == "postgresql" else src.c.hour,
+            sa.literal(kind, sa.String(8)),
+            key,
+            src.c.state,
+            sa.func.count(),
+            sa.func.count(src.c.d),
+            sa.func.min(src.c.d),
+            sa.func.max(src.c.d),
+            *sums,
+        ).group_by(src.c.hour, key, src.c.state)
+        names = ["account_id", "hour", "kind", "key_id", "state", "jobs", "timed", "d_min", "d_max"]
+        names += [c.name for c in hist_columns()]
+        await session.execute(sa.insert(table).from_select(names, select))
+
+
+async def rollup_account(
+    session: AsyncSession, account_id: uuid.UUID, *, now: datetime, margin_s: float, max_hours: int
+) -> tuple[int, bool] | None:
+    """One pass over one account (see the module's docstring): the hours recomputed and whether it
+    has caught up with the cut-off, or None when another replica holds the account."""
+    state = (
+        await session.execute(
+            sa.select(JobRollupState)
+            .where(JobRollupState.account_id == account_id)
+            .with_for_update(skip_locked=True)
+        )
+    ).scalar_one_or_none()
+    if state is None:
+        return None
+    cutoff = now - timedelta(seconds=margin_s)
+    if state.cutoff is not None and state.cutoff > cutoff:
+        cutoff = state.cutoff  # a replica whose clock is behind never moves the cut-off back
+    sealed = state.sealed_until
+    if sealed is None:
+        first = (
+            await session.execute(sa.select(sa.func.min(Job.created_at)).where(Job.account_id == account_id))
+        ).scalar_one_or_none()
+        if first is None:
+            return 0, True  # no jobs yet: nothing to seal
+        sealed = floor_hour(first)
+    new_sealed = max(sealed, min(floor_hour(cutoff), sealed + timedelta(hours=max_hours)))
+    hours: list[datetime] = []
+    if state.cutoff is not None:
+        # Every job changed since the last cut-off left the old rows' set (or joins it now).
+        touched = (
+            sa.select(hour_of(session, Job.created_at).label("h"))
+            .where(
+                Job.account_id == account_id,
+                Job.updated_at >= state.cutoff,
+                Job.created_at < sealed,
+            )
+            .distinct()
+        )
+        hours += [
+            h if isinstance(h, datetime) and h.tzinfo else _aware(h) for h in (await session.scalars(touched))
+        ]
+    step = sealed
+    while step < new_sealed:
+        hours.append(step)
+        step += HOUR
+    for start, end in _runs(hours):
+        await _recompute(session, account_id, start, end, cutoff)
+    state.sealed_until = new_sealed
+    state.cutoff = cutoff
+    state.passed_at = now
+    await session.flush()
+    return len(set(hours)), new_sealed >= floor_hour(cutoff)
+
+
+def _aware(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def rollup_pass(ctx: ServiceContext, *, now: datetime | None = None) -> RollupResult:
+    """Aggregate every account's jobs up to the cut-off (see the module's docstring)."""
+    moment = now or utcnow()
+    settings = ctx.settings
+    result = RollupResult()
+
+    async def ensure(session: AsyncSession) -> list[uuid.UUID]:
+        ids = list((await session.scalars(sa.select(Account.id))).all())
+        have = set((await session.scalars(sa.select(JobRollupState.account_id))).all())
+        missing = [{"account_id": a} for a in ids if a not in have]
+        if missing:
+            await session.execute(_insert_ignore(session, JobRollupState.__table__), missing)
+        return ids
+
+    accounts = await run_in_transaction(ctx.sessions, ensure, attempts=settings.db_retry_attempts)
+    for account_id in accounts:
+        while True:
+
+            async def work(
+                session: AsyncSession, account_id: uuid.UUID = account_id
+            ) -> tuple[int, bool] | None:
+                return await rollup_account(
+                    session,
+                    account_id,
+                    now=moment,
+                    margin_s=settings.statistics_rollup_margin_s,
+                    max_hours=settings.statistics_rollup_max_hours,
+                )
+
+            done = await run_in_transaction(ctx.sessions, work, attempts=settings.db_retry_attempts)
+            if done is None:
+                result.skipped += 1
+                break
+            result.hours += done[0]
+            if done[1]:
+                break  # caught up (a long history takes several steps, one transaction each)
+        result.accounts += 1
+    if result.hours:
+        log.info("statistics.rollup", accounts=result.accounts, hours=result.hours, skipped=result.skipped)
+    return result
+
+
+__all__ = [
+    "BIN_RATIO",
+    "NO_ROBOT",
+    "RollupResult",
+    "bin_edges",
+    "ceil_hour",
+    "floor_hour",
+    "hist_bin",
+    "hist_percentile",
+    "hour_of",
+    "rollup_account",
+    "rollup_pass",
+    "seconds_between",
+]

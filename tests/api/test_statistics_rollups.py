@@ -1,0 +1,156 @@
+"""The statistics over hours the scheduler aggregated equal the same hand-computed fixture, on both
+databases: counts and success rates exactly, also for a job that ends after its hour was aggregated
+(before and after the next pass); run-time percentiles exactly up to 48 hours and within one
+histogram bin (19 %) beyond; two passes at once count nothing twice; the endpoints read the rollups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from rpa_common.db.uow import run_in_transaction
+from rpa_common.models import Job, JobRollup
+from rpa_common.models.base import utcnow
+from rpa_common.models.enums import JobState, PermissionAction, PermissionObject
+from rpa_common.rollups import BIN_RATIO, rollup_pass
+from tests.api.factories import make_folder, make_folder_user
+from tests.api.test_statistics import H10, _fixture, _get, at
+
+WIDE = {"from": "2026-01-03T00:00:00Z", "to": "2026-01-08T00:00:00Z", "bucket": "hour"}
+DAY = {"from": "2026-01-05T06:30:00Z", "to": "2026-01-06T00:00:00Z", "bucket": "day"}
+
+
+async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for path in ("jobs", "jobs/success-rate", "jobs/durations"):
+        for group in ("process", "robot"):
+            out[f"{path} {group}"] = (await _get(client, path, h, group=group))["rows"]
+            out[f"{path} {group} day"] = (await _get(client, path, h, group=group, **DAY))["rows"]
+            out[f"{path} {group} wide"] = (await _get(client, path, h, group=group, **WIDE))["rows"]
+    return out
+
+
+async def _rollup_rows(ctx: Any, account_id: uuid.UUID, process: str) -> dict[str, int]:
+    async with ctx.sessions() as session:
+        rows = await session.execute(
+            sa.select(JobRollup.state, JobRollup.jobs).where(
+                JobRollup.account_id == account_id,
+                JobRollup.kind == "process",
+                JobRollup.key_id == uuid.UUID(process),
+                JobRollup.hour == H10,
+            )
+        )
+        return {JobState(r.state).value: int(r.jobs) for r in rows}
+
+
+def _same_within_a_bin(exact: list[dict[str, Any]], estimated: list[dict[str, Any]]) -> None:
+    assert [(r["bucket"], r["process_id"], r["robot_id"], r["jobs"]) for r in estimated] == [
+        (r["bucket"], r["process_id"], r["robot_id"], r["jobs"]) for r in exact
+    ]
+    for e, g in zip(exact, estimated, strict=True):
+        for p in ("p50_s", "p95_s"):
+            assert e[p] / BIN_RATIO <= g[p] <= e[p] * BIN_RATIO, (p, e, g)
+
+
+async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenant, other_tenant) -> None:  # type: ignore[no-untyped-def]
+    ctx = tenant.ctx
+    folder = await make_folder(ctx, tenant.account_id)
+    ids = await _fixture(ctx, tenant.account_id, folder.id)
+    await _fixture(ctx, other_tenant.account_id, None)
+    h = tenant.headers
+    a = ids["a"]
+    _, limited = await make_folder_user(
+        ctx, tenant.account_id, [folder.id], [(PermissionObject.STATISTICS, PermissionAction.READ)]
+    )
+    live = await _answers(client, h)
+    live_limited = await _answers(client, limited)
+
+    # Two scheduler replicas at once: one aggregates each account, the other skips it.
+    first, second = await asyncio.gather(rollup_pass(ctx), rollup_pass(ctx))
+    assert first.hours + second.hours > 0
+    # Hour 10 of process a: its final jobs (2 Successful, 1 Failed); the Running one stays live.
+    assert await _rollup_rows(ctx, tenant.account_id, a) == {"Successful": 2, "Failed": 1}
+
+    rolled = await _answers(client, h)
+    rolled_limited = await _answers(client, limited)
+    for key, rows in live.items():
+        if key.startswith("jobs/durations") and key.endswith("wide"):
+            _same_within_a_bin(rows, rolled[key])
+            _same_within_a_bin(live_limited[key], rolled_limited[key])
+        else:
+            assert rolled[key] == rows, key
+            assert rolled_limited[key] == live_limited[key], key
+    # A single run in a bucket is exact from the histograms too (its shortest and longest).
+    wide = {
+        (r["bucket"], r["process_id"]): (r["p50_s"], r["p95_s"])
+        for r in rolled["jobs/durations process wide"]
+    }
+    assert wide[("2026-01-05T10:00:00Z", ids["b"])] == (100.0, 100.0)
+
+    # The Running job of 10:30 (process a, robot r2) ends now, in an hour aggregated already.
+    async def end_it(session: AsyncSession) -> None:
+        job = (
+            await session.execute(
+                sa.select(Job).where(
+                    Job.account_id == tenant.account_id,
+                    Job.state == JobState.RUNNING,
+                    Job.created_at == at(10, 30),
+                )
+            )
+        ).scalar_one()
+        job.state = JobState.SUCCESSFUL
+        job.ended_at = job.started_at + timedelta(seconds=60)  # type: ignore[operator]
+        job.updated_at = utcnow()
+
+    await run_in_transaction(ctx.sessions, end_it)
+
+    async def check_after_the_late_end() -> None:
+        states = await _get(client, "jobs", h, group="process")
+        got = {r["process_id"]: r["counts"] for r in states["rows"] if r["bucket"] == "2026-01-05T10:00:00Z"}
+        assert got[a] == {"Successful": 3, "Failed": 1}
+        rates = await _get(client, "jobs/success-rate", h, group="robot")
+        got_r = {(r["bucket"], r["robot_id"]): (r["finished"], r["successful"]) for r in rates["rows"]}
+        assert got_r[("2026-01-05T10:00:00Z", ids["r2"])] == (2, 1)
+        durations = await _get(client, "jobs/durations", h, group="process")
+        got_d = {
+            (r["bucket"], r["process_id"]): (r["jobs"], r["p50_s"], r["p95_s"]) for r in durations["rows"]
+        }
+        # [10, 20, 40, 60]: 0.5 -> 1.5 -> 30; 0.95 -> 2.85 -> 40 + 0.85 * 20
+        assert got_d[("2026-01-05T10:00:00Z", a)] == (4, 30.0, 57.0)
+        day = await _get(client, "jobs", h, group="process", **DAY)
+        assert {r["process_id"]: r["counts"].get("Running", 0) for r in day["rows"]} == {a: 0, ids["b"]: 0}
+
+    await check_after_the_late_end()  # read live: changed after the cut-off
+    # The next pass, once the change is older than the margin, takes it into the hour's rows.
+    later = utcnow() + timedelta(seconds=ctx.settings.statistics_rollup_margin_s + 60)
+    await rollup_pass(ctx, now=later)
+    assert await _rollup_rows(ctx, tenant.account_id, a) == {"Successful": 3, "Failed": 1}
+    await check_after_the_late_end()
+    await rollup_pass(ctx, now=later)  # again: the same rows
+    assert await _rollup_rows(ctx, tenant.account_id, a) == {"Successful": 3, "Failed": 1}
+    await check_after_the_late_end()
+
+    # The endpoints do read the rollups: a row changed by hand shows.
+    async def tamper(session: AsyncSession) -> None:
+        await session.execute(
+            sa.update(JobRollup)
+            .where(
+                JobRollup.account_id == tenant.account_id,
+                JobRollup.kind == "process",
+                JobRollup.key_id == uuid.UUID(a),
+                JobRollup.hour == H10,
+                JobRollup.state == JobState.FAILED,
+            )
+            .values(jobs=JobRollup.jobs + 100)
+        )
+
+    await run_in_transaction(ctx.sessions, tamper)
+    states = await _get(client, "jobs", h, group="process")
+    got = {r["process_id"]: r["counts"] for r in states["rows"] if r["bucket"] == "2026-01-05T10:00:00Z"}
+    assert got[a] == {"Successful": 3, "Failed": 101}
