@@ -5,7 +5,7 @@ redirect to the provider and its callback, then the one-time hand-off code (hash
 application trades for its tokens. Identity providers of kind ``oidc`` need no new column.
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-02 23:59:00
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from rpa_common.models import base as rt
 
 revision: str = "0019"
-down_revision: str | None = "0017"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
