@@ -11,7 +11,6 @@ from rpa_common.logging import configure_logging
 from rpa_common.service import run_service
 from rpa_common.settings import get_settings
 
-
 # Young objects allocated between two collections of the youngest generation (CPython: 700). Log
 # frames make a dozen objects a line, kept until their batch commits: at the default, collections
 # ran every few frames and walked tens of thousands of pending lines, a third of the gateway's CPU
