@@ -222,15 +222,31 @@ async def robots_role(args: argparse.Namespace) -> None:
     start_s, end_s = (float(v) for v in line.split())
     for r in robots:
         r.window = (start_s, end_s)
+    cpu: list[float] = []
+
+    async def window_cpu() -> None:  # this process's CPU time over the measured window
+        await asyncio.sleep(max(0.0, start_s - time.time()))
+        cpu.append(time.process_time())
+        await asyncio.sleep(max(0.0, end_s - time.time()))
+        cpu.append(time.process_time())
+
+    meter = asyncio.create_task(window_cpu())
     if args.rate > 0:
         every = args.total_robots * args.batch / args.rate
         await asyncio.gather(*(r.open_loop(args.batch, every, end_s) for r in robots))
     else:
         await asyncio.gather(*(r.closed_loop(args.batch, end_s) for r in robots))
+    await meter
     await asyncio.sleep(max(0.0, end_s + 1 - time.time()))
     behind = sum(r.seq - r.acked_seq for r in robots)
     print(
-        json.dumps({"acked_in_window": sum(r.acked_in_window for r in robots), "frames_behind": behind}),
+        json.dumps(
+            {
+                "acked_in_window": sum(r.acked_in_window for r in robots),
+                "frames_behind": behind,
+                "cpu_s": cpu[1] - cpu[0],
+            }
+        ),
         flush=True,
     )
     for task in readers:
@@ -433,6 +449,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
     cpu0 = sum(cpu_seconds(pid) for pid in gw_pids)
     latencies = await markers(marker, api_url, account.token, marker_id, start_s, end_s)
     marker_reader.cancel()
+    robots_cpu = 0.0
     acked = 0
     behind = 0
     for proc in clients:
@@ -440,6 +457,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         out = json.loads(await asyncio.to_thread(proc.stdout.readline))
         acked += out["acked_in_window"]
         behind += out["frames_behind"]
+        robots_cpu += out["cpu_s"]
         await asyncio.to_thread(proc.wait, 60)
     gw_cpu = sum(cpu_seconds(pid) for pid in gw_pids) - cpu0
     lines_per_s = acked / args.seconds
@@ -461,6 +479,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         "gateway_cpu_pct": round(100 * gw_cpu / args.seconds, 1),
         "gateway_cpu_us_per_line": round(1e6 * gw_cpu / (acked or 1), 1),
         "gateways": args.gateways,
+        "robots_cpu_us_per_line": round(1e6 * robots_cpu / (acked or 1), 1),
         "robots": args.robots,
         "batch": args.batch,
         "seconds": args.seconds,
@@ -478,6 +497,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
             ("frames unacked at the end", behind),
             (f"gateway CPU (% of a core, {args.gateways} process(es))", result["gateway_cpu_pct"]),
             ("gateway CPU us per line", result["gateway_cpu_us_per_line"]),
+            ("simulated robots' CPU us per line (all clients)", result["robots_cpu_us_per_line"]),
         ],
     )
     return result
