@@ -8,7 +8,8 @@ Runs on its own::
 
 It starts everything it needs: a private NATS server, a fresh database on the local PostgreSQL (or
 ``RPA_DB_URL``'s server; PostgreSQL, since the anchor is COPY) built from the migrations, ONE robot
-gateway and ONE API process (one worker), as real processes. Robots are inserted in the database
+gateway (``--gateways N``: N gateway processes, the robots' client processes split over them as a
+deployment scales out) and ONE API process (one worker), as real processes. Robots are inserted in the database
 directly (keys made and hashed as the API makes them).
 
 The load: ``--robots`` simulated robots, split over ``--clients`` client processes (this script
@@ -33,7 +34,8 @@ The anchor, in the same run, after the gateway side (the machine to itself): the
 rows, the same columns and shape, COPYed by one asyncpg connection (``copy_records_to_table``, 20,000
 rows a statement) into the same ``robot_message`` table with its indexes. The table prints both and
 the ratio; ``--json`` writes ``{"lines_per_s", "anchor_lines_per_s", "ratio", "queryable_p99_s"}``
-plus the details.
+plus the details, among them ``gateway_cpu_us_per_line``: the CPU time of the gateway process(es)
+over the window divided by the lines acknowledged in it (the figure to compare on a busy machine).
 """
 
 from __future__ import annotations
@@ -220,15 +222,31 @@ async def robots_role(args: argparse.Namespace) -> None:
     start_s, end_s = (float(v) for v in line.split())
     for r in robots:
         r.window = (start_s, end_s)
+    cpu: list[float] = []
+
+    async def window_cpu() -> None:  # this process's CPU time over the measured window
+        await asyncio.sleep(max(0.0, start_s - time.time()))
+        cpu.append(time.process_time())
+        await asyncio.sleep(max(0.0, end_s - time.time()))
+        cpu.append(time.process_time())
+
+    meter = asyncio.create_task(window_cpu())
     if args.rate > 0:
         every = args.total_robots * args.batch / args.rate
         await asyncio.gather(*(r.open_loop(args.batch, every, end_s) for r in robots))
     else:
         await asyncio.gather(*(r.closed_loop(args.batch, end_s) for r in robots))
+    await meter
     await asyncio.sleep(max(0.0, end_s + 1 - time.time()))
     behind = sum(r.seq - r.acked_seq for r in robots)
     print(
-        json.dumps({"acked_in_window": sum(r.acked_in_window for r in robots), "frames_behind": behind}),
+        json.dumps(
+            {
+                "acked_in_window": sum(r.acked_in_window for r in robots),
+                "frames_behind": behind,
+                "cpu_s": cpu[1] - cpu[0],
+            }
+        ),
         flush=True,
     )
     for task in readers:
@@ -348,6 +366,7 @@ def _rank(values: list[float], p: float) -> float:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit(args.robots * 2 + 1000)
+    args.clients = max(args.clients, args.gateways)  # every gateway gets robots
     services = Services()
     try:
         nats_url = await start_nats(services)
@@ -365,22 +384,29 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
     made = await bulk_robots(settings, account.account_id, args.robots + 1)
     marker_id, marker_key = made[-1]
     load = made[:-1]
-    gw_port, api_port = free_port(), free_port()
-    gw_env = service_env(
-        db_url,
-        nats_url,
-        RPA_GATEWAY_PORT=str(gw_port),
-        RPA_HEARTBEAT_INTERVAL_S="60",
-        RPA_JOB_LEASE_S="300",
-        RPA_DB_POOL_SIZE="10",
-        **dict(kv.split("=", 1) for kv in args.gateway_env),
-    )
+    gw_ports, api_port = [free_port() for _ in range(args.gateways)], free_port()
+    gw_envs = [
+        service_env(
+            db_url,
+            nats_url,
+            RPA_GATEWAY_PORT=str(port),
+            RPA_HEARTBEAT_INTERVAL_S="60",
+            RPA_JOB_LEASE_S="300",
+            RPA_DB_POOL_SIZE="10",
+            **dict(kv.split("=", 1) for kv in args.gateway_env),
+        )
+        for port in gw_ports
+    ]
+    gateways = [f"gateway-{g}" for g in range(args.gateways)]
     api_env = service_env(db_url, nats_url, RPA_API_PORT=str(api_port), RPA_API_WORKERS="1")
     await asyncio.gather(
-        start_service(services, "gateway", "rpa_gateway", gw_env, gw_port),
+        *(
+            start_service(services, name, "rpa_gateway", env, port)
+            for name, env, port in zip(gateways, gw_envs, gw_ports, strict=True)
+        ),
         start_service(services, "api", "rpa_api", api_env, api_port),
     )
-    gw_url = f"ws://127.0.0.1:{gw_port}/robot/v1"
+    gw_urls = [f"ws://127.0.0.1:{port}/robot/v1" for port in gw_ports]
     api_url = f"http://127.0.0.1:{api_port}"
     clients: list[subprocess.Popen[bytes]] = []
     key_dir = Path(tempfile.mkdtemp(prefix="rpa-bench-keys-"))
@@ -395,7 +421,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         with os.fdopen(fd, "w") as f:
             json.dump([key for _, key in part], f)
         argv = [
-            sys.executable, script, "--role", "robots", "--url", gw_url,
+            sys.executable, script, "--role", "robots", "--url", gw_urls[c % len(gw_urls)],
             "--keys-file", str(keys_file), "--first", str(c * per), "--total-robots", str(len(load)),
             "--rate", str(args.rate), "--batch", str(args.batch),
         ]  # fmt: skip
@@ -409,20 +435,21 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         line = await asyncio.to_thread(proc.stdout.readline)
         if line.strip() != b"connected":
             raise RuntimeError(f"a client process did not connect its robots: {line!r}")
-    marker = LoadRobot(gw_url, marker_key, -1)
+    marker = LoadRobot(gw_urls[0], marker_key, -1)
     await marker.connect()
     marker_reader = asyncio.create_task(marker.read())
     start_s = time.time() + 1 + args.warmup
     end_s = start_s + args.seconds
-    gw_pid = services.pid("gateway")
+    gw_pids = [services.pid(name) for name in gateways]
     for proc in clients:
         assert proc.stdin is not None
         proc.stdin.write(f"{start_s} {end_s}\n".encode())
         proc.stdin.flush()
     await asyncio.sleep(max(0.0, start_s - time.time()))
-    cpu0 = cpu_seconds(gw_pid)
+    cpu0 = sum(cpu_seconds(pid) for pid in gw_pids)
     latencies = await markers(marker, api_url, account.token, marker_id, start_s, end_s)
     marker_reader.cancel()
+    robots_cpu = 0.0
     acked = 0
     behind = 0
     for proc in clients:
@@ -430,10 +457,12 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         out = json.loads(await asyncio.to_thread(proc.stdout.readline))
         acked += out["acked_in_window"]
         behind += out["frames_behind"]
+        robots_cpu += out["cpu_s"]
         await asyncio.to_thread(proc.wait, 60)
-    gw_cpu = cpu_seconds(gw_pid) - cpu0
+    gw_cpu = sum(cpu_seconds(pid) for pid in gw_pids) - cpu0
     lines_per_s = acked / args.seconds
-    services.stop("gateway")
+    for name in gateways:
+        services.stop(name)
     services.stop("api")
     anchor_rows = max(100_000, min(acked, 1_000_000))
     anchor_per_s = await anchor(db_url, account.account_id, [rid for rid, _ in load], anchor_rows)
@@ -448,12 +477,15 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         "offered_lines_per_s": args.rate or "as fast as acked",
         "frames_unacked_at_end": behind,
         "gateway_cpu_pct": round(100 * gw_cpu / args.seconds, 1),
+        "gateway_cpu_us_per_line": round(1e6 * gw_cpu / (acked or 1), 1),
+        "gateways": args.gateways,
+        "robots_cpu_us_per_line": round(1e6 * robots_cpu / (acked or 1), 1),
         "robots": args.robots,
         "batch": args.batch,
         "seconds": args.seconds,
     }
     print_table(
-        f"Robot logs: {args.robots} robots -> gateway -> PostgreSQL (COPY), {args.seconds:g} s",
+        f"Robot logs: {args.robots} robots -> {args.gateways} gateway(s) -> PostgreSQL (COPY), {args.seconds:g} s",
         [
             ("offered lines/s", result["offered_lines_per_s"]),
             ("lines/s persisted (acked)", result["lines_per_s"]),
@@ -463,7 +495,9 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
             ("queryable p99 (s)", result["queryable_p99_s"]),
             ("markers measured", len(latencies)),
             ("frames unacked at the end", behind),
-            ("gateway CPU (% of a core)", result["gateway_cpu_pct"]),
+            (f"gateway CPU (% of a core, {args.gateways} process(es))", result["gateway_cpu_pct"]),
+            ("gateway CPU us per line", result["gateway_cpu_us_per_line"]),
+            ("simulated robots' CPU us per line (all clients)", result["robots_cpu_us_per_line"]),
         ],
     )
     return result
@@ -475,6 +509,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes the robots are split over")
     parser.add_argument(
         "--rate", type=float, default=50_000, help="lines/s offered in all (0: as fast as acked)"
+    )
+    parser.add_argument(
+        "--gateways", type=int, default=1, help="gateway processes; client process c uses gateway c %% N"
     )
     parser.add_argument("--batch", type=int, default=100, help="lines per log frame")
     parser.add_argument("--seconds", type=float, default=30.0, help="the measured window")

@@ -46,6 +46,8 @@ _NO_NUL = "^[^\\u0000]*$"
 def _check_text(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters (\\u0000)")
+    if value.isascii():  # the common case, without encoding a copy: ASCII holds no surrogate
+        return value
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import sqlalchemy as sa
+from asyncpg.pgproto.pgproto import UUID as PgUUID
 from pydantic_core import to_json
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -622,53 +623,41 @@ async def _log_jobs(
 def _log_rows(
     batches: list[tuple[RobotIdentity, list[LogEntry]]],
     jobs: dict[uuid.UUID, tuple[uuid.UUID, uuid.UUID, uuid.UUID, uuid.UUID | None]],
+    *,
+    fields_as_text: bool = False,
 ) -> list[tuple[Any, ...]]:
-    """Rows in the column order of ``LOG_COLUMNS``."""
+    """Rows in the column order of ``LOG_COLUMNS``; ``fields_as_text``: for COPY (``fields`` as JSON
+    text, the robot's and account's ids as asyncpg's UUID).
+
+    Built in one pass, one tuple a line: at tens of thousands of lines a second this loop is a
+    good part of the gateway's work per line."""
     now = utcnow()
     levels = _LEVEL_NUMBERS
     rows: list[tuple[Any, ...]] = []
+    append = rows.append
     for robot, entries in batches:
-        robot_id = robot.id
-        account_id = robot.account_id
+        robot_id: uuid.UUID = robot.id
+        account_id: uuid.UUID = robot.account_id
+        if fields_as_text:
+            # asyncpg copies its own UUID type as it is; a uuid.UUID costs a call to ``.bytes``.
+            robot_id, account_id = PgUUID(robot_id.bytes), PgUUID(account_id.bytes)
         for e in entries:
+            fields: Any = e.fields
+            if fields is not None and fields_as_text:
+                fields = to_json(fields).decode()
             job = jobs.get(e.job_id) if e.job_id is not None else None
             # A job id that is not one of this robot's jobs is not trusted: the line is kept, unlinked.
             if job is None or job[0] != robot_id:
-                rows.append(
-                    (
-                        e.id,
-                        account_id,
-                        robot_id,
-                        None,
-                        None,
-                        None,
-                        None,
-                        levels[e.level],
-                        e.message,
-                        e.fields,
-                        e.at,
-                        now,
-                        None,
-                    )
-                )
+                append(
+                    (e.id, account_id, robot_id, None, None, None, None, levels[e.level], e.message, fields, e.at, now, None)
+                )  # fmt: skip
             else:
-                rows.append(
+                append(
                     (
-                        e.id,
-                        account_id,
-                        robot_id,
-                        job[1],
-                        job[2],
-                        e.job_id,
-                        job[3],
-                        levels[e.level],
-                        e.message,
-                        e.fields,
-                        e.at,
-                        now,
-                        None,
+                        e.id, account_id, robot_id, job[1], job[2], e.job_id, job[3], levels[e.level],
+                        e.message, fields, e.at, now, None,
                     )
-                )
+                )  # fmt: skip
     return rows
 
 
@@ -711,10 +700,11 @@ async def store_logs(session: AsyncSession, batches: list[tuple[RobotIdentity, l
     ``inbound_seq`` guard makes rare: a frame is applied once) fails the COPY with a unique
     violation, the writer re-runs the batch with a savepoint per frame, and there ``insert_logs``
     ignores the duplicate. So the common case costs one COPY and no staging table."""
-    rows = _log_rows(batches, await _log_jobs(session, batches))
+    postgres = dialect_of(session) == "postgresql"
+    rows = _log_rows(batches, await _log_jobs(session, batches), fields_as_text=postgres)
     if not rows:
         return
-    if dialect_of(session) != "postgresql":
+    if not postgres:
         await _insert_ignore(session, rows)
         return
     connection = await session.connection()
@@ -725,7 +715,7 @@ async def store_logs(session: AsyncSession, batches: list[tuple[RobotIdentity, l
         await session.execute(sa.text("SELECT 1"))
     await raw.copy_records_to_table(
         "robot_message",
-        records=[(*row[:9], None if row[9] is None else to_json(row[9]).decode(), *row[10:]) for row in rows],
+        records=rows,
         columns=LOG_COLUMNS,
     )
 
