@@ -272,7 +272,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 answer = _problem_response(status, description)
                 # An answer in another media type too (the token endpoint's OAuth2 errors, RFC 6749).
                 for media, content in declared.get("content", {}).items():
-                    if media != PROBLEM_JSON:
+                    fastapi_default = "HTTPValidationError" in content.get("schema", {}).get("$ref", "")
+                    if media != PROBLEM_JSON and not fastapi_default:
                         answer["content"][media] = content
                 responses[str(status)] = answer
             op["responses"] = dict(sorted(responses.items()))
