@@ -146,3 +146,23 @@ async def test_a_deadline_already_in_the_database_fires_on_time_without_a_messag
         assert 0 <= late < 1.0, f"fired {late:.3f} s after the deadline"
     finally:
         await scheduler.stop()
+
+
+async def test_a_stopped_scheduler_lets_its_nats_connection_drain_at_once(ctx: ServiceContext) -> None:
+    """Every background part on (relay, webhook intake, triggers, sweeps): after ``stop()`` nothing
+    of the scheduler's holds the connection open, so a service shuts down in moments, not after
+    NATS's drain timeout."""
+    from rpa_common.nats.client import connect
+
+    nc = await connect(ctx.settings.nats_url, "rpa-scheduler-drain-test")
+    own = ServiceContext(
+        name="scheduler", settings=ctx.settings, engine=ctx.engine, sessions=ctx.sessions, nc=nc
+    )
+    scheduler = Scheduler(own, queue=f"test-{uuid.uuid4().hex[:8]}")
+    await scheduler.start()
+    await asyncio.sleep(1.5)  # the webhook intake is waiting in a fetch, the relay on its wake-up
+    started = time.perf_counter()
+    await scheduler.stop()
+    await nc.drain()
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3, f"stop and drain took {elapsed:.1f} s"

@@ -374,6 +374,7 @@ class WebhookService:
         self.consumer = consumer
         self.wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._subs: list[Any] = []
         self.http: httpx.AsyncClient | None = None
 
     def start(self) -> None:
@@ -396,12 +397,23 @@ class WebhookService:
 
     async def _intake_loop(self) -> None:
         js = self.ctx.nc.jetstream()
+        try:
+            await self._intake(js)
+        finally:
+            # A pull subscription left open holds the connection's drain for its whole timeout (30 s).
+            for open_sub in self._subs:
+                with contextlib.suppress(Exception):
+                    await open_sub.unsubscribe()
+            self._subs.clear()
+
+    async def _intake(self, js: Any) -> None:
         sub = None
         while True:
             try:
                 if sub is None:
                     await ensure_stream(js)
                     sub = await js.pull_subscribe(ALL_SUBJECTS, durable=self.consumer, stream=STREAM)
+                    self._subs.append(sub)
                 try:
                     msgs = await sub.fetch(FETCH_BATCH, timeout=1.0)
                 except TimeoutError:
@@ -425,6 +437,7 @@ class WebhookService:
                 if sub is not None:
                     with contextlib.suppress(Exception):
                         await sub.unsubscribe()
+                    self._subs.remove(sub)
                 sub = None
                 await asyncio.sleep(1.0)
 
