@@ -182,3 +182,46 @@ async def test_a_status_change_is_an_event_and_a_heartbeat_is_not(ctx: ServiceCo
         ("robot.status", robot, "Working"),
         ("robot.status", robot, "Disconnected"),
     ]
+
+
+async def test_a_row_id_counted_again_is_a_new_event_not_a_duplicate(
+    ctx: ServiceContext, jetstream: JetStreamServer
+) -> None:
+    """A database restored from a backup counts its outbox ids again (and test databases sharing one
+    NATS count the same ids): a new row with a used id must still reach the stream."""
+    from datetime import timedelta
+
+    world = await new_world(ctx)
+    robot = await world.robot()
+    await _job_and_steps(ctx, world, robot)
+    reused = (await _outbox_of(ctx, world.account_id))[0]
+    nc = await connect(jetstream.url)
+    try:
+        await ensure_stream(nc, 3600)
+        await _relay_all(ctx, nc)
+
+        async def again(session):  # type: ignore[no-untyped-def]
+            session.add(
+                EventOutbox(
+                    id=reused.id,
+                    type="robot.status",
+                    account_id=world.account_id,
+                    folder_id=None,
+                    object_id=robot,
+                    at=reused.at + timedelta(seconds=5),
+                    data={"status": "Ready"},
+                )
+            )
+
+        await run_in_transaction(ctx.sessions, again)
+        await _relay_all(ctx, nc)
+        seen = await stored(nc, world.account_id)
+    finally:
+        await nc.close()
+    assert [e["type"] for _, e in seen] == [
+        "job.created",
+        "job.state",
+        "job.state",
+        "job.state",
+        "robot.status",
+    ]

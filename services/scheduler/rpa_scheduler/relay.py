@@ -88,6 +88,14 @@ async def _fill_folders(session: AsyncSession, rows: list[EventOutbox]) -> dict[
     return {row.id: (row.folder_id if row.id not in keys else found.get(keys[row.id])) for row in rows}
 
 
+def message_id(row: EventOutbox) -> str:
+    """The stream's de-duplication id of an outbox row: the same for every re-publish of the row (a
+    pass cut short before its delete), different for any other row. The row id alone is not enough:
+    databases sharing one NATS (or one restored from a backup, whose ids count again) would see their
+    events dropped as duplicates for the stream's duplicate window."""
+    return f"outbox-{row.account_id}-{row.id}-{row.at.timestamp():.6f}"
+
+
 async def relay_pass(session: AsyncSession, nc: NATS, batch: int) -> int:
     """Publish and delete up to ``batch`` rows in one transaction; how many were relayed.
 
@@ -119,7 +127,7 @@ async def relay_pass(session: AsyncSession, nc: NATS, batch: int) -> int:
                 events.subject(row.account_id, row.type),
                 event.model_dump_json(exclude={"id"}).encode(),
                 stream=events.STREAM,
-                headers={"Nats-Msg-Id": f"outbox-{row.id}"},
+                headers={"Nats-Msg-Id": message_id(row)},
             )
             done.append(row.id)
     except Exception as exc:
