@@ -415,13 +415,8 @@ async def oidc_token(request: Request, body: OidcCodeIn, tx: Transaction) -> Tok
             raise Forbidden("this user is disabled in the orchestrator")
         if done is None:
             session.add(
-                RefreshToken(
-                    id=token_id,
-                    user_id=user.id,
-                    family_id=family_id,
-                    token_hash=hash_key(raw),
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=ctx.settings.refresh_token_ttl_s),
+                service.refresh_token_row(
+                    ctx.settings, token_id=token_id, user_id=user.id, family_id=family_id, raw=raw, now=now
                 )
             )
             user.last_login_at = now

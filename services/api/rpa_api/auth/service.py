@@ -27,6 +27,7 @@ from rpa_common.models import Account, ApiKey, RefreshToken, User
 from rpa_common.models.enums import ActorType
 from rpa_common.security import hash_key, issue_access_token, make_key, verify_password
 from rpa_common.service import ServiceContext
+from rpa_common.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +66,26 @@ def _user_principal(user: User, client: Client) -> Principal:
 
 def _new_refresh_token() -> str:
     return secrets.token_urlsafe(48)
+
+
+def refresh_token_row(
+    settings: Settings,
+    *,
+    token_id: uuid.UUID,
+    user_id: uuid.UUID,
+    family_id: uuid.UUID,
+    raw: str,
+    now: datetime,
+) -> RefreshToken:
+    """The stored form of a new refresh token (its hash, never the token): every login path's."""
+    return RefreshToken(
+        id=token_id,
+        user_id=user_id,
+        family_id=family_id,
+        token_hash=hash_key(raw),
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+    )
 
 
 def _token_pair(ctx: ServiceContext, user: User, token_version: int, refresh_token: str) -> TokenOut:
@@ -134,13 +155,8 @@ async def login(ctx: ServiceContext, tx: Tx, username: str, password: str, clien
     async def succeed(session: AsyncSession) -> int:
         if await session.get(RefreshToken, token_id) is None:  # else: a re-run after a lost commit
             session.add(
-                RefreshToken(
-                    id=token_id,
-                    user_id=found.id,
-                    family_id=family_id,
-                    token_hash=hash_key(raw),
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+                refresh_token_row(
+                    settings, token_id=token_id, user_id=found.id, family_id=family_id, raw=raw, now=now
                 )
             )
             await session.execute(sa.update(User).where(User.id == found.id).values(last_login_at=now))
@@ -207,13 +223,8 @@ async def refresh(ctx: ServiceContext, tx: Tx, raw: str, client: Client) -> Toke
             return RefreshOutcome.INVALID, None, 0
         row.used_at = now
         session.add(
-            RefreshToken(
-                id=new_id,
-                user_id=user.id,
-                family_id=row.family_id,
-                token_hash=hash_key(new_raw),
-                created_at=now,
-                expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+            refresh_token_row(
+                settings, token_id=new_id, user_id=user.id, family_id=row.family_id, raw=new_raw, now=now
             )
         )
         audit.record(

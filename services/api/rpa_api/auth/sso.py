@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -29,7 +29,6 @@ from rpa_api.identity import service as idp
 from rpa_api.kit import audit
 from rpa_common.errors import NotFound, Unauthorized
 from rpa_common.models import Account, IdentityProvider, RefreshToken, User
-from rpa_common.security import hash_key
 from rpa_common.service import problem
 
 log = structlog.get_logger(__name__)
@@ -123,13 +122,8 @@ async def ldap_login(
             return user, -1
         if await session.get(RefreshToken, token_id) is None:
             session.add(
-                RefreshToken(
-                    id=token_id,
-                    user_id=user.id,
-                    family_id=family_id,
-                    token_hash=hash_key(raw),
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=settings.refresh_token_ttl_s),
+                service.refresh_token_row(
+                    settings, token_id=token_id, user_id=user.id, family_id=family_id, raw=raw, now=now
                 )
             )
         user.last_login_at = now
