@@ -21,7 +21,11 @@ from tests.scheduler.factory import listen, new_world
 
 def private_scheduler(ctx: ServiceContext) -> Scheduler:
     # Our own queue group: other schedulers on this shared NATS must not take our wake-ups.
-    return Scheduler(ctx, triggers=False, sweeps=False, queue=f"test-{uuid.uuid4().hex[:8]}")
+    # No relay nor webhook intake: these tests are about dispatch (tests/events covers the relay), and
+    # the outbox that the earlier tests of the session filled would be relayed here first.
+    return Scheduler(
+        ctx, triggers=False, sweeps=False, relay=False, webhooks=False, queue=f"test-{uuid.uuid4().hex[:8]}"
+    )
 
 
 async def test_job_created_wakes_the_dispatcher_without_waiting_for_a_sweep(ctx: ServiceContext) -> None:

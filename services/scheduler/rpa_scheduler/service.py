@@ -48,6 +48,10 @@ DEADLINE_RETRY_S = 0.2
 """A due deadline whose job row was busy is tried again after this long."""
 
 
+STOP_WAIT_S = 10.0
+"""How long ``stop()`` waits for its cancelled background tasks."""
+
+
 class Scheduler:
     """One replica's scheduler; ``start`` then ``stop``."""
 
@@ -118,9 +122,12 @@ class Scheduler:
         self._subs.clear()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a task cancelled inside a database call whose connection no longer answers must
+        # not keep the service from stopping (its connection is dropped with the pool).
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in stuck:
+                log.warning("scheduler.task_did_not_stop", task=task.get_name())
         self._tasks.clear()
         if self._wake_soon is not None:
             self._wake_soon.cancel()
