@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
+from rpa_api.kit.schemas import Name
 from rpa_common.models.enums import PermissionAction, PermissionObject
 
 
@@ -81,7 +82,7 @@ class MeOut(BaseModel):
 
 
 class ApiKeyCreate(_In):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+    name: Name
     expires_at: AwareDatetime | None = None
 
 

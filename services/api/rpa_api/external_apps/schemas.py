@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")]
-Scope = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+from rpa_api.kit.schemas import Name
+
+Scope = Name
 
 
 class ExternalAppCreate(BaseModel):

@@ -8,7 +8,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")]
+from rpa_api.kit.schemas import Name
+
 Description = Annotated[str, StringConstraints(max_length=1000)]
 
 

@@ -18,7 +18,10 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
+# Trimmed names that must hold a non-blank character. The pattern says in the schema what the
+# trimming does, so a client reading the schema never sends white space only and meets a 422.
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"\S")]
+Login = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255, pattern=r"\S")]
 Description = Annotated[str, StringConstraints(max_length=1000)]
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")

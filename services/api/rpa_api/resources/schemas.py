@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
 
-from pydantic import AwareDatetime, Field, SecretStr, StringConstraints
+from pydantic import AwareDatetime, Field, SecretStr
 
-from rpa_api.kit.schemas import Description, In, Name, Out, Patch
+from rpa_api.kit.schemas import Description, In, Login, Name, Out, Patch
 from rpa_common.models.enums import ResourceKind, ResourceScope
-
-Login = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
 
 class ResourceGroupCreate(In):

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, SecretStr, StringConstraints
 
-from rpa_api.kit.schemas import Description, In, Name, Out, Patch
+from rpa_api.kit.schemas import Description, In, Login, Name, Out, Patch
 from rpa_common.models.enums import ShellMode
 
 Fingerprint = Annotated[
@@ -28,7 +28,8 @@ Fingerprint = Annotated[
 PublicKey = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_-]{43}$")]
 """A coordinator's X25519 public key, URL-safe base64 without padding (rpa_common.sealing)."""
 ShellCommand = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"^[^\r\n]*$")
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=1000, pattern=r"^[^\r\n]*\S[^\r\n]*$"),
 ]
 
 _RDP_FIELDS_DOC = {
@@ -75,7 +76,7 @@ class TerminalServerUpdate(Patch):
 
 
 class UnattendedAccountCreate(In):
-    login: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+    login: Login
     domain: Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None = None
     password: SecretStr | None = Field(
         None, description="Write-only: encrypted at rest, never returned.", max_length=1024
@@ -86,9 +87,7 @@ class UnattendedAccountCreate(In):
 class UnattendedAccountUpdate(Patch):
     not_null = ("login",)
 
-    login: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] | None = (
-        None
-    )
+    login: Login | None = None
     domain: Annotated[str, StringConstraints(strip_whitespace=True, max_length=255)] | None = None
     password: SecretStr | None = Field(
         None, description="Write-only; null removes the stored password.", max_length=1024
