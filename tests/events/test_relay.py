@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from rpa_common import jobflow
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.models import AccessFolder, EventOutbox, Process
+from rpa_common.models.base import utcnow
 from rpa_common.models.enums import ActorType, JobSource, JobState
 from rpa_common.service import ServiceContext
 from rpa_scheduler.relay import ensure_stream, relay_pass
@@ -225,3 +226,44 @@ async def test_a_row_id_counted_again_is_a_new_event_not_a_duplicate(
         "job.state",
         "robot.status",
     ]
+
+
+async def test_a_batch_is_published_at_once_in_order_on_one_reply_subscription(
+    ctx: ServiceContext, jetstream: JetStreamServer
+) -> None:
+    """A pass publishes its whole batch and then awaits the acks: 300 events in three passes arrive
+    in their order, and passes after the first add no NATS subscription (one reply inbox)."""
+    from datetime import timedelta
+
+    world = await new_world(ctx)
+    robot = await world.robot()
+    base = utcnow()
+
+    async def add(session):  # type: ignore[no-untyped-def]
+        session.add_all(
+            EventOutbox(
+                type="robot.status",
+                account_id=world.account_id,
+                folder_id=None,
+                object_id=robot,
+                at=base + timedelta(milliseconds=i),
+                data={"status": "Ready", "n": i},
+            )
+            for i in range(300)
+        )
+
+    await run_in_transaction(ctx.sessions, add)
+    nc = await connect(jetstream.url)
+    try:
+        await ensure_stream(nc, 3600)
+        subscriptions = []
+        while await _outbox_of(ctx, world.account_id):
+            async with ctx.sessions() as session, session.begin():
+                assert await relay_pass(session, nc, 100) > 0
+            subscriptions.append(len(nc._subs))
+        seen = await stored(nc, world.account_id)
+    finally:
+        await nc.close()
+    numbered = [e["data"]["n"] for _, e in seen if "n" in e["data"]]
+    assert numbered == list(range(300))
+    assert len(subscriptions) >= 3 and len(set(subscriptions)) == 1, subscriptions

@@ -2,21 +2,24 @@
 
 Every replica may run it. One pass locks a batch of the oldest rows (``FOR UPDATE SKIP LOCKED``:
 replicas take disjoint batches), fills in the folder of rows whose producer left it to the relay,
-publishes each with ``Nats-Msg-Id`` = the row's id and deletes the rows the stream acknowledged, in
-the same transaction. A relay killed after a publish and before its commit leaves the rows; the
+publishes them all with ``Nats-Msg-Id`` = the row's id, awaits the acks together and deletes the
+rows the stream acknowledged, in the same transaction. A relay killed after a publish and before its commit leaves the rows; the
 next pass publishes them again and the stream drops the duplicates (same ``Nats-Msg-Id`` within
 its duplicate window). With NATS down, rows wait in the table: nothing is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -96,12 +99,29 @@ def message_id(row: EventOutbox) -> str:
     return f"outbox-{row.account_id}-{row.id}-{row.at.timestamp():.6f}"
 
 
+def _jetstream(nc: NATS) -> JetStreamContext:
+    """One JetStream context per connection: its first ``publish_async`` subscribes to a reply inbox,
+    which a context made per pass would repeat (a subscription more each pass)."""
+    js = _CONTEXTS.get(nc)
+    if js is None:
+        js = _CONTEXTS[nc] = nc.jetstream()
+    return js
+
+
+_CONTEXTS: weakref.WeakKeyDictionary[NATS, JetStreamContext] = weakref.WeakKeyDictionary()
+
+PUBLISH_TIMEOUT_S = 5.0
+"""How long a pass waits for the stream's acks of its batch."""
+
+
 async def relay_pass(session: AsyncSession, nc: NATS, batch: int) -> int:
     """Publish and delete up to ``batch`` rows in one transaction; how many were relayed.
 
-    A publish that fails (NATS down, no ack) ends the pass: the rows acked before it are deleted,
-    the rest wait for the next pass."""
-    js = nc.jetstream()
+    The batch is published at once, in order on one connection, and the acks awaited together (one
+    round trip a batch, not one a row). The rows the stream acknowledged are deleted; the others
+    (NATS down, no ack within ``PUBLISH_TIMEOUT_S``) wait for the next pass, which publishes them
+    again: one the stream stored without its ack reaching us is dropped there as a duplicate."""
+    js = _jetstream(nc)
     rows = list(
         (
             await session.execute(
@@ -112,7 +132,7 @@ async def relay_pass(session: AsyncSession, nc: NATS, batch: int) -> int:
     if not rows:
         return 0
     folders = await _fill_folders(session, rows)
-    done: list[int] = []
+    acks: list[asyncio.Future[Any]] = []
     try:
         for row in rows:
             event = events.Event(
@@ -123,15 +143,27 @@ async def relay_pass(session: AsyncSession, nc: NATS, batch: int) -> int:
                 at=row.at,
                 data=row.data,
             )
-            await js.publish(
-                events.subject(row.account_id, row.type),
-                event.model_dump_json(exclude={"id"}).encode(),
-                stream=events.STREAM,
-                headers={"Nats-Msg-Id": message_id(row)},
+            acks.append(
+                await js.publish_async(
+                    events.subject(row.account_id, row.type),
+                    event.model_dump_json(exclude={"id"}).encode(),
+                    wait_stall=PUBLISH_TIMEOUT_S,
+                    stream=events.STREAM,
+                    headers={"Nats-Msg-Id": message_id(row)},
+                )
             )
+    except Exception as exc:  # NATS closed, or too many publishes waiting: the rest waits
+        log.warning("events.relay_publish_failed", error=type(exc).__name__, published=len(acks))
+    if acks:
+        await asyncio.wait(acks, timeout=PUBLISH_TIMEOUT_S)
+    done: list[int] = []
+    for row, ack in zip(rows, acks, strict=False):
+        if ack.done() and not ack.cancelled() and ack.exception() is None:
             done.append(row.id)
-    except Exception as exc:
-        log.warning("events.relay_publish_failed", error=type(exc).__name__, relayed=len(done))
+        elif not ack.done():
+            ack.cancel()  # frees its slot; the row is published again next pass
+    if len(done) < len(rows):
+        log.warning("events.relay_not_acknowledged", relayed=len(done), waiting=len(rows) - len(done))
     if done:
         await session.execute(
             sa.delete(EventOutbox)
