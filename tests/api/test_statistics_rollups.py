@@ -24,6 +24,8 @@ from tests.api.test_statistics import H10, _fixture, _get, at
 
 WIDE = {"from": "2026-01-03T00:00:00Z", "to": "2026-01-08T00:00:00Z", "bucket": "hour"}
 DAY = {"from": "2026-01-05T06:30:00Z", "to": "2026-01-06T00:00:00Z", "bucket": "day"}
+MONTH = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "bucket": "day"}
+"""Whole days: read from the day rows once the rollups exist."""
 
 
 async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
@@ -33,6 +35,7 @@ async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
             out[f"{path} {group}"] = (await _get(client, path, h, group=group))["rows"]
             out[f"{path} {group} day"] = (await _get(client, path, h, group=group, **DAY))["rows"]
             out[f"{path} {group} wide"] = (await _get(client, path, h, group=group, **WIDE))["rows"]
+            out[f"{path} {group} month"] = (await _get(client, path, h, group=group, **MONTH))["rows"]
     return out
 
 
@@ -80,7 +83,7 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
     rolled = await _answers(client, h)
     rolled_limited = await _answers(client, limited)
     for key, rows in live.items():
-        if key.startswith("jobs/durations") and key.endswith("wide"):
+        if key.startswith("jobs/durations") and key.endswith(("wide", "month")):
             _same_within_a_bin(rows, rolled[key])
             _same_within_a_bin(live_limited[key], rolled_limited[key])
         else:
@@ -125,6 +128,23 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
         assert got_d[("2026-01-05T10:00:00Z", a)] == (4, 30.0, 57.0)
         day = await _get(client, "jobs", h, group="process", **DAY)
         assert {r["process_id"]: r["counts"].get("Running", 0) for r in day["rows"]} == {a: 0, ids["b"]: 0}
+        # The whole month by day (day rows) counts what the day's hours count (hourly rows).
+        hours = await _get(
+            client,
+            "jobs",
+            h,
+            group="process",
+            **{"from": "2026-01-05T00:00:00Z", "to": "2026-01-06T00:00:00Z"},
+        )
+        summed: dict[str, dict[str, int]] = {}
+        for r in hours["rows"]:
+            for name, n in r["counts"].items():
+                summed.setdefault(r["process_id"], {}).setdefault(name, 0)
+                summed[r["process_id"]][name] += n
+        month = await _get(client, "jobs", h, group="process", **MONTH)
+        assert {
+            r["process_id"]: r["counts"] for r in month["rows"] if r["bucket"] == "2026-01-05T00:00:00Z"
+        } == summed
 
     await check_after_the_late_end()  # read live: changed after the cut-off
     # The next pass, once the change is older than the margin, takes it into the hour's rows.
@@ -150,7 +170,27 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
             .values(jobs=JobRollup.jobs + 100)
         )
 
+    async def tamper_day(session: AsyncSession) -> None:
+        await session.execute(
+            sa.update(JobRollup)
+            .where(
+                JobRollup.account_id == tenant.account_id,
+                JobRollup.kind == "process.day",
+                JobRollup.key_id == uuid.UUID(a),
+                JobRollup.hour == H10.replace(hour=0),
+                JobRollup.state == JobState.FAILED,
+            )
+            .values(jobs=JobRollup.jobs + 1000)
+        )
+
     await run_in_transaction(ctx.sessions, tamper)
     states = await _get(client, "jobs", h, group="process")
     got = {r["process_id"]: r["counts"] for r in states["rows"] if r["bucket"] == "2026-01-05T10:00:00Z"}
     assert got[a] == {"Successful": 3, "Failed": 101}
+    month = await _get(client, "jobs", h, group="process", **MONTH)
+    got = {r["process_id"]: r["counts"] for r in month["rows"] if r["bucket"] == "2026-01-05T00:00:00Z"}
+    assert got[a]["Failed"] == 1  # the day row, made before the change by hand
+    await run_in_transaction(ctx.sessions, tamper_day)
+    month = await _get(client, "jobs", h, group="process", **MONTH)
+    got = {r["process_id"]: r["counts"] for r in month["rows"] if r["bucket"] == "2026-01-05T00:00:00Z"}
+    assert got[a]["Failed"] == 1001  # ... read for whole days

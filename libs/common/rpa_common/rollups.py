@@ -23,6 +23,11 @@ replica skips the account instead of counting it twice):
    recomputation, so running it again, or after a crash, gives the same rows;
 4. the state row gets the new ``sealed_until`` and ``cutoff``, in the same commit as the rows.
 
+Day rows (kinds ``process.day`` and ``robot.day``) are each UTC day's hourly rows summed, for the
+days before ``days_until`` (a midnight, never past ``sealed_until``): made in step 3's transaction
+for every day whose hours it recomputed, and for new whole days (at most ``DAYS_PER_STEP`` a step). A
+call bucketed by day reads them for the whole days it covers, hourly rows for the rest.
+
 A reader reads the state row before and after its queries and runs them again if a pass committed
 in between (``cutoff`` only grows), so it never mixes rows of two passes.
 
@@ -56,7 +61,12 @@ log = structlog.get_logger(__name__)
 NO_ROBOT = uuid.UUID(int=0)
 """``key_id`` of robot rows for jobs that never had a robot (e.g. stopped while Pending)."""
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 KINDS = ("process", "robot")
+DAY_KINDS = {kind: f"{kind}.day" for kind in KINDS}
+"""The day rows' kind of each hourly kind: the sums of a UTC day's hourly rows."""
+DAYS_PER_STEP = 31
+"""New days a pass sums per account and transaction (from hourly rows: cheap)."""
 FINAL = sorted(s.value for s in FINAL_JOB_STATES)
 STEPS_PER_DOUBLING = 4
 BIN_RATIO = 2 ** (1 / STEPS_PER_DOUBLING)
@@ -74,6 +84,15 @@ def ceil_hour(value: datetime) -> datetime:
     return down if down == value else down + HOUR
 
 
+def floor_day(value: datetime) -> datetime:
+    return floor_hour(value).replace(hour=0)
+
+
+def ceil_day(value: datetime) -> datetime:
+    down = floor_day(value)
+    return down if down == value else down + DAY
+
+
 # SQL pieces, per dialect ---------------------------------------------------------------------------
 
 
@@ -86,12 +105,21 @@ def seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
 
 def hour_of(session: AsyncSession, column: Any) -> Any:
     """The UTC hour ``column`` falls in, as a timestamp of the column's type."""
+    return _floor_to(session, column, "HOUR", 3600)
+
+
+def day_of(session: AsyncSession, column: Any) -> Any:
+    """The UTC day ``column`` falls in (its midnight), as a timestamp of the column's type."""
+    return _floor_to(session, column, "DAY", 86400)
+
+
+def _floor_to(session: AsyncSession, column: Any, unit: str, seconds: int) -> Any:
     if dialect_of(session) == "postgresql":
-        return sa.func.to_timestamp(sa.func.floor(sa.func.date_part("epoch", column) / 3600) * 3600)
-    # DATETIME holds UTC; whole hours since a base before any storable time, added back.
+        return sa.func.to_timestamp(sa.func.floor(sa.func.date_part("epoch", column) / seconds) * seconds)
+    # DATETIME holds UTC; whole units since a base before any storable time, added back.
     base: Any = sa.literal_column("'1900-01-01 00:00:00'")
     return sa.func.timestampadd(
-        sa.literal_column("HOUR"), sa.func.timestampdiff(sa.literal_column("HOUR"), base, column), base
+        sa.literal_column(unit), sa.func.timestampdiff(sa.literal_column(unit), base, column), base
     )
 
 
@@ -153,14 +181,14 @@ def _insert_ignore(session: AsyncSession, table: Any) -> Any:
     return mysql.insert(table).prefix_with("IGNORE")
 
 
-def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
-    """Sorted hours as ``[start, end)`` runs of consecutive hours."""
+def _runs(starts: list[datetime], width: timedelta = HOUR) -> list[tuple[datetime, datetime]]:
+    """Sorted hours (or days) as ``[start, end)`` runs of consecutive ones."""
     out: list[tuple[datetime, datetime]] = []
-    for h in sorted(set(hours)):
+    for h in sorted(set(starts)):
         if out and out[-1][1] == h:
-            out[-1] = (out[-1][0], h + HOUR)
+            out[-1] = (out[-1][0], h + width)
         else:
-            out.append((h, h + HOUR))
+            out.append((h, h + width))
     return out
 
 
@@ -202,7 +230,7 @@ async def _recompute(
         select = sa.select(
             sa.literal(account_id, sa.Uuid()),
             sa.cast(src.c.hour, UTCDateTime()) if dialect_of(session) == "postgresql" else src.c.hour,
-            sa.literal(kind, sa.String(8)),
+            sa.literal(kind, sa.String(16)),
             key,
             src.c.state,
             sa.func.count(),
@@ -213,6 +241,49 @@ async def _recompute(
         ).group_by(src.c.hour, key, src.c.state)
         names = ["account_id", "hour", "kind", "key_id", "state", "jobs", "timed", "d_min", "d_max"]
         names += [c.name for c in hist_columns()]
+        await session.execute(sa.insert(table).from_select(names, select))
+
+
+async def _recompute_days(
+    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime
+) -> None:
+    """The day rows of the days in ``[start, end)``, deleted and summed again from their hourly rows
+    (which this pass has made already: both change in the same transaction)."""
+    await session.execute(
+        sa.delete(JobRollup).where(
+            JobRollup.account_id == account_id,
+            JobRollup.kind.in_(list(DAY_KINDS.values())),
+            JobRollup.hour >= start,
+            JobRollup.hour < end,
+        )
+    )
+    day = day_of(session, JobRollup.hour)
+    day = sa.cast(day, UTCDateTime()) if dialect_of(session) == "postgresql" else day
+    table: sa.Table = JobRollup.__table__
+    names = ["account_id", "hour", "kind", "key_id", "state", "jobs", "timed", "d_min", "d_max"]
+    names += [c.name for c in hist_columns()]
+    for kind, day_kind in DAY_KINDS.items():
+        select = (
+            sa.select(
+                sa.literal(account_id, sa.Uuid()),
+                day,
+                sa.literal(day_kind, sa.String(16)),
+                JobRollup.key_id,
+                JobRollup.state,
+                sa.func.sum(JobRollup.jobs),
+                sa.func.sum(JobRollup.timed),
+                sa.func.min(JobRollup.d_min),
+                sa.func.max(JobRollup.d_max),
+                *[sa.func.sum(c) for c in hist_columns()],
+            )
+            .where(
+                JobRollup.account_id == account_id,
+                JobRollup.kind == kind,
+                JobRollup.hour >= start,
+                JobRollup.hour < end,
+            )
+            .group_by(day, JobRollup.key_id, JobRollup.state)
+        )
         await session.execute(sa.insert(table).from_select(names, select))
 
 
@@ -234,12 +305,16 @@ async def rollup_account(
     if state.cutoff is not None and state.cutoff > cutoff:
         cutoff = state.cutoff  # a replica whose clock is behind never moves the cut-off back
     sealed = state.sealed_until
-    if sealed is None:
+    first: datetime | None = None
+    if sealed is None or state.days_until is None:
         first = (
             await session.execute(sa.select(sa.func.min(Job.created_at)).where(Job.account_id == account_id))
         ).scalar_one_or_none()
         if first is None:
             return 0, True  # no jobs yet: nothing to seal
+        first = _aware(first)
+    if sealed is None:
+        assert first is not None
         sealed = floor_hour(first)
     new_sealed = max(sealed, min(floor_hour(cutoff), sealed + timedelta(hours=max_hours)))
     hours: list[datetime] = []
@@ -263,11 +338,26 @@ async def rollup_account(
         step += HOUR
     for start, end in _runs(hours):
         await _recompute(session, account_id, start, end, cutoff)
+    # Days: those with day rows whose hours changed, then whole new days up to the new seal.
+    days_until = state.days_until
+    if days_until is None:
+        assert first is not None
+        days_until = floor_day(first)
+    days = [floor_day(h) for h in hours if floor_day(h) < days_until]
+    new_days_until = max(days_until, min(floor_day(new_sealed), days_until + DAYS_PER_STEP * DAY))
+    step = days_until
+    while step < new_days_until:
+        days.append(step)
+        step += DAY
+    for start, end in _runs(days, DAY):
+        await _recompute_days(session, account_id, start, end)
     state.sealed_until = new_sealed
     state.cutoff = cutoff
+    state.days_until = new_days_until
     state.passed_at = now
     await session.flush()
-    return len(set(hours)), new_sealed >= floor_hour(cutoff)
+    caught_up = new_sealed >= floor_hour(cutoff) and new_days_until >= floor_day(new_sealed)
+    return len(set(hours)), caught_up
 
 
 def _aware(value: Any) -> datetime:
@@ -320,10 +410,14 @@ async def rollup_pass(ctx: ServiceContext, *, now: datetime | None = None) -> Ro
 
 __all__ = [
     "BIN_RATIO",
+    "DAY_KINDS",
     "NO_ROBOT",
     "RollupResult",
     "bin_edges",
+    "ceil_day",
     "ceil_hour",
+    "day_of",
+    "floor_day",
     "floor_hour",
     "hist_bin",
     "hist_percentile",

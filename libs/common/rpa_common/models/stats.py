@@ -50,7 +50,8 @@ class JobRollup(Base):
     job. A final job's row never changes, so a recomputed hour is the same unless a job changed.
 
     ``kind`` is ``process`` (``key_id``: the process) or ``robot`` (``key_id``: the robot, the nil
-    UUID for none). ``timed``: of ``jobs``, those with a start and an end, which the histogram
+    UUID for none); ``process.day`` and ``robot.day`` are the same per UTC day (``hour`` is the
+    day's first), the sums of the day's hourly rows. ``timed``: of ``jobs``, those with a start and an end, which the histogram
     counts; ``d_min``/``d_max`` their shortest and longest run. The histogram is one column per bin
     (``h0`` ... ``h63``, read through ``hist_columns``), so adding up hours is one SUM per column."""
 
@@ -59,7 +60,7 @@ class JobRollup(Base):
         Base.metadata,
         sa.Column("account_id", sa.Uuid(), sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True),
         # Key order: a call reads one account's rows of one kind over a range of hours.
-        sa.Column("kind", sa.String(8), primary_key=True),
+        sa.Column("kind", sa.String(16), primary_key=True),
         sa.Column("hour", UTCDateTime(), primary_key=True),
         sa.Column("key_id", sa.Uuid(), primary_key=True),
         sa.Column("state", StrEnumType(JobState, 16), primary_key=True),
@@ -94,6 +95,8 @@ class JobRollupState(Base):
     )
     sealed_until: Mapped[datetime | None]
     cutoff: Mapped[datetime | None]
+    days_until: Mapped[datetime | None]
+    """Every day before it (a UTC midnight, at most ``sealed_until``) has its day rows."""
     passed_at: Mapped[datetime | None]
 
 

@@ -35,7 +35,16 @@ from rpa_common.models import (
 from rpa_common.models.base import UTCDateTime, utcnow
 from rpa_common.models.enums import FINAL_TASK_STATES, JobState, RobotStatus, TaskEventKind, TaskState
 from rpa_common.models.stats import HIST_BINS, hist_columns
-from rpa_common.rollups import NO_ROBOT, ceil_hour, floor_hour, hist_bin, hist_percentile
+from rpa_common.rollups import (
+    DAY_KINDS,
+    NO_ROBOT,
+    ceil_day,
+    ceil_hour,
+    floor_day,
+    floor_hour,
+    hist_bin,
+    hist_percentile,
+)
 
 WIDTH_S = {"hour": 3600, "day": 86400}
 MAX_RANGE = {"hour": timedelta(days=31), "day": timedelta(days=366)}
@@ -149,29 +158,42 @@ def _keys(group: str, key: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Rolled:
-    """The whole hours of a range whose final jobs changed before ``cutoff`` are in ``job_rollup``."""
+    """The whole hours of a range whose final jobs changed before ``cutoff`` are in ``job_rollup``;
+    of those, the whole days in ``[day_start, day_end)`` have day rows too (read when bucketing by
+    day: a row a day instead of 24)."""
 
     start: datetime
     end: datetime
     cutoff: datetime
+    day_start: datetime
+    day_end: datetime
 
 
-async def _rollup_state(session: AsyncSession, account_id: uuid.UUID) -> tuple[Any, Any] | None:
+State = tuple[Any, Any, Any]
+"""A rollup state row: ``sealed_until``, ``cutoff``, ``days_until``."""
+
+
+async def _rollup_state(session: AsyncSession, account_id: uuid.UUID) -> State | None:
     row = (
         await session.execute(
-            sa.select(JobRollupState.sealed_until, JobRollupState.cutoff).where(
+            sa.select(JobRollupState.sealed_until, JobRollupState.cutoff, JobRollupState.days_until).where(
                 JobRollupState.account_id == account_id
             )
         )
     ).one_or_none()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
-def _span(w: Window, state: tuple[Any, Any] | None) -> Rolled | None:
+def _span(w: Window, state: State | None) -> Rolled | None:
     if state is None or state[0] is None or state[1] is None:
         return None
     start, end = ceil_hour(w.start), min(floor_hour(w.end), state[0])
-    return Rolled(start, end, state[1]) if start < end else None
+    if start >= end:
+        return None
+    day_start, day_end = ceil_day(start), floor_day(end)
+    if w.bucket != "day" or state[2] is None or min(day_end, state[2]) <= day_start:
+        return Rolled(start, end, state[1], start, start)  # no day rows read
+    return Rolled(start, end, state[1], day_start, min(day_end, state[2]))
 
 
 async def _consistent(
@@ -215,22 +237,31 @@ def _live_parts(
     return parts
 
 
-def _rollup_where(principal: Principal, group: str, r: Rolled) -> list[Any]:
-    where: list[Any] = [
-        JobRollup.account_id == principal.account_id,
-        JobRollup.kind == group,
-        JobRollup.hour >= r.start,
-        JobRollup.hour < r.end,
-    ]
-    if not principal.all_folders:  # group=process only: robot rows do not know the job's folder
-        where.append(
-            JobRollup.key_id.in_(
-                sa.select(Process.id).where(
-                    Process.account_id == principal.account_id, principal.folder_clause(Process.folder_id)
+def _rollup_parts(principal: Principal, group: str, r: Rolled) -> list[list[Any]]:
+    """WHERE clauses of the rollup rows covering ``r``: day rows for its whole days (when the call
+    buckets by day and they exist), hourly rows for the hours around them."""
+    spans = [(group, r.start, r.day_start), (DAY_KINDS[group], r.day_start, r.day_end)]
+    spans.append((group, r.day_end, r.end))
+    parts = []
+    for kind, start, end in spans:
+        if start >= end:
+            continue
+        where: list[Any] = [
+            JobRollup.account_id == principal.account_id,
+            JobRollup.kind == kind,
+            JobRollup.hour >= start,
+            JobRollup.hour < end,
+        ]
+        if not principal.all_folders:  # group=process only: robot rows do not know the job's folder
+            where.append(
+                JobRollup.key_id.in_(
+                    sa.select(Process.id).where(
+                        Process.account_id == principal.account_id, principal.folder_clause(Process.folder_id)
+                    )
                 )
             )
-        )
-    return where
+        parts.append(where)
+    return parts
 
 
 def _union(parts: list[Any]) -> Any:
@@ -264,16 +295,17 @@ async def _state_counts(
         ]
         if r is not None:
             ridx = bucket_of(session, w, JobRollup.hour).label("idx")
-            parts.append(
+            parts += [
                 sa.select(
                     ridx,
                     JobRollup.key_id.label("key"),
                     JobRollup.state.label("state"),
                     sa.func.sum(JobRollup.jobs).label("n"),
                 )
-                .where(*_rollup_where(principal, group, r))
+                .where(*where)
                 .group_by(ridx, JobRollup.key_id, JobRollup.state)
-            )
+                for where in _rollup_parts(principal, group, r)
+            ]
         stmt = _union(parts)
         rows: dict[tuple[int, Any], dict[str, int]] = {}
         for row in await session.execute(stmt):
@@ -357,7 +389,7 @@ async def _histogram_durations(
         return entry
 
     ridx = bucket_of(session, w, JobRollup.hour).label("idx")
-    rolled = (
+    rolled = [
         sa.select(
             ridx,
             JobRollup.key_id.label("key"),
@@ -366,10 +398,11 @@ async def _histogram_durations(
             sa.func.max(JobRollup.d_max).label("hi"),
             *[sa.func.sum(c).label(c.name) for c in hist_columns()],
         )
-        .where(*_rollup_where(principal, group, r), JobRollup.timed > 0)
+        .where(*where, JobRollup.timed > 0)
         .group_by(ridx, JobRollup.key_id)
-    )
-    for row in await session.execute(rolled):
+        for where in _rollup_parts(principal, group, r)
+    ]
+    for row in await session.execute(_union(rolled)):
         entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
         for b in range(HIST_BINS):
             entry[3][b] += int(row[5 + b])
