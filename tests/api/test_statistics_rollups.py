@@ -157,40 +157,30 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
     await check_after_the_late_end()
 
     # The endpoints do read the rollups: a row changed by hand shows.
-    async def tamper(session: AsyncSession) -> None:
-        await session.execute(
-            sa.update(JobRollup)
-            .where(
-                JobRollup.account_id == tenant.account_id,
-                JobRollup.kind == "process",
-                JobRollup.key_id == uuid.UUID(a),
-                JobRollup.hour == H10,
-                JobRollup.state == JobState.FAILED,
+    async def tamper(kind: str, hour: Any, more: int) -> None:
+        async def work(session: AsyncSession) -> None:
+            await session.execute(
+                sa.update(JobRollup)
+                .where(
+                    JobRollup.account_id == tenant.account_id,
+                    JobRollup.kind == kind,
+                    JobRollup.key_id == uuid.UUID(a),
+                    JobRollup.hour == hour,
+                    JobRollup.state == JobState.FAILED,
+                )
+                .values(jobs=JobRollup.jobs + more)
             )
-            .values(jobs=JobRollup.jobs + 100)
-        )
 
-    async def tamper_day(session: AsyncSession) -> None:
-        await session.execute(
-            sa.update(JobRollup)
-            .where(
-                JobRollup.account_id == tenant.account_id,
-                JobRollup.kind == "process.day",
-                JobRollup.key_id == uuid.UUID(a),
-                JobRollup.hour == H10.replace(hour=0),
-                JobRollup.state == JobState.FAILED,
-            )
-            .values(jobs=JobRollup.jobs + 1000)
-        )
+        await run_in_transaction(ctx.sessions, work)
 
-    await run_in_transaction(ctx.sessions, tamper)
+    await tamper("process", H10, 100)
     states = await _get(client, "jobs", h, group="process")
     got = {r["process_id"]: r["counts"] for r in states["rows"] if r["bucket"] == "2026-01-05T10:00:00Z"}
     assert got[a] == {"Successful": 3, "Failed": 101}
     month = await _get(client, "jobs", h, group="process", **MONTH)
     got = {r["process_id"]: r["counts"] for r in month["rows"] if r["bucket"] == "2026-01-05T00:00:00Z"}
     assert got[a]["Failed"] == 1  # the day row, made before the change by hand
-    await run_in_transaction(ctx.sessions, tamper_day)
+    await tamper("process.day", H10.replace(hour=0), 1000)
     month = await _get(client, "jobs", h, group="process", **MONTH)
     got = {r["process_id"]: r["counts"] for r in month["rows"] if r["bucket"] == "2026-01-05T00:00:00Z"}
     assert got[a]["Failed"] == 1001  # ... read for whole days
