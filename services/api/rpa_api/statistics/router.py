@@ -6,6 +6,7 @@ caller's folders show (jobs through their process, robots and queues through the
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, TypeVar
@@ -64,12 +65,18 @@ async def _read(
     w = service.window(start, end, bucket)
 
     async def work(session: AsyncSession) -> T:
-        if dialect_of(session) == "postgresql":
-            # A plan for the range asked: after five runs of one prepared statement PostgreSQL may
-            # switch to a generic plan, blind to the range's width (a month read as if a few rows:
-            # 450 ms instead of 60 in bench/stats.py).
-            await session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-        return await query(session, principal, w)
+        if dialect_of(session) != "postgresql":
+            return await query(session, principal, w)
+        # A plan for the range asked: after five runs of one prepared statement PostgreSQL may switch
+        # to a generic plan, blind to the range's width (a month read as if a few rows: 450 ms instead
+        # of 60 in bench/stats.py). Reads run without a transaction, so SET, then RESET for the
+        # connection's next user.
+        await session.execute(sa.text("SET plan_cache_mode = force_custom_plan"))
+        try:
+            return await query(session, principal, w)
+        finally:
+            with contextlib.suppress(Exception):  # never hide the query's own error
+                await session.execute(sa.text("RESET plan_cache_mode"))
 
     answer = await tx.read(work)
     return Response(answer.model_dump_json(by_alias=True), media_type="application/json")
