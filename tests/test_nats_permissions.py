@@ -196,7 +196,7 @@ async def test_the_shipped_config_runs_in_a_real_nats_server(tmp_path: Path) -> 
     """deploy/nats/nats.conf as the compose files mount it, passwords from the environment (only
     the ports and the JetStream folder given for this machine, as the compose files give theirs)."""
     # As the README says to make them: a letter first. nats-server parses a variable's value as a
-    # config token, so one like "4e1..." reads as a malformed number and the server does not start.
+    # config token, so one like "1.eQ..." can read as a malformed number and the server does not start.
     passwords = {user: "p" + secrets.token_urlsafe(12) for user in PERMISSIONS}
     env = {f"NATS_PASSWORD_{user.upper()}": pw for user, pw in passwords.items()}
     port, monitor = free_port(), free_port()
