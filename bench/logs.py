@@ -4,7 +4,7 @@ Runs on its own::
 
     .venv/bin/python bench/logs.py [--robots 1000] [--clients 2] [--rate 50000] [--batch 100]
                                    [--seconds 30] [--warmup 5] [--json PATH]
-                                   [--gateway-env RPA_X=VALUE ...]
+                                   [--gateway-env RPA_X=VALUE ...] [--ids v7|v4]
 
 It starts everything it needs: a private NATS server, a fresh database on the local PostgreSQL (or
 ``RPA_DB_URL``'s server; PostgreSQL, since the anchor is COPY) built from the migrations, ONE robot
@@ -75,7 +75,10 @@ from harness.infra import (
 )
 
 from rpa_protocol import PROTOCOL_VERSION, Hello, encode
+from rpa_robot.ids import time_ordered_id
 
+NEW_ID = time_ordered_id
+"""Line ids as the reference robot makes them (time-ordered); ``--ids v4`` makes them random."""
 LEVELS = ("Debug", "Info", "Info", "Info", "Warning", "Error")
 WORDS = ("invoice", "order", "customer", "payment", "shipment", "ticket", "report", "record")
 
@@ -93,7 +96,7 @@ def _line(
     text = message or f"robot {robot} step {n}: processed {word} {word[:3].upper()}-{n:08d} in {n % 97} ms"
     fields = f',"fields":{{"step":{n},"word":"{word}"}}' if n % 5 == 0 else ""
     return (
-        f'{{"id":"{ident or uuid.uuid4()}","level":"{level or LEVELS[n % len(LEVELS)]}",'
+        f'{{"id":"{ident or NEW_ID()}","level":"{level or LEVELS[n % len(LEVELS)]}",'
         f'"message":"{text}"{fields},"at":"{at}"}}'
     )
 
@@ -274,7 +277,7 @@ async def markers(
         while time.time() < end_s:
             n += 1
             seq += 1
-            marker = uuid.uuid4()
+            marker = NEW_ID()
             at = datetime.now(UTC).isoformat()
             entries = [_line(n * 100 + i, -1, at) for i in range(49)]
             entries.insert(25, _line(n, -1, at, level="Critical", message=f"marker {n}", ident=str(marker)))
@@ -423,7 +426,7 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         argv = [
             sys.executable, script, "--role", "robots", "--url", gw_urls[c % len(gw_urls)],
             "--keys-file", str(keys_file), "--first", str(c * per), "--total-robots", str(len(load)),
-            "--rate", str(args.rate), "--batch", str(args.batch),
+            "--rate", str(args.rate), "--batch", str(args.batch), "--ids", args.ids,
         ]  # fmt: skip
         clients.append(
             services.start(
@@ -479,13 +482,14 @@ async def run_in(services: Services, db_url: str, nats_url: str, args: argparse.
         "gateway_cpu_pct": round(100 * gw_cpu / args.seconds, 1),
         "gateway_cpu_us_per_line": round(1e6 * gw_cpu / (acked or 1), 1),
         "gateways": args.gateways,
+        "line_ids": args.ids,
         "robots_cpu_us_per_line": round(1e6 * robots_cpu / (acked or 1), 1),
         "robots": args.robots,
         "batch": args.batch,
         "seconds": args.seconds,
     }
     print_table(
-        f"Robot logs: {args.robots} robots -> {args.gateways} gateway(s) -> PostgreSQL (COPY), {args.seconds:g} s",
+        f"Robot logs: {args.robots} robots -> {args.gateways} gateway(s) -> PostgreSQL (COPY), {args.seconds:g} s, line ids {args.ids}",
         [
             ("offered lines/s", result["offered_lines_per_s"]),
             ("lines/s persisted (acked)", result["lines_per_s"]),
@@ -519,6 +523,12 @@ def main() -> None:
     parser.add_argument(
         "--gateway-env", action="append", default=[], metavar="RPA_X=VALUE", help="a gateway setting"
     )
+    parser.add_argument(
+        "--ids",
+        choices=["v7", "v4"],
+        default="v7",
+        help="line ids: time-ordered as the reference robot makes them (v7), or random (v4)",
+    )
     parser.add_argument("--json", type=str, default=None, help="also write the summary as JSON here")
     # A client process of this benchmark (started by it).
     parser.add_argument("--role", choices=["main", "robots"], default="main", help=argparse.SUPPRESS)
@@ -527,6 +537,8 @@ def main() -> None:
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--total-robots", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global NEW_ID
+    NEW_ID = time_ordered_id if args.ids == "v7" else uuid.uuid4
     if args.role == "robots":
         try:
             uvloop.run(robots_role(args))

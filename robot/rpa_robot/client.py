@@ -63,6 +63,7 @@ from rpa_protocol.codes import (
     MAX_MESSAGE_BYTES,
 )
 from rpa_robot import __version__
+from rpa_robot.ids import time_ordered_id
 from rpa_robot.journal import Journal
 from rpa_robot.requests import Requests
 from rpa_robot.runner import PackageCache, PackageError, RunResult, ScriptRun, extract
@@ -146,7 +147,7 @@ def log_entry(entry: dict[str, Any], job_id: str | None) -> LogEntry:
     try:
         line_id = uuid.UUID(str(entry.get("id")))
     except ValueError:
-        line_id = uuid.uuid4()
+        line_id = time_ordered_id()
     level = entry.get("level")
     return LogEntry(
         id=line_id,

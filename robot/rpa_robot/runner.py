@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
+from rpa_robot.ids import time_ordered_id
+
 if TYPE_CHECKING:
     import httpx
 
@@ -259,7 +261,7 @@ class ScriptRun:
             if doc.get("kind") == "log":
                 self.sink(
                     {
-                        "id": str(doc.get("id") or uuid.uuid4()),
+                        "id": str(doc.get("id") or time_ordered_id()),
                         "level": doc.get("level", "Info"),
                         "message": str(doc.get("message", "")),
                         "fields": doc.get("fields") if isinstance(doc.get("fields"), dict) else None,
@@ -309,7 +311,7 @@ class ScriptRun:
                 self._stderr_tail.append(text)
             self.sink(
                 {
-                    "id": str(uuid.uuid4()),
+                    "id": str(time_ordered_id()),
                     "level": "Error" if stream == "stderr" else "Info",
                     "message": text,
                     "fields": {"stream": stream},

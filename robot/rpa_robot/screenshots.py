@@ -18,13 +18,13 @@ import json
 import os
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rpa_protocol.http import SCREENSHOTS_PATH
+from rpa_robot.ids import time_ordered_id
 
 if TYPE_CHECKING:
     import httpx
@@ -77,7 +77,7 @@ def spool(
     shot_id: str | None = None,
 ) -> str:
     """Put a screenshot in the spool directory; its id."""
-    shot_id = shot_id or str(uuid.uuid4())
+    shot_id = shot_id or str(time_ordered_id())
     directory.mkdir(parents=True, exist_ok=True)
     meta = {"id": shot_id, "job_id": job_id, "message_id": message_id, "at": datetime.now(UTC).isoformat()}
     # The image first: the spool only sends images that have their metadata, so a crash between the

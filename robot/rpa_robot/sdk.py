@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
+from rpa_robot.ids import time_ordered_id
+
 LEVELS = ("Debug", "Info", "Warning", "Error", "Critical")
 
 _lock = threading.Lock()
@@ -90,7 +92,7 @@ def log(message: str, level: str = "Info", **fields: Any) -> str:
     normalized = level.capitalize()
     if normalized not in LEVELS:
         raise ValueError(f"level must be one of {', '.join(LEVELS)}")
-    entry_id = str(uuid.uuid4())
+    entry_id = str(time_ordered_id())
     doc = {
         "kind": "log",
         "id": entry_id,

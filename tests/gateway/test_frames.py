@@ -337,3 +337,29 @@ def test_task_and_resource_limits() -> None:
     )
     err = _bad({**value, "value": "é" * (MAX_TEXT_VALUE_BYTES // 2 + 1)})
     assert err.field == "value" and "bytes" in err.detail
+
+
+def test_the_short_way_and_the_long_way_agree() -> None:
+    """A text frame is validated straight from its JSON first; what it accepts must equal what
+    ``json.loads`` and the models make of it, and what JSON does not have is refused either way."""
+    from rpa_protocol.wire import _robot
+
+    for frame in robot_frames():
+        text = encode(frame)
+        assert parse_robot_frame(text) == _robot.validate_python(json.loads(text)) == frame
+    line = {"id": str(JOB), "message": "m", "at": NOW.isoformat()}
+    for fields in ({"big": 10**30, "f": 1.5e308, "deep": [[[{"a": None}]]]}, {"dup": 1}):
+        text = json.dumps({"type": "log", "seq": 1, "entries": [{**line, "fields": fields}]})
+        assert parse_robot_frame(text) == _robot.validate_python(json.loads(text))
+    # Duplicate keys: the last one counts, as json.loads reads them.
+    text = '{"type": "log", "seq": 1, "seq": 2, "entries": [' + json.dumps(line) + "]}"
+    assert parse_robot_frame(text).seq == 2  # type: ignore[union-attr]
+    # pydantic-core's parser alone would take these; the gateway does not.
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        text = '{"type": "log", "seq": 1, "entries": [{"id": "%s", "message": "m", "at": "%s", "fields": {"x": %s}}]}'
+        with pytest.raises(BadFrame, match="not JSON"):
+            parse_robot_frame(text % (JOB, NOW.isoformat(), constant))
+    # A message that merely mentions them is a message like any other.
+    assert parse_robot_frame(
+        json.dumps({"type": "log", "seq": 1, "entries": [{**line, "message": "x is NaN"}]})
+    )

@@ -39,6 +39,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -70,6 +71,7 @@ from rpa_protocol import (
 log = structlog.get_logger(__name__)
 
 Reliable = JobStatus | LogBatch | JobRequest | TaskAdd | TaskProgress | TaskFinish | ResourceSet
+_LEVEL_OF = attrgetter("level")
 Request = TaskTake | TaskRenew | ResourceGet | CredentialGet
 Batched = Reliable | Request
 _TASK_FRAMES = (TaskAdd, TaskTake, TaskRenew, TaskProgress, TaskFinish)
@@ -402,7 +404,7 @@ class FrameWriter:
                 # Every fresh log frame of the batch in one COPY / one insert, after the rest.
                 if pending.source.control or (pending.source.robot.id, frame.seq) in fresh:
                     logs.append((pending.source.robot, frame.entries))
-                    results[i] = Applied(logged=Counter(e.level for e in frame.entries))
+                    results[i] = Applied(logged=Counter(map(_LEVEL_OF, frame.entries)))
                 else:
                     results[i] = Applied()
                 continue
@@ -461,7 +463,7 @@ class FrameWriter:
             pass
         elif isinstance(frame, LogBatch):
             await store.insert_logs(session, robot, frame.entries)
-            out.logged = Counter(e.level for e in frame.entries)
+            out.logged = Counter(map(_LEVEL_OF, frame.entries))
         else:
             out.transitions = await store.apply_job_status(
                 session, robot, frame, self.ctx.settings.job_lease_s, job

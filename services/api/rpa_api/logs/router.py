@@ -120,7 +120,7 @@ async def list_logs(
     order: OrderParam = "desc",
 ) -> LogPage:
     filters.job_id = job_id
-    where = [*service.scope(principal), *filters.clauses()]
+    where = [*service.scope(principal, filters), *filters.clauses()]
     after = Cursor.decode(cursor) if cursor else None
 
     async def work(session: AsyncSession) -> LogPage:
@@ -146,7 +146,7 @@ async def job_logs(
     order: OrderParam = "asc",
 ) -> LogPage:
     filters.job_id = job_id
-    where = [*service.scope(principal), *filters.clauses()]
+    where = [*service.scope(principal, filters), *filters.clauses()]
     after = Cursor.decode(cursor) if cursor else None
 
     async def work(session: AsyncSession) -> LogPage:
@@ -185,7 +185,7 @@ async def stream_job_logs(
     ] = None,
 ) -> StreamingResponse:
     filters.job_id = job_id
-    where = [*service.scope(principal), *filters.clauses()]
+    where = [*service.scope(principal, filters), *filters.clauses()]
     start = (
         Cursor.decode(last_event_id, "Last-Event-ID")
         if last_event_id
