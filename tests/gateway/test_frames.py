@@ -351,9 +351,13 @@ def test_the_short_way_and_the_long_way_agree() -> None:
     for fields in ({"big": 10**30, "f": 1.5e308, "deep": [[[{"a": None}]]]}, {"dup": 1}):
         text = json.dumps({"type": "log", "seq": 1, "entries": [{**line, "fields": fields}]})
         assert parse_robot_frame(text) == _robot.validate_python(json.loads(text))
-    # Duplicate keys: the last one counts, as json.loads reads them.
+    # Duplicate keys: the last one counts, as json.loads reads them (``type`` too).
     text = '{"type": "log", "seq": 1, "seq": 2, "entries": [' + json.dumps(line) + "]}"
     assert parse_robot_frame(text).seq == 2  # type: ignore[union-attr]
+    assert parse_robot_frame('{"type": "log", "seq": 0, "type": "heartbeat"}') == Heartbeat(seq=0)
+    # ``type`` anywhere: a robot need not write it first.
+    text = json.dumps({"seq": 3, "entries": [line], "type": "log"})
+    assert parse_robot_frame(text) == _robot.validate_python(json.loads(text))
     # pydantic-core's parser alone would take these; the gateway does not.
     for constant in ("NaN", "Infinity", "-Infinity"):
         text = '{"type": "log", "seq": 1, "entries": [{"id": "%s", "message": "m", "at": "%s", "fields": {"x": %s}}]}'

