@@ -88,7 +88,7 @@ def parse_robot_frame(raw: str | bytes | None) -> AnyRobotFrame:
         lead = _LEADING_TYPE.match(raw)
         adapter = _robot_by_type.get(lead.group(1), _robot) if lead is not None else _robot
         try:
-            return adapter.validate_json(raw)  # type: ignore[no-any-return]
+            return adapter.validate_json(raw)
         except ValidationError:
             pass
     doc = _document(raw)
