@@ -10,7 +10,7 @@ from rpa_common.credentials import preflight
 from rpa_common.db.engine import create_engine, session_factory
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.logging import configure_logging
-from rpa_common.service import cpu_cores, run_service
+from rpa_common.service import cpu_cores, run_service, tune_gc
 from rpa_common.settings import get_settings
 
 
@@ -51,10 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         if workers == 1:
             from rpa_api.app import create_app
 
-            run_service(create_app(settings), settings.api_host, settings.api_port, settings.log_level)
+            app = create_app(settings)
+            tune_gc()
+            run_service(app, settings.api_host, settings.api_port, settings.log_level)
         else:
             run_service(
-                "rpa_api.app:create_app",
+                "rpa_api.app:serve_app",  # each worker process: the app, then tune_gc()
                 settings.api_host,
                 settings.api_port,
                 settings.log_level,

@@ -52,6 +52,7 @@ from rpa_common.service import (
     install_problem_handlers,
     problem,
     service_context,
+    tune_gc,
 )
 from rpa_common.settings import Settings, get_settings
 
@@ -195,4 +196,12 @@ def create_app(settings: Settings | None = None, ctx: ServiceContext | None = No
             tags=[tag],
             dependencies=[Depends(text_guard), Depends(limit_anonymous)],
         )
+    return app
+
+
+def serve_app() -> FastAPI:
+    """The app of one API worker process (``rpa-api serve`` with several workers): ``create_app``,
+    then the process's garbage collector tuned as every service's is (``tune_gc``)."""
+    app = create_app()
+    tune_gc()
     return app

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
 
 from rpa_common.credentials import preflight
 from rpa_common.logging import configure_logging
-from rpa_common.service import run_service
+from rpa_common.service import run_service, tune_gc
 from rpa_common.settings import get_settings
-
-# Young objects allocated between two collections of the youngest generation (CPython: 700). Log
-# frames make a dozen objects a line, kept until their batch commits: at the default, collections
-# ran every few frames and walked tens of thousands of pending lines, a third of the gateway's CPU
-# per line (bench/logs.py). Collections still run, less often; cycles are still freed.
-GC_YOUNG_THRESHOLD = 50_000
-
-
-def _tune_gc() -> None:
-    """Fewer, larger young collections, and the modules loaded at start out of every collection."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
         configure_logging(settings.log_level, settings.log_json)
         # The gateway decrypts credentials for robots: a wrong or missing master key stops it here.
         preflight(settings)
-        _tune_gc()
+        tune_gc()
         run_service(
             create_app(settings),
             settings.gateway_host,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rpa_common.logging import configure_logging
-from rpa_common.service import run_service
+from rpa_common.service import run_service, tune_gc
 from rpa_common.settings import get_settings
 
 
@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     from rpa_scheduler.app import create_app
 
     configure_logging(settings.log_level, settings.log_json)
-    run_service(create_app(settings), settings.scheduler_host, settings.scheduler_port, settings.log_level)
+    app = create_app(settings)
+    tune_gc()
+    run_service(app, settings.scheduler_host, settings.scheduler_port, settings.log_level)
 
 
 if __name__ == "__main__":
