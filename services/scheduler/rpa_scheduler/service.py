@@ -50,6 +50,8 @@ DEADLINE_RETRY_S = 0.2
 
 STOP_WAIT_S = 10.0
 """How long ``stop()`` waits for its cancelled background tasks."""
+UNSUBSCRIBE_WAIT_S = 2.0
+"""How long ``stop()`` waits for each NATS unsubscribe (a connection that no longer answers)."""
 
 
 class Scheduler:
@@ -118,7 +120,7 @@ class Scheduler:
     async def stop(self) -> None:
         for sub in self._subs:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await asyncio.wait_for(sub.unsubscribe(), UNSUBSCRIBE_WAIT_S)
         self._subs.clear()
         for task in self._tasks:
             task.cancel()

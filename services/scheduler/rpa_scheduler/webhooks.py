@@ -54,6 +54,11 @@ from rpa_common.service import ServiceContext
 
 log = structlog.get_logger(__name__)
 
+STOP_WAIT_S = 10.0
+"""How long ``stop()`` waits for its cancelled tasks."""
+UNSUBSCRIBE_WAIT_S = 2.0
+"""How long a NATS unsubscribe may take on the way out (a connection that no longer answers)."""
+
 CONSUMER = events.WEBHOOK_CONSUMER
 """The durable consumer's name: one for all replicas."""
 FETCH_BATCH = 100
@@ -388,9 +393,12 @@ class WebhookService:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded, as the scheduler's own tasks are: a task cancelled inside a call that no longer
+        # answers (its NATS unsubscribe, a database call) must not keep the service from stopping.
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in stuck:
+                log.warning("webhooks.task_did_not_stop", task=task.get_name())
         self._tasks.clear()
         if self.http is not None:
             await self.http.aclose()
@@ -403,7 +411,7 @@ class WebhookService:
             # A pull subscription left open holds the connection's drain for its whole timeout (30 s).
             for open_sub in self._subs:
                 with contextlib.suppress(Exception):
-                    await open_sub.unsubscribe()
+                    await asyncio.wait_for(open_sub.unsubscribe(), UNSUBSCRIBE_WAIT_S)
             self._subs.clear()
 
     async def _intake(self, js: Any) -> None:
