@@ -8,6 +8,7 @@ database session matters. The seconds between two times is the one function that
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_api.deps import Principal
-from rpa_api.statistics import schemas
 from rpa_common.db.engine import dialect_of
 from rpa_common.errors import Unprocessable
 from rpa_common.models import (
@@ -54,6 +54,10 @@ FINAL_JOB_STATES = tuple(s for s in JobState if s.is_final)
 STATE_NAMES = tuple(s.value for s in JobState)
 OPEN_JOB_STATES = tuple(s for s in JobState if not s.is_final)
 T = TypeVar("T")
+Answer = dict[str, Any]
+"""An answer as plain data shaped as its schema in ``schemas`` (fields by their JSON names), for
+``pydantic_core.to_json``: a week by the hour is thousands of rows, and making a model of each costs
+more than the query that counted them."""
 WAITING_TASK_STATES = (TaskState.CREATED, TaskState.POSTPONED)
 
 
@@ -72,8 +76,9 @@ class Window:
     def starts(self) -> list[datetime]:
         return [max(self.start, self.bucket_start(i)) for i in range(self.count)]
 
-    def range_fields(self) -> dict[str, Any]:
-        return {"from_": self.start, "to": self.end, "bucket": self.bucket, "buckets": self.starts()}
+    def answer(self, **fields: Any) -> Answer:
+        """The range's fields (``from``, ``to``, ``bucket``, ``buckets``) and ``fields``."""
+        return {"from": self.start, "to": self.end, "bucket": self.bucket, "buckets": self.starts(), **fields}
 
 
 def window(start: datetime, end: datetime, bucket: str) -> Window:
@@ -108,6 +113,12 @@ def window(start: datetime, end: datetime, bucket: str) -> Window:
 
 def _at(value: datetime) -> Any:
     return sa.literal(value, UTCDateTime())
+
+
+def _int(total: Any) -> Any:
+    """A sum as a whole number: PostgreSQL sums bigints as numeric, MariaDB sums as DECIMAL, and the
+    drivers make a ``Decimal`` of each (a week of histograms by the hour: 200,000 of them)."""
+    return sa.cast(total, sa.BigInteger)
 
 
 def seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
@@ -150,7 +161,7 @@ def _jobs_where(principal: Principal, w: Window) -> list[Any]:
     return where
 
 
-def _keys(group: str, key: Any) -> dict[str, Any]:
+def _keys(group: str, key: str | None) -> dict[str, Any]:
     return {"process_id": key if group == "process" else None, "robot_id": key if group == "robot" else None}
 
 
@@ -270,8 +281,10 @@ def _union(parts: list[Any]) -> Any:
     return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
-def _key(group: str, key: Any) -> Any:
-    return None if group == "robot" and key == NO_ROBOT else key
+def _key(group: str, key: Any) -> str | None:
+    """A group's id as text (the answer's form; the driver's UUIDs are no ``uuid.UUID`` to a JSON
+    encoder), None for no robot."""
+    return None if key is None or (group == "robot" and key == NO_ROBOT) else str(key)
 
 
 def _use_rollups(principal: Principal, group: str) -> bool:
@@ -313,39 +326,40 @@ async def _state_counts(
         stmt = sa.select(
             u.c.idx,
             u.c.key,
-            *[sa.func.sum(sa.case((u.c.state == s, u.c.n), else_=0)) for s in JobState],
+            *[_int(sa.func.sum(sa.case((u.c.state == s, u.c.n), else_=0))) for s in JobState],
         ).group_by(u.c.idx, u.c.key)
         rows: dict[tuple[int, Any], dict[str, int]] = {}
         for idx, k, *per_state in await session.execute(stmt):
-            counts = rows.setdefault((int(idx), _key(group, k)), {})
-            for name, n in zip(STATE_NAMES, per_state, strict=True):
-                if n:
-                    counts[name] = counts.get(name, 0) + int(n)
+            counts = {name: n for name, n in zip(STATE_NAMES, per_state, strict=True) if n}
+            at = (int(idx), _key(group, k))
+            if at in rows:  # robot rows' NO_ROBOT and the live jobs' null robot: the same group
+                for name, n in counts.items():
+                    rows[at][name] = rows[at].get(name, 0) + n
+            else:
+                rows[at] = counts
         return rows
 
     return await _consistent(session, principal, w, _use_rollups(principal, group), compute)
 
 
-async def job_states(session: AsyncSession, principal: Principal, w: Window, group: str) -> schemas.JobStates:
+async def job_states(session: AsyncSession, principal: Principal, w: Window, group: str) -> Answer:
+    """Shaped as ``schemas.JobStates``."""
     rows = await _state_counts(session, principal, w, group)
     starts = w.starts()
     out = [
-        schemas.JobStateRow.model_construct(
-            bucket=starts[i], counts=counts, total=sum(counts.values()), **_keys(group, k)
-        )
+        {"bucket": starts[i], **_keys(group, k), "counts": counts, "total": sum(counts.values())}
         for (i, k), counts in sorted(rows.items(), key=_order)
     ]
-    return schemas.JobStates(**w.range_fields(), group=group, rows=out)
+    return w.answer(group=group, rows=out)
 
 
-def _order(item: tuple[tuple[int, Any], Any]) -> tuple[int, str]:
+def _order(item: tuple[tuple[int, str | None], Any]) -> tuple[int, str]:
     (i, k), _ = item
-    return (i, "" if k is None else str(k))
+    return (i, k or "")
 
 
-async def success_rates(
-    session: AsyncSession, principal: Principal, w: Window, group: str
-) -> schemas.SuccessRates:
+async def success_rates(session: AsyncSession, principal: Principal, w: Window, group: str) -> Answer:
+    """Shaped as ``schemas.SuccessRates``."""
     rows = await _state_counts(session, principal, w, group)
     starts = w.starts()
     final = {s.value for s in FINAL_JOB_STATES}
@@ -356,27 +370,27 @@ async def success_rates(
             continue
         successful = counts.get(JobState.SUCCESSFUL.value, 0)
         out.append(
-            schemas.SuccessRow.model_construct(
-                bucket=starts[i],
-                finished=finished,
-                successful=successful,
-                success_rate=round(float(successful) / finished, 6),
+            {
+                "bucket": starts[i],
                 **_keys(group, k),
-            )
+                "finished": finished,
+                "successful": successful,
+                "success_rate": round(float(successful) / finished, 6),
+            }
         )
-    return schemas.SuccessRates(**w.range_fields(), group=group, rows=out)
+    return w.answer(group=group, rows=out)
 
 
 async def durations(
     session: AsyncSession, principal: Principal, w: Window, group: str, exact_hours: int = 48
-) -> schemas.Durations:
-    """Exact percentiles (PERCENTILE_CONT over every run) for ranges up to ``exact_hours``; wider
+) -> Answer:
+    """Shaped as ``schemas.Durations``. Exact percentiles (PERCENTILE_CONT over every run) for ranges up to ``exact_hours``; wider
     ranges add up the rollups' run-time histograms and estimate them (``hist_percentile``: off by
     less than one histogram bin, under 19 % for runs of 1 s to 12.9 h)."""
     if w.end - w.start <= timedelta(hours=exact_hours) or not _use_rollups(principal, group):
         return await _exact_durations(session, principal, w, group)
 
-    async def compute(r: Rolled | None) -> schemas.Durations | None:
+    async def compute(r: Rolled | None) -> Answer | None:
         if r is None:
             return None
         return await _histogram_durations(session, principal, w, group, r)
@@ -387,7 +401,7 @@ async def durations(
 
 async def _histogram_durations(
     session: AsyncSession, principal: Principal, w: Window, group: str, r: Rolled
-) -> schemas.Durations:
+) -> Answer:
     # (bucket index, key) -> [jobs, shortest, longest, bin counts]
     acc: dict[tuple[int, Any], list[Any]] = {}
 
@@ -402,19 +416,18 @@ async def _histogram_durations(
         sa.select(
             ridx,
             JobRollup.key_id.label("key"),
-            sa.func.sum(JobRollup.timed).label("n"),
+            _int(sa.func.sum(JobRollup.timed)).label("n"),
             sa.func.min(JobRollup.d_min).label("lo"),
             sa.func.max(JobRollup.d_max).label("hi"),
-            *[sa.func.sum(c).label(c.name) for c in hist_columns()],
+            *[_int(sa.func.sum(c)).label(c.name) for c in hist_columns()],
         )
         .where(*where, JobRollup.timed > 0)
         .group_by(ridx, JobRollup.key_id)
         for where in _rollup_parts(principal, group, r)
     ]
-    for row in await session.execute(_union(rolled)):
-        entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
-        for b in range(HIST_BINS):
-            entry[3][b] += int(row[5 + b])
+    for i, k, n, lo, hi, *bins in await session.execute(_union(rolled)):
+        entry = add(int(i), k, int(n), float(lo), float(hi))
+        entry[3] = list(map(operator.add, entry[3], bins))
     d = seconds_between(session, Job.started_at, Job.ended_at)
     idx = bucket_of(session, w, Job.created_at).label("idx")
     key = _group_column(group).label("key")
@@ -434,22 +447,20 @@ async def _histogram_durations(
         entry[3][int(row.bin)] += int(row.n)
     starts = w.starts()
     out = [
-        schemas.DurationRow.model_construct(
-            bucket=starts[i],
-            jobs=n,
-            p50_s=round(hist_percentile(bins, 0.5, lo, hi), 6),
-            p95_s=round(hist_percentile(bins, 0.95, lo, hi), 6),
+        {
+            "bucket": starts[i],
             **_keys(group, k),
-        )
+            "jobs": n,
+            "p50_s": round(hist_percentile(bins, 0.5, lo, hi), 6),
+            "p95_s": round(hist_percentile(bins, 0.95, lo, hi), 6),
+        }
         for (i, k), (n, lo, hi, bins) in sorted(acc.items(), key=_order)
         if n > 0
     ]
-    return schemas.Durations(**w.range_fields(), group=group, rows=out)
+    return w.answer(group=group, rows=out)
 
 
-async def _exact_durations(
-    session: AsyncSession, principal: Principal, w: Window, group: str
-) -> schemas.Durations:
+async def _exact_durations(session: AsyncSession, principal: Principal, w: Window, group: str) -> Answer:
     ended = (
         sa.select(
             bucket_of(session, w, Job.created_at).label("idx"),
@@ -485,16 +496,16 @@ async def _exact_durations(
         stmt = sa.select(per_row).distinct()
     starts = w.starts()
     out = [
-        schemas.DurationRow.model_construct(
-            bucket=starts[int(r.idx)],
-            jobs=int(r.n),
-            p50_s=round(float(r.p50), 6),
-            p95_s=round(float(r.p95), 6),
-            **_keys(group, r.key),
-        )
-        for r in sorted(await session.execute(stmt), key=lambda r: (int(r.idx), str(r.key or "")))
+        {
+            "bucket": starts[int(r.idx)],
+            **_keys(group, _key(group, r.key)),
+            "jobs": int(r.n),
+            "p50_s": round(float(r.p50), 6),
+            "p95_s": round(float(r.p95), 6),
+        }
+        for r in sorted(await session.execute(stmt), key=lambda r: (int(r.idx), _key(group, r.key) or ""))
     ]
-    return schemas.Durations(**w.range_fields(), group=group, rows=out)
+    return w.answer(group=group, rows=out)
 
 
 # Robots ------------------------------------------------------------------------------------------
@@ -513,8 +524,8 @@ def _expand(session: AsyncSession, w: Window, first: Any, last: Any) -> tuple[An
     return seq, seq.c.seq
 
 
-async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> schemas.Utilisation:
-    """Per bucket and robot: seconds connected and seconds Working, from the robots' status intervals
+async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> Answer:
+    """Shaped as ``schemas.Utilisation``. Per bucket and robot: seconds connected and seconds Working, from the robots' status intervals
     (an open interval lasts until now), each clipped to the range and split at bucket boundaries."""
     now = utcnow()
     i = RobotStatusInterval
@@ -564,22 +575,22 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
         if c <= 0:
             continue
         out.append(
-            schemas.UtilisationRow.model_construct(
-                bucket=starts[int(r.n)],
-                robot_id=r.robot_id,
-                connected_s=round(c, 3),
-                working_s=round(wk, 3),
-                utilisation=round(wk / c, 6),
-            )
+            {
+                "bucket": starts[int(r.n)],
+                "robot_id": str(r.robot_id),
+                "connected_s": round(c, 3),
+                "working_s": round(wk, 3),
+                "utilisation": round(wk / c, 6),
+            }
         )
-    return schemas.Utilisation(**w.range_fields(), rows=out)
+    return w.answer(rows=out)
 
 
 # Queues ------------------------------------------------------------------------------------------
 
 
-async def queues(session: AsyncSession, principal: Principal, w: Window) -> schemas.QueueFigures:
-    """Tasks added, ended and waiting per bucket and queue, from the tasks' history.
+async def queues(session: AsyncSession, principal: Principal, w: Window) -> Answer:
+    """Shaped as ``schemas.QueueFigures``. Tasks added, ended and waiting per bucket and queue, from the tasks' history.
 
     The backlog at the end of a bucket is the number waiting now, less every change to it since then:
     each history entry into Created/Postponed from elsewhere adds one, each out of them takes one."""
@@ -634,24 +645,24 @@ async def queues(session: AsyncSession, principal: Principal, w: Window) -> sche
     later = {r.queue_id: int(r.delta or 0) for r in await session.execute(after)}
     current = {r.queue_id: int(r.n) for r in await session.execute(now_waiting)}
     starts = w.starts()
-    out: list[schemas.QueueRow] = []
+    out: list[dict[str, Any]] = []
     for queue_id in sorted(set(per_bucket) | set(current), key=str):
         buckets = per_bucket.get(queue_id, {})
         backlog = current.get(queue_id, 0) - later.get(queue_id, 0)
-        rows: list[schemas.QueueRow] = []
+        rows: list[dict[str, Any]] = []
         for index in reversed(range(w.count)):
             b = buckets.get(index)
             rows.append(
-                schemas.QueueRow.model_construct(
-                    bucket=starts[index],
-                    queue_id=queue_id,
-                    added=int(b.added) if b else 0,
-                    ended=int(b.ended) if b else 0,
-                    successful=int(b.successful) if b else 0,
-                    backlog=backlog,
-                )
+                {
+                    "bucket": starts[index],
+                    "queue_id": str(queue_id),
+                    "added": int(b.added) if b else 0,
+                    "ended": int(b.ended) if b else 0,
+                    "successful": int(b.successful) if b else 0,
+                    "backlog": backlog,
+                }
             )
             backlog -= int(b.delta or 0) if b else 0
-        if any(x.added or x.ended or x.backlog for x in rows):
+        if any(x["added"] or x["ended"] or x["backlog"] for x in rows):
             out.extend(reversed(rows))
-    return schemas.QueueFigures(**w.range_fields(), rows=out)
+    return w.answer(rows=out)
