@@ -16,9 +16,9 @@ on PostgreSQL, multi-row INSERTs on MariaDB):
   the same days (about 100,000 intervals), the last one open;
 - 10 queues with 100,000 tasks, each added, taken and ended (300,000 history entries).
 
-Then it fills the hourly job rollups as the scheduler's rollup pass does (``rpa_common.rollups``,
+Then it fills the hourly job and queue rollups as the scheduler's rollup pass does (``rpa_common.rollups``,
 the same function, up to now less the margin; ``--no-rollups`` leaves them empty, to measure the
-jobs read alone), updates the planner's statistics (``VACUUM ANALYZE`` / ``ANALYZE TABLE``), warms up, and
+jobs and the task history read alone), updates the planner's statistics (``VACUUM ANALYZE`` / ``ANALYZE TABLE``), warms up, and
 calls each statistics endpoint ``--repeat`` times, one request at a time, over three ranges: the
 whole ``--days`` by day (every job), the last 7 days by hour, the last 24 hours by hour. It prints a
 table of p50/p95 per endpoint and range, and the floor measured in the same run: a plain
@@ -367,7 +367,8 @@ async def load_mariadb(
 
 
 async def fill_rollups(settings: Any, db: str, account: uuid.UUID, now: datetime) -> tuple[float, int]:
-    """The account's hourly rollups, by the scheduler's own pass function: seconds taken, rows made."""
+    """The account's hourly job and queue rollups, by the scheduler's own pass function: seconds
+    taken, rows made."""
     engine = create_engine(settings, "bench", pool_size=1)
     sessions = session_factory(engine)
     try:
@@ -394,9 +395,11 @@ async def fill_rollups(settings: Any, db: str, account: uuid.UUID, now: datetime
         took = time.perf_counter() - t0
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            rows = int((await conn.execute(sa.text("SELECT count(*) FROM job_rollup"))).scalar_one())
-            analyze = "VACUUM ANALYZE job_rollup" if db == "postgresql" else "ANALYZE TABLE job_rollup"
-            await conn.execute(sa.text(analyze))
+            rows = 0
+            for table in ("job_rollup", "queue_rollup"):
+                rows += int((await conn.execute(sa.text(f"SELECT count(*) FROM {table}"))).scalar_one())  # noqa: S608
+                analyze = "VACUUM ANALYZE" if db == "postgresql" else "ANALYZE TABLE"
+                await conn.execute(sa.text(f"{analyze} {table}"))
     finally:
         await engine.dispose()
     return took, rows

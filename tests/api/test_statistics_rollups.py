@@ -2,6 +2,8 @@
 databases: counts and success rates exactly, also for a job that ends after its hour was aggregated
 (before and after the next pass); run-time percentiles exactly up to 48 hours and within one
 histogram bin (19 %) beyond; two passes at once count nothing twice; the endpoints read the rollups.
+Queue figures (throughput and backlog) are the same from the queues' hourly rollups as from the task
+history, over whole hours, parts of hours and ranges ending in the past.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Job, JobRollup
+from rpa_common.models import Job, JobRollup, QueueRollup
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, PermissionAction, PermissionObject
 from rpa_common.rollups import BIN_RATIO, rollup_pass
@@ -26,6 +28,8 @@ WIDE = {"from": "2026-01-03T00:00:00Z", "to": "2026-01-08T00:00:00Z", "bucket": 
 DAY = {"from": "2026-01-05T06:30:00Z", "to": "2026-01-06T00:00:00Z", "bucket": "day"}
 MONTH = {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z", "bucket": "day"}
 """Whole days: read from the day rows once the rollups exist."""
+PARTS = {"from": "2026-01-05T10:30:00Z", "to": "2026-01-05T11:40:00Z", "bucket": "hour"}
+"""Parts of two hours: the history read on both sides of whole hours, and after the range."""
 
 
 async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
@@ -36,6 +40,8 @@ async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
             out[f"{path} {group} day"] = (await _get(client, path, h, group=group, **DAY))["rows"]
             out[f"{path} {group} wide"] = (await _get(client, path, h, group=group, **WIDE))["rows"]
             out[f"{path} {group} month"] = (await _get(client, path, h, group=group, **MONTH))["rows"]
+    for name, span in (("hours", {}), ("day", DAY), ("wide", WIDE), ("month", MONTH), ("parts", PARTS)):
+        out[f"queues {name}"] = (await _get(client, "queues", h, **span))["rows"]
     return out
 
 
@@ -50,6 +56,22 @@ async def _rollup_rows(ctx: Any, account_id: uuid.UUID, process: str) -> dict[st
             )
         )
         return {JobState(r.state).value: int(r.jobs) for r in rows}
+
+
+async def _queue_row(ctx: Any, account_id: uuid.UUID, queue: str) -> tuple[int, ...] | None:
+    async with ctx.sessions() as session:
+        row = (
+            await session.execute(
+                sa.select(
+                    QueueRollup.added, QueueRollup.ended, QueueRollup.successful, QueueRollup.delta
+                ).where(
+                    QueueRollup.account_id == account_id,
+                    QueueRollup.queue_id == uuid.UUID(queue),
+                    QueueRollup.hour == H10,
+                )
+            )
+        ).one_or_none()
+        return None if row is None else tuple(row)
 
 
 def _same_within_a_bin(exact: list[dict[str, Any]], estimated: list[dict[str, Any]]) -> None:
@@ -79,6 +101,10 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
     assert first.hours + second.hours > 0
     # Hour 10 of process a: its final jobs (2 Successful, 1 Failed); the Running one stays live.
     assert await _rollup_rows(ctx, tenant.account_id, a) == {"Successful": 2, "Failed": 1}
+    # Hour 10 of the queue: added 10:05 and 10:40, taken 10:10 and 10:30 (as many waiting after
+    # as before), one Successful at 10:20.
+    assert await _queue_row(ctx, tenant.account_id, ids["queue"]) == (2, 1, 1, 0)
+    assert live["queues month"] != [] and live["queues parts"] != []
 
     rolled = await _answers(client, h)
     rolled_limited = await _answers(client, limited)
@@ -172,6 +198,20 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
             )
 
         await run_in_transaction(ctx.sessions, work)
+
+    # The queue figures read the queue rollups (a row changed by hand shows) for whole hours only.
+    async def tamper_queue(session: AsyncSession) -> None:
+        await session.execute(
+            sa.update(QueueRollup)
+            .where(QueueRollup.account_id == tenant.account_id, QueueRollup.hour == H10)
+            .values(added=QueueRollup.added + 100)
+        )
+
+    await run_in_transaction(ctx.sessions, tamper_queue)
+    by_hour = {r["bucket"]: r["added"] for r in (await _get(client, "queues", h))["rows"]}
+    assert by_hour["2026-01-05T10:00:00Z"] == 102
+    parts = {r["bucket"]: r["added"] for r in (await _get(client, "queues", h, **PARTS))["rows"]}
+    assert parts["2026-01-05T10:30:00Z"] == 1  # half an hour: read from the history
 
     await tamper("process", H10, 100)
     states = await _get(client, "jobs", h, group="process")

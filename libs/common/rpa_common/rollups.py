@@ -31,6 +31,12 @@ call bucketed by day reads them for the whole days it covers, hourly rows for th
 A reader reads the state row before and after its queries and runs them again if a pass committed
 in between (``cutoff`` only grows), so it never mixes rows of two passes.
 
+Queues: every hour before ``queues_until`` has its ``queue_rollup`` rows, the account's task history
+of the hour counted per queue (``task_figures``). The history only grows and is stamped when
+written, so the pass counts each hour once, when its end is before the cut-off, in the same
+transaction (at most ``RPA_STATISTICS_ROLLUP_MAX_HOURS`` new hours a pass); a reader needs no second
+look at the state row: rows of hours before the ``queues_until`` it read are never changed.
+
 Run-time histograms: bin 0 holds runs under 1 s, bin k (1-62) runs in [2^((k-1)/4), 2^(k/4)) s,
 bin 63 runs of 2^15.5 s (12.9 h) and more; each row also keeps its shortest and longest run.
 """
@@ -50,9 +56,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.engine import dialect_of
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Account, Job, JobRollup, JobRollupState
+from rpa_common.models import Account, Job, JobRollup, JobRollupState, QueueRollup, Task, TaskEvent
 from rpa_common.models.base import UTCDateTime, utcnow
-from rpa_common.models.enums import FINAL_JOB_STATES
+from rpa_common.models.enums import FINAL_JOB_STATES, FINAL_TASK_STATES, TaskEventKind, TaskState
 from rpa_common.models.stats import HIST_BINS, hist_columns
 from rpa_common.service import ServiceContext
 
@@ -162,6 +168,27 @@ def hist_percentile(counts: list[int], p: float, d_min: float, d_max: float) -> 
 
     a = value(lo_rank)
     return a if hi_rank == lo_rank else a + (value(hi_rank) - a) * (pos - lo_rank)
+
+
+WAITING_TASK_STATES = (TaskState.CREATED.value, TaskState.POSTPONED.value)
+
+
+def task_figures() -> dict[str, Any]:
+    """Per task history entry, what the queue statistics add up: ``added`` (a task created),
+    ``ended`` (moved to a final state), ``successful`` (of those, to Successful) and ``delta`` (the
+    number waiting, Created or Postponed: +1 into them from elsewhere, -1 out of them)."""
+    e = TaskEvent
+    waiting = list(WAITING_TASK_STATES)
+    into = sa.and_(e.to_state.in_(waiting), sa.or_(e.from_state.is_(None), e.from_state.not_in(waiting)))
+    out_of = sa.and_(e.from_state.in_(waiting), e.to_state.is_not(None), e.to_state.not_in(waiting))
+    ended = sa.and_(e.kind == TaskEventKind.STATE, e.to_state.in_([s.value for s in FINAL_TASK_STATES]))
+    successful = sa.and_(e.kind == TaskEventKind.STATE, e.to_state == TaskState.SUCCESSFUL)
+    return {
+        "added": sa.case((e.kind == TaskEventKind.CREATED, 1), else_=0),
+        "ended": sa.case((ended, 1), else_=0),
+        "successful": sa.case((successful, 1), else_=0),
+        "delta": sa.case((into, 1), (out_of, -1), else_=0),
+    }
 
 
 # The pass ---------------------------------------------------------------------------------------
@@ -287,6 +314,54 @@ async def _recompute_days(
         await session.execute(sa.insert(table).from_select(names, select))
 
 
+async def _count_queues(session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime) -> None:
+    """The ``queue_rollup`` rows of the hours in ``[start, end)``, made from the task history (deleted
+    first: a pass that counts them again, after a crash or a restore, gives the same rows)."""
+    await session.execute(
+        sa.delete(QueueRollup).where(
+            QueueRollup.account_id == account_id, QueueRollup.hour >= start, QueueRollup.hour < end
+        )
+    )
+    hour = hour_of(session, TaskEvent.at)
+    hour = sa.cast(hour, UTCDateTime()) if dialect_of(session) == "postgresql" else hour
+    figures = task_figures()
+    select = (
+        sa.select(
+            sa.literal(account_id, sa.Uuid()),
+            hour,
+            Task.queue_id,
+            *[sa.func.sum(expr) for expr in figures.values()],
+        )
+        .join(Task, Task.id == TaskEvent.task_id)
+        .where(TaskEvent.account_id == account_id, TaskEvent.at >= start, TaskEvent.at < end)
+        .group_by(hour, Task.queue_id)
+    )
+    names = ["account_id", "hour", "queue_id", *figures]
+    await session.execute(sa.insert(QueueRollup).from_select(names, select))
+
+
+async def _roll_queues(
+    session: AsyncSession, state: JobRollupState, cutoff: datetime, max_hours: int
+) -> bool:
+    """The queue rows of new whole hours before ``cutoff`` (at most ``max_hours``); whether caught
+    up."""
+    until = state.queues_until
+    if until is None:
+        first = (
+            await session.execute(
+                sa.select(sa.func.min(TaskEvent.at)).where(TaskEvent.account_id == state.account_id)
+            )
+        ).scalar_one_or_none()
+        if first is None:
+            return True  # no task history yet
+        until = floor_hour(_aware(first))
+    new_until = max(until, min(floor_hour(cutoff), until + timedelta(hours=max_hours)))
+    if new_until > until:
+        await _count_queues(session, state.account_id, until, new_until)
+    state.queues_until = new_until
+    return new_until >= floor_hour(cutoff)
+
+
 async def rollup_account(
     session: AsyncSession, account_id: uuid.UUID, *, now: datetime, margin_s: float, max_hours: int
 ) -> tuple[int, bool] | None:
@@ -304,6 +379,7 @@ async def rollup_account(
     cutoff = now - timedelta(seconds=margin_s)
     if state.cutoff is not None and state.cutoff > cutoff:
         cutoff = state.cutoff  # a replica whose clock is behind never moves the cut-off back
+    queues_done = await _roll_queues(session, state, cutoff, max_hours)
     sealed = state.sealed_until
     first: datetime | None = None
     if sealed is None or state.days_until is None:
@@ -311,7 +387,8 @@ async def rollup_account(
             await session.execute(sa.select(sa.func.min(Job.created_at)).where(Job.account_id == account_id))
         ).scalar_one_or_none()
         if first is None:
-            return 0, True  # no jobs yet: nothing to seal
+            await session.flush()
+            return 0, queues_done  # no jobs yet: nothing to seal
         first = _aware(first)
     if sealed is None:
         assert first is not None
@@ -357,7 +434,7 @@ async def rollup_account(
     state.passed_at = now
     await session.flush()
     caught_up = new_sealed >= floor_hour(cutoff) and new_days_until >= floor_day(new_sealed)
-    return len(set(hours)), caught_up
+    return len(set(hours)), caught_up and queues_done
 
 
 def _aware(value: Any) -> datetime:
@@ -412,6 +489,7 @@ __all__ = [
     "BIN_RATIO",
     "DAY_KINDS",
     "NO_ROBOT",
+    "WAITING_TASK_STATES",
     "RollupResult",
     "bin_edges",
     "ceil_day",
@@ -425,4 +503,5 @@ __all__ = [
     "rollup_account",
     "rollup_pass",
     "seconds_between",
+    "task_figures",
 ]

@@ -34,7 +34,7 @@ from rpa_common.models.robots import (
     TerminalSession,
     UnattendedAccount,
 )
-from rpa_common.models.stats import JobRollup, JobRollupState, RobotStatusInterval
+from rpa_common.models.stats import JobRollup, JobRollupState, QueueRollup, RobotStatusInterval
 from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
 from rpa_common.models.webhooks import WebhookDelivery, WebhookSubscription
 
@@ -65,6 +65,7 @@ __all__ = [
     "ProcessPackageChunk",
     "ProcessVersion",
     "Queue",
+    "QueueRollup",
     "RateLimitWindow",
     "RefreshToken",
     "Resource",

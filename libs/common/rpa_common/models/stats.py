@@ -97,7 +97,30 @@ class JobRollupState(Base):
     cutoff: Mapped[datetime | None]
     days_until: Mapped[datetime | None]
     """Every day before it (a UTC midnight, at most ``sealed_until``) has its day rows."""
+    queues_until: Mapped[datetime | None]
+    """Every hour before it has its ``queue_rollup`` rows (an hour boundary, before ``cutoff``)."""
     passed_at: Mapped[datetime | None]
+
+
+class QueueRollup(Base):
+    """One account's queue's task history in one UTC hour, counted (``rpa_common.rollups``): tasks
+    added, tasks that reached a final state and of those the Successful ones, and the change to the
+    number waiting (entries into Created/Postponed less those out of them). The history only grows
+    and its entries are stamped when written, so an hour's row, made once the hour is older than
+    the rollup margin, never changes; the queue statistics read the history itself after it."""
+
+    __tablename__ = "queue_rollup"
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    queue_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("queue.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    added: Mapped[int]
+    ended: Mapped[int]
+    successful: Mapped[int]
+    delta: Mapped[int]
 
 
 def hist_columns() -> list[sa.Column[int]]:

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -27,23 +28,26 @@ from rpa_common.models import (
     JobRollupState,
     Process,
     Queue,
+    QueueRollup,
     Robot,
     RobotStatusInterval,
     Task,
     TaskEvent,
 )
 from rpa_common.models.base import UTCDateTime, utcnow
-from rpa_common.models.enums import FINAL_TASK_STATES, JobState, RobotStatus, TaskEventKind, TaskState
+from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.models.stats import HIST_BINS, hist_columns
 from rpa_common.rollups import (
     DAY_KINDS,
     NO_ROBOT,
+    WAITING_TASK_STATES,
     ceil_day,
     ceil_hour,
     floor_day,
     floor_hour,
     hist_bin,
     hist_percentile,
+    task_figures,
 )
 
 WIDTH_S = {"hour": 3600, "day": 86400}
@@ -58,7 +62,6 @@ Answer = dict[str, Any]
 """An answer as plain data shaped as its schema in ``schemas`` (fields by their JSON names), for
 ``pydantic_core.to_json``: a week by the hour is thousands of rows, and making a model of each costs
 more than the query that counted them."""
-WAITING_TASK_STATES = (TaskState.CREATED, TaskState.POSTPONED)
 
 
 @dataclass(frozen=True)
@@ -590,59 +593,33 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
 
 
 async def queues(session: AsyncSession, principal: Principal, w: Window) -> Answer:
-    """Shaped as ``schemas.QueueFigures``. Tasks added, ended and waiting per bucket and queue, from the tasks' history.
+    """Shaped as ``schemas.QueueFigures``. Tasks added, ended and waiting per bucket and queue, from
+    the tasks' history: its hourly rollups for the whole hours the scheduler has counted, the
+    history itself for the rest.
 
     The backlog at the end of a bucket is the number waiting now, less every change to it since then:
     each history entry into Created/Postponed from elsewhere adds one, each out of them takes one."""
+    until = (
+        await session.execute(
+            sa.select(JobRollupState.queues_until).where(JobRollupState.account_id == principal.account_id)
+        )
+    ).scalar_one_or_none()
     visible = sa.select(Queue.id).where(
         Queue.account_id == principal.account_id, principal.folder_clause(Queue.folder_id)
     )
-    e = TaskEvent
-    waiting = [s.value for s in WAITING_TASK_STATES]
-    into = sa.and_(e.to_state.in_(waiting), sa.or_(e.from_state.is_(None), e.from_state.not_in(waiting)))
-    out_of = sa.and_(e.from_state.in_(waiting), e.to_state.is_not(None), e.to_state.not_in(waiting))
-    delta = sa.case((into, 1), (out_of, -1), else_=0)
-    ended_states = [s.value for s in FINAL_TASK_STATES]
-    idx = bucket_of(session, w, e.at).label("idx")
-    # The history is read by account and time (its index); the folder filter only when there is one,
-    # or the planner may start from the queues and visit every task of each.
-    base_where = [e.account_id == principal.account_id]
-    if not principal.all_folders:
-        base_where.append(Task.queue_id.in_(visible))
-    in_range = (
-        sa.select(
-            idx,
-            Task.queue_id,
-            sa.func.sum(sa.case((e.kind == TaskEventKind.CREATED, 1), else_=0)).label("added"),
-            sa.func.sum(
-                sa.case((sa.and_(e.kind == TaskEventKind.STATE, e.to_state.in_(ended_states)), 1), else_=0)
-            ).label("ended"),
-            sa.func.sum(
-                sa.case(
-                    (sa.and_(e.kind == TaskEventKind.STATE, e.to_state == TaskState.SUCCESSFUL), 1), else_=0
-                )
-            ).label("successful"),
-            sa.func.sum(delta).label("delta"),
-        )
-        .join(Task, Task.id == e.task_id)
-        .where(*base_where, e.at >= w.start, e.at < w.end)
-        .group_by(idx, Task.queue_id)
+    in_range = _task_figures(
+        session, principal, visible, w.start, w.end, until, partial(bucket_of, session, w)
     )
-    after = (
-        sa.select(Task.queue_id, sa.func.sum(delta).label("delta"))
-        .join(Task, Task.id == e.task_id)
-        .where(*base_where, e.at >= w.end)
-        .group_by(Task.queue_id)
-    )
+    after = _task_figures(session, principal, visible, w.end, None, until, None)
     now_waiting = (
         sa.select(Task.queue_id, sa.func.count().label("n"))
-        .where(Task.queue_id.in_(visible), Task.state.in_(waiting))
+        .where(Task.queue_id.in_(visible), Task.state.in_(WAITING_TASK_STATES))
         .group_by(Task.queue_id)
     )
     per_bucket: dict[uuid.UUID, dict[int, Any]] = {}
     for r in await session.execute(in_range):
         per_bucket.setdefault(r.queue_id, {})[int(r.idx)] = r
-    later = {r.queue_id: int(r.delta or 0) for r in await session.execute(after)}
+    later = {r.queue_id: int(r.delta) for r in await session.execute(after)}
     current = {r.queue_id: int(r.n) for r in await session.execute(now_waiting)}
     starts = w.starts()
     out: list[dict[str, Any]] = []
@@ -662,7 +639,70 @@ async def queues(session: AsyncSession, principal: Principal, w: Window) -> Answ
                     "backlog": backlog,
                 }
             )
-            backlog -= int(b.delta or 0) if b else 0
+            backlog -= int(b.delta) if b else 0
         if any(x["added"] or x["ended"] or x["backlog"] for x in rows):
             out.extend(reversed(rows))
     return w.answer(rows=out)
+
+
+def _task_figures(
+    session: AsyncSession,
+    principal: Principal,
+    visible: Any,
+    start: datetime,
+    end: datetime | None,
+    until: datetime | None,
+    index: Callable[[Any], Any] | None,
+) -> Any:
+    """``task_figures`` summed per ``index`` (of a time; None: all in index 0) and queue over
+    ``[start, end)`` (``end`` None: up to now): rollup rows for the whole hours before ``until``, history entries for the
+    rest (each read by account and time, its index)."""
+    rolled = None
+    if until is not None:
+        first, last = ceil_hour(start), until if end is None else min(floor_hour(end), until)
+        rolled = (first, last) if first < last else None
+    spans = [(start, end)] if rolled is None else [(start, rolled[0]), (rolled[1], end)]
+    e, q = TaskEvent, QueueRollup
+    parts: list[Any] = []
+    for a, b in spans:
+        if b is not None and a >= b:
+            continue
+        where = [e.account_id == principal.account_id, e.at >= a]
+        if b is not None:
+            where.append(e.at < b)
+        if not principal.all_folders:
+            # Only with a folder filter: else the planner may start from the queues and visit
+            # every task of each.
+            where.append(Task.queue_id.in_(visible))
+        idx, by = _index(index, e.at, Task.queue_id)
+        parts.append(
+            sa.select(idx, Task.queue_id, *[sa.func.sum(x).label(n) for n, x in task_figures().items()])
+            .join(Task, Task.id == e.task_id)
+            .where(*where)
+            .group_by(*by)
+        )
+    if rolled is not None:
+        where = [q.account_id == principal.account_id, q.hour >= rolled[0], q.hour < rolled[1]]
+        if not principal.all_folders:
+            where.append(q.queue_id.in_(visible))
+        idx, by = _index(index, q.hour, q.queue_id)
+        columns = (q.added, q.ended, q.successful, q.delta)
+        parts.append(
+            sa.select(idx, q.queue_id, *[sa.func.sum(c).label(c.name) for c in columns])
+            .where(*where)
+            .group_by(*by)
+        )
+    u = _union(parts).subquery("u")
+    names = ("added", "ended", "successful", "delta")
+    return sa.select(u.c.idx, u.c.queue_id, *[_int(sa.func.sum(u.c[n])).label(n) for n in names]).group_by(
+        u.c.idx, u.c.queue_id
+    )
+
+
+def _index(index: Callable[[Any], Any] | None, at: Any, queue: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The ``idx`` column and the GROUP BY of a part: a constant is selected, never grouped by
+    (MariaDB takes a number there for a column's position)."""
+    if index is None:
+        return sa.literal(0).label("idx"), (queue,)
+    idx = index(at).label("idx")
+    return idx, (idx, queue)
