@@ -2,8 +2,9 @@
 databases: counts and success rates exactly, also for a job that ends after its hour was aggregated
 (before and after the next pass); run-time percentiles exactly up to 48 hours and within one
 histogram bin (19 %) beyond; two passes at once count nothing twice; the endpoints read the rollups.
-Queue figures (throughput and backlog) are the same from the queues' hourly rollups as from the task
-history, over whole hours, parts of hours and ranges ending in the past.
+Queue figures (throughput and backlog) and robot utilisation are the same from the hourly queue and
+robot rollups as from the task history and the status intervals, over whole hours, parts of hours
+and ranges ending in the past.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Job, JobRollup, QueueRollup
+from rpa_common.models import Job, JobRollup, QueueRollup, RobotRollup
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, PermissionAction, PermissionObject
 from rpa_common.rollups import BIN_RATIO, rollup_pass
@@ -42,6 +43,7 @@ async def _answers(client: Any, h: dict[str, str]) -> dict[str, Any]:
             out[f"{path} {group} month"] = (await _get(client, path, h, group=group, **MONTH))["rows"]
     for name, span in (("hours", {}), ("day", DAY), ("wide", WIDE), ("month", MONTH), ("parts", PARTS)):
         out[f"queues {name}"] = (await _get(client, "queues", h, **span))["rows"]
+        out[f"utilisation {name}"] = (await _get(client, "robots/utilisation", h, **span))["rows"]
     return out
 
 
@@ -68,6 +70,20 @@ async def _queue_row(ctx: Any, account_id: uuid.UUID, queue: str) -> tuple[int, 
                     QueueRollup.account_id == account_id,
                     QueueRollup.queue_id == uuid.UUID(queue),
                     QueueRollup.hour == H10,
+                )
+            )
+        ).one_or_none()
+        return None if row is None else tuple(row)
+
+
+async def _robot_row(ctx: Any, account_id: uuid.UUID, robot: str) -> tuple[float, ...] | None:
+    async with ctx.sessions() as session:
+        row = (
+            await session.execute(
+                sa.select(RobotRollup.connected_s, RobotRollup.working_s).where(
+                    RobotRollup.account_id == account_id,
+                    RobotRollup.robot_id == uuid.UUID(robot),
+                    RobotRollup.hour == H10,
                 )
             )
         ).one_or_none()
@@ -105,6 +121,9 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
     # as before), one Successful at 10:20.
     assert await _queue_row(ctx, tenant.account_id, ids["queue"]) == (2, 1, 1, 0)
     assert live["queues month"] != [] and live["queues parts"] != []
+    # Hour 10 of robot r2: Working 20 minutes.
+    assert await _robot_row(ctx, tenant.account_id, ids["r2"]) == (1200.0, 1200.0)
+    assert live["utilisation month"] != [] and live["utilisation parts"] != []
 
     rolled = await _answers(client, h)
     rolled_limited = await _answers(client, limited)
@@ -212,6 +231,22 @@ async def test_rollups_give_the_same_answers_and_see_late_job_ends(client, tenan
     assert by_hour["2026-01-05T10:00:00Z"] == 102
     parts = {r["bucket"]: r["added"] for r in (await _get(client, "queues", h, **PARTS))["rows"]}
     assert parts["2026-01-05T10:30:00Z"] == 1  # half an hour: read from the history
+
+    # Robot utilisation reads the robot rollups the same way.
+    async def tamper_robot(session: AsyncSession) -> None:
+        await session.execute(
+            sa.update(RobotRollup)
+            .where(RobotRollup.account_id == tenant.account_id, RobotRollup.hour == H10)
+            .values(connected_s=RobotRollup.connected_s + 1000)
+        )
+
+    await run_in_transaction(ctx.sessions, tamper_robot)
+    use = await _get(client, "robots/utilisation", h)
+    got_u = {(r["bucket"], r["robot_id"]): r["connected_s"] for r in use["rows"]}
+    assert got_u[("2026-01-05T10:00:00Z", ids["r2"])] == 2200.0
+    use = await _get(client, "robots/utilisation", h, **PARTS)
+    got_u = {(r["bucket"], r["robot_id"]): r["connected_s"] for r in use["rows"]}
+    assert got_u[("2026-01-05T10:30:00Z", ids["r2"])] < 2000.0  # half an hour: read from the intervals
 
     await tamper("process", H10, 100)
     states = await _get(client, "jobs", h, group="process")

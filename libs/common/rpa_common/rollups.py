@@ -37,6 +37,12 @@ written, so the pass counts each hour once, when its end is before the cut-off, 
 transaction (at most ``RPA_STATISTICS_ROLLUP_MAX_HOURS`` new hours a pass); a reader needs no second
 look at the state row: rows of hours before the ``queues_until`` it read are never changed.
 
+Robots: every hour before ``robots_until`` has its ``robot_rollup`` rows, the seconds of the hour each
+robot was connected and Working (``robot_time``). Status intervals are opened and closed with the
+time of the change, in its transaction, so once an hour has ended before the cut-off nothing changes
+its seconds any more: an interval still open then lasts past the hour's end whenever it closes. The
+pass counts each such hour once, as for queues.
+
 Run-time histograms: bin 0 holds runs under 1 s, bin k (1-62) runs in [2^((k-1)/4), 2^(k/4)) s,
 bin 63 runs of 2^15.5 s (12.9 h) and more; each row also keeps its shortest and longest run.
 """
@@ -56,9 +62,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from rpa_common.db.engine import dialect_of
 from rpa_common.db.uow import run_in_transaction
-from rpa_common.models import Account, Job, JobRollup, JobRollupState, QueueRollup, Task, TaskEvent
+from rpa_common.models import (
+    Account,
+    Job,
+    JobRollup,
+    JobRollupState,
+    QueueRollup,
+    RobotRollup,
+    RobotStatusInterval,
+    Task,
+    TaskEvent,
+)
 from rpa_common.models.base import UTCDateTime, utcnow
-from rpa_common.models.enums import FINAL_JOB_STATES, FINAL_TASK_STATES, TaskEventKind, TaskState
+from rpa_common.models.enums import FINAL_JOB_STATES, FINAL_TASK_STATES, RobotStatus, TaskEventKind, TaskState
 from rpa_common.models.stats import HIST_BINS, hist_columns
 from rpa_common.service import ServiceContext
 
@@ -189,6 +205,78 @@ def task_figures() -> dict[str, Any]:
         "successful": sa.case((successful, 1), else_=0),
         "delta": sa.case((into, 1), (out_of, -1), else_=0),
     }
+
+
+def _at(value: datetime) -> Any:
+    return sa.literal(value, UTCDateTime())
+
+
+def _expand(session: AsyncSession, count: int, first: Any, last: Any) -> tuple[Any, Any]:
+    """A FROM item giving one row per bucket index from ``first`` to ``last`` (both below ``count``)
+    of each row it is joined to, and its index column: ``generate_series`` on PostgreSQL, the
+    Sequence engine's ``seq_0_to_N`` table on MariaDB (read by its key, one range per row)."""
+    if dialect_of(session) == "postgresql":
+        series = (
+            sa.func.generate_series(first, last).table_valued("n").render_derived(name="bucket_n").lateral()
+        )
+        return series, series.c.n
+    seq = sa.table(f"seq_0_to_{count - 1}", sa.column("seq")).alias("bucket_n")
+    return seq, seq.c.seq
+
+
+def robot_time(
+    session: AsyncSession,
+    account_id: uuid.UUID,
+    *,
+    base: datetime,
+    width: int,
+    count: int,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    robots: Any = None,
+) -> Any:
+    """A select of ``n``, ``robot_id``, ``connected`` and ``working``: per bucket (``width`` seconds
+    from ``base``, ``count`` of them) and robot, the seconds connected and Working in ``[start,
+    end)``, from the account's status intervals (an open one lasts until ``now``), each clipped to
+    that span and split at bucket boundaries. ``robots``: a select of the robot ids to count."""
+    i = RobotStatusInterval
+    where: list[Any] = [i.account_id == account_id, i.started_at < end]
+    if robots is not None:
+        where.append(i.robot_id.in_(robots))
+    start_s, end_s = (start - base).total_seconds(), (end - base).total_seconds()
+    s = sa.func.greatest(seconds_between(session, _at(base), i.started_at), start_s)
+    e = sa.func.least(seconds_between(session, _at(base), sa.func.coalesce(i.ended_at, _at(now))), end_s)
+    # Closed intervals ending in the span and open ones apart: each part reads its own stretch of the
+    # (account, ended_at) index, where an OR of the two would read every interval of the account.
+    columns = (i.robot_id, i.status, s.label("s"), e.label("e"))
+    clipped = sa.union_all(
+        sa.select(*columns).where(*where, i.ended_at > start),
+        sa.select(*columns).where(*where, i.ended_at.is_(None)),
+    ).subquery("clipped")
+    iv = (
+        sa.select(
+            clipped,
+            sa.cast(sa.func.floor(clipped.c.s / width), sa.Integer).label("fb"),
+            (sa.cast(sa.func.ceil(clipped.c.e / width), sa.Integer) - 1).label("lb"),
+        )
+        .where(clipped.c.e > clipped.c.s)
+        .subquery("iv")
+    )
+    buckets, n = _expand(session, count, iv.c.fb, iv.c.lb)
+    overlap = sa.func.least(iv.c.e, (n + 1) * width) - sa.func.greatest(iv.c.s, n * width)
+    working = sa.case((iv.c.status == RobotStatus.WORKING.value, overlap), else_=0)
+    return (
+        sa.select(
+            n.label("n"),
+            iv.c.robot_id,
+            sa.func.sum(overlap).label("connected"),
+            sa.func.sum(working).label("working"),
+        )
+        .select_from(iv)
+        .join(buckets, sa.and_(n >= iv.c.fb, n <= iv.c.lb))
+        .group_by(n, iv.c.robot_id)
+    )
 
 
 # The pass ---------------------------------------------------------------------------------------
@@ -362,6 +450,55 @@ async def _roll_queues(
     return new_until >= floor_hour(cutoff)
 
 
+async def _count_robots(
+    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime, now: datetime
+) -> None:
+    """The ``robot_rollup`` rows of the hours in ``[start, end)`` (deleted first, as for queues)."""
+    await session.execute(
+        sa.delete(RobotRollup).where(
+            RobotRollup.account_id == account_id, RobotRollup.hour >= start, RobotRollup.hour < end
+        )
+    )
+    hours = int((end - start).total_seconds()) // 3600
+    spent = robot_time(
+        session, account_id, base=start, width=3600, count=hours, start=start, end=end, now=now
+    ).subquery("spent")
+    hour: Any
+    if dialect_of(session) == "postgresql":
+        hour = sa.cast(_at(start) + sa.literal_column("interval '1 hour'") * spent.c.n, UTCDateTime())
+    else:
+        hour = sa.func.timestampadd(sa.literal_column("HOUR"), spent.c.n, _at(start))
+    select = sa.select(
+        sa.literal(account_id, sa.Uuid()), hour, spent.c.robot_id, spent.c.connected, spent.c.working
+    ).where(spent.c.connected > 0)
+    names = ["account_id", "hour", "robot_id", "connected_s", "working_s"]
+    await session.execute(sa.insert(RobotRollup).from_select(names, select))
+
+
+async def _roll_robots(
+    session: AsyncSession, state: JobRollupState, cutoff: datetime, max_hours: int, now: datetime
+) -> bool:
+    """The robot rows of new whole hours before ``cutoff`` (at most ``max_hours``); whether caught
+    up."""
+    until = state.robots_until
+    if until is None:
+        first = (
+            await session.execute(
+                sa.select(sa.func.min(RobotStatusInterval.started_at)).where(
+                    RobotStatusInterval.account_id == state.account_id
+                )
+            )
+        ).scalar_one_or_none()
+        if first is None:
+            return True  # no robot connected yet
+        until = floor_hour(_aware(first))
+    new_until = max(until, min(floor_hour(cutoff), until + timedelta(hours=max_hours)))
+    if new_until > until:
+        await _count_robots(session, state.account_id, until, new_until, now)
+    state.robots_until = new_until
+    return new_until >= floor_hour(cutoff)
+
+
 async def rollup_account(
     session: AsyncSession, account_id: uuid.UUID, *, now: datetime, margin_s: float, max_hours: int
 ) -> tuple[int, bool] | None:
@@ -379,7 +516,8 @@ async def rollup_account(
     cutoff = now - timedelta(seconds=margin_s)
     if state.cutoff is not None and state.cutoff > cutoff:
         cutoff = state.cutoff  # a replica whose clock is behind never moves the cut-off back
-    queues_done = await _roll_queues(session, state, cutoff, max_hours)
+    others_done = await _roll_queues(session, state, cutoff, max_hours)
+    others_done = await _roll_robots(session, state, cutoff, max_hours, now) and others_done
     sealed = state.sealed_until
     first: datetime | None = None
     if sealed is None or state.days_until is None:
@@ -388,7 +526,7 @@ async def rollup_account(
         ).scalar_one_or_none()
         if first is None:
             await session.flush()
-            return 0, queues_done  # no jobs yet: nothing to seal
+            return 0, others_done  # no jobs yet: nothing to seal
         first = _aware(first)
     if sealed is None:
         assert first is not None
@@ -434,7 +572,7 @@ async def rollup_account(
     state.passed_at = now
     await session.flush()
     caught_up = new_sealed >= floor_hour(cutoff) and new_days_until >= floor_day(new_sealed)
-    return len(set(hours)), caught_up and queues_done
+    return len(set(hours)), caught_up and others_done
 
 
 def _aware(value: Any) -> datetime:
@@ -500,6 +638,7 @@ __all__ = [
     "hist_bin",
     "hist_percentile",
     "hour_of",
+    "robot_time",
     "rollup_account",
     "rollup_pass",
     "seconds_between",

@@ -34,7 +34,13 @@ from rpa_common.models.robots import (
     TerminalSession,
     UnattendedAccount,
 )
-from rpa_common.models.stats import JobRollup, JobRollupState, QueueRollup, RobotStatusInterval
+from rpa_common.models.stats import (
+    JobRollup,
+    JobRollupState,
+    QueueRollup,
+    RobotRollup,
+    RobotStatusInterval,
+)
 from rpa_common.models.triggers import Calendar, CalendarDay, Trigger, TriggerFire
 from rpa_common.models.webhooks import WebhookDelivery, WebhookSubscription
 
@@ -75,6 +81,7 @@ __all__ = [
     "RobotGroup",
     "RobotGroupMember",
     "RobotMessage",
+    "RobotRollup",
     "RobotStatusInterval",
     "Role",
     "RoleFolder",

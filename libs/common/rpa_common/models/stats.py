@@ -99,6 +99,8 @@ class JobRollupState(Base):
     """Every day before it (a UTC midnight, at most ``sealed_until``) has its day rows."""
     queues_until: Mapped[datetime | None]
     """Every hour before it has its ``queue_rollup`` rows (an hour boundary, before ``cutoff``)."""
+    robots_until: Mapped[datetime | None]
+    """Every hour before it has its ``robot_rollup`` rows (an hour boundary, before ``cutoff``)."""
     passed_at: Mapped[datetime | None]
 
 
@@ -121,6 +123,24 @@ class QueueRollup(Base):
     ended: Mapped[int]
     successful: Mapped[int]
     delta: Mapped[int]
+
+
+class RobotRollup(Base):
+    """One account's robot's time in one UTC hour (``rpa_common.rollups``): seconds connected (any
+    status) and seconds Working, from its status intervals. Made once the hour has ended before the
+    rollup margin (nothing changes it after); robot utilisation reads the intervals themselves after
+    it."""
+
+    __tablename__ = "robot_rollup"
+    account_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("account.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    robot_id: Mapped[uuid.UUID] = mapped_column(
+        sa.ForeignKey("robot.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    connected_s: Mapped[float]
+    working_s: Mapped[float]
 
 
 def hist_columns() -> list[sa.Column[int]]:

@@ -49,6 +49,12 @@ GroupQ = Annotated[
 ]
 
 _ERRORS = errors(s422="from not before to, a range too wide for the bucket, an unknown bucket or group")
+_PG_SET = sa.text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', false), set_config('jit', 'off', false)"
+)
+_PG_RESET = sa.text(
+    "SELECT set_config(name, reset_val, false) FROM pg_settings WHERE name IN ('plan_cache_mode', 'jit')"
+)
 
 
 async def _read(
@@ -69,14 +75,15 @@ async def _read(
             return await query(session, principal, w)
         # A plan for the range asked: after five runs of one prepared statement PostgreSQL may switch
         # to a generic plan, blind to the range's width (a month read as if a few rows: 450 ms instead
-        # of 60 in bench/stats.py). Reads run without a transaction, so SET, then RESET for the
-        # connection's next user.
-        await session.execute(sa.text("SET plan_cache_mode = force_custom_plan"))
+        # of 60 in bench/stats.py). No JIT compilation: these statements are estimated costly (a row
+        # per interval and bucket) but run in tens of ms, and compiling them takes 30. Reads run
+        # without a transaction, so set, then reset for the connection's next user.
+        await session.execute(_PG_SET)
         try:
             return await query(session, principal, w)
         finally:
             with contextlib.suppress(Exception):  # never hide the query's own error
-                await session.execute(sa.text("RESET plan_cache_mode"))
+                await session.execute(_PG_RESET)
 
     answer = await tx.read(work)
     return Response(pydantic_core.to_json(answer), media_type="application/json")

@@ -30,12 +30,12 @@ from rpa_common.models import (
     Queue,
     QueueRollup,
     Robot,
-    RobotStatusInterval,
+    RobotRollup,
     Task,
     TaskEvent,
 )
 from rpa_common.models.base import UTCDateTime, utcnow
-from rpa_common.models.enums import JobState, RobotStatus
+from rpa_common.models.enums import JobState
 from rpa_common.models.stats import HIST_BINS, hist_columns
 from rpa_common.rollups import (
     DAY_KINDS,
@@ -47,6 +47,7 @@ from rpa_common.rollups import (
     floor_hour,
     hist_bin,
     hist_percentile,
+    robot_time,
     task_figures,
 )
 
@@ -116,6 +117,13 @@ def window(start: datetime, end: datetime, bucket: str) -> Window:
 
 def _at(value: datetime) -> Any:
     return sa.literal(value, UTCDateTime())
+
+
+def _int4(count: Any) -> Any:
+    """A count to be added up again as a 32-bit integer: PostgreSQL adds up bigints in numeric,
+    integers in a bigint, several times faster (a week by the hour and robot: 12,000 rows, 10 sums
+    each)."""
+    return sa.cast(count, sa.Integer)
 
 
 def _int(total: Any) -> Any:
@@ -305,7 +313,7 @@ async def _state_counts(
         idx = bucket_of(session, w, Job.created_at).label("idx")
         key = _group_column(group).label("key")
         parts: list[Any] = [
-            sa.select(idx, key, Job.state.label("state"), sa.func.count().label("n"))
+            sa.select(idx, key, Job.state.label("state"), _int4(sa.func.count()).label("n"))
             .where(*where)
             .group_by(idx, key, Job.state)
             for where in _live_parts(principal, w, r)
@@ -317,7 +325,7 @@ async def _state_counts(
                     ridx,
                     JobRollup.key_id.label("key"),
                     JobRollup.state.label("state"),
-                    sa.func.sum(JobRollup.jobs).label("n"),
+                    _int4(sa.func.sum(JobRollup.jobs)).label("n"),
                 )
                 .where(*where)
                 .group_by(ridx, JobRollup.key_id, JobRollup.state)
@@ -514,63 +522,67 @@ async def _exact_durations(session: AsyncSession, principal: Principal, w: Windo
 # Robots ------------------------------------------------------------------------------------------
 
 
-def _expand(session: AsyncSession, w: Window, first: Any, last: Any) -> tuple[Any, Any]:
-    """A FROM item giving one row per bucket index from ``first`` to ``last`` of each row it is joined
-    to, and its index column: ``generate_series`` on PostgreSQL, the Sequence engine's
-    ``seq_0_to_N`` table on MariaDB (read by its key, one range per row)."""
-    if dialect_of(session) == "postgresql":
-        series = (
-            sa.func.generate_series(first, last).table_valued("n").render_derived(name="bucket_n").lateral()
-        )
-        return series, series.c.n
-    seq = sa.table(f"seq_0_to_{w.count - 1}", sa.column("seq")).alias("bucket_n")
-    return seq, seq.c.seq
-
-
 async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> Answer:
-    """Shaped as ``schemas.Utilisation``. Per bucket and robot: seconds connected and seconds Working, from the robots' status intervals
-    (an open interval lasts until now), each clipped to the range and split at bucket boundaries."""
+    """Shaped as ``schemas.Utilisation``. Per bucket and robot: seconds connected and seconds
+    Working, from the robots' hourly rollups for the whole hours the scheduler has counted, and from
+    their status intervals (an open interval lasts until now) for the rest, each clipped and split
+    at bucket boundaries."""
     now = utcnow()
-    i = RobotStatusInterval
-    where: list[Any] = [i.account_id == principal.account_id, i.started_at < min(w.end, now)]
+    end = min(w.end, now)
+    until = (
+        await session.execute(
+            sa.select(JobRollupState.robots_until).where(JobRollupState.account_id == principal.account_id)
+        )
+    ).scalar_one_or_none()
+    robots = None
     if not principal.all_folders:
-        where.append(
-            i.robot_id.in_(
-                sa.select(Robot.id).where(
-                    Robot.account_id == principal.account_id, principal.folder_clause(Robot.folder_id)
-                )
+        robots = sa.select(Robot.id).where(
+            Robot.account_id == principal.account_id, principal.folder_clause(Robot.folder_id)
+        )
+    rolled = None
+    if until is not None and ceil_hour(w.start) < min(floor_hour(end), until):
+        rolled = (ceil_hour(w.start), min(floor_hour(end), until))
+    spans = [(w.start, end)] if rolled is None else [(w.start, rolled[0]), (rolled[1], end)]
+    parts: list[Any] = [
+        robot_time(
+            session,
+            principal.account_id,
+            base=w.base,
+            width=w.width,
+            count=w.count,
+            start=a,
+            end=b,
+            now=now,
+            robots=robots,
+        )
+        for a, b in spans
+        if a < b
+    ]
+    if rolled is not None:
+        rr = RobotRollup
+        where = [rr.account_id == principal.account_id, rr.hour >= rolled[0], rr.hour < rolled[1]]
+        if robots is not None:
+            where.append(rr.robot_id.in_(robots))
+        n = bucket_of(session, w, rr.hour).label("n")
+        parts.append(
+            sa.select(
+                n,
+                rr.robot_id,
+                sa.func.sum(rr.connected_s).label("connected"),
+                sa.func.sum(rr.working_s).label("working"),
             )
+            .where(*where)
+            .group_by(n, rr.robot_id)
         )
-    base = _at(w.base)
-    start_s, end_s = (w.start - w.base).total_seconds(), (min(w.end, now) - w.base).total_seconds()
-    s = sa.func.greatest(seconds_between(session, base, i.started_at), start_s)
-    e = sa.func.least(seconds_between(session, base, sa.func.coalesce(i.ended_at, _at(now))), end_s)
-    # Closed intervals ending in the range and open ones apart: each part reads its own stretch of the
-    # (account, ended_at) index, where an OR of the two would read every interval of the account.
-    columns = (i.robot_id, i.status, s.label("s"), e.label("e"))
-    clipped = sa.union_all(
-        sa.select(*columns).where(*where, i.ended_at > w.start),
-        sa.select(*columns).where(*where, i.ended_at.is_(None)),
-    ).subquery("clipped")
-    iv = (
-        sa.select(
-            clipped,
-            sa.cast(sa.func.floor(clipped.c.s / w.width), sa.Integer).label("fb"),
-            (sa.cast(sa.func.ceil(clipped.c.e / w.width), sa.Integer) - 1).label("lb"),
-        )
-        .where(clipped.c.e > clipped.c.s)
-        .subquery("iv")
-    )
-    buckets, n = _expand(session, w, iv.c.fb, iv.c.lb)
-    overlap = sa.func.least(iv.c.e, (n + 1) * w.width) - sa.func.greatest(iv.c.s, n * w.width)
-    connected = sa.func.sum(overlap)
-    working = sa.func.sum(sa.case((iv.c.status == RobotStatus.WORKING.value, overlap), else_=0))
-    stmt = (
-        sa.select(n.label("n"), iv.c.robot_id, connected.label("connected"), working.label("working"))
-        .select_from(iv)
-        .join(buckets, sa.and_(n >= iv.c.fb, n <= iv.c.lb))
-        .group_by(n, iv.c.robot_id)
-    )
+    if not parts:
+        return w.answer(rows=[])  # the range is all in the future
+    u = _union(parts).subquery("u")
+    stmt = sa.select(
+        u.c.n,
+        u.c.robot_id,
+        sa.func.sum(u.c.connected).label("connected"),
+        sa.func.sum(u.c.working).label("working"),
+    ).group_by(u.c.n, u.c.robot_id)
     starts = w.starts()
     out = []
     for r in sorted(await session.execute(stmt), key=lambda r: (int(r.n), str(r.robot_id))):
