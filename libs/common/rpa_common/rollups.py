@@ -51,8 +51,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 from typing import Any
 
 import sqlalchemy as sa
@@ -159,28 +161,31 @@ def bin_edges(k: int) -> tuple[float, float]:
     return BIN_RATIO ** (k - 1), upper
 
 
-def hist_percentile(counts: list[int], p: float, d_min: float, d_max: float) -> float:
+def hist_percentile(
+    counts: list[int], p: float, d_min: float, d_max: float, cumulative: list[int] | None = None
+) -> float:
     """PERCENTILE_CONT ``p`` estimated from bin counts: the values of a bin are taken as spread evenly
     (geometrically; linearly in bin 0) over it, between ``d_min`` and ``d_max``, and the two values
     around the position ``p * (n - 1)`` interpolated as PERCENTILE_CONT does. The estimate lies in
     the bins of the true values, so it is off by less than one bin: under 19 % for runs of 1 s to
-    12.9 h, under 1 s below that, and at most up to ``d_max`` above."""
-    n = sum(counts)
+    12.9 h, under 1 s below that, and at most up to ``d_max`` above. ``cumulative``: the running
+    sums of ``counts``, when the caller has them (several percentiles of one histogram)."""
+    cum = cumulative if cumulative is not None else list(accumulate(counts))
+    n = cum[-1]
     pos = p * (n - 1)
     lo_rank, hi_rank = math.floor(pos), math.ceil(pos)
 
     def value(rank: int) -> float:
-        seen = 0
-        for k, c in enumerate(counts):
-            if rank < seen + c:
-                lo, hi = bin_edges(k)
-                lo, hi = max(lo, d_min), min(hi, d_max)
-                frac = (rank - seen + 0.5) / c
-                # Linear in bin 0 (its lower edge is 0), geometric in the log-spaced bins.
-                v = lo + (hi - lo) * frac if k == 0 or lo <= 0 else lo * (hi / lo) ** frac
-                return min(max(v, d_min), d_max)
-            seen += c
-        return d_max
+        k = bisect_right(cum, rank)  # the bin holding the value of this rank
+        if k >= len(cum):
+            return d_max
+        c = counts[k]
+        lo, hi = bin_edges(k)
+        lo, hi = max(lo, d_min), min(hi, d_max)
+        frac = (rank - (cum[k] - c) + 0.5) / c
+        # Linear in bin 0 (its lower edge is 0), geometric in the log-spaced bins.
+        v = lo + (hi - lo) * frac if k == 0 or lo <= 0 else lo * (hi / lo) ** frac
+        return min(max(v, d_min), d_max)
 
     a = value(lo_rank)
     return a if hi_rank == lo_rank else a + (value(hi_rank) - a) * (pos - lo_rank)

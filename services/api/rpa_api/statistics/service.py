@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import accumulate
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -457,17 +458,20 @@ async def _histogram_durations(
         entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
         entry[3][int(row.bin)] += int(row.n)
     starts = w.starts()
-    out = [
-        {
-            "bucket": starts[i],
-            **_keys(group, k),
-            "jobs": n,
-            "p50_s": round(hist_percentile(bins, 0.5, lo, hi), 6),
-            "p95_s": round(hist_percentile(bins, 0.95, lo, hi), 6),
-        }
-        for (i, k), (n, lo, hi, bins) in sorted(acc.items(), key=_order)
-        if n > 0
-    ]
+    out = []
+    for (i, k), (n, lo, hi, bins) in sorted(acc.items(), key=_order):
+        if n <= 0:
+            continue
+        cum = list(accumulate(bins))
+        out.append(
+            {
+                "bucket": starts[i],
+                **_keys(group, k),
+                "jobs": n,
+                "p50_s": round(hist_percentile(bins, 0.5, lo, hi, cum), 6),
+                "p95_s": round(hist_percentile(bins, 0.95, lo, hi, cum), 6),
+            }
+        )
     return w.answer(group=group, rows=out)
 
 
