@@ -327,12 +327,12 @@ class Settings(BaseSettings):
     statistics_rollup_interval_s: float = Field(
         60.0,
         ge=0,
-        description="Scheduler: period of the statistics rollup pass (hourly job rollups); 0: no passes.",
+        description="Scheduler: period of the statistics rollup pass (hourly job, queue and robot rollups); 0: no passes.",
     )
     statistics_rollup_margin_s: float = Field(
         120.0,
         ge=1,
-        description="Scheduler: the rollups count job changes older than this (longer than any job transaction).",
+        description="Scheduler: the rollups count changes older than this (longer than any transaction that writes jobs or history).",
     )
     statistics_rollup_max_hours: int = Field(
         168,
