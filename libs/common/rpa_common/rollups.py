@@ -52,8 +52,10 @@ from __future__ import annotations
 import math
 import uuid
 from bisect import bisect_right
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import accumulate
 from typing import Any
 
@@ -433,30 +435,8 @@ async def _count_queues(session: AsyncSession, account_id: uuid.UUID, start: dat
     await session.execute(sa.insert(QueueRollup).from_select(names, select))
 
 
-async def _roll_queues(
-    session: AsyncSession, state: JobRollupState, cutoff: datetime, max_hours: int
-) -> bool:
-    """The queue rows of new whole hours before ``cutoff`` (at most ``max_hours``); whether caught
-    up."""
-    until = state.queues_until
-    if until is None:
-        first = (
-            await session.execute(
-                sa.select(sa.func.min(TaskEvent.at)).where(TaskEvent.account_id == state.account_id)
-            )
-        ).scalar_one_or_none()
-        if first is None:
-            return True  # no task history yet
-        until = floor_hour(_aware(first))
-    new_until = max(until, min(floor_hour(cutoff), until + timedelta(hours=max_hours)))
-    if new_until > until:
-        await _count_queues(session, state.account_id, until, new_until)
-    state.queues_until = new_until
-    return new_until >= floor_hour(cutoff)
-
-
 async def _count_robots(
-    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime, now: datetime
+    session: AsyncSession, account_id: uuid.UUID, start: datetime, end: datetime, *, now: datetime
 ) -> None:
     """The ``robot_rollup`` rows of the hours in ``[start, end)`` (deleted first, as for queues)."""
     await session.execute(
@@ -480,28 +460,27 @@ async def _count_robots(
     await session.execute(sa.insert(RobotRollup).from_select(names, select))
 
 
-async def _roll_robots(
-    session: AsyncSession, state: JobRollupState, cutoff: datetime, max_hours: int, now: datetime
-) -> bool:
-    """The robot rows of new whole hours before ``cutoff`` (at most ``max_hours``); whether caught
+async def _roll_forward(
+    session: AsyncSession,
+    until: datetime | None,
+    first: Any,
+    count: Callable[[datetime, datetime], Awaitable[None]],
+    cutoff: datetime,
+    max_hours: int,
+) -> tuple[datetime | None, bool]:
+    """Count the new whole hours of a history that only grows (``count(start, end)``), from
+    ``until`` (None: from the hour of its first entry, which the select ``first`` reads) up to the
+    hour ``cutoff`` falls in, at most ``max_hours`` of them: the new ``until`` and whether it caught
     up."""
-    until = state.robots_until
     if until is None:
-        first = (
-            await session.execute(
-                sa.select(sa.func.min(RobotStatusInterval.started_at)).where(
-                    RobotStatusInterval.account_id == state.account_id
-                )
-            )
-        ).scalar_one_or_none()
-        if first is None:
-            return True  # no robot connected yet
-        until = floor_hour(_aware(first))
+        at = (await session.execute(first)).scalar_one_or_none()
+        if at is None:
+            return None, True  # no history yet
+        until = floor_hour(_aware(at))
     new_until = max(until, min(floor_hour(cutoff), until + timedelta(hours=max_hours)))
     if new_until > until:
-        await _count_robots(session, state.account_id, until, new_until, now)
-    state.robots_until = new_until
-    return new_until >= floor_hour(cutoff)
+        await count(until, new_until)
+    return new_until, new_until >= floor_hour(cutoff)
 
 
 async def rollup_account(
@@ -521,8 +500,25 @@ async def rollup_account(
     cutoff = now - timedelta(seconds=margin_s)
     if state.cutoff is not None and state.cutoff > cutoff:
         cutoff = state.cutoff  # a replica whose clock is behind never moves the cut-off back
-    others_done = await _roll_queues(session, state, cutoff, max_hours)
-    others_done = await _roll_robots(session, state, cutoff, max_hours, now) and others_done
+    state.queues_until, queues_done = await _roll_forward(
+        session,
+        state.queues_until,
+        sa.select(sa.func.min(TaskEvent.at)).where(TaskEvent.account_id == account_id),
+        partial(_count_queues, session, account_id),
+        cutoff,
+        max_hours,
+    )
+    state.robots_until, robots_done = await _roll_forward(
+        session,
+        state.robots_until,
+        sa.select(sa.func.min(RobotStatusInterval.started_at)).where(
+            RobotStatusInterval.account_id == account_id
+        ),
+        partial(_count_robots, session, account_id, now=now),
+        cutoff,
+        max_hours,
+    )
+    others_done = queues_done and robots_done
     sealed = state.sealed_until
     first: datetime | None = None
     if sealed is None or state.days_until is None:

@@ -539,6 +539,17 @@ async def _exact_durations(session: AsyncSession, principal: Principal, w: Windo
 # Robots ------------------------------------------------------------------------------------------
 
 
+def _counted_hours(
+    start: datetime, end: datetime | None, until: datetime | None
+) -> tuple[datetime, datetime] | None:
+    """The whole hours of ``[start, end)`` (``end`` None: up to now) before ``until``, where a history
+    the scheduler counts by the hour has its rollup rows; None if there are none."""
+    if until is None:
+        return None
+    first, last = ceil_hour(start), until if end is None else min(floor_hour(end), until)
+    return (first, last) if first < last else None
+
+
 async def utilisation(session: AsyncSession, principal: Principal, w: Window) -> Answer:
     """Shaped as ``schemas.Utilisation``. Per bucket and robot: seconds connected and seconds
     Working, from the robots' hourly rollups for the whole hours the scheduler has counted, and from
@@ -556,9 +567,7 @@ async def utilisation(session: AsyncSession, principal: Principal, w: Window) ->
         robots = sa.select(Robot.id).where(
             Robot.account_id == principal.account_id, principal.folder_clause(Robot.folder_id)
         )
-    rolled = None
-    if until is not None and ceil_hour(w.start) < min(floor_hour(end), until):
-        rolled = (ceil_hour(w.start), min(floor_hour(end), until))
+    rolled = _counted_hours(w.start, end, until)
     spans = [(w.start, end)] if rolled is None else [(w.start, rolled[0]), (rolled[1], end)]
     parts: list[Any] = [
         robot_time(
@@ -686,10 +695,7 @@ def _task_figures(
     """``task_figures`` summed per ``index`` (of a time; None: all in index 0) and queue over
     ``[start, end)`` (``end`` None: up to now): rollup rows for the whole hours before ``until``, history entries for the
     rest (each read by account and time, its index)."""
-    rolled = None
-    if until is not None:
-        first, last = ceil_hour(start), until if end is None else min(floor_hour(end), until)
-        rolled = (first, last) if first < last else None
+    rolled = _counted_hours(start, end, until)
     spans = [(start, end)] if rolled is None else [(start, rolled[0]), (rolled[1], end)]
     e, q = TaskEvent, QueueRollup
     parts: list[Any] = []
