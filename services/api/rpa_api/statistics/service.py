@@ -336,16 +336,15 @@ async def _state_counts(
             for where in _live_parts(principal, w, r)
         ]
         if r is not None:
+            # A rollup row is one (hour or day, key, state) already: the sum below adds them up.
             ridx = bucket_of(session, w, JobRollup.hour).label("idx")
             parts += [
                 sa.select(
                     ridx,
                     JobRollup.key_id.label("key"),
                     JobRollup.state.label("state"),
-                    _int4(sa.func.sum(JobRollup.jobs)).label("n"),
-                )
-                .where(*where)
-                .group_by(ridx, JobRollup.key_id, JobRollup.state)
+                    JobRollup.jobs.label("n"),
+                ).where(*where)
                 for where in _rollup_parts(principal, group, r)
             ]
         # Summed and turned into one column per state in SQL: a row per bucket and key comes back,
