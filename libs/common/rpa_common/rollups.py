@@ -163,6 +163,9 @@ def bin_edges(k: int) -> tuple[float, float]:
     return BIN_RATIO ** (k - 1), upper
 
 
+_EDGES = [bin_edges(k) for k in range(HIST_BINS)]
+
+
 def hist_percentile(
     counts: list[int], p: float, d_min: float, d_max: float, cumulative: list[int] | None = None
 ) -> float:
@@ -182,7 +185,7 @@ def hist_percentile(
         if k >= len(cum):
             return d_max
         c = counts[k]
-        lo, hi = bin_edges(k)
+        lo, hi = _EDGES[k]
         lo, hi = max(lo, d_min), min(hi, d_max)
         frac = (rank - (cum[k] - c) + 0.5) / c
         # Linear in bin 0 (its lower edge is 0), geometric in the log-spaced bins.

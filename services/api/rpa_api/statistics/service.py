@@ -430,7 +430,11 @@ async def _histogram_durations(
     acc: dict[tuple[int, Any], list[Any]] = {}
 
     def add(i: int, k: Any, n: int, lo: float, hi: float) -> list[Any]:
-        entry = acc.setdefault((i, _key(group, k)), [0, lo, hi, [0] * HIST_BINS])
+        at = (i, _key(group, k))
+        entry = acc.get(at)
+        if entry is None:
+            entry = acc[at] = [n, lo, hi, None]  # bins: None until a row gives them
+            return entry
         entry[0] += n
         entry[1], entry[2] = min(entry[1], lo), max(entry[2], hi)
         return entry
@@ -451,7 +455,8 @@ async def _histogram_durations(
     ]
     for i, k, n, lo, hi, *bins in await session.execute(_union(rolled)):
         entry = add(int(i), k, int(n), float(lo), float(hi))
-        entry[3] = list(map(operator.add, entry[3], _unpack(bins)))
+        got = _unpack(bins)
+        entry[3] = got if entry[3] is None else list(map(operator.add, entry[3], got))
     d = seconds_between(session, Job.started_at, Job.ended_at)
     idx = bucket_of(session, w, Job.created_at).label("idx")
     key = _group_column(group).label("key")
@@ -468,6 +473,8 @@ async def _histogram_durations(
     ]
     for row in await session.execute(_union(parts)):
         entry = add(int(row.idx), row.key, int(row.n), float(row.lo), float(row.hi))
+        if entry[3] is None:
+            entry[3] = [0] * HIST_BINS
         entry[3][int(row.bin)] += int(row.n)
     starts = w.starts()
     out = []
