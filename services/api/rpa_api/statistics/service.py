@@ -1,5 +1,7 @@
-"""The statistics queries. Each is one or a few aggregate statements on both databases; Python only
-names the buckets and, for the backlog, adds up per-bucket changes the database counted.
+"""The statistics queries. Each is one or a few aggregate statements on both databases, over the
+scheduler's hourly rollups (``rpa_common.rollups``) where they exist and the rows themselves
+elsewhere; Python names the buckets, estimates percentiles from histograms and, for the backlog, adds
+up per-bucket changes the database counted. Answers are plain data, encoded once (the router).
 
 Buckets are UTC hours or days. A row's bucket is found in SQL as ``floor(seconds since base / width)``
 where ``base`` is the start of the range rounded down to the bucket, so no time-zone setting of the
@@ -49,6 +51,7 @@ from rpa_common.rollups import (
     hist_bin,
     hist_percentile,
     robot_time,
+    seconds_between,
     task_figures,
 )
 
@@ -62,8 +65,8 @@ OPEN_JOB_STATES = tuple(s for s in JobState if not s.is_final)
 T = TypeVar("T")
 Answer = dict[str, Any]
 """An answer as plain data shaped as its schema in ``schemas`` (fields by their JSON names), for
-``pydantic_core.to_json``: a week by the hour is thousands of rows, and making a model of each costs
-more than the query that counted them."""
+``orjson``: a week by the hour is thousands of rows, and making a model of each costs more than the
+query that counted them."""
 
 
 @dataclass(frozen=True)
@@ -147,14 +150,6 @@ def _int(total: Any) -> Any:
     """A sum as a whole number: PostgreSQL sums bigints as numeric, MariaDB sums as DECIMAL, and the
     drivers make a ``Decimal`` of each (a week of histograms by the hour: 200,000 of them)."""
     return sa.cast(total, sa.BigInteger)
-
-
-def seconds_between(session: AsyncSession, start: Any, end: Any) -> Any:
-    """``end - start`` in seconds (a float), on either database."""
-    if dialect_of(session) == "postgresql":
-        # date_part gives a float; extract gives numeric (PostgreSQL 14+), several times slower to add up.
-        return sa.func.date_part("epoch", end - start)
-    return sa.func.timestampdiff(sa.literal_column("MICROSECOND"), start, end) / sa.literal_column("1e6")
 
 
 def bucket_of(session: AsyncSession, w: Window, column: Any) -> Any:
@@ -408,9 +403,9 @@ async def success_rates(session: AsyncSession, principal: Principal, w: Window, 
 async def durations(
     session: AsyncSession, principal: Principal, w: Window, group: str, exact_hours: int = 48
 ) -> Answer:
-    """Shaped as ``schemas.Durations``. Exact percentiles (PERCENTILE_CONT over every run) for ranges up to ``exact_hours``; wider
-    ranges add up the rollups' run-time histograms and estimate them (``hist_percentile``: off by
-    less than one histogram bin, under 19 % for runs of 1 s to 12.9 h)."""
+    """Shaped as ``schemas.Durations``. Exact percentiles (PERCENTILE_CONT over every run) for ranges
+    up to ``exact_hours``; wider ranges add up the rollups' run-time histograms and estimate them
+    (``hist_percentile``: off by less than one histogram bin, under 19 % for runs of 1 s to 12.9 h)."""
     if w.end - w.start <= timedelta(hours=exact_hours) or not _use_rollups(principal, group):
         return await _exact_durations(session, principal, w, group)
 
@@ -699,8 +694,8 @@ def _task_figures(
     index: Callable[[Any], Any] | None,
 ) -> Any:
     """``task_figures`` summed per ``index`` (of a time; None: all in index 0) and queue over
-    ``[start, end)`` (``end`` None: up to now): rollup rows for the whole hours before ``until``, history entries for the
-    rest (each read by account and time, its index)."""
+    ``[start, end)`` (``end`` None: up to now): rollup rows for the whole hours before ``until``,
+    history entries for the rest (each read by account and time, its index)."""
     rolled = _counted_hours(start, end, until)
     spans = [(start, end)] if rolled is None else [(start, rolled[0]), (rolled[1], end)]
     e, q = TaskEvent, QueueRollup
