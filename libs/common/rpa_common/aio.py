@@ -9,7 +9,9 @@ cancelled it, and ``stop()`` waits for it forever. ``asyncio.timeout`` has no su
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+import contextlib
+from collections.abc import Collection
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -31,3 +33,30 @@ async def get_within(queue: asyncio.Queue[T], timeout: float) -> T | None:  # no
             return await queue.get()
     except TimeoutError:
         return None
+
+
+STOP_WAIT_S = 10.0
+"""How long a service's ``stop()`` waits for its cancelled background tasks."""
+UNSUBSCRIBE_WAIT_S = 2.0
+"""How long a NATS unsubscribe may take on the way out (a connection that no longer answers)."""
+
+
+async def cancel_all(
+    tasks: Collection[asyncio.Task[Any]], timeout: float = STOP_WAIT_S
+) -> set[asyncio.Task[Any]]:  # noqa: ASYNC109
+    """Cancel ``tasks`` and wait for them at most ``timeout`` seconds: the ones still running then (a
+    task cancelled inside a call that no longer answers), for the caller to log. Bounded, so such a
+    task never keeps a service from stopping."""
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return set()
+    _, stuck = await asyncio.wait(tasks, timeout=timeout)
+    return stuck
+
+
+async def unsubscribe(sub: Any, timeout: float = UNSUBSCRIBE_WAIT_S) -> None:  # noqa: ASYNC109
+    """Unsubscribe a NATS subscription on the way out: any error, or no answer within ``timeout``
+    seconds, is left behind (the connection is being closed)."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(sub.unsubscribe(), timeout)

@@ -10,7 +10,6 @@ hot path.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from rpa_common import metrics
-from rpa_common.aio import wait_event
+from rpa_common.aio import cancel_all, unsubscribe, wait_event
 from rpa_common.models.base import utcnow
 from rpa_common.models.enums import JobState, RobotStatus
 from rpa_common.nats import subjects
@@ -46,12 +45,6 @@ DEADLINE_SLACK_S = 0.01
 """The deadline timer wakes this long after a deadline (it fires what is strictly past)."""
 DEADLINE_RETRY_S = 0.2
 """A due deadline whose job row was busy is tried again after this long."""
-
-
-STOP_WAIT_S = 10.0
-"""How long ``stop()`` waits for its cancelled background tasks."""
-UNSUBSCRIBE_WAIT_S = 2.0
-"""How long ``stop()`` waits for each NATS unsubscribe (a connection that no longer answers)."""
 
 
 class Scheduler:
@@ -119,17 +112,11 @@ class Scheduler:
 
     async def stop(self) -> None:
         for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), UNSUBSCRIBE_WAIT_S)
+            await unsubscribe(sub)
         self._subs.clear()
-        for task in self._tasks:
-            task.cancel()
-        # Bounded: a task cancelled inside a database call whose connection no longer answers must
-        # not keep the service from stopping (its connection is dropped with the pool).
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
-            for task in stuck:
-                log.warning("scheduler.task_did_not_stop", task=task.get_name())
+        # A task stuck in a database call whose connection no longer answers is left to the pool.
+        for task in await cancel_all(self._tasks):
+            log.warning("scheduler.task_did_not_stop", task=task.get_name())
         self._tasks.clear()
         if self._wake_soon is not None:
             self._wake_soon.cancel()

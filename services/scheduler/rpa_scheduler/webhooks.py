@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from rpa_common import events, webhooks
-from rpa_common.aio import wait_event
+from rpa_common.aio import cancel_all, unsubscribe, wait_event
 from rpa_common.audit import add_audit_record
 from rpa_common.db.uow import run_in_transaction
 from rpa_common.events import ALL_SUBJECTS, STREAM, Event
@@ -53,11 +53,6 @@ from rpa_common.models.enums import ActorType
 from rpa_common.service import ServiceContext
 
 log = structlog.get_logger(__name__)
-
-STOP_WAIT_S = 10.0
-"""How long ``stop()`` waits for its cancelled tasks."""
-UNSUBSCRIBE_WAIT_S = 2.0
-"""How long a NATS unsubscribe may take on the way out (a connection that no longer answers)."""
 
 CONSUMER = events.WEBHOOK_CONSUMER
 """The durable consumer's name: one for all replicas."""
@@ -391,14 +386,8 @@ class WebhookService:
         self._tasks.append(asyncio.create_task(self._delivery_loop(), name="webhook-delivery"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        # Bounded, as the scheduler's own tasks are: a task cancelled inside a call that no longer
-        # answers (its NATS unsubscribe, a database call) must not keep the service from stopping.
-        if self._tasks:
-            _, stuck = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
-            for task in stuck:
-                log.warning("webhooks.task_did_not_stop", task=task.get_name())
+        for task in await cancel_all(self._tasks):
+            log.warning("webhooks.task_did_not_stop", task=task.get_name())
         self._tasks.clear()
         if self.http is not None:
             await self.http.aclose()
@@ -410,8 +399,7 @@ class WebhookService:
         finally:
             # A pull subscription left open holds the connection's drain for its whole timeout (30 s).
             for open_sub in self._subs:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(open_sub.unsubscribe(), UNSUBSCRIBE_WAIT_S)
+                await unsubscribe(open_sub)
             self._subs.clear()
 
     async def _intake(self, js: Any) -> None:
