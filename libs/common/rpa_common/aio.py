@@ -42,21 +42,21 @@ UNSUBSCRIBE_WAIT_S = 2.0
 
 
 async def cancel_all(
-    tasks: Collection[asyncio.Task[Any]], timeout: float = STOP_WAIT_S
-) -> set[asyncio.Task[Any]]:  # noqa: ASYNC109
-    """Cancel ``tasks`` and wait for them at most ``timeout`` seconds: the ones still running then (a
+    tasks: Collection[asyncio.Task[Any]], wait_s: float = STOP_WAIT_S
+) -> set[asyncio.Task[Any]]:
+    """Cancel ``tasks`` and wait for them at most ``wait_s`` seconds: the ones still running then (a
     task cancelled inside a call that no longer answers), for the caller to log. Bounded, so such a
     task never keeps a service from stopping."""
     for task in tasks:
         task.cancel()
     if not tasks:
         return set()
-    _, stuck = await asyncio.wait(tasks, timeout=timeout)
+    _, stuck = await asyncio.wait(tasks, timeout=wait_s)
     return stuck
 
 
-async def unsubscribe(sub: Any, timeout: float = UNSUBSCRIBE_WAIT_S) -> None:  # noqa: ASYNC109
-    """Unsubscribe a NATS subscription on the way out: any error, or no answer within ``timeout``
+async def unsubscribe(sub: Any, wait_s: float = UNSUBSCRIBE_WAIT_S) -> None:
+    """Unsubscribe a NATS subscription on the way out: any error, or no answer within ``wait_s``
     seconds, is left behind (the connection is being closed)."""
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(sub.unsubscribe(), timeout)
+        await asyncio.wait_for(sub.unsubscribe(), wait_s)
